@@ -1,0 +1,150 @@
+"""Checkpoints in OpenOCR's layout: safe loading (weights_only), key checks with a clear report, atomic saves.
+
+OpenOCR stores `{"state_dict", "optimizer", "scheduler", "epoch", "global_step", "config",
+"metrics"}`; the released weights may also be a bare state dict. Both load here, `module.`
+prefixes (DDP) are stripped, and nothing is ever unpickled beyond tensors and plain types.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from openocr_cli.errors import UserError
+from openocr_cli.ui import err_console, table
+
+MAX_LISTED_KEYS = 5
+
+
+def read_checkpoint(path: Path) -> Any:
+    """torch.load with weights_only=True; every failure becomes a UserError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"weights file {path} does not exist. Check the path, or pass a model name "
+                        "such as 'repvit' (see `openocr-det download --list`).")
+    if path.is_dir():
+        raise UserError(f"weights path {path} is a folder; pass the .pth file inside it (for example {path}/best.pth).")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise UserError(
+                f"{path} needs arbitrary Python objects to load, so it was refused: loading it could run "
+                "code hidden in the file. Only checkpoints made of tensors and plain values are accepted "
+                "(OpenOCR's and ours are). If you trust the file, re-save just its state_dict with PyTorch."
+            ) from None
+        raise UserError(f"{path} is not a PyTorch checkpoint ({exc}).") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, TypeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{path} is not a readable PyTorch checkpoint ({reason}). "
+                        "Pass a .pth file saved by OpenOCR or openocr-det.") from None
+
+
+def extract_state_dict(obj: Any, source: Path | str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The model weights inside an OpenOCR checkpoint dict or a bare state dict, without `module.`."""
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{source} holds no model weights: expected a state dict of tensors, or a dict "
+                        "with the weights under 'state_dict' (OpenOCR's layout).")
+    return {_strip_module(str(k)): v for k, v in obj.items()}
+
+
+def _strip_module(key: str) -> str:
+    return key[len("module."):] if key.startswith("module.") else key
+
+
+@dataclass
+class LoadReport:
+    """What a weight load matched; `ok` when every key of the model and the file lined up."""
+
+    loaded: int = 0
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    wrong_shape: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.wrong_shape)
+
+    def print_table(self, title: str) -> None:
+        rows = []
+        for kind, keys in (("missing from file", self.missing), ("unexpected in file", self.unexpected)):
+            for key in keys[:MAX_LISTED_KEYS]:
+                rows.append((kind, key, ""))
+            if len(keys) > MAX_LISTED_KEYS:
+                rows.append((kind, f"... and {len(keys) - MAX_LISTED_KEYS} more", ""))
+        for key, want, got in self.wrong_shape[:MAX_LISTED_KEYS]:
+            rows.append(("wrong shape", key, f"model {list(want)} / file {list(got)}"))
+        if len(self.wrong_shape) > MAX_LISTED_KEYS:
+            rows.append(("wrong shape", f"... and {len(self.wrong_shape) - MAX_LISTED_KEYS} more", ""))
+        err_console.print(table(title, ["problem", "key", "shapes"], rows))
+
+
+def compare_keys(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> LoadReport:
+    expected = model.state_dict()
+    report = LoadReport()
+    for key, tensor in expected.items():
+        if key not in weights:
+            report.missing.append(key)
+        elif tuple(weights[key].shape) != tuple(tensor.shape):
+            report.wrong_shape.append((key, tuple(tensor.shape), tuple(weights[key].shape)))
+        else:
+            report.loaded += 1
+    report.unexpected = [k for k in weights if k not in expected]
+    return report
+
+
+def load_weights(model: torch.nn.Module, path: Path, strict: bool = True) -> LoadReport:
+    """Load a checkpoint into `model`. Strict: any mismatch prints a table and raises UserError.
+
+    Non-strict loads every key whose name and shape match and reports the rest as a warning.
+    """
+    weights = extract_state_dict(read_checkpoint(path), path)
+    report = compare_keys(model, weights)
+    if report.loaded == 0:
+        report.print_table(f"{path}: no key matches the RepViT-DB model")
+        raise UserError(f"{path} is not a checkpoint of this model (RepViT-DB, {len(model.state_dict())} "
+                        "tensors): none of its keys match. Was it exported from a different architecture?")
+    if not report.ok:
+        if strict:
+            report.print_table(f"{path}: keys that do not match the model")
+            raise UserError(
+                f"{path} does not match the RepViT-DB model: {len(report.missing)} missing, "
+                f"{len(report.unexpected)} unexpected and {len(report.wrong_shape)} wrong-shape keys "
+                f"({report.loaded} match). Use a checkpoint of this architecture, or --non-strict to "
+                "load only the matching tensors."
+            )
+        report.print_table(f"{path}: loaded {report.loaded} tensors; these were skipped")
+    bad = {key for key, _, _ in report.wrong_shape}
+    model.load_state_dict({k: v for k, v in weights.items() if k in model.state_dict() and k not in bad},
+                          strict=False)
+    return report
+
+
+def save_checkpoint(obj: Mapping[str, Any], path: Path) -> None:
+    """torch.save atomically: temp file in the same folder, flush + fsync, rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(dict(obj), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

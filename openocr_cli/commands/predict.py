@@ -1,0 +1,115 @@
+"""`openocr-det predict`: detect text in images, write det_results.txt and drawn images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import typer
+from typing_extensions import Annotated
+
+from openocr_cli.commands.common import (
+    DEFAULT_WEIGHTS, BatchSize, BoxThresh, BoxTypeOpt, ConfigPath, Device, InferenceSettings,
+    LimitSide, LimitTypeOpt, NonStrict, Overrides, ScoreModeOpt, Thresh, UnclipRatio, Weights, Workers,
+)
+from openocr_cli.data.images import collect_images
+from openocr_cli.errors import UserError
+from openocr_cli.results import draw_detections, write_line
+from openocr_cli.ui import console, err_console, progress, table, warn
+
+RESULTS_NAME = "det_results.txt"
+
+
+def predict(
+    sources: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False)],
+    weights: Weights = DEFAULT_WEIGHTS,
+    output: Annotated[Path, typer.Option("--output", help="Folder for det_results.txt and vis/.")] = Path("output/predict"),
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Include images in subfolders.")] = False,
+    no_vis: Annotated[bool, typer.Option("--no-vis", help="Do not write drawn images.")] = False,
+    config: ConfigPath = None,
+    override: Overrides = None,
+    device: Device = None,
+    batch_size: BatchSize = 1,
+    workers: Workers = 2,
+    thresh: Thresh = None,
+    box_thresh: BoxThresh = None,
+    unclip_ratio: UnclipRatio = None,
+    score_mode: ScoreModeOpt = None,
+    box_type: BoxTypeOpt = None,
+    limit_side_len: LimitSide = None,
+    limit_type: LimitTypeOpt = None,
+    non_strict: NonStrict = False,
+) -> None:
+    """Detect text regions in images.
+
+    Writes OUTPUT/det_results.txt (image path, TAB, JSON list of {"points", "score"}) and, unless
+    --no-vis, the images with boxes drawn under OUTPUT/vis/. Unreadable images are skipped with a
+    warning and listed at the end (exit 1).
+
+    Examples:
+
+      openocr-det predict ./imgs --weights best.pth
+
+      openocr-det predict "scans/**/*.png" --recursive --device cpu --box-type poly --no-vis
+    """
+    settings = InferenceSettings(weights, config, override, device, batch_size, workers, thresh, box_thresh,
+                                 unclip_ratio, score_mode, box_type, limit_side_len, limit_type, non_strict)
+    paths = collect_images(sources, recursive)
+    cfg = settings.load_config()
+    predictor = settings.build_predictor(cfg)
+    vis_dir = output / "vis"
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        if not no_vis:
+            vis_dir.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output folder {output}: {exc.strerror}. Choose another --output.") from None
+
+    failures: list[str] = []
+    boxes = 0
+    vis_names: set[str] = set()
+    with open(output / RESULTS_NAME, "w", encoding="utf-8") as results, progress() as bar:
+        task = bar.add_task("predict", total=len(paths))
+        for result in predictor.run(paths, keep_images=not no_vis):
+            bar.advance(task)
+            if result.error is not None:
+                warn(f"skipped {result.error}")
+                failures.append(result.error)
+                continue
+            write_line(results, result.path, result.detections)
+            boxes += len(result.detections)
+            if not no_vis:
+                _save_vis(vis_dir, result.path, draw_detections(result.image, result.detections), vis_names)
+
+    ms = predictor.times.ms_per_image()
+    console.print(table("predict", ["metric", "value"], [
+        ("images", predictor.times.images),
+        ("boxes", boxes),
+        ("preprocess ms/img", f"{ms['preprocess']:.1f}"),
+        ("inference ms/img", f"{ms['inference']:.1f}"),
+        ("postprocess ms/img", f"{ms['postprocess']:.1f}"),
+    ]))
+    console.print(f"Results saved to {output}")
+    if failures:
+        err_console.print(f"[red]{len(failures)} image(s) could not be read:[/red]")
+        for failure in failures:
+            err_console.print(f"  {failure}")
+        raise typer.Exit(1)
+
+
+def _save_vis(folder: Path, path: str, image, used: set[str]) -> None:
+    """Save under the image's base name; a clash gets a numeric suffix, undecodable formats become PNG."""
+    stem, ext = os.path.splitext(os.path.basename(path))
+    if ext.lower() not in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"):
+        ext = ".png"
+    name, n = f"{stem}{ext}", 1
+    while name in used:
+        name, n = f"{stem}_{n}{ext}", n + 1
+    used.add(name)
+    ok, buf = cv2.imencode(ext, image)
+    if ok:
+        buf.tofile(str(folder / name))
+    else:
+        warn(f"could not encode the drawn image for {path}")

@@ -1,0 +1,80 @@
+"""Finding and decoding input images: files, folders, globs; failures become per-file messages."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Iterable
+
+import cv2
+import numpy as np
+
+from openocr_cli.errors import UserError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2",
+                              ".pbm", ".pgm", ".ppm", ".pnm", ".dib", ".jpe", ".sr", ".ras"})
+
+
+class ImageReadError(Exception):
+    """A file that exists but cannot be decoded as an image."""
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def collect_images(sources: Iterable[str], recursive: bool = False) -> list[str]:
+    """Expand SOURCE arguments into image paths as the user wrote them (sorted per folder, no duplicates).
+
+    A file named explicitly is taken whatever its extension (decoding decides); folders and globs
+    keep only known image extensions.
+    """
+    found: list[str] = []
+    for source in sources:
+        if os.path.isfile(source):
+            found.append(source)
+        elif os.path.isdir(source):
+            matches = _list_folder(source, recursive)
+            if not matches:
+                hint = "" if recursive else " (use --recursive to include subfolders)"
+                raise UserError(f"folder {source} contains no images{hint}. "
+                                f"Supported: {', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))}.")
+            found.extend(matches)
+        elif glob.has_magic(source):
+            matches = sorted(p for p in glob.glob(source, recursive=recursive) if os.path.isfile(p) and is_image_name(p))
+            if not matches:
+                raise UserError(f"pattern {source} matches no image files.")
+            found.extend(matches)
+        else:
+            raise UserError(f"{source} does not exist. Pass image files, folders or glob patterns.")
+    seen: set[str] = set()
+    unique = []
+    for path in found:
+        norm = os.path.normpath(os.path.abspath(path))
+        if norm not in seen:
+            seen.add(norm)
+            unique.append(path)
+    return unique
+
+
+def _list_folder(folder: str, recursive: bool) -> list[str]:
+    if recursive:
+        paths = [os.path.join(root, name) for root, _, names in os.walk(folder) for name in names]
+    else:
+        paths = [os.path.join(folder, name) for name in os.listdir(folder)]
+    return sorted(p for p in paths if is_image_name(p) and os.path.isfile(p))
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode a file to a 3-channel BGR uint8 array (alpha dropped, grey expanded, EXIF applied)."""
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as exc:
+        raise ImageReadError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if data.size == 0:
+        raise ImageReadError(f"{path} is empty")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+        raise ImageReadError(f"{path} is not a decodable image")
+    return image

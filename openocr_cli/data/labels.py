@@ -1,0 +1,155 @@
+"""Label files in OpenOCR/PaddleOCR detection format, parsed and validated line by line.
+
+A line is `image_path<TAB>[{"transcription": str, "points": [[x, y], ...]}, ...]`. Regions whose
+transcription is `###` or `*` are "do not care". Every problem is reported as `file:line: reason`
+so a user can fix the file instead of guessing why a sample vanished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from openocr_cli.errors import UserError
+
+IGNORE_TRANSCRIPTIONS = frozenset({"###", "*"})
+MAX_REPORTED_PROBLEMS = 20
+
+
+@dataclass
+class LabelSample:
+    """One labelled image: the path as written in the file, where it resolves, and its regions."""
+
+    key: str
+    image: Path
+    polys: list[np.ndarray]
+    texts: list[str]
+    ignore: list[bool]
+    source: str = ""
+    line: int = 0
+
+
+@dataclass
+class LabelProblem:
+    file: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}"
+
+
+@dataclass
+class LabelSet:
+    samples: list[LabelSample] = field(default_factory=list)
+    problems: list[LabelProblem] = field(default_factory=list)
+
+
+def parse_regions(text: str) -> tuple[list[np.ndarray], list[str], list[bool]]:
+    """Parse the JSON annotation field; raise ValueError with a user-readable reason."""
+    try:
+        regions = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"annotation is not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(regions, list):
+        raise ValueError("annotation must be a JSON list of {\"transcription\", \"points\"} objects")
+    polys, texts, ignore = [], [], []
+    for n, region in enumerate(regions, 1):
+        if not isinstance(region, dict) or "points" not in region:
+            raise ValueError(f"region {n} has no \"points\" key")
+        polys.append(_parse_points(region["points"], n))
+        text = region.get("transcription", "")
+        text = "" if text is None else str(text)
+        texts.append(text)
+        ignore.append(text in IGNORE_TRANSCRIPTIONS)
+    return polys, texts, ignore
+
+
+def _parse_points(points: object, n: int) -> np.ndarray:
+    if not isinstance(points, list) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in points):
+        raise ValueError(f"region {n}: \"points\" must be a list of [x, y] pairs")
+    if len(points) < 3:
+        raise ValueError(f"region {n}: a polygon needs at least 3 points, got {len(points)}")
+    try:
+        arr = np.array(points, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"region {n}: coordinates must be numbers") from None
+    if any(isinstance(v, (bool, str)) for p in points for v in p) or not np.isfinite(arr).all():
+        raise ValueError(f"region {n}: coordinates must be finite numbers")
+    return arr.astype(np.float32)
+
+
+def split_line(raw: str, delimiter: str = "\t") -> tuple[str, str]:
+    """(image field, annotation field); ValueError if the delimiter is missing."""
+    if delimiter not in raw:
+        raise ValueError("no TAB between the image path and the annotation JSON")
+    image, annotation = raw.split(delimiter, 2)[:2]
+    if not image.strip():
+        raise ValueError("empty image path")
+    return image, annotation
+
+
+def resolve_image_field(field_text: str, data_dir: Path) -> tuple[str, Path]:
+    """Image path joined to data_dir. A JSON list of paths (OpenOCR allows it) resolves to its first one."""
+    key = field_text
+    if field_text.startswith("["):
+        try:
+            choices = json.loads(field_text)
+            if isinstance(choices, list) and choices and all(isinstance(c, str) for c in choices):
+                key = choices[0]
+        except json.JSONDecodeError:
+            pass
+    return key, Path(os.path.join(str(data_dir), key))
+
+
+def read_label_files(files: Iterable[Path], data_dir: Path, check_images: bool = True) -> LabelSet:
+    """Parse every line of every file; collect samples and `file:line: reason` problems."""
+    out = LabelSet()
+    for file in files:
+        file = Path(file)
+        if not file.is_file():
+            raise UserError(f"label file {file} does not exist. Pass an existing file to --label-file.")
+        with open(file, "rb") as f:
+            for number, raw_bytes in enumerate(f, 1):
+                raw = raw_bytes.decode("utf-8", errors="replace").rstrip("\n").rstrip("\r")
+                if not raw.strip():
+                    continue
+                try:
+                    sample = _parse_line(raw, data_dir, check_images)
+                except ValueError as exc:
+                    out.problems.append(LabelProblem(str(file), number, str(exc)))
+                    continue
+                sample.source, sample.line = str(file), number
+                out.samples.append(sample)
+    return out
+
+
+def _parse_line(raw: str, data_dir: Path, check_images: bool) -> LabelSample:
+    image_field, annotation = split_line(raw)
+    key, image = resolve_image_field(image_field, data_dir)
+    polys, texts, ignore = parse_regions(annotation)
+    if check_images and not image.is_file():
+        raise ValueError(f"image {image} does not exist")
+    return LabelSample(key=key, image=image, polys=polys, texts=texts, ignore=ignore)
+
+
+def load_labels(files: Iterable[Path], data_dir: Path, check_images: bool = True) -> list[LabelSample]:
+    """Like read_label_files, but any problem is fatal: all are listed, then a UserError is raised."""
+    files = list(files)
+    result = read_label_files(files, data_dir, check_images)
+    if result.problems:
+        shown = "\n".join(f"  {p}" for p in result.problems[:MAX_REPORTED_PROBLEMS])
+        more = len(result.problems) - MAX_REPORTED_PROBLEMS
+        extra = f"\n  ... and {more} more" if more > 0 else ""
+        raise UserError(f"{len(result.problems)} malformed label line(s):\n{shown}{extra}\n"
+                        "Each line must be `image_path<TAB>[{\"transcription\": ..., \"points\": [[x, y], ...]}]`; "
+                        "fix these lines and retry.")
+    if not result.samples:
+        raise UserError(f"no labelled images in {', '.join(map(str, files))}: the file(s) are empty.")
+    return result.samples
+

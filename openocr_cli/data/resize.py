@@ -1,0 +1,111 @@
+"""Test-time preprocessing exactly as OpenOCR's DetResizeForTest + NormalizeImage + ToCHWImage.
+
+The rounding rules (truncate, then half-to-even to multiples of 32, minimum 32) decide the
+network input size and therefore the metric, so they are kept bit-for-bit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+
+from openocr_cli.errors import UserError
+
+LIMIT_TYPES = ("max", "min", "resize_long")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ResizeSpec:
+    """Which DetResizeForTest mode to apply; built from the config's op parameters."""
+
+    limit_side_len: int = 960
+    limit_type: str = "max"
+    resize_long: Optional[int] = None
+    image_shape: Optional[tuple[int, int]] = None
+    keep_ratio: bool = False
+
+    @classmethod
+    def from_params(cls, params: dict) -> "ResizeSpec":
+        """Mirror OpenOCR's mode selection: image_shape, then limit_side_len, then resize_long."""
+        if params.get("image_shape"):
+            h, w = params["image_shape"]
+            return cls(image_shape=(int(h), int(w)), keep_ratio=bool(params.get("keep_ratio", False)))
+        if "limit_side_len" in params:
+            spec = cls(limit_side_len=int(params["limit_side_len"]), limit_type=str(params.get("limit_type", "min")))
+        elif "resize_long" in params:
+            spec = cls(resize_long=int(params["resize_long"]))
+        else:
+            spec = cls(limit_side_len=736, limit_type="min")
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        if self.limit_type not in LIMIT_TYPES:
+            raise UserError(f"limit type '{self.limit_type}' is not supported; use one of {', '.join(LIMIT_TYPES)}.",
+                            exit_code=2)
+        if self.limit_side_len < 1 or (self.resize_long is not None and self.resize_long < 1):
+            raise UserError("the limit side length must be a positive number of pixels.", exit_code=2)
+
+
+def _round32(v: int) -> int:
+    return max(int(round(v / 32) * 32), 32)
+
+
+def target_size(h: int, w: int, spec: ResizeSpec) -> tuple[int, int]:
+    """Network input (height, width) for an h x w image under `spec`."""
+    if spec.image_shape is not None:
+        th, tw = spec.image_shape
+        if spec.keep_ratio:
+            tw = int(math.ceil(w * th / h / 32) * 32)
+        return th, tw
+    if spec.resize_long is not None:
+        ratio = spec.resize_long / max(h, w)
+        rh, rw = int(h * ratio), int(w * ratio)
+        return int(math.ceil(rh / 128) * 128), int(math.ceil(rw / 128) * 128)
+    side = spec.limit_side_len
+    if spec.limit_type == "max":
+        ratio = side / max(h, w) if max(h, w) > side else 1.0
+    elif spec.limit_type == "min":
+        ratio = side / min(h, w) if min(h, w) < side else 1.0
+    else:
+        ratio = side / max(h, w)
+    return _round32(int(h * ratio)), _round32(int(w * ratio))
+
+
+def resize_for_test(image: np.ndarray, spec: ResizeSpec) -> tuple[np.ndarray, tuple[int, int]]:
+    """Resize a BGR image for the network; returns it with the ORIGINAL (src_h, src_w).
+
+    Images with h + w < 64 are zero-padded to at least 32 x 32 first while the recorded source size
+    stays unpadded (OpenOCR's behaviour, kept for parity).
+    """
+    src_h, src_w = image.shape[:2]
+    if src_h + src_w < 64:
+        padded = np.zeros((max(32, src_h), max(32, src_w), image.shape[2]), dtype=image.dtype)
+        padded[:src_h, :src_w] = image
+        image = padded
+    h, w = image.shape[:2]
+    th, tw = target_size(h, w, spec)
+    if (th, tw) != (h, w):
+        image = cv2.resize(image, (tw, th))
+    return image, (src_h, src_w)
+
+
+class Normalizer:
+    """(x/255 - mean) / std per channel, positionally on BGR data (OpenOCR's quirk), HWC -> CHW float32."""
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+        if len(mean) != 3 or len(std) != 3 or any(s == 0 for s in std):
+            raise UserError("mean and std need three values each, and std must not contain 0.", exit_code=2)
+        self.scale = np.float32(1.0 / 255.0)
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        out = (image.astype(np.float32) * self.scale - self.mean) / self.std
+        return np.ascontiguousarray(out.transpose(2, 0, 1))

@@ -1,0 +1,69 @@
+"""Forward passes behind one interface: a normalised NCHW float32 batch in, (N, 1, H, W) probabilities out.
+
+Pre- and post-processing are shared by every backend, so swapping torch for another runtime
+changes only this step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Protocol
+
+import numpy as np
+import torch
+
+from openocr_cli.checkpoint import load_weights
+from openocr_cli.errors import UserError
+
+
+class Backend(Protocol):
+    name: str
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+def resolve_device(spec: Optional[str]) -> torch.device:
+    """cpu, cuda, cuda:N (or OpenOCR's 'gpu'); default cuda when available. Clear errors otherwise."""
+    if spec is None or spec == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    text = spec.strip().lower().replace("gpu", "cuda")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise UserError(f"--device '{spec}' is not a device; use cpu, cuda or cuda:N.", exit_code=2) from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device '{spec}' is not supported; use cpu, cuda or cuda:N.", exit_code=2)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {spec}: CUDA is not available on this machine (PyTorch {torch.__version__}). "
+                            "Use --device cpu.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) are visible.")
+    return device
+
+
+class TorchBackend:
+    """A loaded, fused, eval-mode DBDetector on one device."""
+
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module, device: torch.device):
+        self.model = model.to(device).eval()
+        self.device = device
+
+    @classmethod
+    def from_checkpoint(cls, weights: Path, device: torch.device, arch: Optional[dict] = None,
+                        strict: bool = True, fuse: bool = True) -> "TorchBackend":
+        from openocr_cli.model import build_detector
+
+        model = build_detector(arch)
+        load_weights(model, weights, strict=strict)
+        model.eval()
+        if fuse:
+            model.fuse()
+        return cls(model, device)
+
+    @torch.inference_mode()
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        return self.model(x).float().cpu().numpy()

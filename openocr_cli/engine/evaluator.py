@@ -1,0 +1,102 @@
+"""Detection metric over a labelled set, either by running a model or from a predictions file."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from openocr_cli.data.labels import LabelSample
+from openocr_cli.engine.predictor import Predictor
+from openocr_cli.metrics import DetMetric
+
+
+@dataclass
+class EvalResult:
+    precision: float
+    recall: float
+    hmean: float
+    images: int
+    fps: Optional[float] = None
+    failures: list[str] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        out = {"precision": self.precision, "recall": self.recall, "hmean": self.hmean, "images": self.images}
+        if self.fps is not None:
+            out["fps"] = self.fps
+        if self.failures:
+            out["unreadable_images"] = self.failures
+        if self.unmatched:
+            out["images_without_prediction"] = self.unmatched
+        return out
+
+
+def evaluate_model(predictor: Predictor, samples: Sequence[LabelSample],
+                   on_image: Callable[[], None] = lambda: None) -> EvalResult:
+    """Run the predictor on every labelled image and score it (OpenOCR's DetMetric numbers)."""
+    metric = DetMetric()
+    failures = []
+    for result in predictor.run([str(s.image) for s in samples]):
+        on_image()
+        if result.error is not None:
+            failures.append(result.error)
+            continue
+        sample = samples[result.index]
+        metric.update(sample.polys, sample.ignore, [d.points for d in result.detections])
+    scores = metric.result()
+    seconds = predictor.times.inference
+    fps = predictor.times.images / seconds if seconds > 0 else 0.0
+    return EvalResult(scores["precision"], scores["recall"], scores["hmean"], predictor.times.images, fps, failures)
+
+
+def evaluate_predictions(predictions: dict[str, list[np.ndarray]], samples: Sequence[LabelSample],
+                         data_dir: str) -> EvalResult:
+    """Score a predictions file; each label is matched to a prediction line by image path.
+
+    Tried in order: the path as written in the label, the path joined to data_dir, then the
+    label path as a trailing part of a prediction path, then a unique base name. Labelled images
+    with no prediction line count as images without detections and are reported.
+    """
+    lookup = _PathIndex(predictions)
+    metric = DetMetric()
+    unmatched = []
+    for sample in samples:
+        dets = lookup.find(sample.key, str(sample.image))
+        if dets is None:
+            unmatched.append(sample.key)
+            dets = []
+        metric.update(sample.polys, sample.ignore, dets)
+    scores = metric.result()
+    return EvalResult(scores["precision"], scores["recall"], scores["hmean"], len(samples), unmatched=unmatched)
+
+
+def _norm(path: str) -> str:
+    return os.path.normpath(path).replace("\\", "/")
+
+
+class _PathIndex:
+    def __init__(self, predictions: dict[str, list[np.ndarray]]):
+        self.exact = {_norm(k): v for k, v in predictions.items()}
+        self.absolute = {_norm(os.path.abspath(k)): v for k, v in predictions.items()}
+        self.by_name: dict[str, list[str]] = {}
+        for key in self.exact:
+            self.by_name.setdefault(os.path.basename(key), []).append(key)
+
+    def find(self, key: str, joined: str) -> Optional[list[np.ndarray]]:
+        for candidate in (_norm(key), _norm(joined)):
+            if candidate in self.exact:
+                return self.exact[candidate]
+        absolute = _norm(os.path.abspath(joined))
+        if absolute in self.absolute:
+            return self.absolute[absolute]
+        tail = "/" + _norm(key).lstrip("./")
+        suffixed = [k for k in self.by_name.get(os.path.basename(key), []) if k.endswith(tail)]
+        if len(suffixed) == 1:
+            return self.exact[suffixed[0]]
+        same_name = self.by_name.get(os.path.basename(key), [])
+        if len(same_name) == 1:
+            return self.exact[same_name[0]]
+        return None

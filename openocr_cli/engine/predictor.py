@@ -1,0 +1,134 @@
+"""Batched detection over a stream of images: decode + resize in threads, forward, post-process.
+
+Images are batched only with others of the same network input size, so a batch gives exactly
+the boxes single-image inference gives (no padding artefacts). Results come back in input order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Optional
+
+import numpy as np
+
+from openocr_cli.data.images import ImageReadError, read_image
+from openocr_cli.data.resize import Normalizer, ResizeSpec, resize_for_test
+from openocr_cli.engine.backends import Backend
+from openocr_cli.postprocess import DBPostProcess, Detection
+
+
+@dataclass
+class ImageResult:
+    index: int
+    path: str
+    detections: list[Detection] = field(default_factory=list)
+    image: Optional[np.ndarray] = None
+    error: Optional[str] = None
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage, summed over images (inference is per batch)."""
+
+    images: int = 0
+    preprocess: float = 0.0
+    inference: float = 0.0
+    postprocess: float = 0.0
+
+    def ms_per_image(self) -> dict[str, float]:
+        n = max(self.images, 1)
+        return {k: 1000.0 * getattr(self, k) / n for k in ("preprocess", "inference", "postprocess")}
+
+
+@dataclass
+class _Prepared:
+    index: int
+    path: str
+    tensor: Optional[np.ndarray] = None
+    src_hw: tuple[int, int] = (0, 0)
+    image: Optional[np.ndarray] = None
+    error: Optional[str] = None
+    seconds: float = 0.0
+
+
+class Predictor:
+    def __init__(self, backend: Backend, resize: ResizeSpec, normalizer: Normalizer,
+                 postprocess: DBPostProcess, batch_size: int = 1, workers: int = 2):
+        if batch_size < 1:
+            raise ValueError("batch size must be at least 1")
+        self.backend = backend
+        self.resize = resize
+        self.normalizer = normalizer
+        self.postprocess = postprocess
+        self.batch_size = batch_size
+        self.workers = max(1, workers)
+        self.times = StageTimes()
+
+    def _prepare(self, index: int, path: str, keep_image: bool) -> _Prepared:
+        start = time.perf_counter()
+        try:
+            image = read_image(path)
+        except ImageReadError as exc:
+            return _Prepared(index, path, error=str(exc))
+        resized, src_hw = resize_for_test(image, self.resize)
+        tensor = self.normalizer(resized)
+        return _Prepared(index, path, tensor, src_hw, image if keep_image else None,
+                         seconds=time.perf_counter() - start)
+
+    def run(self, paths: Iterable[str], keep_images: bool = False) -> Iterator[ImageResult]:
+        """Yield one ImageResult per path, in input order (failed reads carry `error`)."""
+        max_pending = self.batch_size * 4
+        prefetch = max(self.batch_size * 2, self.workers * 2)
+        buckets: dict[tuple[int, int], list[_Prepared]] = {}
+        done: dict[int, ImageResult] = {}
+        next_out = 0
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="preprocess") as pool:
+            queue: deque[Future] = deque()
+            source = iter(enumerate(paths))
+            exhausted = False
+            while True:
+                while not exhausted and len(queue) < prefetch:
+                    item = next(source, None)
+                    if item is None:
+                        exhausted = True
+                    else:
+                        queue.append(pool.submit(self._prepare, item[0], item[1], keep_images))
+                if not queue:
+                    break
+                prepared = queue.popleft().result()
+                if prepared.error is not None:
+                    done[prepared.index] = ImageResult(prepared.index, prepared.path, error=prepared.error)
+                else:
+                    self.times.preprocess += prepared.seconds
+                    bucket = buckets.setdefault(prepared.tensor.shape[1:], [])
+                    bucket.append(prepared)
+                    if len(bucket) >= self.batch_size:
+                        self._flush(buckets.pop(prepared.tensor.shape[1:]), done)
+                    elif sum(map(len, buckets.values())) >= max_pending:
+                        self._flush(buckets.pop(max(buckets, key=lambda k: len(buckets[k]))), done)
+                if len(done) >= max_pending and next_out not in done and buckets:
+                    # the oldest image waits in a part-filled batch; run it so output order cannot stall
+                    oldest = min(buckets, key=lambda k: min(p.index for p in buckets[k]))
+                    self._flush(buckets.pop(oldest), done)
+                while next_out in done:
+                    yield done.pop(next_out)
+                    next_out += 1
+            for key in sorted(buckets, key=lambda k: min(p.index for p in buckets[k])):
+                self._flush(buckets[key], done)
+        while next_out in done:
+            yield done.pop(next_out)
+            next_out += 1
+
+    def _flush(self, items: list[_Prepared], done: dict[int, ImageResult]) -> None:
+        start = time.perf_counter()
+        maps = self.backend(np.stack([p.tensor for p in items]))
+        self.times.inference += time.perf_counter() - start
+        start = time.perf_counter()
+        for prepared, prob in zip(items, maps):
+            dets = self.postprocess(prob[0], *prepared.src_hw)
+            done[prepared.index] = ImageResult(prepared.index, prepared.path, dets, prepared.image)
+        self.times.postprocess += time.perf_counter() - start
+        self.times.images += len(items)
