@@ -78,3 +78,25 @@ def image_dir(tmp_path) -> Path:
 
 def label_line(path: str, regions: list[dict]) -> str:
     return f"{path}\t{json.dumps(regions)}\n"
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run the CLI in-process like the console script: returns (exit_code, stdout, stderr)."""
+    from openocr_cli.cli import main
+
+    monkeypatch.setenv("OPENOCR_DET_OFFLINE", "1")
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def invoke(*args: str):
+        monkeypatch.setattr(sys, "argv", ["openocr-det", *map(str, args)])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return invoke

@@ -1,0 +1,93 @@
+"""Predict throughput of the torch backend: images/s and ms per stage at limit side 960.
+
+Generates 1280x720 images (ICDAR2015's size) with dark text-like bars on a light background,
+runs the same Predictor the CLI uses with a freshly initialised, fused RepViT-DB model, and
+prints a Markdown table. Weights do not change the cost, except post-processing, which depends on
+how many regions the map has: the random model's map has ~none, so post-processing is also timed
+on a map with 30 boxes per image.
+
+    .venv/bin/python benchmarks/bench_predict.py [--images 16] [--batch-sizes 1 4] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from openocr_cli.data.resize import Normalizer, ResizeSpec
+from openocr_cli.engine.backends import TorchBackend, resolve_device
+from openocr_cli.engine.predictor import Predictor
+from openocr_cli.model import build_detector
+from openocr_cli.postprocess import DBPostProcess
+
+
+def make_images(folder: Path, count: int) -> list[str]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        image = np.full((720, 1280, 3), 220, np.uint8)
+        for _ in range(30):
+            x, y = int(rng.integers(0, 1100)), int(rng.integers(0, 680))
+            cv2.rectangle(image, (x, y), (x + int(rng.integers(40, 180)), y + int(rng.integers(12, 40))), (30, 30, 30), -1)
+        path = folder / f"img_{i}.jpg"
+        cv2.imwrite(str(path), image)
+        paths.append(str(path))
+    return paths
+
+
+def bench_postprocess(runs: int = 20) -> float:
+    """ms per image of DBPostProcess on a 544x960 map holding 30 rotated text boxes."""
+    rng = np.random.default_rng(1)
+    prob = np.zeros((544, 960), np.float32)
+    for _ in range(30):
+        rect = ((float(rng.uniform(60, 900)), float(rng.uniform(30, 510))), (float(rng.uniform(30, 140)), float(rng.uniform(10, 30))), float(rng.uniform(-20, 20)))
+        cv2.fillPoly(prob, [cv2.boxPoints(rect).astype(np.int32)], 0.9)
+    post = DBPostProcess()
+    start = time.perf_counter()
+    for _ in range(runs):
+        boxes = post(prob, 720, 1280)
+    assert len(boxes) > 20
+    return 1000 * (time.perf_counter() - start) / runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    device = resolve_device(args.device)
+    model = build_detector().eval().fuse()
+    backend = TorchBackend(model, device)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_images(Path(tmp), args.images)
+        for bs in args.batch_sizes:
+            predictor = Predictor(backend, ResizeSpec(960, "max"), Normalizer(), DBPostProcess(), batch_size=bs)
+            list(predictor.run(paths[: max(bs, 2)]))  # warm-up
+            predictor.times.__init__()
+            start = time.perf_counter()
+            results = list(predictor.run(paths))
+            wall = time.perf_counter() - start
+            assert len(results) == args.images and all(r.error is None for r in results)
+            ms = predictor.times.ms_per_image()
+            rows.append((f"torch ({device.type})", bs, args.images / wall, ms["preprocess"], ms["inference"], ms["postprocess"]))
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.images} images 1280x720 -> 544x960\n")
+    print("| backend | batch | images/s | preprocess ms/img | inference ms/img | postprocess ms/img |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, bs, ips, pre, inf, post in rows:
+        print(f"| {name} | {bs} | {ips:.2f} | {pre:.1f} | {inf:.1f} | {post:.1f} |")
+    print(f"\npost-processing a map with 30 text boxes: {bench_postprocess():.1f} ms/img")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""DBNet post-processing: probability map -> text boxes in original-image pixels.
+
+Every rounding, ordering and threshold rule below follows OpenOCR's DBPostProcess, because the
+boxes feed the detection metric and small differences change its numbers. The one deliberate
+change (spec quirk 22): settings never change after construction; `replace()` gives a new object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Sequence
+
+import cv2
+import numpy as np
+import pyclipper
+import shapely
+
+SCORE_MODES = ("slow", "fast")
+BOX_TYPES = ("quad", "poly")
+MIN_SIZE = 3  # fixed in OpenOCR; boxes need sside >= 3 before and >= MIN_SIZE + 2 after unclip
+
+
+@dataclass(frozen=True, eq=False)
+class Detection:
+    """One detected text region: int32 (P, 2) points (quads: TL, TR, BR, BL) and its map score."""
+
+    points: np.ndarray
+    score: float
+
+
+def mini_box(points: np.ndarray) -> tuple[np.ndarray, float]:
+    """Min-area rectangle as float32 [TL, TR, BR, BL] plus its short side.
+
+    The vertex order uses OpenOCR's rule (stable sort by x, then compare y within each pair),
+    not a geometric definition, so that rotated boxes start at the same corner as the reference.
+    """
+    rect = cv2.minAreaRect(points)
+    corners = cv2.boxPoints(rect)
+    p = corners[np.argsort(corners[:, 0], kind="stable")]
+    tl, bl = (p[0], p[1]) if p[1, 1] > p[0, 1] else (p[1], p[0])
+    tr, br = (p[2], p[3]) if p[3, 1] > p[2, 1] else (p[3], p[2])
+    return np.stack([tl, tr, br, bl]), float(min(rect[1]))
+
+
+def _masked_mean(pred: np.ndarray, pts: np.ndarray) -> float:
+    """Mean of `pred` over the polygon `pts` filled inside its bbox clipped to the map."""
+    h, w = pred.shape
+    x0 = int(np.clip(np.floor(pts[:, 0].min()), 0, w - 1))
+    x1 = int(np.clip(np.ceil(pts[:, 0].max()), 0, w - 1))
+    y0 = int(np.clip(np.floor(pts[:, 1].min()), 0, h - 1))
+    y1 = int(np.clip(np.ceil(pts[:, 1].max()), 0, h - 1))
+    mask = np.zeros((y1 - y0 + 1, x1 - x0 + 1), np.uint8)
+    shifted = (pts - np.array([x0, y0], pts.dtype)).astype(np.int32)  # truncation toward zero
+    cv2.fillPoly(mask, [shifted.reshape(-1, 1, 2)], 1)
+    return float(cv2.mean(pred[y0:y1 + 1, x0:x1 + 1], mask)[0])
+
+
+def _unclip(points: np.ndarray, ratio: float) -> list:
+    """Grow the polygon by D = A * ratio / L with a rounded pyclipper offset (ints in, ints out)."""
+    poly = shapely.Polygon(points)
+    distance = poly.area * ratio / poly.length
+    offset = pyclipper.PyclipperOffset()
+    # pyclipper truncates float coordinates; do it explicitly so the result never depends on that.
+    offset.AddPath(np.trunc(points).astype(np.int64).tolist(), pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON)
+    return offset.Execute(distance)
+
+
+def _to_source(pts: np.ndarray, map_h: int, map_w: int, src_h: float, src_w: float) -> np.ndarray:
+    """Scale map coordinates to the source image: half-to-even rounding, clip to [0, src] inclusive.
+
+    Arithmetic mirrors the reference: the division runs in the points' own dtype (float32 for
+    quads), the multiplication by the float64 source size in float64 (spec quirk 21).
+    """
+    out = np.empty(pts.shape, np.float64)
+    out[:, 0] = np.clip(np.round((pts[:, 0] / map_w).astype(np.float64) * src_w), 0, src_w)
+    out[:, 1] = np.clip(np.round((pts[:, 1] / map_h).astype(np.float64) * src_h), 0, src_h)
+    return out.astype(np.int32)
+
+
+@dataclass(frozen=True)
+class DBPostProcess:
+    """Turns one DBNet probability map into Detections; defaults are the repvit_db.yml values."""
+
+    thresh: float = 0.3
+    box_thresh: float = 0.6
+    max_candidates: int = 1000
+    unclip_ratio: float = 1.5
+    use_dilation: bool = False
+    score_mode: str = "slow"
+    box_type: str = "quad"
+
+    def __post_init__(self) -> None:
+        for name in ("thresh", "box_thresh"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a number between 0 and 1, got {value!r}")
+        ratio = self.unclip_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not (math.isfinite(ratio) and ratio > 0):
+            raise ValueError(f"unclip_ratio must be a finite number > 0, got {ratio!r}")
+        cand = self.max_candidates
+        if isinstance(cand, bool) or not isinstance(cand, numbers.Integral) or cand < 1:
+            raise ValueError(f"max_candidates must be a positive integer, got {cand!r}")
+        if not isinstance(self.use_dilation, (bool, np.bool_)):
+            raise ValueError(f"use_dilation must be true or false, got {self.use_dilation!r}")
+        if self.score_mode not in SCORE_MODES:
+            raise ValueError(f"score_mode must be one of {', '.join(SCORE_MODES)}, got {self.score_mode!r}")
+        if self.box_type not in BOX_TYPES:
+            raise ValueError(f"box_type must be one of {', '.join(BOX_TYPES)}, got {self.box_type!r}")
+        # Canonical Python types: `pred > thresh` must compare in float32 like the reference does
+        # with a plain float, and a NumPy scalar from a config would silently change that.
+        for name, kind in (("thresh", float), ("box_thresh", float), ("unclip_ratio", float),
+                           ("max_candidates", int), ("use_dilation", bool)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
+
+    def replace(self, **overrides) -> "DBPostProcess":
+        """A copy with some settings changed (`mask_thresh` is accepted as OpenOCR's name for thresh)."""
+        if "mask_thresh" in overrides:
+            overrides["thresh"] = overrides.pop("mask_thresh")
+        return dataclasses.replace(self, **overrides)
+
+    def __call__(self, pred: np.ndarray, src_h: float, src_w: float) -> list[Detection]:
+        """Detections for one (h, w) probability map whose source image is src_h x src_w."""
+        pred = np.asarray(pred, dtype=np.float32)
+        if pred.ndim != 2 or pred.size == 0:
+            raise ValueError(f"expected a non-empty (h, w) probability map, got shape {pred.shape}")
+        if not (src_h > 0 and src_w > 0):
+            raise ValueError(f"source size must be positive, got {src_h} x {src_w}")
+        bitmap = (pred > self.thresh).astype(np.uint8)
+        if self.use_dilation:
+            bitmap = cv2.dilate(bitmap, np.ones((2, 2), np.uint8))
+        found = cv2.findContours(bitmap * 255, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+        contours = found[-2]  # OpenCV 3 returns (image, contours, hierarchy), 4+ (contours, hierarchy)
+        contours = contours[: self.max_candidates]
+        one = self._quad if self.box_type == "quad" else self._poly
+        out = []
+        for contour in contours:
+            det = one(pred, contour, float(src_h), float(src_w))
+            if det is not None:
+                out.append(det)
+        return out
+
+    def batch(self, maps: np.ndarray, shapes: Sequence[Sequence[float]]) -> list[list[Detection]]:
+        """Per-image Detections for maps (N, 1, H, W) or (N, H, W); shape rows start (src_h, src_w)."""
+        maps = np.asarray(maps)
+        if maps.ndim == 4:
+            if maps.shape[1] != 1:
+                raise ValueError(f"expected one channel in (N, 1, H, W) maps, got shape {maps.shape}")
+            maps = maps[:, 0]
+        if maps.ndim != 3:
+            raise ValueError(f"expected maps of shape (N, 1, H, W) or (N, H, W), got {maps.shape}")
+        if len(shapes) != len(maps):
+            raise ValueError(f"got {len(maps)} maps but {len(shapes)} shapes")
+        return [self(m, s[0], s[1]) for m, s in zip(maps, shapes)]
+
+    def _quad(self, pred, contour, src_h, src_w):
+        box, sside = mini_box(contour)
+        if sside < MIN_SIZE:
+            return None
+        pts = contour.reshape(-1, 2) if self.score_mode == "slow" else box
+        score = _masked_mean(pred, pts)
+        if score < self.box_thresh:
+            return None
+        expanded = _unclip(box, self.unclip_ratio)
+        if len(expanded) != 1:
+            return None
+        box, sside = mini_box(np.array(expanded[0], np.int32).reshape(-1, 1, 2))
+        if sside < MIN_SIZE + 2:
+            return None
+        return Detection(_to_source(box, *pred.shape, src_h, src_w), score)
+
+    def _poly(self, pred, contour, src_h, src_w):
+        eps = 0.002 * cv2.arcLength(contour, True)
+        pts = cv2.approxPolyDP(contour, eps, True).reshape(-1, 2)
+        if len(pts) < 4:
+            return None
+        score = _masked_mean(pred, pts)  # poly mode always scores the "fast" way
+        if score < self.box_thresh:
+            return None
+        expanded = _unclip(pts, self.unclip_ratio)
+        if len(expanded) != 1:
+            return None
+        poly = np.array(expanded[0], np.int64)
+        if mini_box(poly.astype(np.int32).reshape(-1, 1, 2))[1] < MIN_SIZE + 2:
+            return None
+        return Detection(_to_source(poly, *pred.shape, src_h, src_w), score)

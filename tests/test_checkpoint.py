@@ -1,0 +1,116 @@
+import os
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+from openocr_cli.checkpoint import extract_state_dict, load_weights, read_checkpoint, save_checkpoint
+from openocr_cli.errors import UserError
+
+
+def tiny() -> nn.Module:
+    return nn.Sequential(OrderedDict(conv=nn.Conv2d(3, 4, 3), bn=nn.BatchNorm2d(4)))
+
+
+def filled(model: nn.Module, value: float) -> dict:
+    return {k: torch.full_like(v, value) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("layout", ["bare", "openocr", "ddp"])
+def test_loads_bare_wrapped_and_ddp_checkpoints(tmp_path, layout):
+    weights = filled(tiny(), 0.5)
+    if layout == "openocr":
+        obj = {"epoch": 3, "global_step": 9, "state_dict": weights, "optimizer": None, "scheduler": None,
+               "config": {"Global": {"epoch_num": 5}}, "metrics": {"hmean": 0.5}}
+    elif layout == "ddp":
+        obj = {"state_dict": {f"module.{k}": v for k, v in weights.items()}}
+    else:
+        obj = weights
+    path = tmp_path / "w.pth"
+    torch.save(obj, path)
+    model = tiny()
+    report = load_weights(model, path)
+    assert report.ok and report.loaded == 7
+    assert torch.all(model.conv.weight == 0.5)
+
+
+def test_strict_mismatch_prints_table_and_raises(tmp_path, capsys):
+    weights = filled(tiny(), 1.0)
+    weights["conv.weight"] = torch.zeros(8, 3, 3, 3)
+    del weights["bn.bias"]
+    weights["extra.weight"] = torch.zeros(1)
+    path = tmp_path / "w.pth"
+    torch.save(weights, path)
+    with pytest.raises(UserError, match="1 missing, 1 unexpected and 1 wrong-shape") as info:
+        load_weights(tiny(), path)
+    assert "--non-strict" in str(info.value)
+    err = capsys.readouterr().err
+    assert "bn.bias" in err and "extra.weight" in err and "conv.weight" in err
+
+
+def test_non_strict_loads_what_matches(tmp_path):
+    weights = filled(tiny(), 2.0)
+    weights["conv.weight"] = torch.zeros(8, 3, 3, 3)
+    path = tmp_path / "w.pth"
+    torch.save(weights, path)
+    model = tiny()
+    before = model.conv.weight.clone()
+    report = load_weights(model, path, strict=False)
+    assert not report.ok and report.loaded == 6 and report.wrong_shape[0][0] == "conv.weight"
+    assert torch.equal(model.conv.weight, before)
+    assert torch.all(model.bn.weight == 2.0)
+
+
+def test_wrong_architecture_is_named(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}}, path)
+    with pytest.raises(UserError, match="none of its keys match"):
+        load_weights(tiny(), path, strict=False)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_and_never_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": _Payload(marker)}, path)
+    with pytest.raises(UserError, match="refused"):
+        read_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_unreadable_inputs(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        read_checkpoint(tmp_path / "none.pth")
+    with pytest.raises(UserError, match="is a folder"):
+        read_checkpoint(tmp_path)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(UserError, match="not a readable PyTorch checkpoint"):
+        read_checkpoint(junk)
+    with pytest.raises(UserError, match="no model weights"):
+        extract_state_dict({"epoch": 1}, "x.pth")
+
+
+def test_save_is_atomic_when_interrupted(tmp_path, monkeypatch):
+    path = tmp_path / "latest.pth"
+    save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 1}, path)
+
+    def crash(obj, f):
+        f.write(b"partial garbage")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "epoch": 2}, path)
+    monkeypatch.undo()
+    restored = torch.load(path, weights_only=True)
+    assert restored["epoch"] == 1 and torch.equal(restored["state_dict"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pth"]
