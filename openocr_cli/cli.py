@@ -47,24 +47,15 @@ _register()
 
 
 def main() -> None:
-    """Run the app; a UserError becomes a one-paragraph message and its exit code, not a traceback."""
+    """Run the app; a UserError becomes a one-paragraph message and its exit code, not a traceback.
+
+    Typer itself turns usage errors into exit code 2 with the usage line.
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except UserError as exc:
         error(str(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         error("interrupted.")
         sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        error("aborted.")
-        sys.exit(1)
-    except Exception as exc:  # click usage errors come through here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
