@@ -45,14 +45,17 @@ def bench_postprocess(runs: int = 20) -> float:
     """ms per image of DBPostProcess on a 544x960 map holding 30 rotated text boxes."""
     rng = np.random.default_rng(1)
     prob = np.zeros((544, 960), np.float32)
-    for _ in range(30):
-        rect = ((float(rng.uniform(60, 900)), float(rng.uniform(30, 510))), (float(rng.uniform(30, 140)), float(rng.uniform(10, 30))), float(rng.uniform(-20, 20)))
-        cv2.fillPoly(prob, [cv2.boxPoints(rect).astype(np.int32)], 0.9)
+    for row in range(6):
+        for col in range(5):
+            centre = (96.0 + 180 * col, 45.0 + 90 * row)
+            size = (float(rng.uniform(60, 150)), float(rng.uniform(12, 30)))
+            rect = (centre, size, float(rng.uniform(-15, 15)))
+            cv2.fillPoly(prob, [cv2.boxPoints(rect).astype(np.int32)], 0.9)
     post = DBPostProcess()
     start = time.perf_counter()
     for _ in range(runs):
         boxes = post(prob, 720, 1280)
-    assert len(boxes) > 20
+    assert len(boxes) == 30, len(boxes)
     return 1000 * (time.perf_counter() - start) / runs
 
 

@@ -37,10 +37,11 @@ def _root(
 
 
 def _register() -> None:
-    from openocr_cli.commands import evaluate, predict
+    from openocr_cli.commands import download, evaluate, predict
 
     app.command("predict", no_args_is_help=True)(predict.predict)
     app.command("eval")(evaluate.evaluate)
+    app.command("download")(download.download)
 
 
 _register()

@@ -37,18 +37,18 @@ class LimitType(str, Enum):
 DEFAULT_WEIGHTS = "repvit"
 
 Weights = Annotated[str, typer.Option("--weights", "-w", help="Checkpoint .pth (OpenOCR or ours) or a model name from `openocr-det download --list`.")]
-ConfigPath = Annotated[Optional[Path], typer.Option("--config", "-c", help="OpenOCR-style YAML config [default: packaged repvit_db.yml].")]
+ConfigPath = Annotated[Optional[Path], typer.Option("--config", "-c", help="OpenOCR-style YAML config (default: packaged repvit_db.yml).")]
 Overrides = Annotated[Optional[list[str]], typer.Option("--override", "-o", help="Config override Key.sub=value (repeatable), e.g. -o PostProcess.box_thresh=0.5.")]
-Device = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N [default: cuda if available].")]
+Device = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: cuda if available).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass (same-size images are batched).")]
 Workers = Annotated[int, typer.Option("--workers", min=1, help="Threads decoding and resizing images.")]
-Thresh = Annotated[Optional[float], typer.Option("--thresh", min=0.0, max=1.0, help="Pixel threshold on the probability map [config: 0.3].")]
-BoxThresh = Annotated[Optional[float], typer.Option("--box-thresh", min=0.0, max=1.0, help="Minimum box score [config: 0.6].")]
-UnclipRatio = Annotated[Optional[float], typer.Option("--unclip-ratio", min=0.0, help="Box expansion ratio [config: 1.5].")]
-ScoreModeOpt = Annotated[Optional[ScoreMode], typer.Option("--score-mode", case_sensitive=False, help="Box score: slow (polygon mean) or fast (box mean) [config: slow].")]
-BoxTypeOpt = Annotated[Optional[BoxType], typer.Option("--box-type", case_sensitive=False, help="quad (4 points) or poly (polygons) [config: quad].")]
-LimitSide = Annotated[Optional[int], typer.Option("--limit-side-len", min=32, help="Resize limit in pixels [config: 960].")]
-LimitTypeOpt = Annotated[Optional[LimitType], typer.Option("--limit-type", case_sensitive=False, help="max: longest side <= limit; min: shortest side >= limit; resize_long: longest side = limit [config: max].")]
+Thresh = Annotated[Optional[float], typer.Option("--thresh", min=0.0, max=1.0, help="Pixel threshold on the probability map (config default: 0.3).")]
+BoxThresh = Annotated[Optional[float], typer.Option("--box-thresh", min=0.0, max=1.0, help="Minimum box score (config default: 0.6).")]
+UnclipRatio = Annotated[Optional[float], typer.Option("--unclip-ratio", min=0.0, help="Box expansion ratio (config default: 1.5).")]
+ScoreModeOpt = Annotated[Optional[ScoreMode], typer.Option("--score-mode", case_sensitive=False, help="Box score: slow (polygon mean) or fast (box mean) (config default: slow).")]
+BoxTypeOpt = Annotated[Optional[BoxType], typer.Option("--box-type", case_sensitive=False, help="quad (4 points) or poly (polygons) (config default: quad).")]
+LimitSide = Annotated[Optional[int], typer.Option("--limit-side-len", min=32, help="Resize limit in pixels (config default: 960).")]
+LimitTypeOpt = Annotated[Optional[LimitType], typer.Option("--limit-type", case_sensitive=False, help="max: longest side <= limit; min: shortest side >= limit; resize_long: longest side = limit (config default: max).")]
 NonStrict = Annotated[bool, typer.Option("--non-strict", help="Load only the tensors that match the model and report the rest.")]
 
 

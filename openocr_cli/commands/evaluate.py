@@ -22,8 +22,8 @@ from openocr_cli.ui import console, err_console, progress, table, warn
 
 def evaluate(
     weights: Weights = DEFAULT_WEIGHTS,
-    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Folder the label paths are relative to [config: Eval.dataset.data_dir].")] = None,
-    label_file: Annotated[Optional[list[Path]], typer.Option("--label-file", help="Label file(s): path<TAB>JSON list of {transcription, points} (repeatable) [config: Eval.dataset.label_file_list].")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Folder the label paths are relative to (config default: Eval.dataset.data_dir).")] = None,
+    label_file: Annotated[Optional[list[Path]], typer.Option("--label-file", help="Label file(s): path<TAB>JSON list of {transcription, points} (repeatable) (config default: Eval.dataset.label_file_list).")] = None,
     predictions: Annotated[Optional[Path], typer.Option("--predictions", help="Score this det_results.txt instead of running a model (images need not exist).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the numbers to this JSON file.")] = None,
     config: ConfigPath = None,

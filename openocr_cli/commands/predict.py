@@ -44,9 +44,7 @@ def predict(
 ) -> None:
     """Detect text regions in images.
 
-    Writes OUTPUT/det_results.txt (image path, TAB, JSON list of {"points", "score"}) and, unless
-    --no-vis, the images with boxes drawn under OUTPUT/vis/. Unreadable images are skipped with a
-    warning and listed at the end (exit 1).
+    Writes OUTPUT/det_results.txt (image path, TAB, JSON list of {"points", "score"}) and, unless --no-vis, the images with boxes drawn under OUTPUT/vis/. Unreadable images are skipped with a warning and listed at the end (exit 1).
 
     Examples:
 
