@@ -286,9 +286,10 @@ def _network_failure(reason: object) -> _Failed:
     if isinstance(reason, socket.gaierror):
         return _Failed(f"cannot resolve the host name ({reason.strerror or reason})", "dns", False)
     if isinstance(reason, ssl.SSLCertVerificationError):
-        return _Failed(f"TLS certificate verification failed ({reason.verify_message or reason})", "tls", False)
+        detail = getattr(reason, "verify_message", None) or reason
+        return _Failed(f"TLS certificate verification failed ({detail})", "tls", False)
     if isinstance(reason, ssl.SSLError):
-        return _Failed(f"TLS error ({reason.reason or reason})", "tls", False)
+        return _Failed(f"TLS error ({getattr(reason, 'reason', None) or reason})", "tls", False)
     if isinstance(reason, (socket.timeout, TimeoutError)):
         return _Failed("the connection timed out", "network", True)
     if isinstance(reason, ConnectionRefusedError):

@@ -1,0 +1,189 @@
+"""Training data: validated label lines, a resumable rank-aware sampler, per-sample seeded transforms.
+
+Every sample's randomness (python `random`, NumPy's global RNG, albumentations) is seeded from
+(run seed, epoch, position in the epoch), so an augmented sample does not depend on which worker
+produced it, how many workers or processes there are, or whether the run was resumed: this is
+what makes "stop + resume" bit-for-bit equal to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import cv2
+import numpy as np
+import shapely
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from openocr_cli.data.labels import LabelProblem, LabelSample, LabelSet, read_label_files
+from openocr_cli.data.transforms import DecodeImage, DetLabelEncode, build_ops
+
+log = logging.getLogger("openocr_det")
+
+MAX_SAMPLE_RETRIES = 10
+MAX_EXT_TRIES = 20
+
+
+def validate_training_labels(files: Sequence[Path], data_dir: Path, workers: int = 4) -> LabelSet:
+    """Parse every line once and check what training needs: readable image, >= 1 region, valid polygons."""
+    result = read_label_files(files, data_dir, check_images=True)
+    good: list[LabelSample] = []
+    for sample in result.samples:
+        reason = _region_problem(sample)
+        if reason:
+            result.problems.append(LabelProblem(sample.source, sample.line, reason))
+        else:
+            good.append(sample)
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        readable = list(pool.map(_decodable, [s.image for s in good]))
+    result.samples = []
+    for sample, ok in zip(good, readable):
+        if ok:
+            result.samples.append(sample)
+        else:
+            result.problems.append(LabelProblem(sample.source, sample.line, f"image {sample.image} cannot be decoded"))
+    result.problems.sort(key=lambda p: (p.file, p.line))
+    return result
+
+
+def _region_problem(sample: LabelSample) -> Optional[str]:
+    if not sample.polys:
+        return "no text regions (an image needs at least one labelled region to train on)"
+    for n, poly in enumerate(sample.polys, 1):
+        geom = shapely.Polygon(poly)
+        if geom.area <= 0:
+            return f"region {n}: polygon has zero area"
+        if not geom.is_valid:
+            return f"region {n}: polygon is self-intersecting"
+    return None
+
+
+def _decodable(path: Path) -> bool:
+    data = np.fromfile(str(path), dtype=np.uint8)
+    return data.size > 0 and cv2.imdecode(data, cv2.IMREAD_REDUCED_GRAYSCALE_8) is not None
+
+
+def select_by_ratio(per_file: Sequence[Sequence[LabelSample]], ratios: Sequence[float], seed: int) -> list[LabelSample]:
+    """OpenOCR's ratio_list: round(len * ratio) lines per file, drawn without replacement (seeded)."""
+    rng = random.Random(seed)
+    out: list[LabelSample] = []
+    for samples, ratio in zip(per_file, ratios):
+        count = min(len(samples), int(round(len(samples) * ratio)))
+        out.extend(samples if count == len(samples) else rng.sample(list(samples), count))
+    return out
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """A 32-bit seed unique to (run seed, epoch, position in the epoch)."""
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, position]).generate_state(1)[0])
+
+
+class ResumableSampler(Sampler):
+    """Seeded shuffle per epoch, split across ranks, able to start mid-epoch.
+
+    Yields (epoch, position, index) keys: `position` is the sample's place in the epoch's global
+    order, used to seed its augmentation. Like DistributedSampler, the order is padded so every
+    rank gets the same count; unlike OpenOCR's, the epoch is always advanced (set_epoch).
+    """
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+        if size < 1:
+            raise ValueError("cannot sample from an empty dataset")
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self.start = 0
+        self.per_rank = math.ceil(size / world_size)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch's order; skip the first `start` samples of this rank (resume)."""
+        self.epoch, self.start = epoch, start
+
+    def _order(self) -> list[int]:
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=gen).tolist()
+        else:
+            order = list(range(self.size))
+        total = self.per_rank * self.world_size
+        return order + order[: total - len(order)]
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        order = self._order()
+        for local in range(self.start, self.per_rank):
+            position = local * self.world_size + self.rank
+            yield self.epoch, position, order[position]
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+
+class TrainDataset(Dataset):
+    """Labelled images through the configured transform chain, keyed by sampler (epoch, position, index)."""
+
+    def __init__(self, samples: Sequence[LabelSample], transforms: list, global_cfg: dict, seed: int):
+        self.samples = list(samples)
+        self.seed = seed
+        ops = build_ops(transforms, global_cfg, epoch=0)
+        self.load_ops = [op for op in ops if isinstance(op, (DecodeImage, DetLabelEncode))]
+        self.ops = [op for op in ops if not isinstance(op, (DecodeImage, DetLabelEncode))]
+        self.ext_data_num = next((getattr(op, "ext_data_num") for op in self.ops if hasattr(op, "ext_data_num")), 0)
+        self.reseedable = [op for op in self.ops if hasattr(op, "reseed")]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _load(self, index: int) -> Optional[dict]:
+        sample = self.samples[index]
+        data = {"img_path": str(sample.image), "image": sample.image.read_bytes(),
+                "regions": [p.copy() for p in sample.polys], "region_texts": list(sample.texts)}
+        for op in self.load_ops:
+            data = op(data)
+            if data is None:
+                return None
+        return data
+
+    def _ext_data(self) -> list[dict]:
+        found: list[dict] = []
+        for _ in range(MAX_EXT_TRIES):
+            if len(found) >= self.ext_data_num:
+                break
+            extra = self._load(int(np.random.randint(len(self.samples))))
+            if extra is not None and extra["polys"].shape[1] == 4:
+                found.append(extra)
+        return found
+
+    def _seed(self, value: int) -> None:
+        random.seed(value)
+        np.random.seed(value)
+        for op in self.reseedable:
+            op.reseed(value)
+
+    def __getitem__(self, key) -> list:
+        epoch, position, index = key if isinstance(key, tuple) else (0, int(key), int(key))
+        self._seed(sample_seed(self.seed, epoch, position))
+        for attempt in range(MAX_SAMPLE_RETRIES):
+            try:
+                data = self._load(index)
+                if data is not None:
+                    data["ext_data"] = self._ext_data() if self.ext_data_num else []
+                    for op in self.ops:
+                        data = op(data)
+                        if data is None:
+                            break
+                if data is not None:
+                    return data
+                reason = "a transform dropped it"
+            except Exception as exc:  # a broken sample must not kill a long run; it is logged
+                reason = f"{type(exc).__name__}: {exc}"
+            log.warning("sample %s (%s:%s) skipped, %s; using another sample",
+                        self.samples[index].image, self.samples[index].source, self.samples[index].line, reason)
+            index = int(np.random.randint(len(self.samples)))
+        raise RuntimeError(f"{MAX_SAMPLE_RETRIES} consecutive samples failed in the transform chain; "
+                           "see train.log for the reasons.")
