@@ -157,6 +157,11 @@ def _rand_poly(rng, kind: str, h: int, w: int) -> np.ndarray:
         pts = np.array([[cx, cy]]) + rng.uniform(-3.5, 3.5, size=(4, 2))
     elif kind == "intquad":  # integer vertices: exercises vertex hits and exact-line pixels
         pts = np.round(np.array([[cx, cy]]) + rng.uniform(-14, 14, size=(4, 2)))
+    elif kind == "dumbbell":  # concave: the shrink splits into two pieces at one or both ratios
+        s, bar = rng.uniform(12, 16), rng.uniform(1.5, 5)
+        top, bot = (s - bar) / 2, (s + bar) / 2
+        pts = np.array([[0, 0], [s, 0], [s, top], [s + 8, top], [s + 8, 0], [2 * s + 8, 0], [2 * s + 8, s],
+                        [s + 8, s], [s + 8, bot], [s, bot], [s, s], [0, s]]) + [cx - s, cy - s / 2]
     else:  # self-intersecting (bow-tie) quad with unequal lobes
         s = rng.uniform(8, 14)
         pts = np.array([[0, 0], [s, s * 1.6], [s, 0], [0, s * 0.7]]) + [cx, cy]
@@ -168,13 +173,13 @@ def _pad(pts: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([pts, np.repeat(pts[-1:], size - len(pts), axis=0)])
 
 
-KINDS = ["quad", "rect", "poly", "outside", "tiny", "intquad", "bowtie"]
+KINDS = ["quad", "rect", "poly", "outside", "tiny", "intquad", "dumbbell", "bowtie"]
 
 
 def _cases():
     rng = np.random.default_rng(2024)
     cases = []
-    for n in range(36):
+    for n in range(40):
         shape = (64, 64) if n % 2 else (96, 80)
         k = int(rng.integers(1, 4))
         pts = [_rand_poly(rng, KINDS[(n + j) % len(KINDS)], *shape) for j in range(k)]

@@ -1,0 +1,193 @@
+"""Training engine: run files, exact resume, Ctrl-C, data validation, flag/config plumbing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from openocr_cli import config as cfgmod
+from openocr_cli.commands.train import apply_train_flags, load_run_data
+from openocr_cli.data.synth import generate
+from openocr_cli.engine.trainer import Trainer, lr_factor
+from tests.conftest import label_line, write_image
+
+CROP = 96
+SMALL = [f"-o", f"Train.dataset.transforms.4.EastRandomCropData.size=[{CROP}, {CROP}]",
+         "-o", "Eval.dataset.transforms.2.DetResizeForTest.limit_side_len=128"]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("synth"), num_train=10, num_test=3, seed=3, size=(96, 128))
+
+
+def small_cfg(synth, out: Path, epochs: int = 2, workers: int = 0, batch: int = 4, **extra) -> dict:
+    cfg = cfgmod.apply_overrides(cfgmod.load_config(), [s for s in SMALL if s != "-o"])
+    return apply_train_flags(cfg, data_dir=synth.data_dir, train_label=[synth.train_label],
+                             eval_label=[synth.test_label], weights="none", output=out, epochs=epochs,
+                             batch_size=batch, lr=None, workers=workers, device="cpu", seed=7, amp=None,
+                             eval_every=extra.get("eval_every", 0), save_every=extra.get("save_every"))
+
+
+def train_args(synth, out: Path, *extra: str) -> list[str]:
+    return ["train", "--data-dir", str(synth.data_dir), "--train-label", str(synth.train_label),
+            "--eval-label", str(synth.test_label), "--weights", "none", "--device", "cpu", "--output", str(out),
+            "--batch-size", "4", "--workers", "0", "--seed", "3", *SMALL, *extra]
+
+
+def test_lr_schedule_matches_openocr():
+    assert lr_factor(0, 250, 62500) == 0.0  # the first optimizer step runs at lr 0
+    assert lr_factor(125, 250, 62500) == 0.5
+    assert lr_factor(250, 250, 62500) == 1.0
+    assert lr_factor(62500, 250, 62500) == pytest.approx(0.0)
+    assert lr_factor(250 + (62500 - 250) // 2, 250, 62500) == pytest.approx(0.5)
+
+
+def test_train_writes_every_run_file(cli, tmp_path, synth):
+    out = tmp_path / "run"
+    code, stdout, err = cli(*train_args(synth, out, "--epochs", "2", "-o", "Global.print_batch_step=1"))
+    assert code == 0, err + stdout
+    for name in ("latest.pth", "best.pth", "config.yml", "train.log", "metrics.jsonl"):
+        assert (out / name).is_file(), name
+    latest = torch.load(out / "latest.pth", weights_only=True)
+    for key in ("epoch", "global_step", "state_dict", "optimizer", "scheduler", "config", "metrics"):
+        assert key in latest
+    assert latest["epoch"] == 2 and latest["global_step"] == 6  # 10 images / batch 4 -> 3 steps per epoch
+    assert latest["scheduler"]["last_epoch"] == 6
+    assert not any(k.startswith("module.") for k in latest["state_dict"])
+    best = torch.load(out / "best.pth", weights_only=True)
+    assert best["optimizer"] is None and best["metrics"]["best_epoch"] in (1, 2)
+    config = yaml.safe_load((out / "config.yml").read_text())
+    assert config["Global"]["epoch_num"] == 2 and config["Train"]["loader"]["batch_size_per_card"] == 4
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["type"] == "train"]
+    assert [r["global_step"] for r in train_records] == [1, 2, 3, 4, 5, 6]
+    assert {"loss", "loss_shrink_maps", "loss_threshold_maps", "loss_binary_maps", "lr"} <= set(train_records[0])
+    assert sum(r["type"] == "eval" for r in records) == 2
+    log = (out / "train.log").read_text()
+    assert "global_step: 6" in log and "cur metric" in log
+    assert "training finished" in stdout and "best hmean" in stdout
+    # the checkpoint our trainer writes loads strictly into a fresh model, like OpenOCR's loader does
+    from openocr_cli.model import build_detector
+
+    build_detector().load_state_dict(latest["state_dict"], strict=True)
+    # refuses to overwrite an existing run
+    code, _, err = cli(*train_args(synth, out, "--epochs", "2"))
+    assert code == 1 and "resume" in err
+
+
+@pytest.mark.parametrize("workers", [2])
+def test_resume_is_exact(tmp_path, synth, workers):
+    """N steps straight == N/2 steps, stop, resume, N/2 more (mid-epoch stop, workers > 0)."""
+    straight_dir, split_dir = tmp_path / "straight", tmp_path / "split"
+    cfg = small_cfg(synth, straight_dir, epochs=2, workers=workers)
+    data = load_run_data(cfg, skip_bad=False)
+    straight = Trainer(cfg, data, torch.device("cpu"), straight_dir)
+    straight.train()
+    assert straight.pos.global_step == 6
+
+    cfg2 = small_cfg(synth, split_dir, epochs=2, workers=workers)
+    first = Trainer(cfg2, data, torch.device("cpu"), split_dir)
+    first.train(stop_after=4)  # epoch 2, after its first of three steps
+    ckpt = torch.load(split_dir / "latest.pth", weights_only=True)
+    assert (ckpt["epoch"], ckpt["epoch_step"], ckpt["global_step"]) == (2, 1, 4)
+    second = Trainer(ckpt["config"], data, torch.device("cpu"), split_dir, resume=ckpt)
+    second.train()
+    assert second.pos.global_step == 6
+    a, b = straight.model.state_dict(), second.model.state_dict()
+    diff = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+    assert diff <= 1e-6
+    assert second.best["hmean"] == pytest.approx(straight.best["hmean"])
+
+
+def test_ctrl_c_saves_and_resume_finishes(tmp_path, synth):
+    out = tmp_path / "run"
+    env = dict(os.environ, OPENOCR_DET_OFFLINE="1", COLUMNS="200")
+    proc = subprocess.Popen([sys.executable, "-m", "openocr_cli", *train_args(synth, out, "--epochs", "50",
+                             "-o", "Global.print_batch_step=1")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        metrics = out / "metrics.jsonl"
+        if metrics.exists() and '"global_step": 2' in metrics.read_text():
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Resume with: openocr-det resume" in " ".join(stdout.split())
+    assert "Traceback" not in stderr
+    ckpt = torch.load(out / "latest.pth", weights_only=True)
+    assert ckpt["global_step"] >= 2 and ckpt["optimizer"] is not None
+
+    res = subprocess.run([sys.executable, "-m", "openocr_cli", "resume", str(out), "--epochs", "2"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert torch.load(out / "latest.pth", weights_only=True)["epoch"] == 2
+    res = subprocess.run([sys.executable, "-m", "openocr_cli", "resume", str(out), "--epochs", "2"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "already finished" in res.stdout
+
+
+def test_resume_refusals(cli, tmp_path, synth):
+    code, _, err = cli("resume", tmp_path / "run", "--lr", "0.1")
+    assert code == 2 and "--lr cannot change on resume" in " ".join(err.split())
+    code, _, err = cli("resume", tmp_path / "nothing")
+    assert code == 1 and "does not exist" in err
+    best = tmp_path / "best.pth"
+    cfg = small_cfg(synth, tmp_path / "r")
+    torch.save({"epoch": 1, "global_step": 3, "state_dict": {}, "optimizer": None, "scheduler": None,
+                "config": cfg, "metrics": {}}, best)
+    code, _, err = cli("resume", best)
+    assert code == 1 and "latest.pth" in err
+
+
+@pytest.mark.parametrize("line, reason", [
+    ("train/0000.png [{\"points\": [[0,0],[9,0],[9,9]]}]", "no TAB"),
+    ("train/0000.png\t[{\"points\": [[0,0],[9,0]", "not valid JSON"),
+    ("missing.png\t[{\"transcription\": \"a\", \"points\": [[0,0],[9,0],[9,9],[0,9]]}]", "does not exist"),
+    ("train/0000.png\t[{\"transcription\": \"a\", \"points\": [[0,0],[9,0]]}]", "at least 3 points"),
+    ("train/0000.png\t[{\"transcription\": \"a\", \"points\": [[0,0],[9,\"x\"],[9,9]]}]", "numbers"),
+    ("train/0000.png\t[{\"transcription\": \"a\", \"points\": [[0,0],[9,9],[9,0],[0,9]]}]", "self-intersecting"),
+    ("train/0000.png\t[]", "no text regions"),
+    ("broken.png\t[{\"transcription\": \"a\", \"points\": [[0,0],[9,0],[9,9],[0,9]]}]", "cannot be decoded"),
+])
+def test_bad_training_lines_are_reported_then_skipped(cli, tmp_path, synth, line, reason):
+    (synth.data_dir / "broken.png").write_bytes(b"not a png")
+    labels = tmp_path / "train.txt"
+    good = synth.train_label.read_text().splitlines()[:4]
+    labels.write_text("\n".join(good[:2] + [line] + good[2:]) + "\n")
+    args = ["train", "--data-dir", str(synth.data_dir), "--train-label", str(labels), "--eval-label",
+            str(synth.test_label), "--weights", "none", "--device", "cpu", "--batch-size", "4", "--workers", "0",
+            "--epochs", "1", *SMALL]
+    code, _, err = cli(*args, "--output", tmp_path / "a")
+    flat = " ".join(err.split())
+    assert code == 1 and f"{labels}:3: " in flat and reason in flat and "--skip-bad" in flat
+    assert not (tmp_path / "a" / "latest.pth").exists()
+    code, _, err = cli(*args, "--output", tmp_path / "b", "--skip-bad")
+    assert code == 0, err
+    assert "skipped 1 bad label line(s), training on 4" in " ".join(err.split())
+
+
+def test_missing_default_data_says_what_to_do(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli("train", "--weights", "none", "--device", "cpu")
+    flat = " ".join(err.split())
+    assert code == 1 and "icdar2015" in flat and "--data-dir" in flat and "make demo" in flat
+
+
+def test_missing_default_weights_offline_says_what_to_do(cli, tmp_path, synth, monkeypatch):
+    monkeypatch.setenv("OPENOCR_DET_HOME", str(tmp_path / "cache"))
+    args = [a for a in train_args(synth, tmp_path / "o", "--epochs", "1") if a not in ("--weights", "none")]
+    code, _, err = cli(*args)
+    flat = " ".join(err.split())
+    assert code == 1 and "download" in flat and "Traceback" not in flat
