@@ -342,6 +342,7 @@ class _Download:
                 failures.append((label, url, exc))
                 if len(mirrors) > 1:
                     warn(f"{escape(label)}: {escape(str(exc))}")
+        _discard_partial(self.files)  # a clear failure leaves nothing behind in the cache
         raise UserError(self.explain(failures, custom_url))
 
     def with_retries(self, url: str, label: str) -> None:
@@ -440,11 +441,7 @@ class _Download:
             lines.append("The server is having problems: try again later, or use --url with a mirror.")
         else:
             lines.append("Try again, or use --url with another address.")
-        if self.files.part.exists() and self.files.part.stat().st_size:
-            lines.append(f"No model was saved; the partial download "
-                         f"({human_size(self.files.part.stat().st_size)}) is kept and resumes next time.")
-        else:
-            lines.append("No file was saved in the cache.")
+        lines.append("No file was saved in the cache.")
         return "\n".join(lines)
 
 

@@ -328,3 +328,13 @@ def test_ops_schedule_and_keys():
         assert data[key].shape == (64, 48) and data[key].dtype == np.float32
     assert data["ignore_tags"].dtype == bool and data["ignore_tags"].tolist() == [False, True]
     assert data["polys"][..., 0].min() == 0 and data["polys"][..., 0].max() == 47
+
+
+@pytest.mark.parametrize("idx", [0, 5, 13, 22])
+def test_border_map_row_chunking_is_seamless(idx, monkeypatch):
+    import openocr_cli.data.targets as targets
+
+    polys, ignore, shape = CASES[idx]
+    whole = make_border_map(polys, ignore, shape)[0]
+    monkeypatch.setattr(targets, "_CHUNK", 64)  # one or two rows per chunk
+    assert np.array_equal(make_border_map(polys, ignore, shape)[0], whole)

@@ -24,6 +24,14 @@ def is_poly_outside_rect(poly: np.ndarray, x: float, y: float, w: float, h: floa
     return bool(xs.max() < x or xs.min() > x + w or ys.max() < y or ys.min() > y + h)
 
 
+def as_polys(polys: Any) -> np.ndarray:
+    """Any polygon container -> float64 (K, P, 2); an empty one becomes (0, P or 4, 2)."""
+    arr = np.asarray(polys, np.float64)
+    if arr.size == 0:
+        return np.zeros((0, arr.shape[1] if arr.ndim == 3 else 4, 2))
+    return arr
+
+
 def _pad_vertices(poly: np.ndarray, count: int) -> np.ndarray:
     """Repeat the last vertex so every polygon of a sample has the same vertex count."""
     if len(poly) >= count:
@@ -63,7 +71,7 @@ def rotated_box(angle: int, width: int, height: int) -> np.ndarray:
 def rotate_like_pil(crop: np.ndarray, angle: int) -> tuple[np.ndarray, np.ndarray]:
     """PIL rotate(angle, expand=True), nearest, transparent fill -> (pixels, binary paste mask)."""
     rgba = np.dstack([crop, np.full(crop.shape[:2], 255, np.uint8)])
-    rotated = np.asarray(Image.fromarray(np.ascontiguousarray(rgba), "RGBA").rotate(angle, expand=True))
+    rotated = np.asarray(Image.fromarray(np.ascontiguousarray(rgba)).rotate(angle, expand=True))
     return rotated[:, :, :3], rotated[:, :, 3] > 0
 
 
@@ -86,10 +94,10 @@ class CopyPaste:
         ext = ext_list[0]
         image = np.array(data["image"], np.uint8, copy=True)
         height, width = image.shape[:2]
-        polys = np.asarray(data["polys"])
+        polys = as_polys(data["polys"])
         # A 4-point pasted box cannot be padded down: widen everything to >= 4 vertices.
-        point_num = max(polys.shape[1] if polys.ndim == 3 else 4, 4)
-        polys_out = [_pad_vertices(np.asarray(p, np.float64), point_num) for p in polys]
+        point_num = max(polys.shape[1], 4)
+        polys_out = [_pad_vertices(p, point_num) for p in polys]
         texts = list(data["texts"])
         ignores = [bool(t) for t in data["ignore_tags"]]
 
@@ -224,8 +232,7 @@ class IaaAugment:
 
     def __call__(self, data: dict) -> Optional[dict]:
         image = data["image"]
-        polys = np.asarray(data["polys"], np.float64)
-        shape = polys.shape if polys.size else (0,) + tuple(polys.shape[1:] or (4, 2))
+        polys = as_polys(data["polys"])
         points = polys.reshape(-1, 2)
         for step in self.steps:
             if isinstance(step, A.Compose):
@@ -234,7 +241,7 @@ class IaaAugment:
             else:
                 image, points = step(image, points)
         data["image"] = image
-        data["polys"] = points.reshape(shape)
+        data["polys"] = points.reshape(polys.shape)
         return data
 
 
@@ -305,8 +312,8 @@ class EastRandomCropData:
 
     def __call__(self, data: dict) -> Optional[dict]:
         image = data["image"]
-        polys = np.asarray(data["polys"], np.float64)
-        ignores = np.asarray(data["ignore_tags"], bool)
+        polys = as_polys(data["polys"])
+        ignores = np.asarray(data["ignore_tags"], bool).reshape(-1)
         care = [p for p, tag in zip(polys, ignores) if not tag]
         cx, cy, cw, ch = crop_area(image.shape, care, self.min_crop_side_ratio, self.max_tries)
         out_w, out_h = self.size
@@ -322,9 +329,8 @@ class EastRandomCropData:
             canvas = cv2.resize(crop, (w, h))
         mapped = (polys - (cx, cy)) * (scale_x, scale_y)
         keep = np.array([not is_poly_outside_rect(p, 0, 0, w, h) for p in mapped], bool)
-        points = polys.shape[1] if polys.ndim == 3 else 4
         data["image"] = canvas
-        data["polys"] = mapped[keep] if len(mapped) else np.zeros((0, points, 2))
-        data["ignore_tags"] = ignores[keep] if len(ignores) else np.zeros(0, bool)
+        data["polys"] = mapped[keep]
+        data["ignore_tags"] = ignores[keep]
         data["texts"] = [t for t, k in zip(data["texts"], keep) if k]
         return data

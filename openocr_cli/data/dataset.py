@@ -57,10 +57,10 @@ def _region_problem(sample: LabelSample) -> Optional[str]:
         return "no text regions (an image needs at least one labelled region to train on)"
     for n, poly in enumerate(sample.polys, 1):
         geom = shapely.Polygon(poly)
-        if geom.area <= 0:
-            return f"region {n}: polygon has zero area"
         if not geom.is_valid:
             return f"region {n}: polygon is self-intersecting"
+        if geom.area <= 0:
+            return f"region {n}: polygon has zero area"
     return None
 
 

@@ -41,35 +41,81 @@ def _scheduled_ratio(shrink_ratio: float, kwargs: dict) -> float:
     return shrink_ratio + 0.2 * float(epoch) / float(total)
 
 
-def _min_sq_pseudo_distance(poly: np.ndarray, us: np.ndarray, vs: np.ndarray) -> np.ndarray:
-    """Per pixel, the minimum over edges of the squared DB pseudo distance, shape (len(vs), len(us)).
+_CHUNK = 1 << 15  # edges x pixels per work buffer: bounded memory, stays in cache
 
-    The float64 operations mirror the reference formula exactly (labels are compared to 1e-5).
-    Taking the min of squares first is equivalent to OpenOCR's min of clipped distances because
-    sqrt / scale / clip / float32 are monotone; NaN propagates (np.min) and a negative square
-    (rounding when 1 - t^2 < 0) turns into NaN at the sqrt, just as in the original.
+
+class _Workspace:
+    """Scratch buffers reused across polygons and row chunks (fresh big arrays cost page faults)."""
+
+    def __init__(self) -> None:
+        self.f64 = np.empty((4, 0))
+        self.mask = np.empty(0, dtype=bool)
+
+    def views(self, shape: tuple[int, int, int]) -> list[np.ndarray]:
+        size = shape[0] * shape[1] * shape[2]
+        if size > self.f64.shape[1]:
+            self.f64 = np.empty((4, size))
+            self.mask = np.empty(size, dtype=bool)
+        return [buf[:size].reshape(shape) for buf in self.f64] + [self.mask[:size].reshape(shape)]
+
+
+def _blend_border(canvas: np.ndarray, poly: np.ndarray, origin: tuple[int, int],
+                  window: tuple[int, int, int, int], dist: float, ws: _Workspace) -> None:
+    """canvas[window] = fmax(canvas, 1 - clip(pseudo_distance / dist, 0, 1)), all edges at once.
+
+    The float64 steps mirror the reference formula one by one (labels are compared to 1e-5 and
+    rounding decides the rare NaN pixels). Taking the min over edges of the squared distance
+    before sqrt / scale / clip / float32 is exact because those are monotone; NaN propagates
+    through np.minimum, and a negative square (1 - t^2 < 0 by rounding) becomes NaN at the sqrt,
+    which fmax then ignores, as in OpenOCR.
     """
-    nxt = np.roll(np.arange(len(poly)), -1)
-    dx = us[None, :] - poly[:, 0:1]                      # (n, bw)
-    dy = vs[None, :] - poly[:, 1:2]                      # (n, bh)
-    a = (dy * dy)[:, :, None] + (dx * dx)[:, None, :]    # |X - p_i|^2, (n, bh, bw)
-    b = a[nxt]                                           # |X - p_j|^2
-    seg = poly - poly[nxt]
+    x0, y0, x1, y1 = window
+    local = poly - np.array(origin, dtype=np.float64)
+    n = len(local)
+    us = np.arange(x0 - origin[0], x1 - origin[0] + 1, dtype=np.float64)
+    vs = np.arange(y0 - origin[1], y1 - origin[1] + 1, dtype=np.float64)
+    dx2 = us[None, :] - local[:, 0:1]
+    dx2 *= dx2
+    dy2 = vs[None, :] - local[:, 1:2]
+    dy2 *= dy2
+    seg = local - np.roll(local, -1, axis=0)
     c = (seg[:, 0] * seg[:, 0] + seg[:, 1] * seg[:, 1])[:, None, None]
-    num = c - a
-    num -= b
-    ab = a * b
-    t = np.sqrt(ab)
-    t *= 2.0
-    np.divide(num, t, out=t)                             # t = -cos(angle at X)
-    np.multiply(t, t, out=t)
-    np.subtract(1.0, t, out=t)                           # s^2 = 1 - t^2
-    np.nan_to_num(t, copy=False)
-    np.multiply(ab, t, out=t)
-    np.divide(t, c, out=t)                               # perpendicular distance^2
-    endpoint = num < 0                                   # acute angle: nearer endpoint instead
-    np.copyto(t, np.fmin(a, b), where=endpoint)
-    return t.min(axis=0)
+    # t = 0/0 only on a pixel that is exactly a vertex (a*b == 0); nan_to_num makes s^2 = 0 there.
+    exact = local[np.all(local == np.floor(local), axis=1)].astype(np.int64)
+    vert_cols, vert_rows = exact[:, 0] - x0 + origin[0], exact[:, 1] - y0 + origin[1]
+    rows_per_chunk = max(1, _CHUNK // (n * len(us)))
+    for r0 in range(0, len(vs), rows_per_chunk):
+        r1 = min(r0 + rows_per_chunk, len(vs))
+        a, b, num, ab, endpoint = ws.views((n, r1 - r0, len(us)))
+        np.add(dy2[:, r0:r1, None], dx2[:, None, :], out=a)      # |X - p_i|^2
+        b[:-1] = a[1:]                                           # |X - p_j|^2, j = i + 1
+        b[-1] = a[0]
+        np.subtract(c, a, out=num)
+        num -= b
+        np.multiply(a, b, out=ab)
+        np.fmin(a, b, out=a)                                     # endpoint distance^2
+        t = b
+        np.sqrt(ab, out=t)
+        t *= 2.0
+        np.divide(num, t, out=t)                                 # t = -cos(angle at X)
+        np.multiply(t, t, out=t)
+        np.subtract(1.0, t, out=t)                               # s^2 = 1 - t^2
+        inside = (vert_rows >= r0) & (vert_rows < r1) & (vert_cols >= 0) & (vert_cols < len(us))
+        if inside.any():
+            rr, cc = vert_rows[inside] - r0, vert_cols[inside]
+            t[:, rr, cc] = np.where(ab[:, rr, cc] == 0, 0.0, t[:, rr, cc])
+        t *= ab
+        t /= c                                                   # perpendicular distance^2
+        np.less(num, 0, out=endpoint)                            # acute angle at X
+        np.copyto(t, a, where=endpoint)
+        d = t[0]
+        for i in range(1, n):
+            np.minimum(d, t[i], out=d)
+        np.sqrt(d, out=d)
+        d /= dist
+        e = np.clip(d, 0, 1).astype(np.float32)
+        target = canvas[y0 + r0:y0 + r1, x0:x1 + 1]
+        np.fmax(target, 1 - e, out=target)
 
 
 def make_border_map(polys, ignore: Sequence[bool], shape, shrink_ratio: float = 0.4,
@@ -78,6 +124,7 @@ def make_border_map(polys, ignore: Sequence[bool], shape, shrink_ratio: float = 
     h, w = int(shape[0]), int(shape[1])
     canvas = np.zeros((h, w), dtype=np.float32)
     mask = np.zeros((h, w), dtype=np.float32)
+    ws = _Workspace()
     for poly, ign in zip(_as_poly_list(polys), ignore):
         if ign:
             continue
@@ -94,19 +141,10 @@ def make_border_map(polys, ignore: Sequence[bool], shape, shrink_ratio: float = 
         if xmin > w - 1 or ymin > h - 1 or xmax < 0 or ymax < 0:
             continue  # quirk 26: the canvas window would wrap around
         cv2.fillPoly(mask, [q], 1.0)
-        x0, x1 = max(xmin, 0), min(xmax, w - 1)
-        y0, y1 = max(ymin, 0), min(ymax, h - 1)
         # Only the part of the bbox grid that lands on the canvas is ever used.
-        us = np.arange(x0 - xmin, x1 - xmin + 1, dtype=np.float64)
-        vs = np.arange(y0 - ymin, y1 - ymin + 1, dtype=np.float64)
-        local = poly - np.array([xmin, ymin], dtype=np.float64)
+        window = (max(xmin, 0), max(ymin, 0), min(xmax, w - 1), min(ymax, h - 1))
         with np.errstate(divide="ignore", invalid="ignore"):
-            sq = _min_sq_pseudo_distance(local, us, vs)
-            np.sqrt(sq, out=sq)
-            sq /= dist
-        e = np.clip(sq, 0, 1).astype(np.float32)
-        window = canvas[y0:y1 + 1, x0:x1 + 1]
-        np.fmax(window, 1 - e, out=window)
+            _blend_border(canvas, poly, (xmin, ymin), window, dist, ws)
     return canvas * (thresh_max - thresh_min) + thresh_min, mask
 
 
