@@ -136,8 +136,16 @@ def model_names() -> str:
 
 
 def get_entry(name: str) -> Optional[ModelEntry]:
-    """The registry entry for a name (case-insensitive), or None."""
-    return MODELS.get(name.strip().lower())
+    """The registry entry for a name (case-insensitive) or a released file name, or None.
+
+    OpenOCR's configs name the weights by file (`openocr_det_repvit_ch.pth`); when no such local
+    file exists, that name resolves to the cached release file, as OpenOCR's own tools do.
+    """
+    key = name.strip().lower()
+    if key in MODELS:
+        return MODELS[key]
+    bare = key.removeprefix("./")
+    return next((e for e in MODELS.values() if e.filename.lower() == bare), None)
 
 
 def _entry(name: str) -> ModelEntry:

@@ -55,8 +55,8 @@ class TrainDisplay:
                 f"binary {record['loss_binary_maps']:.4f}, lr {record['lr']:.6f}, {record['samples_per_s']:.1f} img/s")
         elif kind == "eval":
             mark = " (new best, saved best.pth)" if record["improved"] else ""
-            self.console.print(table(f"eval at epoch {record['epoch']}, step {record['global_step']}{mark}",
-                                     ["metric", "value"],
+            self.console.print(f"eval at epoch {record['epoch']}, step {record['global_step']}{mark}")
+            self.console.print(table("", ["metric", "value"],
                                      [("precision", f"{record['precision']:.4f}"), ("recall", f"{record['recall']:.4f}"),
                                       ("hmean", f"{record['hmean']:.4f}"), ("best hmean", f"{record['best_hmean']:.4f}"),
                                       ("FPS", f"{record['fps']:.2f}")]))

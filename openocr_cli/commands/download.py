@@ -26,10 +26,7 @@ def download(
 ) -> None:
     """Download released OpenOCR weights into the local cache.
 
-    Mirrors are tried in order (GitHub release, Hugging Face, ModelScope); an interrupted download
-    resumes. Every --weights option also accepts these names and downloads on first use. The cache
-    is the user cache folder, or OPENOCR_DET_HOME; OPENOCR_DET_OFFLINE=1 forbids network access.
-    Proxies come from HTTPS_PROXY / HTTP_PROXY / NO_PROXY.
+    Mirrors are tried in order (GitHub release, Hugging Face, ModelScope); an interrupted download resumes. Every --weights option also accepts these names and downloads on first use. The cache is the user cache folder, or OPENOCR_DET_HOME; OPENOCR_DET_OFFLINE=1 forbids network access. Proxies come from HTTPS_PROXY / HTTP_PROXY / NO_PROXY.
 
     Examples:
 

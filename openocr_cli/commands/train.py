@@ -130,6 +130,10 @@ def load_run_data(cfg: dict, skip_bad: bool) -> RunData:
     eval_ds = (cfg.get("Eval") or {}).get("dataset") or {}
     eval_files = [Path(str(p)) for p in eval_ds.get("label_file_list") or []]
     eval_samples = []
+    missing = [p for p in eval_files if not p.is_file()]
+    if missing:
+        raise UserError(f"evaluation label file {missing[0]} does not exist. Pass --eval-label FILE, or "
+                        "-o Eval.dataset.label_file_list=[] to train without evaluation.")
     if eval_files:
         eval_samples = load_labels(eval_files, Path(str(eval_ds.get("data_dir", data_dir))), check_images=True)
     else:
@@ -189,8 +193,9 @@ def _summary(trainer: Trainer, best: dict, output_dir: Path) -> None:
         rows += [("best hmean", f"{best['hmean']:.4f}"), ("precision", f"{best['precision']:.4f}"),
                  ("recall", f"{best['recall']:.4f}"), ("best epoch", best["best_epoch"])]
     files = [p for p in ("latest.pth", "best.pth", "config.yml", "train.log", "metrics.jsonl") if (output_dir / p).exists()]
-    rows += [("written", ", ".join(str(output_dir / f) for f in files))]
-    console.print(table("training finished", ["", "value"], rows))
+    console.print("training finished")
+    console.print(table("", ["", "value"], rows))
+    console.print("Written: " + ", ".join(str(output_dir / f) for f in files))
 
 
 # ---------------------------------------------------------------------------------- resume

@@ -16,13 +16,9 @@ from shapely.geometry import Polygon
 
 
 def _as_poly_list(polys) -> list[np.ndarray]:
-    """Normalise (K, P, 2) arrays, empty arrays and lists of (P, 2) arrays to float64 copies."""
-    if polys is None:
+    """(K, P, 2) arrays, empty arrays or lists of (P, 2) arrays -> list of float64 copies."""
+    if polys is None or (isinstance(polys, np.ndarray) and polys.size == 0):
         return []
-    if isinstance(polys, np.ndarray):
-        if polys.size == 0:
-            return []
-        return [np.array(p, dtype=np.float64).reshape(-1, 2) for p in polys]
     return [np.array(p, dtype=np.float64).reshape(-1, 2) for p in polys]
 
 

@@ -170,7 +170,10 @@ class Trainer:
             return
         from openocr_cli.hub import resolve_weights
 
-        path = resolve_weights(str(weights))
+        try:
+            path = resolve_weights(str(weights))
+        except UserError as exc:
+            raise UserError(f"{exc} To train from scratch instead, pass --weights none.") from None
         report = load_weights(self.model, path, strict=False)
         log.info("loaded pretrained weights %s (%d tensors, %d missing)", path, report.loaded, len(report.missing))
 
