@@ -52,4 +52,10 @@ def warn(message: str) -> None:
 
 
 def error(message: str) -> None:
-    err_console.print(f"[bold red]error:[/bold red] {message}")
+    """Errors always reach stderr, even from a quiet (non-zero rank) process."""
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/bold red] {message}")
+
+
+def quiet_unless_main(is_main: bool) -> None:
+    """In distributed runs only rank 0 prints progress, tables and warnings."""
+    console.quiet = err_console.quiet = not is_main

@@ -12,10 +12,11 @@ from typing_extensions import Annotated
 
 from openocr_cli import config as cfgmod
 from openocr_cli.data.resize import Normalizer, ResizeSpec
-from openocr_cli.engine.backends import TorchBackend, resolve_device
+from openocr_cli.engine.backends import Backend, TorchBackend, resolve_device
 from openocr_cli.engine.predictor import Predictor
 from openocr_cli.errors import UserError
 from openocr_cli.postprocess import DBPostProcess
+from openocr_cli.ui import err_console, warn
 
 
 class ScoreMode(str, Enum):
@@ -34,7 +35,26 @@ class LimitType(str, Enum):
     resize_long = "resize_long"
 
 
+class BackendName(str, Enum):
+    torch = "torch"
+    onnx = "onnx"
+
+
 DEFAULT_WEIGHTS = "repvit"
+DEFAULT_ONNX_MODEL = "repvit-onnx"
+
+
+def _three_floats(value: Optional[str]) -> Optional[tuple[float, float, float]]:
+    """Typer callback: '0.5,0.5,0.5' -> (0.5, 0.5, 0.5); anything else is a usage error."""
+    if value is None:
+        return None
+    try:
+        numbers = tuple(float(v) for v in value.replace(" ", "").split(","))
+    except ValueError:
+        numbers = ()
+    if len(numbers) != 3:
+        raise typer.BadParameter(f"'{value}' is not three comma-separated numbers (e.g. 0.485,0.456,0.406).")
+    return numbers  # type: ignore[return-value]
 
 Weights = Annotated[str, typer.Option("--weights", "-w", help="Checkpoint .pth (OpenOCR or ours) or a model name from `openocr-det download --list`.")]
 ConfigPath = Annotated[Optional[Path], typer.Option("--config", "-c", help="OpenOCR-style YAML config (default: packaged repvit_db.yml).")]
@@ -50,6 +70,11 @@ BoxTypeOpt = Annotated[Optional[BoxType], typer.Option("--box-type", case_sensit
 LimitSide = Annotated[Optional[int], typer.Option("--limit-side-len", min=32, help="Resize limit in pixels (config default: 960).")]
 LimitTypeOpt = Annotated[Optional[LimitType], typer.Option("--limit-type", case_sensitive=False, help="max: longest side <= limit; min: shortest side >= limit; resize_long: longest side = limit (config default: max).")]
 NonStrict = Annotated[bool, typer.Option("--non-strict", help="Load only the tensors that match the model and report the rest.")]
+BackendOpt = Annotated[Optional[BackendName], typer.Option("--backend", case_sensitive=False, help="torch runs the --weights checkpoint with PyTorch; onnx runs the --onnx-model file with onnxruntime (same pre- and post-processing). Default: onnx when --onnx-model is given, else torch.")]
+OnnxModel = Annotated[Optional[str], typer.Option("--onnx-model", help="ONNX detector for --backend onnx: a file (ours, OpenOCR's openocr_det_model.onnx, a PaddleOCR det model) or the name repvit-onnx (the default).")]
+Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="onnxruntime threads per forward pass (default: onnxruntime's choice).")]
+Mean = Annotated[Optional[str], typer.Option("--mean", callback=_three_floats, metavar="R,G,B", help="Normalisation mean, three comma-separated values in the model's channel order (default: the ONNX model's metadata, else the config's ImageNet values).")]
+Std = Annotated[Optional[str], typer.Option("--std", callback=_three_floats, metavar="R,G,B", help="Normalisation std, three comma-separated values (default: as --mean).")]
 
 
 @dataclass
@@ -70,6 +95,11 @@ class InferenceSettings:
     limit_side_len: Optional[int]
     limit_type: Optional[LimitType]
     non_strict: bool
+    backend: Optional[BackendName] = None
+    onnx_model: Optional[str] = None
+    threads: Optional[int] = None
+    mean: Optional[tuple[float, float, float]] = None
+    std: Optional[tuple[float, float, float]] = None
 
     def load_config(self) -> dict:
         return cfgmod.apply_overrides(cfgmod.load_config(self.config), self.overrides or [])
@@ -92,13 +122,70 @@ class InferenceSettings:
                       "limit_type": self.limit_type.value if self.limit_type else params.get("limit_type", "max")}
         return ResizeSpec.from_params(params)
 
+    def backend_name(self) -> BackendName:
+        if self.backend is None:
+            return BackendName.onnx if self.onnx_model else BackendName.torch
+        if self.backend is BackendName.torch and self.onnx_model:
+            raise UserError("--onnx-model is used by the onnx backend only; drop it or pass --backend onnx.",
+                            exit_code=2)
+        return self.backend
+
+    def build_normalizer(self, cfg: dict, metadata: Optional[dict] = None) -> Normalizer:
+        """--mean/--std, else the ONNX model's metadata, else the config's NormalizeImage (ImageNet)."""
+        from openocr_cli.engine.onnx_metadata import CHANNEL_ORDERS, normalization
+
+        params = cfgmod.normalize_params(cfg)
+        meta_mean, meta_std, order = normalization(metadata or {})
+        mean = self.mean or meta_mean or params["mean"]
+        std = self.std or meta_std or params["std"]
+        if order is not None and order not in CHANNEL_ORDERS:
+            raise UserError(f"the ONNX model's metadata gives channel_order {order!r}; openocr-det feeds BGR "
+                            "or RGB only.")
+        return _RgbNormalizer(mean, std) if order == "RGB" else Normalizer(mean, std)
+
     def build_predictor(self, cfg: dict) -> Predictor:
         from openocr_cli.hub import resolve_weights
 
         postprocess = self.build_postprocess(cfg)
         resize = self.build_resize(cfg)
-        device = resolve_device(self.device)
-        weights = resolve_weights(self.weights)
-        backend = TorchBackend.from_checkpoint(weights, device, cfg.get("Architecture"), strict=not self.non_strict)
-        return Predictor(backend, resize, Normalizer(**cfgmod.normalize_params(cfg)), postprocess,
-                         batch_size=self.batch_size, workers=self.workers)
+        if self.backend_name() is BackendName.onnx:
+            backend, resize, normalizer = self._onnx_backend(cfg, resize)
+        else:
+            if self.weights.lower().endswith(".onnx"):
+                raise UserError(f"--weights {self.weights} is an ONNX model; run it with --backend onnx "
+                                f"--onnx-model {self.weights}.", exit_code=2)
+            device = resolve_device(self.device)
+            weights = resolve_weights(self.weights)
+            backend = TorchBackend.from_checkpoint(weights, device, cfg.get("Architecture"), strict=not self.non_strict)
+            normalizer = self.build_normalizer(cfg)
+        return Predictor(backend, resize, normalizer, postprocess, batch_size=self.batch_size, workers=self.workers)
+
+    def _onnx_backend(self, cfg: dict, resize: ResizeSpec) -> tuple[Backend, ResizeSpec, Normalizer]:
+        """Load the session once; a model with a fixed input size gets images resized to exactly that."""
+        from openocr_cli.engine.onnx_backend import OnnxBackend
+        from openocr_cli.hub import resolve_weights
+
+        if self.weights != DEFAULT_WEIGHTS:
+            warn(f"--weights {self.weights} is not used by the onnx backend (it runs --onnx-model).")
+        path = resolve_weights(self.onnx_model or DEFAULT_ONNX_MODEL)
+        backend = OnnxBackend.load(path, self.device, self.threads)
+        info = backend.info
+        normalizer = self.build_normalizer(cfg, info.metadata)
+        source = "--mean/--std" if self.mean or self.std else (
+            "the model's metadata" if "mean" in info.metadata else "the config (ImageNet)")
+        err_console.print(f"onnx backend: {path} on {backend.providers[0]}, input '{info.input_name}', "
+                          f"output '{info.output_name}', normalisation from {source}.")
+        if info.fixed_hw is not None:
+            if self.limit_side_len is not None or self.limit_type is not None:
+                warn("--limit-side-len/--limit-type are ignored: the model's input size is fixed.")
+            err_console.print(f"note: the model takes a fixed {info.fixed_hw[0]}x{info.fixed_hw[1]} input, so every "
+                              "image is resized to exactly that size (aspect ratio not kept).")
+            resize = ResizeSpec(image_shape=info.fixed_hw)
+        return backend, resize, normalizer
+
+
+class _RgbNormalizer(Normalizer):
+    """For models trained on RGB input: flip our BGR image before normalising."""
+
+    def __call__(self, image):
+        return super().__call__(image[..., ::-1])

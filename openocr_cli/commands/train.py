@@ -15,14 +15,23 @@ from openocr_cli import config as cfgmod
 from openocr_cli.checkpoint import read_checkpoint
 from openocr_cli.data.dataset import validate_training_labels
 from openocr_cli.data.labels import MAX_REPORTED_PROBLEMS, load_labels
+from openocr_cli.engine import distributed as ddp
 from openocr_cli.engine.backends import resolve_device
 from openocr_cli.engine.trainer import RunData, Trainer, TrainingInterrupted
 from openocr_cli.errors import UserError
 from openocr_cli.training_ui import TrainDisplay
-from openocr_cli.ui import console, table, warn
+from openocr_cli.ui import console, quiet_unless_main, table, warn
 
 DEFAULT_OUTPUT = Path("output/det_repvit_db")
 LOG_FORMAT = "[%(asctime)s] %(name)s %(levelname)s: %(message)s"
+
+GpusOpt = Annotated[Optional[str], typer.Option("--gpus", help="CUDA devices, e.g. 0,1,2,3: one process per device under torchrun (DDP).")]
+NprocOpt = Annotated[Optional[int], typer.Option("--nproc-per-node", min=1, help="Processes on this machine (with --device cpu: gloo DDP on CPU).")]
+NnodesOpt = Annotated[int, typer.Option("--nnodes", min=1, help="Number of machines (multi-node training).")]
+NodeRankOpt = Annotated[int, typer.Option("--node-rank", min=0, help="This machine's rank among --nnodes.")]
+MasterAddrOpt = Annotated[Optional[str], typer.Option("--master-addr", help="Address of the rank-0 machine.")]
+MasterPortOpt = Annotated[Optional[int], typer.Option("--master-port", min=1, max=65535, help="Port of the rank-0 machine.")]
+RdzvOpt = Annotated[Optional[str], typer.Option("--rdzv-endpoint", help="host:port of a c10d rendezvous (instead of --master-addr/--master-port).")]
 
 
 def train(
@@ -44,6 +53,14 @@ def train(
     save_every: Annotated[Optional[int], typer.Option("--save-every", min=0, help="Also save latest.pth every N iterations (default: off).")] = None,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Train on the valid label lines and report how many were skipped.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an --output folder that already holds a run.")] = False,
+    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="SyncBatchNorm across GPUs in distributed runs.")] = False,
+    gpus: GpusOpt = None,
+    nproc_per_node: NprocOpt = None,
+    nnodes: NnodesOpt = 1,
+    node_rank: NodeRankOpt = 0,
+    master_addr: MasterAddrOpt = None,
+    master_port: MasterPortOpt = None,
+    rdzv_endpoint: RdzvOpt = None,
 ) -> None:
     """Fine-tune the detector on ICDAR/PaddleOCR-format data.
 
@@ -55,15 +72,18 @@ def train(
 
       openocr-det train --weights none --device cpu --batch-size 4 -o Global.print_batch_step=10
     """
+    device = _launch_if_needed(gpus, nproc_per_node, nnodes, node_rank, master_addr, master_port, rdzv_endpoint, device)
     cfg = cfgmod.apply_overrides(cfgmod.load_config(config), override or [])
+    if sync_bn:
+        cfg.setdefault("Global", {})["use_sync_bn"] = True
     cfg = apply_train_flags(cfg, data_dir=data_dir, train_label=train_label, eval_label=eval_label, weights=weights,
                             output=output, epochs=epochs, batch_size=batch_size, lr=lr, workers=workers,
                             device=device, seed=seed, amp=amp, eval_every=eval_every, save_every=save_every)
     out = Path(str(cfg["Global"]["output_dir"]))
-    if (out / "latest.pth").exists() and not overwrite:
+    if (out / "latest.pth").exists() and not overwrite and ddp.role_from_env().is_main:
         raise UserError(f"{out} already holds a training run (latest.pth). Continue it with "
                         f"`openocr-det resume {out}`, choose another --output, or pass --overwrite to start over.")
-    if overwrite:
+    if overwrite and ddp.role_from_env().is_main:
         for name in ("metrics.jsonl", "train.log"):
             (out / name).unlink(missing_ok=True)
     run(cfg, skip_bad=skip_bad)
@@ -154,20 +174,29 @@ def _setup_log(output_dir: Path) -> logging.Handler:
 def run(cfg: dict, skip_bad: bool = False, resume: Optional[dict] = None, resume_from: Optional[Path] = None) -> None:
     """Build the trainer and run it with the live display; Ctrl-C ends with the resume command."""
     g = cfg["Global"]
+    role = ddp.role_from_env()
+    quiet_unless_main(role.is_main)
     device = resolve_device(None if str(g.get("device", "gpu")) == "gpu" else str(g["device"]))
+    device = ddp.init(role, device)
     output_dir = Path(str(g["output_dir"]))
     data = load_run_data(cfg, skip_bad)
-    handler = _setup_log(output_dir)
+    handler = _setup_log(output_dir) if role.is_main else logging.NullHandler()
     try:
         display = TrainDisplay(console)
-        trainer = Trainer(cfg, data, device, output_dir, resume=resume, display=display.event)
+        trainer = Trainer(cfg, data, device, output_dir, resume=resume, display=display.event, role=role)
         if trainer.finished:
             console.print(f"Training already finished: {trainer.epochs} of {trainer.epochs} epochs done "
                           f"(best hmean {float(trainer.best.get('hmean', 0)):.4f}). To train longer: "
                           f"openocr-det resume {shlex.quote(str(resume_from or output_dir))} --epochs N")
             return
-        logging.getLogger("openocr_det").info("run with torch %s and device %s; %d train / %d eval images",
-                                              _torch_version(), device, len(data.train), len(data.eval))
+        batch = trainer.batch_size
+        logging.getLogger("openocr_det").info(
+            "run with torch %s and device %s; world size %d, batch %d per process, effective batch %d; "
+            "%d train / %d eval images", _torch_version(), device, role.world_size, batch, batch * role.world_size,
+            len(data.train), len(data.eval))
+        if role.distributed:
+            console.print(f"DDP: world size {role.world_size} ({device.type}), batch {batch} per process, "
+                          f"effective batch {batch * role.world_size}")
         try:
             with display.live(trainer):
                 best = trainer.train(on_step=display.step)
@@ -179,6 +208,31 @@ def run(cfg: dict, skip_bad: bool = False, resume: Optional[dict] = None, resume
     finally:
         logging.getLogger("openocr_det").removeHandler(handler)
         handler.close()
+        ddp.shutdown()
+
+
+def _launch_if_needed(gpus, nproc_per_node, nnodes, node_rank, master_addr, master_port, rdzv_endpoint,
+                      device: Optional[str]) -> Optional[str]:
+    """Re-run this command under torch.distributed.run when several processes are asked for.
+
+    Returns the device to use in this process (`--gpus 0` -> cuda:0); exits with the launcher's code
+    after a launch. Inside a torchrun worker it does nothing: the launcher already did its job.
+    """
+    ids = ddp.parse_gpus(gpus)
+    if ids and device is not None and not device.startswith(("cuda", "gpu")):
+        raise UserError(f"--gpus asks for CUDA devices but --device is {device}; drop one of them.", exit_code=2)
+    if ddp.under_launcher():
+        return device
+    nproc = nproc_per_node or max(len(ids), 1)
+    if ids and nproc_per_node and nproc_per_node != len(ids):
+        raise UserError(f"--gpus names {len(ids)} device(s) but --nproc-per-node is {nproc_per_node}.", exit_code=2)
+    if nproc == 1 and nnodes == 1:
+        return f"cuda:{ids[0]}" if ids else device
+    if node_rank >= nnodes:
+        raise UserError(f"--node-rank {node_rank} must be smaller than --nnodes {nnodes}.", exit_code=2)
+    plan = ddp.LaunchPlan(nproc, nnodes, node_rank, master_addr, master_port, rdzv_endpoint,
+                          ",".join(map(str, ids)) if ids else None)
+    raise typer.Exit(ddp.launch(plan, sys.argv[1:]))
 
 
 def _torch_version() -> str:
@@ -245,6 +299,13 @@ def resume(
     workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Data-loading worker processes.")] = None,
     eval_every: Annotated[Optional[int], typer.Option("--eval-every", min=0, help="Evaluate every N iterations.")] = None,
     save_every: Annotated[Optional[int], typer.Option("--save-every", min=0, help="Save latest.pth every N iterations.")] = None,
+    gpus: GpusOpt = None,
+    nproc_per_node: NprocOpt = None,
+    nnodes: NnodesOpt = 1,
+    node_rank: NodeRankOpt = 0,
+    master_addr: MasterAddrOpt = None,
+    master_port: MasterPortOpt = None,
+    rdzv_endpoint: RdzvOpt = None,
     lr: Annotated[Optional[str], _hidden("--lr")] = None,
     batch_size: Annotated[Optional[str], _hidden("--batch-size")] = None,
     seed: Annotated[Optional[str], _hidden("--seed")] = None,
@@ -265,6 +326,8 @@ def resume(
 
       openocr-det resume output/det_repvit_db --epochs 600 --device cuda:1
     """
+    device = _launch_if_needed(gpus, nproc_per_node, nnodes, node_rank, master_addr, master_port, rdzv_endpoint, device)
+    quiet_unless_main(ddp.role_from_env().is_main)
     path = find_checkpoint(target)
     ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), dict) or "state_dict" not in ckpt:

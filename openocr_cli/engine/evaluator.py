@@ -10,7 +10,7 @@ import numpy as np
 
 from openocr_cli.data.labels import LabelSample
 from openocr_cli.engine.predictor import Predictor
-from openocr_cli.metrics import DetMetric
+from openocr_cli.metrics import DetMetric, ImageRecord, summarize
 
 
 @dataclass
@@ -22,6 +22,19 @@ class EvalResult:
     fps: Optional[float] = None
     failures: list[str] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)
+    records: list[ImageRecord] = field(default_factory=list, repr=False)
+    seconds: float = 0.0
+
+    @classmethod
+    def combine(cls, parts: Sequence["EvalResult"]) -> "EvalResult":
+        """Merge shards evaluated in parallel: the metric over all images, FPS of the slowest shard."""
+        records = [r for p in parts for r in p.records]
+        scores = summarize(records)
+        images = sum(p.images for p in parts)
+        slowest = max((p.seconds for p in parts), default=0.0)
+        return cls(scores["precision"], scores["recall"], scores["hmean"], images,
+                   images / slowest if slowest > 0 else 0.0, [f for p in parts for f in p.failures],
+                   records=records, seconds=slowest)
 
     def as_dict(self) -> dict:
         out = {"precision": self.precision, "recall": self.recall, "hmean": self.hmean, "images": self.images}
@@ -49,7 +62,8 @@ def evaluate_model(predictor: Predictor, samples: Sequence[LabelSample],
     scores = metric.result()
     seconds = predictor.times.inference
     fps = predictor.times.images / seconds if seconds > 0 else 0.0
-    return EvalResult(scores["precision"], scores["recall"], scores["hmean"], predictor.times.images, fps, failures)
+    return EvalResult(scores["precision"], scores["recall"], scores["hmean"], predictor.times.images, fps, failures,
+                      records=metric.records, seconds=seconds)
 
 
 def evaluate_predictions(predictions: dict[str, list[np.ndarray]], samples: Sequence[LabelSample],

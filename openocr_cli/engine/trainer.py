@@ -30,6 +30,7 @@ from openocr_cli.checkpoint import load_weights, save_checkpoint
 from openocr_cli.data.dataset import ResumableSampler, TrainDataset
 from openocr_cli.data.labels import LabelSample
 from openocr_cli.data.resize import Normalizer, ResizeSpec
+from openocr_cli.engine import distributed as ddp
 from openocr_cli.engine.backends import TorchBackend
 from openocr_cli.engine.evaluator import EvalResult, evaluate_model
 from openocr_cli.engine.predictor import Predictor
@@ -112,9 +113,11 @@ class RunData:
 
 class Trainer:
     def __init__(self, cfg: dict, data: RunData, device: torch.device, output_dir: Path,
-                 resume: Optional[dict] = None, display: Optional[Callable[..., Any]] = None):
+                 resume: Optional[dict] = None, display: Optional[Callable[..., Any]] = None,
+                 role: ddp.Role = ddp.Role()):
         self.cfg = cfg
         self.device = device
+        self.role = role
         self.output_dir = Path(output_dir)
         g = cfg.get("Global") or {}
         self.epochs = int(g.get("epoch_num", 500))
@@ -136,11 +139,18 @@ class Trainer:
         global_ops = {k: v for k, v in g.items() if k not in ("epoch",)}
         transforms = ((cfg.get("Train") or {}).get("dataset") or {}).get("transforms") or []
         self.dataset = TrainDataset(data.train, transforms, global_ops, self.seed)
-        self.sampler = ResumableSampler(len(self.dataset), self.seed, bool(loader_cfg.get("shuffle", True)))
+        self.sampler = ResumableSampler(len(self.dataset), self.seed, bool(loader_cfg.get("shuffle", True)),
+                                        role.rank, role.world_size)
         self.steps_per_epoch = math.ceil(self.sampler.per_rank / self.batch_size)
         self.eval_samples = data.eval
 
         self.model = build_detector(cfg.get("Architecture")).to(device)
+        if role.distributed and g.get("use_sync_bn"):
+            if device.type == "cuda":  # before the optimizer is built: conversion makes new BN modules
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            else:
+                log.warning("SyncBatchNorm needs CUDA; training with per-process BatchNorm on %s", device)
+        self.net: torch.nn.Module = self.model  # what the forward pass runs: the DDP wrapper when distributed
         self.loss_fn = DBLoss(**{k: v for k, v in (cfg.get("Loss") or {}).items() if k != "name"})
         opt = cfg.get("Optimizer") or {}
         if str(opt.get("name", "Adam")) != "Adam":
@@ -162,6 +172,10 @@ class Trainer:
             self._restore(resume)
         else:
             self._load_pretrained(g.get("pretrained_model"))
+        if role.distributed:  # checkpoints keep saving the unwrapped model (no `module.` keys)
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=False)
 
     # ----------------------------------------------------------------- set-up
     def _load_pretrained(self, weights: Optional[str]) -> None:
@@ -191,6 +205,9 @@ class Trainer:
         self.best.setdefault("hmean", 0.0)
         epoch, step = int(ckpt.get("epoch", 0)), int(ckpt.get("global_step", 0))
         done = ckpt.get("epoch_step")
+        if done is not None and ckpt.get("world_size", 1) != self.role.world_size:
+            # another process count: continue after the same number of samples, in whole batches
+            done = int(ckpt.get("epoch_samples", 0)) // (self.batch_size * self.role.world_size)
         if done is None or int(done) >= self.steps_per_epoch:  # OpenOCR's own latest.pth: next epoch
             self.pos = Position(epoch + 1, 0, step)
         else:
@@ -216,12 +233,16 @@ class Trainer:
         }
         if full:
             ckpt.update({"epoch_step": self.pos.epoch_step, "steps_per_epoch": self.steps_per_epoch,
+                         "world_size": self.role.world_size,
+                         "epoch_samples": self.pos.epoch_step * self.batch_size * self.role.world_size,
                          "scaler": self.scaler.state_dict() if self.use_amp else None,
                          "rng": rng_state(), "last_eval_step": self.last_eval_step})
         return ckpt
 
     def save(self, name: str, full: bool = True) -> Path:
         path = self.output_dir / name
+        if not self.role.is_main:
+            return path
         save_checkpoint(self.checkpoint(full), path)
         log.info("saved %s (epoch %d, step %d)", path, self.pos.epoch, self.pos.global_step)
         return path
@@ -235,7 +256,7 @@ class Trainer:
     def _step(self, batch: list[torch.Tensor], step_in_epoch: int) -> dict[str, float]:
         images, *labels = [t.to(self.device, non_blocking=True) for t in batch]
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-            preds = self.model(images)
+            preds = self.net(images)
         losses = self.loss_fn(preds, labels)
         self.scaler.scale(losses["loss"] / self.accumulation).backward()
         last_of_epoch = step_in_epoch + 1 == self.steps_per_epoch
@@ -250,6 +271,8 @@ class Trainer:
         return {k: float(losses[k].detach()) for k in LOSS_KEYS}
 
     def evaluate(self) -> Optional[EvalResult]:
+        """Every rank scores its share of the eval images; the per-image records are gathered, so
+        the metric equals a single-process evaluation of the same weights."""
         if not self.eval_samples:
             return None
         cfg = self.cfg
@@ -257,12 +280,13 @@ class Trainer:
                               ResizeSpec.from_params(cfgmod.resize_params(cfg)),
                               Normalizer(**cfgmod.normalize_params(cfg)),
                               DBPostProcess(**cfgmod.postprocess_params(cfg)), batch_size=1, workers=2)
+        shard = self.eval_samples[self.role.rank::self.role.world_size]
         try:
-            result = evaluate_model(predictor, self.eval_samples)
+            result = evaluate_model(predictor, shard)
         finally:
             self.model.train()
         self.last_eval_step = self.pos.global_step
-        return result
+        return EvalResult.combine(ddp.gather_objects(result, self.role))
 
     def _after_eval(self, result: EvalResult) -> bool:
         """Record the metric; save best.pth on hmean >= best (ties take the newer model)."""
@@ -276,6 +300,8 @@ class Trainer:
         return improved
 
     def _emit(self, kind: str, **values: Any) -> None:
+        if not self.role.is_main:
+            return
         record = {"type": kind, "epoch": self.pos.epoch, "global_step": self.pos.global_step, **values}
         with open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -290,6 +316,8 @@ class Trainer:
             self.display(kind, record)
 
     def prepare_output(self) -> None:
+        if not self.role.is_main:
+            return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with open(self.output_dir / "config.yml", "w", encoding="utf-8") as f:
             yaml.safe_dump(self.cfg, f, sort_keys=False, allow_unicode=True)
@@ -329,6 +357,7 @@ class Trainer:
                             self._after_eval(result)
                     if self.save_every and self.pos.global_step % self.save_every == 0:
                         self.save("latest.pth")
+                    stop.requested = ddp.any_rank(stop.requested, self.role, self.device)
                     if stop.requested or (stop_after is not None and self.pos.global_step >= stop_after):
                         break
                 if self.pos.epoch_step >= self.steps_per_epoch:

@@ -1,0 +1,158 @@
+"""Distributed training on PyTorch's own launcher (torch.distributed.run): we launch it and cooperate with it.
+
+Roles are read from the launcher's environment (RANK / LOCAL_RANK / WORLD_SIZE), never guessed
+from the number of visible GPUs (OpenOCR's quirk 14). NCCL on CUDA, gloo on CPU, with a long
+process-group timeout so a long evaluation cannot trip it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+from openocr_cli.errors import UserError
+
+PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
+LAUNCHER_FLAGS = {"--gpus": 1, "--nproc-per-node": 1, "--nnodes": 1, "--node-rank": 1, "--master-addr": 1,
+                  "--master-port": 1, "--rdzv-endpoint": 1}
+
+
+@dataclass(frozen=True)
+class Role:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def role_from_env() -> Role:
+    env = os.environ
+    return Role(int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1)))
+
+
+def under_launcher() -> bool:
+    """True inside a torchrun worker (the launcher sets these for every process it starts)."""
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init(role: Role, device: torch.device) -> torch.device:
+    """Join the process group; each CUDA worker takes cuda:LOCAL_RANK of its visible devices."""
+    if device.type == "cuda":
+        device = torch.device("cuda", role.local_rank)
+        torch.cuda.set_device(device)
+    if role.distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=PROCESS_GROUP_TIMEOUT,
+                                rank=role.rank, world_size=role.world_size)
+    return device
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def any_rank(flag: bool, role: Role, device: torch.device) -> bool:
+    """True on every rank if `flag` is true on at least one (used so all ranks stop at the same step)."""
+    if not role.distributed:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def gather_objects(obj: Any, role: Role) -> list:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if not role.distributed:
+        return [obj]
+    out: list = [None] * role.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(role: Role) -> None:
+    if role.distributed:
+        dist.barrier()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def parse_gpus(text: Optional[str]) -> list[int]:
+    if text is None or text.strip() == "":
+        return []
+    try:
+        ids = [int(part) for part in text.split(",") if part.strip() != ""]
+    except ValueError:
+        raise UserError(f"--gpus '{text}' must be a comma-separated list of device numbers, e.g. --gpus 0,1,2,3.",
+                        exit_code=2) from None
+    if len(set(ids)) != len(ids) or any(i < 0 for i in ids):
+        raise UserError(f"--gpus '{text}' names a device twice or a negative number.", exit_code=2)
+    return ids
+
+
+def strip_launcher_flags(argv: Sequence[str]) -> list[str]:
+    """The command line minus the flags only the launcher needs (workers must not launch again)."""
+    out, skip = [], 0
+    for arg in argv:
+        if skip:
+            skip -= 1
+            continue
+        name = arg.split("=", 1)[0]
+        if name in LAUNCHER_FLAGS:
+            skip = 0 if "=" in arg else LAUNCHER_FLAGS[name]
+            continue
+        out.append(arg)
+    return out
+
+
+@dataclass
+class LaunchPlan:
+    nproc_per_node: int
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: Optional[str] = None
+    master_port: Optional[int] = None
+    rdzv_endpoint: Optional[str] = None
+    visible_devices: Optional[str] = None
+
+    def launcher_args(self) -> list[str]:
+        args = ["--nproc-per-node", str(self.nproc_per_node)]
+        if self.nnodes == 1 and not self.master_addr and not self.rdzv_endpoint:
+            return args + ["--standalone"] if self.master_port is None else args + [
+                "--master-addr", "127.0.0.1", "--master-port", str(self.master_port)]
+        args += ["--nnodes", str(self.nnodes), "--node-rank", str(self.node_rank)]
+        if self.rdzv_endpoint:
+            return args + ["--rdzv-backend", "c10d", "--rdzv-endpoint", self.rdzv_endpoint]
+        return args + ["--master-addr", self.master_addr or "127.0.0.1", "--master-port", str(self.master_port or 29500)]
+
+
+def launch(plan: LaunchPlan, command_argv: Sequence[str]) -> int:
+    """Run `python -m torch.distributed.run <plan> -m openocr_cli <argv>`; return the launcher's exit code."""
+    env = dict(os.environ)
+    if plan.visible_devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = plan.visible_devices
+    cmd = [sys.executable, "-m", "torch.distributed.run", *plan.launcher_args(), "-m", "openocr_cli",
+           *strip_launcher_flags(command_argv)]
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:  # the launcher got the same Ctrl-C and forwards it to its workers
+        return proc.wait()

@@ -1,0 +1,164 @@
+"""The forward pass on onnxruntime, behind the same Backend interface as TorchBackend.
+
+Pre- and post-processing stay in the Predictor, so an ONNX file gives the boxes the PyTorch
+model gives. Any DB-style detector works (our exports, OpenOCR's `openocr_det_model.onnx`,
+PaddleOCR's det models): one NCHW float image input and a probability map output shaped
+(N, 1, H, W) or (N, H, W); names and fixed sizes are read from the file, never assumed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import onnxruntime as ort
+
+from openocr_cli.errors import UserError
+
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+Provider = Union[str, tuple[str, dict]]
+
+
+def onnx_providers(spec: Optional[str]) -> list[Provider]:
+    """Execution providers for a --device value: cpu, cuda, cuda:N (or 'gpu'); default CUDA if present.
+
+    Each entry is a name or a (name, options) pair, the form onnxruntime expects (OpenOCR
+    wraps a list in a tuple here, so its GPU sessions never start; spec quirk 29).
+    """
+    available = ort.get_available_providers()
+    text = (spec or "").strip().lower().replace("gpu", "cuda")
+    if not text:
+        text = "cuda" if CUDA in available else "cpu"
+    if text == "cpu":
+        return [CPU]
+    match = re.fullmatch(r"cuda(?::(\d+))?", text)
+    if match is None:
+        raise UserError(f"--device '{spec}' is not a device; use cpu, cuda or cuda:N.", exit_code=2)
+    if CUDA not in available:
+        raise UserError(f"--device {spec}: this onnxruntime ({ort.__version__}) has no CUDA provider "
+                        f"(available: {', '.join(available)}). Install onnxruntime-gpu, or use --device cpu.")
+    return [(CUDA, {"device_id": int(match.group(1) or 0)}), CPU]
+
+
+def _fixed(dim) -> Optional[int]:
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+@dataclass(frozen=True)
+class OnnxModelInfo:
+    """What the graph declares: names, input type, fixed sizes (None = dynamic), metadata."""
+
+    path: Path
+    input_name: str
+    output_name: str
+    input_dtype: type
+    fixed_batch: Optional[int]
+    fixed_hw: Optional[tuple[int, int]]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def _unsupported(path: Path, why: str) -> UserError:
+    return UserError(f"{path} is not a DB text detector openocr-det can run: {why}. Expected one float "
+                     "NCHW image input (3 channels) and a probability-map output shaped (N, 1, H, W) or (N, H, W).")
+
+
+def describe(session: ort.InferenceSession, path: Path) -> OnnxModelInfo:
+    """Check the session's inputs and outputs against what a DB detector looks like."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1:
+        raise _unsupported(path, f"it takes {len(inputs)} inputs ({', '.join(i.name for i in inputs)})")
+    if not outputs:
+        raise _unsupported(path, "it has no output")
+    inp, out = inputs[0], outputs[0]
+    if inp.type not in INPUT_TYPES:
+        raise _unsupported(path, f"its input '{inp.name}' is {inp.type}")
+    if len(inp.shape) != 4 or _fixed(inp.shape[1]) not in (None, 3):
+        raise _unsupported(path, f"its input '{inp.name}' has shape {list(inp.shape)}")
+    if len(out.shape) not in (3, 4) or (len(out.shape) == 4 and _fixed(out.shape[1]) not in (None, 1)):
+        raise _unsupported(path, f"its output '{out.name}' has shape {list(out.shape)}")
+    h, w = _fixed(inp.shape[2]), _fixed(inp.shape[3])
+    if (h is None) != (w is None):
+        raise _unsupported(path, f"its input '{inp.name}' fixes only one side ({list(inp.shape)})")
+    metadata = dict(session.get_modelmeta().custom_metadata_map or {})
+    return OnnxModelInfo(path, inp.name, out.name, INPUT_TYPES[inp.type], _fixed(inp.shape[0]),
+                         (h, w) if h is not None else None, metadata)
+
+
+def _session(path: Path, providers: list[Provider], threads: Optional[int]) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only; provider fallback is reported by us
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own pybind types (InvalidProtobuf, Fail, ...)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = ""
+        if path.suffix.lower() in (".pth", ".pt", ".pdparams"):
+            hint = " It looks like a weights file: run it with --weights and the torch backend."
+        raise UserError(f"{path} is not a readable ONNX model, or uses operators onnxruntime "
+                        f"{ort.__version__} cannot run ({reason}).{hint}") from None
+
+
+class OnnxBackend:
+    """One onnxruntime session, created once and reused for every batch."""
+
+    name = "onnx"
+
+    def __init__(self, session: ort.InferenceSession, info: OnnxModelInfo):
+        self.session = session
+        self.info = info
+
+    @classmethod
+    def load(cls, path: Path, device: Optional[str] = None, threads: Optional[int] = None) -> "OnnxBackend":
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"ONNX model {path} does not exist.")
+        if threads is not None and threads < 1:
+            raise UserError("--threads must be at least 1.", exit_code=2)
+        providers = onnx_providers(device)
+        session = _session(path, providers, threads)
+        wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        if wanted not in session.get_providers():
+            from openocr_cli.ui import warn
+
+            warn(f"onnxruntime could not start {wanted} (missing CUDA/cuDNN libraries?); running on the CPU.")
+        return cls(session, describe(session, path))
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, H, W) float32 -> (N, 1, H, W) float32; split into the model's batch size if it is fixed."""
+        step = self.info.fixed_batch
+        if step is None or step == len(batch):
+            return self._run(batch)
+        parts = []
+        for start in range(0, len(batch), step):
+            chunk = batch[start:start + step]
+            real = len(chunk)
+            if real < step:  # a fixed batch size needs padding; the padded maps are dropped
+                chunk = np.concatenate([chunk, np.zeros((step - real, *chunk.shape[1:]), chunk.dtype)])
+            parts.append(self._run(chunk)[:real])
+        return np.concatenate(parts)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        feed = {self.info.input_name: np.ascontiguousarray(batch, dtype=self.info.input_dtype)}
+        try:
+            out = self.session.run([self.info.output_name], feed)[0]
+        except Exception as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"onnxruntime failed on {self.info.path} with an input of shape "
+                            f"{list(batch.shape)}: {reason}") from None
+        out = np.asarray(out)
+        if out.ndim == 3:
+            out = out[:, None]
+        if out.ndim != 4 or out.shape[1] != 1 or out.shape[0] != len(batch):
+            raise _unsupported(self.info.path, f"for input {list(batch.shape)} it returned shape {list(out.shape)}")
+        return out.astype(np.float32, copy=False)

@@ -1,0 +1,159 @@
+"""Distributed training on CPU (gloo) through torch.distributed.run, launched by our CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from openocr_cli.data.synth import generate
+from openocr_cli.engine.distributed import LaunchPlan, free_port, parse_gpus, strip_launcher_flags
+from openocr_cli.errors import UserError
+from tests.conftest import label_line, write_image
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["-o", "Train.dataset.transforms.4.EastRandomCropData.size=[96, 96]",
+         "-o", "Eval.dataset.transforms.2.DetResizeForTest.limit_side_len=128", "-o", "Global.print_batch_step=1"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Synthetic training images, and eval images whose metric with the constant model is 2/3."""
+    root = tmp_path_factory.mktemp("ddp")
+    synth = generate(root / "synth", num_train=8, num_test=2, seed=5, size=(96, 128))
+    ev = root / "eval"
+    write_image(ev / "a.png", 96, 128, 1)
+    write_image(ev / "b.png", 64, 100, 2)
+    write_image(ev / "c.png", 80, 80, 3)
+    (ev / "labels.txt").write_text(
+        label_line(str(ev / "a.png"), [{"transcription": "A", "points": [[0, 0], [128, 0], [128, 96], [0, 96]]}])
+        + label_line(str(ev / "b.png"), [{"transcription": "B", "points": [[0, 0], [100, 0], [100, 64], [0, 64]]}])
+        + label_line(str(ev / "c.png"), [{"transcription": "C", "points": [[0, 0], [9, 0], [9, 9], [0, 9]]}]))
+    return synth, ev
+
+
+def run(args, env_extra=None, timeout=300, **kw):
+    env = dict(os.environ, OPENOCR_DET_OFFLINE="1", COLUMNS="200", OPENOCR_DET_NO_PROGRESS="1")
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "openocr_cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def train_args(synth, out: Path, *extra) -> list[str]:
+    return ["train", "--data-dir", str(synth.data_dir), "--train-label", str(synth.train_label),
+            "--eval-label", str(synth.test_label), "--weights", "none", "--device", "cpu", "--output", str(out),
+            "--batch-size", "2", "--workers", "0", *SMALL, *extra]
+
+
+def test_launcher_flag_helpers():
+    assert parse_gpus("0,1, 3") == [0, 1, 3]
+    with pytest.raises(UserError):
+        parse_gpus("0,a")
+    with pytest.raises(UserError):
+        parse_gpus("1,1")
+    argv = ["train", "--gpus", "0,1", "--epochs", "3", "--nproc-per-node=2", "--master-port", "1234", "-o", "x=1"]
+    assert strip_launcher_flags(argv) == ["train", "--epochs", "3", "-o", "x=1"]
+    assert LaunchPlan(4).launcher_args() == ["--nproc-per-node", "4", "--standalone"]
+    assert LaunchPlan(1, 2, 1, "10.0.0.1", 29400).launcher_args() == [
+        "--nproc-per-node", "1", "--nnodes", "2", "--node-rank", "1", "--master-addr", "10.0.0.1", "--master-port", "29400"]
+    assert "--rdzv-endpoint" in LaunchPlan(2, 2, 0, rdzv_endpoint="h:1").launcher_args()
+
+
+def test_two_process_training_matches_single_process_eval(tmp_path, data, constant_ckpt):
+    synth, ev = data
+    out = tmp_path / "run"
+    args = ["train", "--data-dir", str(synth.data_dir), "--train-label", str(synth.train_label),
+            "--eval-label", str(ev / "labels.txt"), "--weights", str(constant_ckpt), "--lr", "0",
+            "--device", "cpu", "--output", str(out), "--batch-size", "2", "--workers", "0", "--epochs", "2",
+            "--nproc-per-node", "2", *SMALL]
+    res = run(args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["best.pth", "config.yml", "latest.pth", "metrics.jsonl", "train.log"]
+    log = (out / "train.log").read_text()
+    assert "world size 2" in log and "effective batch 4" in log
+    assert log.count("cur metric") == 2  # rank 0 alone writes the log
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["type"] == "eval"]
+    assert len(evals) == 2
+    assert [r["global_step"] for r in records if r["type"] == "train"] == [1, 2, 3, 4]  # 8 images / (2 x 2)
+    latest = torch.load(out / "latest.pth", weights_only=True)
+    assert latest["world_size"] == 2
+    assert not any(k.startswith("module.") for k in latest["state_dict"])
+
+    single = run(["eval", "--weights", str(out / "latest.pth"), "--data-dir", str(ev), "--label-file",
+                  str(ev / "labels.txt"), "--device", "cpu", "--limit-side-len", "128", "--json", str(tmp_path / "m.json")])
+    assert single.returncode == 0, single.stderr
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["precision"] == pytest.approx(2 / 3) and metrics["recall"] == pytest.approx(2 / 3)
+    for key in ("precision", "recall", "hmean"):
+        assert evals[-1][key] == pytest.approx(metrics[key])
+
+    # resume the 2-process run in one process, for one more epoch
+    res = run(["resume", str(out), "--epochs", "3"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    latest = torch.load(out / "latest.pth", weights_only=True)
+    assert latest["epoch"] == 3 and latest["world_size"] == 1 and latest["global_step"] == 8
+
+
+def test_two_node_run_on_localhost(tmp_path, data):
+    synth, _ = data
+    out = tmp_path / "run"
+    port = str(free_port())
+    common = train_args(synth, out, "--epochs", "1", "--nnodes", "2", "--nproc-per-node", "1",
+                        "--master-addr", "127.0.0.1", "--master-port", port)
+    env = dict(os.environ, OPENOCR_DET_OFFLINE="1", OPENOCR_DET_NO_PROGRESS="1")
+    procs = [subprocess.Popen([sys.executable, "-m", "openocr_cli", *common, "--node-rank", str(rank)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert "world size 2" in (out / "train.log").read_text()
+    assert torch.load(out / "latest.pth", weights_only=True)["epoch"] == 1
+
+
+def _worker_pids(marker: str, rank: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"OPENOCR_TEST_MARK={marker}".encode() in env and f"RANK={rank}".encode() in env:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_failing_worker_stops_the_whole_run(tmp_path, data):
+    synth, _ = data
+    marker = uuid.uuid4().hex
+    env = dict(os.environ, OPENOCR_DET_OFFLINE="1", OPENOCR_DET_NO_PROGRESS="1", OPENOCR_TEST_MARK=marker)
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "openocr_cli",
+                             *train_args(synth, out, "--epochs", "500", "--nproc-per-node", "2")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not ((out / "metrics.jsonl").exists()
+                                              and '"global_step": 2' in (out / "metrics.jsonl").read_text()):
+            time.sleep(0.3)
+        victims = _worker_pids(marker, "1")
+        assert victims, "rank-1 worker not found"
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        start = time.time()
+        proc.communicate(timeout=120)
+        assert proc.returncode != 0
+        assert time.time() - start < 120
+    finally:
+        if proc.poll() is None:
+            proc.kill()
