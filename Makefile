@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast bench demo clean
+.PHONY: install test test-fast bench demo demo-run clean
 
 install: $(VENV)/.installed
 
@@ -29,12 +29,15 @@ bench: install
 
 # Offline demo: generate a synthetic text set, train from scratch on CPU, evaluate, predict.
 DEMO ?= demo
-DEMO_EPOCHS ?= 20
+DEMO_EPOCHS ?= 16
 DEMO_TRAIN := --data-dir $(DEMO)/data --train-label $(DEMO)/data/train_label.txt --eval-label $(DEMO)/data/test_label.txt
 DEMO_SMALL := -o "Train.dataset.transforms.4.EastRandomCropData.size=[192, 192]" \
 	-o "Train.dataset.transforms.3.IaaAugment.augmenter_args.2.args.size=[0.5, 1.5]" -o Global.print_batch_step=40
 
 demo: install
+	$(MAKE) demo-run
+
+demo-run:
 	$(PY) -m openocr_cli.data.synth $(DEMO)/data --train 64 --test 16 --seed 0
 	$(PY) -m openocr_cli train $(DEMO_TRAIN) --weights none --device cpu --epochs $(DEMO_EPOCHS) \
 		--batch-size 8 --workers 2 --lr 0.002 --output $(DEMO)/run --overwrite $(DEMO_SMALL)

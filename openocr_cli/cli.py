@@ -37,13 +37,14 @@ def _root(
 
 
 def _register() -> None:
-    from openocr_cli.commands import download, evaluate, predict, train
+    from openocr_cli.commands import download, evaluate, export, predict, train
 
     app.command("download")(download.download)
     app.command("train")(train.train)
     app.command("resume")(train.resume)
     app.command("eval")(evaluate.evaluate)
     app.command("predict", no_args_is_help=True)(predict.predict)
+    app.command("export")(export.export)
 
 
 _register()

@@ -191,3 +191,22 @@ def test_missing_default_weights_offline_says_what_to_do(cli, tmp_path, synth, m
     code, _, err = cli(*args)
     flat = " ".join(err.split())
     assert code == 1 and "download" in flat and "Traceback" not in flat
+
+
+@pytest.mark.slow
+def test_demo_learns_offline(tmp_path):
+    """`make demo` end to end: from scratch on CPU, hmean must rise well above 0."""
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    repo = Path(__file__).resolve().parents[1]
+    demo = tmp_path / "demo"
+    env = dict(os.environ, OPENOCR_DET_OFFLINE="1", OPENOCR_DET_NO_PROGRESS="1")
+    res = subprocess.run(["make", "-s", "-C", str(repo), "demo-run", f"PY={sys.executable}", f"DEMO={demo}"],
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    metrics = json.loads((demo / "metrics.json").read_text())
+    assert metrics["hmean"] >= 0.3, metrics
+    assert (demo / "predict" / "det_results.txt").read_text().count("\n") == 16
+    assert len(list((demo / "predict" / "vis").iterdir())) == 16

@@ -10,8 +10,9 @@ import typer
 from typing_extensions import Annotated
 
 from openocr_cli.commands.common import (
-    DEFAULT_WEIGHTS, BatchSize, BoxThresh, BoxTypeOpt, ConfigPath, Device, InferenceSettings,
-    LimitSide, LimitTypeOpt, NonStrict, Overrides, ScoreModeOpt, Thresh, UnclipRatio, Weights, Workers,
+    DEFAULT_WEIGHTS, BackendOpt, BatchSize, BoxThresh, BoxTypeOpt, ConfigPath, Device, InferenceSettings,
+    LimitSide, LimitTypeOpt, Mean, NonStrict, OnnxModel, Overrides, ScoreModeOpt, Std, Threads, Thresh,
+    UnclipRatio, Weights, Workers,
 )
 from openocr_cli.data.labels import load_labels
 from openocr_cli.engine.evaluator import EvalResult, evaluate_model, evaluate_predictions
@@ -39,6 +40,11 @@ def evaluate(
     limit_side_len: LimitSide = None,
     limit_type: LimitTypeOpt = None,
     non_strict: NonStrict = False,
+    backend: BackendOpt = None,
+    onnx_model: OnnxModel = None,
+    threads: Threads = None,
+    mean: Mean = None,
+    std: Std = None,
 ) -> None:
     """Evaluate detection quality (OpenOCR's IoU > 0.5 metric, '###' regions do not count).
 
@@ -47,9 +53,12 @@ def evaluate(
       openocr-det eval --weights output/det_repvit_db/best.pth --data-dir icdar2015/text_localization --label-file icdar2015/text_localization/test_icdar2015_label.txt
 
       openocr-det eval --predictions output/predict/det_results.txt --label-file test_label.txt --json metrics.json
+
+      openocr-det eval --backend onnx --onnx-model det_model.onnx --data-dir icdar2015/text_localization --label-file icdar2015/text_localization/test_icdar2015_label.txt
     """
     settings = InferenceSettings(weights, config, override, device, batch_size, workers, thresh, box_thresh,
-                                 unclip_ratio, score_mode, box_type, limit_side_len, limit_type, non_strict)
+                                 unclip_ratio, score_mode, box_type, limit_side_len, limit_type, non_strict,
+                                 backend=backend, onnx_model=onnx_model, threads=threads, mean=mean, std=std)
     cfg = settings.load_config()
     dataset = ((cfg.get("Eval") or {}).get("dataset") or {})
     data_dir = data_dir if data_dir is not None else Path(str(dataset.get("data_dir", ".")))

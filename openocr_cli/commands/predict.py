@@ -11,8 +11,9 @@ import typer
 from typing_extensions import Annotated
 
 from openocr_cli.commands.common import (
-    DEFAULT_WEIGHTS, BatchSize, BoxThresh, BoxTypeOpt, ConfigPath, Device, InferenceSettings,
-    LimitSide, LimitTypeOpt, NonStrict, Overrides, ScoreModeOpt, Thresh, UnclipRatio, Weights, Workers,
+    DEFAULT_WEIGHTS, BackendOpt, BatchSize, BoxThresh, BoxTypeOpt, ConfigPath, Device, InferenceSettings,
+    LimitSide, LimitTypeOpt, Mean, NonStrict, OnnxModel, Overrides, ScoreModeOpt, Std, Threads, Thresh,
+    UnclipRatio, Weights, Workers,
 )
 from openocr_cli.data.images import collect_images
 from openocr_cli.errors import UserError
@@ -41,6 +42,11 @@ def predict(
     limit_side_len: LimitSide = None,
     limit_type: LimitTypeOpt = None,
     non_strict: NonStrict = False,
+    backend: BackendOpt = None,
+    onnx_model: OnnxModel = None,
+    threads: Threads = None,
+    mean: Mean = None,
+    std: Std = None,
 ) -> None:
     """Detect text regions in images.
 
@@ -51,9 +57,12 @@ def predict(
       openocr-det predict ./imgs --weights best.pth
 
       openocr-det predict "scans/**/*.png" --recursive --device cpu --box-type poly --no-vis
+
+      openocr-det predict ./imgs --backend onnx --onnx-model output/det_repvit_db/export_det/det_model.onnx --threads 2
     """
     settings = InferenceSettings(weights, config, override, device, batch_size, workers, thresh, box_thresh,
-                                 unclip_ratio, score_mode, box_type, limit_side_len, limit_type, non_strict)
+                                 unclip_ratio, score_mode, box_type, limit_side_len, limit_type, non_strict,
+                                 backend=backend, onnx_model=onnx_model, threads=threads, mean=mean, std=std)
     paths = collect_images(sources, recursive)
     cfg = settings.load_config()
     predictor = settings.build_predictor(cfg)

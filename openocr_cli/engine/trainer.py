@@ -155,8 +155,7 @@ class Trainer:
         opt = cfg.get("Optimizer") or {}
         if str(opt.get("name", "Adam")) != "Adam":
             raise UserError(f"Optimizer.name '{opt.get('name')}' is not supported; openocr-det trains with Adam.")
-        self.base_lr = float(opt.get("lr", 1e-3))
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.base_lr,
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(opt.get("lr", 1e-3)),
                                           betas=tuple(opt.get("betas", (0.9, 0.999))),
                                           weight_decay=float(opt.get("weight_decay", 5e-5)))
         sched = cfg.get("LRScheduler") or {}

@@ -1,0 +1,135 @@
+"""`openocr-det export`: a checkpoint -> a verified ONNX file with self-describing metadata."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from openocr_cli import __version__
+from openocr_cli import config as cfgmod
+from openocr_cli.checkpoint import load_weights
+from openocr_cli.commands.common import DEFAULT_WEIGHTS, ConfigPath, NonStrict, Overrides, Weights
+from openocr_cli.data.resize import Normalizer
+from openocr_cli.engine.exporter import DEFAULT_OPSET, ExportOptions, ExportReport, export_and_verify, sha256_file
+from openocr_cli.engine.onnx_metadata import build_metadata
+from openocr_cli.errors import UserError
+from openocr_cli.postprocess import DBPostProcess
+from openocr_cli.ui import console, err_console, table
+
+EXPORT_DIR, EXPORT_NAME = "export_det", "det_model.onnx"
+
+
+class Exporter(str, Enum):
+    auto = "auto"
+    torchscript = "torchscript"
+    dynamo = "dynamo"
+
+
+def _size(value: Optional[str]) -> Optional[tuple[int, int]]:
+    """Typer callback: '640x960' -> (640, 960); both sides positive multiples of 32."""
+    if value is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*[xX*,]\s*(\d+)\s*", value)
+    if match is None:
+        raise typer.BadParameter(f"'{value}' is not HEIGHTxWIDTH (for example 960x960).")
+    h, w = int(match.group(1)), int(match.group(2))
+    if h < 32 or w < 32 or h % 32 or w % 32:
+        raise typer.BadParameter(f"{h}x{w}: both sides must be multiples of 32 (the network's stride).")
+    return h, w
+
+
+def default_output(weights: str) -> Path:
+    """OpenOCR's place: <folder of the weights file>/export_det/det_model.onnx; ./output/... for a model name."""
+    local = Path(weights).expanduser()
+    folder = local.parent if local.is_file() else Path("output")
+    return folder / EXPORT_DIR / EXPORT_NAME
+
+
+def export(
+    weights: Weights = DEFAULT_WEIGHTS,
+    output: Annotated[Optional[Path], typer.Option("--output", help="ONNX file to write (default: export_det/det_model.onnx in the folder of the weights file, or ./output/export_det/det_model.onnx for a model name).", show_default=False)] = None,
+    opset: Annotated[int, typer.Option("--opset", min=7, help="ONNX opset to write.")] = DEFAULT_OPSET,
+    fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help="Re-parameterise the backbone first (faster, same output within 1e-6).")] = True,
+    dynamic: Annotated[bool, typer.Option("--dynamic/--static", help="Dynamic batch, height and width, or a fixed --size (the batch stays dynamic).")] = True,
+    size: Annotated[Optional[str], typer.Option("--size", callback=_size, metavar="HxW", help="Input size for --static, multiples of 32 (default 960x960); with --dynamic only the tracing example.", show_default=False)] = None,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Store float16 weights (half the size); input and output stay float32.")] = False,
+    exporter: Annotated[Exporter, typer.Option("--exporter", case_sensitive=False, help="auto: the TorchScript exporter for opset 20 or lower, else the dynamo (torch.export) one, which needs opset 18 or newer.")] = Exporter.auto,
+    tolerance: Annotated[Optional[float], typer.Option("--tolerance", min=0.0, help="Largest accepted difference between onnxruntime and PyTorch probabilities (default 1e-4, 2e-2 with --fp16).", show_default=False)] = None,
+    config: ConfigPath = None,
+    override: Overrides = None,
+    non_strict: NonStrict = False,
+) -> None:
+    """Export a checkpoint to ONNX and verify it against PyTorch.
+
+    The file has one input named input (float32 N x 3 x H x W, BGR normalised with the ImageNet mean/std, H and W multiples of 32) and one output named output (the N x 1 x H x W probability map), the names OpenOCR's released openocr_det_model.onnx uses, so either file runs with predict --backend onnx. Normalisation, post-processing defaults, the checkpoint's sha256 and the openocr-det version are stored in the model's metadata.
+
+    After writing, onnxruntime and PyTorch run on the same preprocessed images at several sizes and batch 2, and a table of differences is printed; above --tolerance the command exits 1 and keeps the file for inspection.
+
+    Examples:
+
+      openocr-det export --weights output/det_repvit_db/best.pth
+
+      openocr-det export -w best.pth --output det.onnx --static --size 640x640 --fp16
+    """
+    if size is not None and dynamic:
+        err_console.print(f"note: --size {size[0]}x{size[1]} is only the tracing example with --dynamic.")
+    cfg = cfgmod.apply_overrides(cfgmod.load_config(config), override or [])
+    options = ExportOptions(opset=opset, dynamic=dynamic, size=size or (960, 960), fp16=fp16, exporter=exporter.value)
+    path = output if output is not None else default_output(weights)
+    if path.suffix.lower() != ".onnx":
+        path = path / EXPORT_NAME if path.is_dir() else path
+
+    from openocr_cli.hub import get_entry, resolve_weights
+    from openocr_cli.model import build_detector
+
+    entry = get_entry(weights) if not Path(weights).expanduser().is_file() else None
+    if (entry is not None and entry.format == "onnx") or weights.lower().endswith(".onnx"):
+        raise UserError(f"--weights {weights} is already an ONNX model; export needs a PyTorch checkpoint (.pth).")
+    source = resolve_weights(weights)
+    model = build_detector(cfg.get("Architecture"))
+    load_weights(model, source, strict=not non_strict)
+    model.eval()
+    if fuse:
+        model.fuse()
+
+    norm = cfgmod.normalize_params(cfg)
+    postprocess = dataclasses.asdict(DBPostProcess(**cfgmod.postprocess_params(cfg)))
+    metadata = build_metadata(mean=norm["mean"], std=norm["std"], postprocess=postprocess,
+                              resize=cfgmod.resize_params(cfg), source_name=source.name,
+                              source_sha256=sha256_file(source), version=__version__, fused=fuse, fp16=fp16)
+    err_console.print(f"exporting {source} to {path} ...")
+    report = export_and_verify(model, path, options, metadata, Normalizer(norm["mean"], norm["std"]), tolerance)
+    _print(report, options, fuse, metadata["source_sha256"])
+    if not report.ok:
+        worst = max(report.rows, key=lambda r: r.max_abs)
+        raise UserError(f"verification failed: onnxruntime and PyTorch differ by up to {worst.max_abs:.3g} "
+                        f"(at {worst.batch}x3x{worst.height}x{worst.width}), more than the tolerance "
+                        f"{report.tolerance:g}. The exported file {path} was kept for inspection; do not use it "
+                        "as is (try another --opset, --no-fuse, or without --fp16).")
+    console.print(f"Exported and verified: {path}")
+
+
+def _print(report: ExportReport, options: ExportOptions, fused: bool, sha: str) -> None:
+    shape = "batch x 3 x height x width" if options.dynamic else f"batch x 3 x {options.size[0]} x {options.size[1]}"
+    console.print(table("export", ["item", "value"], [
+        ("file", report.path),
+        ("size", f"{report.path.stat().st_size / 1e6:.1f} MB"),
+        ("exporter", f"{report.exporter} (torch.onnx.export, dynamo={report.exporter == 'dynamo'})"),
+        ("opset", report.opset),
+        ("input", f"input: float32 {shape}"),
+        ("output", "output: float32 probability map, batch x 1 x H x W"),
+        ("fused", "yes" if fused else "no"),
+        ("weights", "float16" if options.fp16 else "float32"),
+        ("source sha256", sha[:16] + "..."),
+        ("export time", f"{report.seconds:.1f} s"),
+    ]))
+    console.print(table(f"onnxruntime vs PyTorch (tolerance {report.tolerance:g})",
+                        ["input", "max abs diff", "mean abs diff", "ok"],
+                        [(f"{r.batch}x3x{r.height}x{r.width}", f"{r.max_abs:.2e}", f"{r.mean_abs:.2e}",
+                          "yes" if r.max_abs <= report.tolerance else "NO") for r in report.rows]))
