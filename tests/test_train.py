@@ -210,3 +210,19 @@ def test_demo_learns_offline(tmp_path):
     assert metrics["hmean"] >= 0.3, metrics
     assert (demo / "predict" / "det_results.txt").read_text().count("\n") == 16
     assert len(list((demo / "predict" / "vis").iterdir())) == 16
+
+
+def test_resumes_openocr_written_latest_at_next_epoch(cli, tmp_path, synth):
+    """A latest.pth in OpenOCR's exact layout (no extra keys) continues at epoch + 1, like OpenOCR."""
+    out = tmp_path / "run"
+    cfg = small_cfg(synth, out, epochs=2)
+    trainer = Trainer(cfg, load_run_data(cfg, skip_bad=False), torch.device("cpu"), out)
+    trainer.train(stop_after=2)  # mid-epoch 1 of 3 steps
+    ours = torch.load(out / "latest.pth", weights_only=True)
+    openocr = {k: ours[k] for k in ("epoch", "global_step", "state_dict", "optimizer", "scheduler", "config", "metrics")}
+    torch.save(openocr, out / "latest.pth")
+    code, stdout, err = cli("resume", out)
+    assert code == 0, err
+    resumed = torch.load(out / "latest.pth", weights_only=True)
+    # epoch 1 is taken as finished: only epoch 2 (3 steps) runs after the stored global step 2
+    assert (resumed["epoch"], resumed["global_step"]) == (2, 5)
