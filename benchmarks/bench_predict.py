@@ -1,8 +1,9 @@
-"""Predict throughput of the torch backend: images/s and ms per stage at limit side 960.
+"""Predict throughput of the torch and onnxruntime backends: images/s and ms per stage at limit side 960.
 
 Generates 1280x720 images (ICDAR2015's size) with dark text-like bars on a light background,
-runs the same Predictor the CLI uses with a freshly initialised, fused RepViT-DB model, and
-prints a Markdown table. Weights do not change the cost, except post-processing, which depends on
+runs the same Predictor the CLI uses with a freshly initialised, fused RepViT-DB model (and the
+same model exported to a temporary ONNX file by `openocr-det export`'s code), and prints a
+Markdown table with one row per backend and batch size. Weights do not change the cost, except post-processing, which depends on
 how many regions the map has: the random model's map has ~none, so post-processing is also timed
 on a map with 30 boxes per image.
 
@@ -18,10 +19,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 import torch
 
 from openocr_cli.data.resize import Normalizer, ResizeSpec
 from openocr_cli.engine.backends import TorchBackend, resolve_device
+from openocr_cli.engine.exporter import ExportOptions, export_onnx
+from openocr_cli.engine.onnx_backend import OnnxBackend
 from openocr_cli.engine.predictor import Predictor
 from openocr_cli.model import build_detector
 from openocr_cli.postprocess import DBPostProcess
@@ -59,6 +63,19 @@ def bench_postprocess(runs: int = 20) -> float:
     return 1000 * (time.perf_counter() - start) / runs
 
 
+def run(backend, paths: list[str], batch_size: int) -> tuple[float, float, float, float]:
+    """(images/s, preprocess, inference, postprocess ms/img) of one Predictor pass after a warm-up."""
+    predictor = Predictor(backend, ResizeSpec(960, "max"), Normalizer(), DBPostProcess(), batch_size=batch_size)
+    list(predictor.run(paths[: max(batch_size, 2)]))  # warm-up
+    predictor.times.__init__()
+    start = time.perf_counter()
+    results = list(predictor.run(paths))
+    wall = time.perf_counter() - start
+    assert len(results) == len(paths) and all(r.error is None for r in results)
+    ms = predictor.times.ms_per_image()
+    return len(paths) / wall, ms["preprocess"], ms["inference"], ms["postprocess"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=16)
@@ -69,22 +86,20 @@ def main() -> None:
     torch.manual_seed(0)
     device = resolve_device(args.device)
     model = build_detector().eval().fuse()
-    backend = TorchBackend(model, device)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_images(Path(tmp), args.images)
-        for bs in args.batch_sizes:
-            predictor = Predictor(backend, ResizeSpec(960, "max"), Normalizer(), DBPostProcess(), batch_size=bs)
-            list(predictor.run(paths[: max(bs, 2)]))  # warm-up
-            predictor.times.__init__()
-            start = time.perf_counter()
-            results = list(predictor.run(paths))
-            wall = time.perf_counter() - start
-            assert len(results) == args.images and all(r.error is None for r in results)
-            ms = predictor.times.ms_per_image()
-            rows.append((f"torch ({device.type})", bs, args.images / wall, ms["preprocess"], ms["inference"], ms["postprocess"]))
+        onnx_path = Path(tmp) / "det_model.onnx"
+        export_onnx(model, onnx_path, ExportOptions(), {})
+        backends = [(f"torch ({device.type})", TorchBackend(model, device))]
+        runtime = OnnxBackend.load(onnx_path, args.device)
+        backends.append((f"onnxruntime ({runtime.providers[0].replace('ExecutionProvider', '')})", runtime))
+        for name, backend in backends:
+            for bs in args.batch_sizes:
+                rows.append((name, bs, *run(backend, paths, bs)))
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.images} images 1280x720 -> 544x960\n")
+    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {ort.__version__} "
+          f"(default threads), {args.images} images 1280x720 -> 544x960\n")
     print("| backend | batch | images/s | preprocess ms/img | inference ms/img | postprocess ms/img |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, bs, ips, pre, inf, post in rows:

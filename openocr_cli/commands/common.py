@@ -72,9 +72,9 @@ LimitTypeOpt = Annotated[Optional[LimitType], typer.Option("--limit-type", case_
 NonStrict = Annotated[bool, typer.Option("--non-strict", help="Load only the tensors that match the model and report the rest.")]
 BackendOpt = Annotated[Optional[BackendName], typer.Option("--backend", case_sensitive=False, help="torch runs the --weights checkpoint with PyTorch; onnx runs the --onnx-model file with onnxruntime (same pre- and post-processing). Default: onnx when --onnx-model is given, else torch.")]
 OnnxModel = Annotated[Optional[str], typer.Option("--onnx-model", help="ONNX detector for --backend onnx: a file (ours, OpenOCR's openocr_det_model.onnx, a PaddleOCR det model) or the name repvit-onnx (the default).")]
-Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="onnxruntime threads per forward pass (default: onnxruntime's choice).")]
-Mean = Annotated[Optional[str], typer.Option("--mean", callback=_three_floats, metavar="R,G,B", help="Normalisation mean, three comma-separated values in the model's channel order (default: the ONNX model's metadata, else the config's ImageNet values).")]
-Std = Annotated[Optional[str], typer.Option("--std", callback=_three_floats, metavar="R,G,B", help="Normalisation std, three comma-separated values (default: as --mean).")]
+Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="Threads per forward pass: onnxruntime's intra-op threads, or PyTorch's with the torch backend (default: the runtime's choice).")]
+Mean = Annotated[Optional[str], typer.Option("--mean", callback=_three_floats, metavar="C1,C2,C3", help="Normalisation mean, three comma-separated values in the model's channel order (default: the ONNX model's metadata, else the config's ImageNet values).")]
+Std = Annotated[Optional[str], typer.Option("--std", callback=_three_floats, metavar="C1,C2,C3", help="Normalisation std, three comma-separated values (default: as --mean).")]
 
 
 @dataclass
@@ -155,6 +155,10 @@ class InferenceSettings:
                 raise UserError(f"--weights {self.weights} is an ONNX model; run it with --backend onnx "
                                 f"--onnx-model {self.weights}.", exit_code=2)
             device = resolve_device(self.device)
+            if self.threads is not None:
+                import torch
+
+                torch.set_num_threads(self.threads)
             weights = resolve_weights(self.weights)
             backend = TorchBackend.from_checkpoint(weights, device, cfg.get("Architecture"), strict=not self.non_strict)
             normalizer = self.build_normalizer(cfg)

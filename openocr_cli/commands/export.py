@@ -16,7 +16,9 @@ from openocr_cli import config as cfgmod
 from openocr_cli.checkpoint import load_weights
 from openocr_cli.commands.common import DEFAULT_WEIGHTS, ConfigPath, NonStrict, Overrides, Weights
 from openocr_cli.data.resize import Normalizer
-from openocr_cli.engine.exporter import DEFAULT_OPSET, ExportOptions, ExportReport, export_and_verify, sha256_file
+from openocr_cli.engine.exporter import (
+    DEFAULT_OPSET, ExportOptions, ExportReport, choose_exporter, export_and_verify, sha256_file,
+)
 from openocr_cli.engine.onnx_metadata import build_metadata
 from openocr_cli.errors import UserError
 from openocr_cli.postprocess import DBPostProcess
@@ -79,6 +81,7 @@ def export(
     """
     if size is not None and dynamic:
         err_console.print(f"note: --size {size[0]}x{size[1]} is only the tracing example with --dynamic.")
+    choose_exporter(exporter.value, opset)  # refuse an impossible exporter/opset pair before any work
     cfg = cfgmod.apply_overrides(cfgmod.load_config(config), override or [])
     options = ExportOptions(opset=opset, dynamic=dynamic, size=size or (960, 960), fp16=fp16, exporter=exporter.value)
     path = output if output is not None else default_output(weights)

@@ -92,8 +92,10 @@ def torchscript_max_opset() -> Optional[int]:
     params = inspect.signature(torch.onnx.export).parameters
     if "dynamo" not in params or "dynamic_axes" not in params:
         return None
-    from torch.onnx import _constants
-
+    try:
+        from torch.onnx import _constants  # private, hence the fallback to 2.x's value
+    except ImportError:
+        return 20
     return getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
 
 
@@ -170,7 +172,10 @@ def export_onnx(model: nn.Module, path: Path, options: ExportOptions, metadata: 
     model = model.cpu().eval()
     net = _half_copy(model) if options.fp16 else model
     example = torch.randn(1, 3, *options.size)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the folder {path.parent}: {exc.strerror}. Choose another --output.") from None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     start = time.perf_counter()
     try:
