@@ -91,7 +91,7 @@ def main() -> None:
         paths = make_images(Path(tmp), args.images)
         onnx_path = Path(tmp) / "det_model.onnx"
         export_onnx(model, onnx_path, ExportOptions(), {})
-        backends = [(f"torch ({device.type})", TorchBackend(model, device))]
+        backends = [(f"torch ({device.type})", TorchBackend(model, device, channels_last=device.type == "cpu"))]
         runtime = OnnxBackend.load(onnx_path, args.device)
         backends.append((f"onnxruntime ({runtime.providers[0].replace('ExecutionProvider', '')})", runtime))
         for name, backend in backends:

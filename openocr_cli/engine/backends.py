@@ -43,12 +43,19 @@ def resolve_device(spec: Optional[str]) -> torch.device:
 
 
 class TorchBackend:
-    """A loaded, fused, eval-mode DBDetector on one device."""
+    """A loaded, eval-mode DBDetector on one device.
+
+    `channels_last` stores activations NHWC, which oneDNN runs about 25% faster on CPU (measured
+    with benchmarks/bench_predict.py); the trainer's evaluation leaves its model's layout alone.
+    """
 
     name = "torch"
 
-    def __init__(self, model: torch.nn.Module, device: torch.device):
+    def __init__(self, model: torch.nn.Module, device: torch.device, channels_last: bool = False):
         self.model = model.to(device).eval()
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.device = device
 
     @classmethod
@@ -61,9 +68,9 @@ class TorchBackend:
         model.eval()
         if fuse:
             model.fuse()
-        return cls(model, device)
+        return cls(model, device, channels_last=device.type == "cpu")
 
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
-        return self.model(x).float().cpu().numpy()
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        return np.ascontiguousarray(self.model(x).float().cpu().numpy())
