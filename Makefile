@@ -29,7 +29,7 @@ bench: install
 
 # Offline demo: generate a synthetic text set, train from scratch on CPU, evaluate, predict.
 DEMO ?= demo
-DEMO_EPOCHS ?= 16
+DEMO_EPOCHS ?= 20
 DEMO_TRAIN := --data-dir $(DEMO)/data --train-label $(DEMO)/data/train_label.txt --eval-label $(DEMO)/data/test_label.txt
 DEMO_SMALL := -o "Train.dataset.transforms.4.EastRandomCropData.size=[192, 192]" \
 	-o "Train.dataset.transforms.3.IaaAugment.augmenter_args.2.args.size=[0.5, 1.5]" -o Global.print_batch_step=40
