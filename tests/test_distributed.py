@@ -157,3 +157,28 @@ def test_failing_worker_stops_the_whole_run(tmp_path, data):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_ctrl_c_stops_all_ranks_cleanly(tmp_path, data):
+    """Ctrl-C in a terminal (SIGINT to the whole foreground group): exit 130, latest.pth saved, no traceback."""
+    synth, _ = data
+    out = tmp_path / "run"
+    env = dict(os.environ, OPENOCR_DET_OFFLINE="1", OPENOCR_DET_NO_PROGRESS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "openocr_cli",
+                             *train_args(synth, out, "--epochs", "500", "--nproc-per-node", "2")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not ((out / "metrics.jsonl").exists()
+                                              and '"global_step": 3' in (out / "metrics.jsonl").read_text()):
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Resume with: openocr-det resume" in " ".join(stdout.split())
+    assert "Traceback" not in stderr
+    ckpt = torch.load(out / "latest.pth", weights_only=True)
+    assert ckpt["global_step"] >= 3 and ckpt["world_size"] == 2

@@ -7,12 +7,15 @@ process-group timeout so a long evaluation cannot trip it.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
@@ -144,15 +147,56 @@ class LaunchPlan:
         return args + ["--master-addr", self.master_addr or "127.0.0.1", "--master-port", str(self.master_port or 29500)]
 
 
+LAUNCHED_ENV = "OPENOCR_DET_LAUNCHED"
+
+
+def launched_by_us() -> bool:
+    return os.environ.get(LAUNCHED_ENV) == "1"
+
+
+def _children(pid: int) -> list[int]:
+    """Direct child processes of `pid` (Linux /proc); empty where /proc is not available."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
 def launch(plan: LaunchPlan, command_argv: Sequence[str]) -> int:
-    """Run `python -m torch.distributed.run <plan> -m openocr_cli <argv>`; return the launcher's exit code."""
-    env = dict(os.environ)
+    """Run `python -m torch.distributed.run <plan> -m openocr_cli <argv>`; return the launcher's exit code.
+
+    The launcher runs in its own session, so a Ctrl-C reaches only this process, which passes it to
+    the workers: they finish their step together, rank 0 saves latest.pth, they exit cleanly and
+    the launcher shuts down without a traceback. The command then exits 130.
+    """
+    env = dict(os.environ, **{LAUNCHED_ENV: "1"})
     if plan.visible_devices is not None:
         env["CUDA_VISIBLE_DEVICES"] = plan.visible_devices
     cmd = [sys.executable, "-m", "torch.distributed.run", *plan.launcher_args(), "-m", "openocr_cli",
            *strip_launcher_flags(command_argv)]
-    proc = subprocess.Popen(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    interrupted = False
+
+    def forward(signum, frame):  # noqa: ARG001
+        nonlocal interrupted
+        interrupted = True
+        workers = _children(proc.pid)
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGINT)
+        if not workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGINT)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return proc.wait()
-    except KeyboardInterrupt:  # the launcher got the same Ctrl-C and forwards it to its workers
-        return proc.wait()
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 130 if interrupted and code == 0 else code
