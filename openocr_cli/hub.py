@@ -189,7 +189,8 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -230,7 +231,7 @@ def _check_cache(entry: ModelEntry, files: _Files, expected_sha: Optional[str] =
     sha = record.get("sha256")
     if not sha or record.get("mtime_ns") != st.st_mtime_ns:
         # Modified since recorded (or never recorded): hash it, it is cheap next to loading a model.
-        actual = _sha256(files.final)
+        actual = sha256_file(files.final)
         if sha and actual != sha:
             return None, "its sha256 differs from the one recorded when it was downloaded"
         try:  # first sight of a file put there by hand (trust on first use), or only touched
@@ -570,7 +571,7 @@ def _verify(entry: ModelEntry, files: _Files, expected: Optional[str], label: st
             may_retry: bool) -> Optional[str]:
     """The sha256 of the finished .part; if wrong it is deleted, then None if may_retry else UserError."""
     size = files.part.stat().st_size
-    sha = _sha256(files.part)
+    sha = sha256_file(files.part)
     want = expected or entry.sha256
     problem = None
     if entry.size is not None and size != entry.size:

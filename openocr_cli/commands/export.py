@@ -17,10 +17,11 @@ from openocr_cli.checkpoint import load_weights
 from openocr_cli.commands.common import DEFAULT_WEIGHTS, ConfigPath, NonStrict, Overrides, Weights
 from openocr_cli.data.resize import Normalizer
 from openocr_cli.engine.exporter import (
-    DEFAULT_OPSET, ExportOptions, ExportReport, choose_exporter, export_and_verify, sha256_file,
+    DEFAULT_OPSET, ExportOptions, ExportReport, choose_exporter, export_and_verify,
 )
 from openocr_cli.engine.onnx_metadata import build_metadata
 from openocr_cli.errors import UserError
+from openocr_cli.hub import sha256_file
 from openocr_cli.postprocess import DBPostProcess
 from openocr_cli.ui import console, err_console, table
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import inspect
 import io
 import os
@@ -77,14 +76,6 @@ class ExportReport:
     @property
     def ok(self) -> bool:
         return self.max_abs <= self.tolerance
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def torchscript_max_opset() -> Optional[int]:
