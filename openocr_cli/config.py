@@ -64,7 +64,7 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
     for text in overrides:
         parts, value = parse_override(text)
         node: Any = cfg
-        for i, part in enumerate(parts[:-1]):
+        for part in parts[:-1]:
             if isinstance(node, list):
                 node = node[_list_index(node, part, text)]
                 continue

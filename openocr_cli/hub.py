@@ -30,7 +30,6 @@ from typing import Optional
 
 import platformdirs
 from filelock import FileLock, Timeout
-from rich.filesize import decimal as human_size
 from rich.markup import escape
 from rich.progress import (
     BarColumn,

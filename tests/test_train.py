@@ -18,10 +18,9 @@ from openocr_cli import config as cfgmod
 from openocr_cli.commands.train import apply_train_flags, load_run_data
 from openocr_cli.data.synth import generate
 from openocr_cli.engine.trainer import Trainer, lr_factor
-from tests.conftest import label_line, write_image
 
 CROP = 96
-SMALL = [f"-o", f"Train.dataset.transforms.4.EastRandomCropData.size=[{CROP}, {CROP}]",
+SMALL = ["-o", f"Train.dataset.transforms.4.EastRandomCropData.size=[{CROP}, {CROP}]",
          "-o", "Eval.dataset.transforms.2.DetResizeForTest.limit_side_len=128"]
 
 

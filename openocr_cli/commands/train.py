@@ -204,7 +204,7 @@ def run(cfg: dict, skip_bad: bool = False, resume: Optional[dict] = None, resume
             console.print(f"[yellow]Stopped after iteration {stop.position.global_step}; saved {stop.checkpoint}."
                           f"[/yellow]\nResume with: openocr-det resume {shlex.quote(str(output_dir))}")
             # under our own launcher a clean exit lets torchrun stop quietly; the launching command exits 130
-            raise typer.Exit(0 if ddp.launched_by_us() else 130)
+            raise typer.Exit(0 if ddp.launched_by_us() else 130) from None
         _summary(trainer, best, output_dir)
     finally:
         logging.getLogger("openocr_det").removeHandler(handler)

@@ -133,7 +133,7 @@ class TrainDataset(Dataset):
         ops = build_ops(transforms, global_cfg, epoch=0)
         self.load_ops = [op for op in ops if isinstance(op, (DecodeImage, DetLabelEncode))]
         self.ops = [op for op in ops if not isinstance(op, (DecodeImage, DetLabelEncode))]
-        self.ext_data_num = next((getattr(op, "ext_data_num") for op in self.ops if hasattr(op, "ext_data_num")), 0)
+        self.ext_data_num = next((op.ext_data_num for op in self.ops if hasattr(op, "ext_data_num")), 0)
         self.reseedable = [op for op in self.ops if hasattr(op, "reseed")]
 
     def __len__(self) -> int:
@@ -168,7 +168,7 @@ class TrainDataset(Dataset):
     def __getitem__(self, key) -> list:
         epoch, position, index = key if isinstance(key, tuple) else (0, int(key), int(key))
         self._seed(sample_seed(self.seed, epoch, position))
-        for attempt in range(MAX_SAMPLE_RETRIES):
+        for _ in range(MAX_SAMPLE_RETRIES):
             try:
                 data = self._load(index)
                 if data is not None:
