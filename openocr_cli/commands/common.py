@@ -100,6 +100,7 @@ class InferenceSettings:
     threads: Optional[int] = None
     mean: Optional[tuple[float, float, float]] = None
     std: Optional[tuple[float, float, float]] = None
+    fuse: bool = True
 
     def load_config(self) -> dict:
         return cfgmod.apply_overrides(cfgmod.load_config(self.config), self.overrides or [])
@@ -160,7 +161,8 @@ class InferenceSettings:
 
                 torch.set_num_threads(self.threads)
             weights = resolve_weights(self.weights)
-            backend = TorchBackend.from_checkpoint(weights, device, cfg.get("Architecture"), strict=not self.non_strict)
+            backend = TorchBackend.from_checkpoint(weights, device, cfg.get("Architecture"), strict=not self.non_strict,
+                                                   fuse=self.fuse)
             normalizer = self.build_normalizer(cfg)
         return Predictor(backend, resize, normalizer, postprocess, batch_size=self.batch_size, workers=self.workers)
 

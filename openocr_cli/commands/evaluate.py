@@ -40,6 +40,7 @@ def evaluate(
     limit_side_len: LimitSide = None,
     limit_type: LimitTypeOpt = None,
     non_strict: NonStrict = False,
+    fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help="Evaluate the re-parameterised (fused) backbone: faster, outputs differ by about 1e-7. Default: unfused, as OpenOCR's eval_det, for identical numbers.")] = False,
     backend: BackendOpt = None,
     onnx_model: OnnxModel = None,
     threads: Threads = None,
@@ -58,7 +59,8 @@ def evaluate(
     """
     settings = InferenceSettings(weights, config, override, device, batch_size, workers, thresh, box_thresh,
                                  unclip_ratio, score_mode, box_type, limit_side_len, limit_type, non_strict,
-                                 backend=backend, onnx_model=onnx_model, threads=threads, mean=mean, std=std)
+                                 backend=backend, onnx_model=onnx_model, threads=threads, mean=mean, std=std,
+                                 fuse=fuse)
     cfg = settings.load_config()
     dataset = ((cfg.get("Eval") or {}).get("dataset") or {})
     data_dir = data_dir if data_dir is not None else Path(str(dataset.get("data_dir", ".")))
