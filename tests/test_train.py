@@ -18,6 +18,7 @@ from openocr_cli import config as cfgmod
 from openocr_cli.commands.train import apply_train_flags, load_run_data
 from openocr_cli.data.synth import generate
 from openocr_cli.engine.trainer import Trainer, lr_factor
+from tests.conftest import label_line
 
 CROP = 96
 SMALL = ["-o", f"Train.dataset.transforms.4.EastRandomCropData.size=[{CROP}, {CROP}]",
@@ -175,6 +176,17 @@ def test_bad_training_lines_are_reported_then_skipped(cli, tmp_path, synth, line
     code, _, err = cli(*args, "--output", tmp_path / "b", "--skip-bad")
     assert code == 0, err
     assert "skipped 1 bad label line(s), training on 4" in " ".join(err.split())
+
+
+def test_invalid_do_not_care_polygons_are_accepted(tmp_path, synth):
+    from openocr_cli.data.dataset import validate_training_labels
+
+    labels = tmp_path / "train.txt"
+    bowtie = [[0, 0], [9, 9], [9, 0], [0, 9]]
+    labels.write_text(label_line("train/0000.png", [{"transcription": "###", "points": bowtie},
+                                                    {"transcription": "ok", "points": [[0, 0], [9, 0], [9, 9], [0, 9]]}]))
+    result = validate_training_labels([labels], synth.data_dir)
+    assert not result.problems and len(result.samples) == 1
 
 
 def test_missing_default_data_says_what_to_do(cli, tmp_path, monkeypatch):

@@ -53,9 +53,12 @@ def validate_training_labels(files: Sequence[Path], data_dir: Path, workers: int
 
 
 def _region_problem(sample: LabelSample) -> Optional[str]:
+    """Geometry is checked for text regions only: a do-not-care ('###') region just masks pixels."""
     if not sample.polys:
         return "no text regions (an image needs at least one labelled region to train on)"
-    for n, poly in enumerate(sample.polys, 1):
+    for n, (poly, ignored) in enumerate(zip(sample.polys, sample.ignore), 1):
+        if ignored:
+            continue
         geom = shapely.Polygon(poly)
         if not geom.is_valid:
             return f"region {n}: polygon is self-intersecting"
