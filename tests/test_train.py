@@ -237,3 +237,26 @@ def test_resumes_openocr_written_latest_at_next_epoch(cli, tmp_path, synth):
     resumed = torch.load(out / "latest.pth", weights_only=True)
     # epoch 1 is taken as finished: only epoch 2 (3 steps) runs after the stored global step 2
     assert (resumed["epoch"], resumed["global_step"]) == (2, 5)
+
+
+def test_sampler_splits_pads_and_resumes():
+    from openocr_cli.data.dataset import ResumableSampler
+
+    ranks = [ResumableSampler(5, seed=1, rank=r, world_size=2) for r in range(2)]
+    for s in ranks:
+        s.set_epoch(3)
+    keys = [list(s) for s in ranks]
+    assert [len(k) for k in keys] == [3, 3]
+    positions = sorted(p for k in keys for _, p, _ in k)
+    assert positions == list(range(6))
+    assert sorted({i for k in keys for _, _, i in k}) == [0, 1, 2, 3, 4]  # every sample, one padded twice
+    orders = []
+    for epoch in (3, 4, 5):
+        ranks[0].set_epoch(epoch)
+        orders.append(ranks[0]._order())
+    assert orders[0] != orders[1] and orders[1] != orders[2]  # every epoch is reshuffled (set_epoch)
+    resumed = ResumableSampler(5, seed=1, rank=0, world_size=2)
+    resumed.set_epoch(3, start=1)
+    assert list(resumed) == keys[0][1:] and len(resumed) == 2
+    tiny = ResumableSampler(1, seed=0, rank=3, world_size=4)
+    assert [i for _, _, i in tiny] == [0]

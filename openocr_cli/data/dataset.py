@@ -114,8 +114,8 @@ class ResumableSampler(Sampler):
             order = torch.randperm(self.size, generator=gen).tolist()
         else:
             order = list(range(self.size))
-        total = self.per_rank * self.world_size
-        return order + order[: total - len(order)]
+        total = self.per_rank * self.world_size  # pad by repeating, so every rank gets per_rank samples
+        return (order * math.ceil(total / len(order)))[:total]
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         order = self._order()
