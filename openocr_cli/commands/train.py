@@ -129,7 +129,8 @@ def load_run_data(cfg: dict, skip_bad: bool) -> RunData:
         raise UserError(f"training data not found: {what} does not exist. Pass --data-dir DIR and --train-label FILE "
                         "(PaddleOCR format: image path, TAB, JSON list of {transcription, points}), or run "
                         "`make demo` to try training on generated data.")
-    checked = validate_training_labels(files, data_dir)
+    with console.status("validating the training labels and images ..."):
+        checked = validate_training_labels(files, data_dir)
     if checked.problems:
         shown = "\n".join(f"  {p}" for p in checked.problems[:MAX_REPORTED_PROBLEMS if skip_bad else None])
         if not skip_bad:
