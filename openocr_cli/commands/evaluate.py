@@ -72,7 +72,7 @@ def evaluate(
     if predictions is not None:
         preds = read_predictions(predictions)
         samples = load_labels(files, data_dir, check_images=False)
-        result = evaluate_predictions(preds, samples, str(data_dir))
+        result = evaluate_predictions(preds, samples)
         if result.unmatched:
             warn(f"{len(result.unmatched)} labelled image(s) have no line in {predictions} and count as "
                  f"images with no detections (first: {', '.join(result.unmatched[:3])}).")

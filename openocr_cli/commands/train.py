@@ -13,7 +13,7 @@ from typing_extensions import Annotated
 
 from openocr_cli import config as cfgmod
 from openocr_cli.checkpoint import read_checkpoint
-from openocr_cli.data.dataset import validate_training_labels
+from openocr_cli.data.dataset import select_by_ratio, validate_training_labels
 from openocr_cli.data.labels import MAX_REPORTED_PROBLEMS, load_labels
 from openocr_cli.engine import distributed as ddp
 from openocr_cli.engine.backends import resolve_device
@@ -143,8 +143,6 @@ def load_run_data(cfg: dict, skip_bad: bool) -> RunData:
     ratios = [float(ratios)] * len(files) if not isinstance(ratios, list) else [float(r) for r in ratios]
     if len(ratios) != len(files):
         raise UserError(f"Train.dataset.ratio_list has {len(ratios)} values for {len(files)} label files.")
-    from openocr_cli.data.dataset import select_by_ratio
-
     per_file = [[s for s in checked.samples if s.source == str(f)] for f in files]
     train = select_by_ratio(per_file, ratios, int(cfg["Global"].get("seed", 48)))
 

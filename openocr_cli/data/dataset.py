@@ -145,7 +145,8 @@ class TrainDataset(Dataset):
     def _load(self, index: int) -> Optional[dict]:
         sample = self.samples[index]
         data = {"img_path": str(sample.image), "image": sample.image.read_bytes(),
-                "regions": [p.copy() for p in sample.polys], "region_texts": list(sample.texts)}
+                "regions": [p.copy() for p in sample.polys], "region_texts": list(sample.texts),
+                "region_ignore": list(sample.ignore)}
         for op in self.load_ops:
             data = op(data)
             if data is None:

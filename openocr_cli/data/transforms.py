@@ -13,9 +13,6 @@ import numpy as np
 
 from openocr_cli.errors import UserError
 
-IGNORE_TRANSCRIPTIONS = ("###", "*")
-
-
 class DecodeImage:
     """Raw file bytes -> HWC uint8 BGR (3 channels, EXIF orientation applied)."""
 
@@ -43,6 +40,8 @@ class DecodeImage:
 class DetLabelEncode:
     """Parsed regions -> `polys` (K, P, 2) float32 padded by repeating last vertices, `ignore_tags`, `texts`.
 
+    The do-not-care flags come from the label parser (data.labels), which decides them once.
+
     An image with no region at all yields None, as in OpenOCR (the sample is replaced).
     """
 
@@ -57,7 +56,7 @@ class DetLabelEncode:
         padded = np.stack([np.concatenate([p, np.repeat(p[-1:], width - len(p), axis=0)]) for p in polys])
         data["polys"] = padded.astype(np.float32)
         data["texts"] = list(data.pop("region_texts"))
-        data["ignore_tags"] = np.array([t in IGNORE_TRANSCRIPTIONS for t in data["texts"]], dtype=bool)
+        data["ignore_tags"] = np.array(data.pop("region_ignore"), dtype=bool)
         return data
 
 

@@ -66,11 +66,10 @@ def evaluate_model(predictor: Predictor, samples: Sequence[LabelSample],
                       records=metric.records, seconds=seconds)
 
 
-def evaluate_predictions(predictions: dict[str, list[np.ndarray]], samples: Sequence[LabelSample],
-                         data_dir: str) -> EvalResult:
+def evaluate_predictions(predictions: dict[str, list[np.ndarray]], samples: Sequence[LabelSample]) -> EvalResult:
     """Score a predictions file; each label is matched to a prediction line by image path.
 
-    Tried in order: the path as written in the label, the path joined to data_dir, then the
+    Tried in order: the path as written in the label, the path joined to the data folder, then the
     label path as a trailing part of a prediction path, then a unique base name. Labelled images
     with no prediction line count as images without detections and are reported.
     """
