@@ -1,4 +1,4 @@
-# `make test` is all CI runs: it creates .venv, installs everything, then runs pytest.
+# `make test` is all CI runs: it creates .venv, installs everything, runs ruff, then pytest.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast bench demo demo-run clean
+.PHONY: install lint test test-fast bench demo demo-run clean
 
 install: $(VENV)/.installed
 
@@ -17,7 +17,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-test: install
+lint: install
+	$(PY) -m ruff check .
+
+test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: install

@@ -8,9 +8,10 @@ drivers need, with OpenOCR's defaults where a key is absent.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import yaml
 

@@ -9,7 +9,7 @@ zero for a batch without positive pixels. One is fixed (quirk 27): `loss` is a s
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -68,7 +68,7 @@ class DBLoss(nn.Module):
         self.eps = eps
         self.balance_loss = bool(balance_loss)
 
-    def forward(self, pred: torch.Tensor, labels: Sequence[torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, pred: torch.Tensor, labels: Sequence[torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
         if pred.ndim != 4 or pred.shape[1] != 3:
             raise ValueError(f"DBLoss expects predictions of shape (N, 3, H, W), got {tuple(pred.shape)}")
         if len(labels) != 4:

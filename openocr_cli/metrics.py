@@ -6,8 +6,8 @@ the count, IoU must be strictly above 0.5, and matching is greedy in GT order, t
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 import shapely

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -115,7 +115,7 @@ class DBPostProcess:
                            ("max_candidates", int), ("use_dilation", bool)):
             object.__setattr__(self, name, kind(getattr(self, name)))
 
-    def replace(self, **overrides) -> "DBPostProcess":
+    def replace(self, **overrides) -> DBPostProcess:
         """A copy with some settings changed (`mask_thresh` is accepted as OpenOCR's name for thresh)."""
         if "mask_thresh" in overrides:
             overrides["thresh"] = overrides.pop("mask_thresh")

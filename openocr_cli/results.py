@@ -7,8 +7,9 @@ score any detector's output written this way.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, TextIO
+from typing import TextIO
 
 import cv2
 import numpy as np

@@ -8,8 +8,15 @@ import cv2
 import numpy as np
 import pytest
 
-from openocr_cli.data.augment import (CopyPaste, EastRandomCropData, IaaAugment, crop_area, is_poly_outside_rect,
-                                      rectified_crop, split_regions)
+from openocr_cli.data.augment import (
+    CopyPaste,
+    EastRandomCropData,
+    IaaAugment,
+    crop_area,
+    is_poly_outside_rect,
+    rectified_crop,
+    split_regions,
+)
 
 
 def quad(x, y, w, h):

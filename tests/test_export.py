@@ -11,8 +11,8 @@ from openocr_cli.checkpoint import load_weights
 from openocr_cli.commands.export import default_output
 from openocr_cli.data.resize import IMAGENET_MEAN, IMAGENET_STD, Normalizer
 from openocr_cli.engine.exporter import DYNAMIC_CASES, ExportOptions, export_and_verify
-from openocr_cli.hub import sha256_file
 from openocr_cli.engine.onnx_metadata import build_metadata, normalization, read_metadata
+from openocr_cli.hub import sha256_file
 from openocr_cli.model import build_detector
 from openocr_cli.postprocess import DBPostProcess
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.filesize import decimal as human_size
 from rich.markup import escape
-from typing_extensions import Annotated
 
 from openocr_cli import hub
 from openocr_cli.errors import UserError

@@ -4,15 +4,32 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
-from typing_extensions import Annotated
 
 from openocr_cli.commands.common import (
-    DEFAULT_WEIGHTS, BackendOpt, BatchSize, BoxThresh, BoxTypeOpt, ConfigPath, Device, InferenceSettings,
-    LimitSide, LimitTypeOpt, Mean, NonStrict, OnnxModel, Overrides, ScoreModeOpt, Std, Threads, Thresh,
-    UnclipRatio, Weights, Workers,
+    DEFAULT_WEIGHTS,
+    BackendOpt,
+    BatchSize,
+    BoxThresh,
+    BoxTypeOpt,
+    ConfigPath,
+    Device,
+    InferenceSettings,
+    LimitSide,
+    LimitTypeOpt,
+    Mean,
+    NonStrict,
+    OnnxModel,
+    Overrides,
+    ScoreModeOpt,
+    Std,
+    Threads,
+    Thresh,
+    UnclipRatio,
+    Weights,
+    Workers,
 )
 from openocr_cli.data.labels import load_labels
 from openocr_cli.engine.evaluator import EvalResult, evaluate_model, evaluate_predictions

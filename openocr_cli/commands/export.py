@@ -6,10 +6,9 @@ import dataclasses
 import re
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
-from typing_extensions import Annotated
 
 from openocr_cli import __version__
 from openocr_cli import config as cfgmod
@@ -17,7 +16,11 @@ from openocr_cli.checkpoint import load_weights
 from openocr_cli.commands.common import DEFAULT_WEIGHTS, ConfigPath, NonStrict, Overrides, Weights
 from openocr_cli.data.resize import Normalizer
 from openocr_cli.engine.exporter import (
-    DEFAULT_OPSET, ExportOptions, ExportReport, choose_exporter, export_and_verify,
+    DEFAULT_OPSET,
+    ExportOptions,
+    ExportReport,
+    choose_exporter,
+    export_and_verify,
 )
 from openocr_cli.engine.onnx_metadata import build_metadata
 from openocr_cli.errors import UserError

@@ -4,15 +4,33 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
 import cv2
 import typer
-from typing_extensions import Annotated
 
 from openocr_cli.commands.common import (
-    DEFAULT_WEIGHTS, BackendOpt, BatchSize, BoxThresh, BoxTypeOpt, ConfigPath, Device, InferenceSettings,
-    LimitSide, LimitTypeOpt, Mean, NonStrict, OnnxModel, Overrides, ScoreModeOpt, Std, Threads, Thresh,
-    UnclipRatio, Weights, Workers,
+    DEFAULT_WEIGHTS,
+    BackendOpt,
+    BatchSize,
+    BoxThresh,
+    BoxTypeOpt,
+    ConfigPath,
+    Device,
+    InferenceSettings,
+    LimitSide,
+    LimitTypeOpt,
+    Mean,
+    NonStrict,
+    OnnxModel,
+    Overrides,
+    ScoreModeOpt,
+    Std,
+    Threads,
+    Thresh,
+    UnclipRatio,
+    Weights,
+    Workers,
 )
 from openocr_cli.data.images import collect_images
 from openocr_cli.errors import UserError

@@ -6,10 +6,9 @@ import logging
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
-from typing_extensions import Annotated
 
 from openocr_cli import config as cfgmod
 from openocr_cli.checkpoint import read_checkpoint

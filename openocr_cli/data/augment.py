@@ -8,7 +8,8 @@ sample dict with `image` (HWC uint8 BGR), `polys` (K, P, 2), `ignore_tags` (K,) 
 from __future__ import annotations
 
 import random
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import albumentations as A
 import cv2

@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional
 
 import cv2
 import numpy as np

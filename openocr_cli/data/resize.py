@@ -7,8 +7,9 @@ network input size and therefore the metric, so they are kept bit-for-bit.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -31,7 +32,7 @@ class ResizeSpec:
     keep_ratio: bool = False
 
     @classmethod
-    def from_params(cls, params: dict) -> "ResizeSpec":
+    def from_params(cls, params: dict) -> ResizeSpec:
         """Mirror OpenOCR's mode selection: image_shape, then limit_side_len, then resize_long."""
         if params.get("image_shape"):
             h, w = params["image_shape"]

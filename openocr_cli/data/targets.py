@@ -7,7 +7,8 @@ were trained on exactly these labels. The border map is vectorised over edges x 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import cv2
 import numpy as np

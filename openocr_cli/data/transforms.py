@@ -6,12 +6,14 @@ returns a sample dict (`image`, `polys`, `ignore_tags`, `texts`, ...); None drop
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import cv2
 import numpy as np
 
 from openocr_cli.errors import UserError
+
 
 class DecodeImage:
     """Raw file bytes -> HWC uint8 BGR (3 channels, EXIF orientation applied)."""

@@ -60,7 +60,7 @@ class TorchBackend:
 
     @classmethod
     def from_checkpoint(cls, weights: Path, device: torch.device, arch: Optional[dict] = None,
-                        strict: bool = True, fuse: bool = True) -> "TorchBackend":
+                        strict: bool = True, fuse: bool = True) -> TorchBackend:
         from openocr_cli.model import build_detector
 
         model = build_detector(arch)

@@ -13,10 +13,11 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -182,7 +183,7 @@ def launch(plan: LaunchPlan, command_argv: Sequence[str]) -> int:
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     interrupted = False
 
-    def forward(signum, frame):  # noqa: ARG001
+    def forward(signum, frame):
         nonlocal interrupted
         interrupted = True
         workers = _children(proc.pid)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -26,7 +27,7 @@ class EvalResult:
     seconds: float = 0.0
 
     @classmethod
-    def combine(cls, parts: Sequence["EvalResult"]) -> "EvalResult":
+    def combine(cls, parts: Sequence[EvalResult]) -> EvalResult:
         """Merge shards evaluated in parallel: the metric over all images, FPS of the slowest shard."""
         records = [r for p in parts for r in p.records]
         scores = summarize(records)

@@ -115,7 +115,7 @@ class OnnxBackend:
         self.info = info
 
     @classmethod
-    def load(cls, path: Path, device: Optional[str] = None, threads: Optional[int] = None) -> "OnnxBackend":
+    def load(cls, path: Path, device: Optional[str] = None, threads: Optional[int] = None) -> OnnxBackend:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"ONNX model {path} does not exist.")

@@ -8,8 +8,9 @@ values are strings, as ONNX requires; lists and dicts are JSON.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Optional
 
 import onnx
 

@@ -16,9 +16,10 @@ import math
 import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -382,7 +383,7 @@ class Trainer:
         self.pos = Position(epoch + 1, 0, self.pos.global_step)
 
 
-def _ignore_stop_signals(worker_id: int) -> None:  # noqa: ARG001
+def _ignore_stop_signals(worker_id: int) -> None:
     """Workers leave Ctrl-C to the main process, which finishes its step and shuts them down."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -405,7 +406,7 @@ def _deferred_interrupts():
     """SIGINT/SIGTERM set a flag the loop checks after each step; a second SIGINT interrupts at once."""
     flag = _StopFlag()
 
-    def handler(signum, frame):  # noqa: ARG001
+    def handler(signum, frame):
         if flag.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         flag.requested = True

@@ -6,7 +6,8 @@ so any other YAML value is reported as a UserError instead of silently building 
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ class DBDetector(nn.Module):
         """Train: (N,3,H,W) = cat[P, T, B]. Eval: (N,1,H,W) = P. `data` is accepted and ignored."""
         return self.head(self.neck(self.backbone(x)))
 
-    def fuse(self) -> "DBDetector":
+    def fuse(self) -> DBDetector:
         """Re-parameterise the backbone for inference (in place, idempotent); neck and head untouched.
 
         Call after loading the (unfused) weights and switching to eval: the fused keys no longer
