@@ -1,4 +1,4 @@
-"""Model download and cache (hub.py, `openocr-det download`) against a local HTTP server: no real network."""
+"""Model download and cache (openocr_cli.hub, `openocr-det download`) against a local HTTP server: no real network."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 
 from openocr_cli import hub
+from openocr_cli.constants import IMAGENET_MEAN, IMAGENET_STD
 from openocr_cli.errors import UserError
+from openocr_cli.hub import registry, transfer
 
 PTH = "openocr_det_repvit_ch.pth"
 ONNX = "openocr_det_model.onnx"
@@ -103,9 +105,9 @@ def server(monkeypatch, tmp_path):
     """A local server holding both release files under /gh/ (the first mirror), and a clean env."""
     srv = Server()
     srv.files.update({f"/gh/{PTH}": PAYLOAD, f"/gh/{ONNX}": PAYLOAD[:1000]})
-    monkeypatch.setattr(hub, "MIRRORS", [("GitHub release", srv.base + "/gh/{file}"),
-                                         ("Hugging Face", srv.base + "/hf/{file}"),
-                                         ("ModelScope", srv.base + "/ms/{file}")])
+    monkeypatch.setattr(registry, "MIRRORS", [("GitHub release", srv.base + "/gh/{file}"),
+                                              ("Hugging Face", srv.base + "/hf/{file}"),
+                                              ("ModelScope", srv.base + "/ms/{file}")])
     yield srv
     if srv.gate is not None:
         srv.gate.set()
@@ -165,7 +167,7 @@ def test_clean_download_hash_progress_cache(server, hub_env, capsys):
     assert not (hub_env / (PTH + ".part")).exists()
     err = capsys.readouterr().err
     assert "GitHub release" in err and PTH in err and "300.0/300.0 kB" in err  # the progress bar
-    assert hub.cached_path("repvit") == path
+    assert hub.cache_status("repvit") == ("cached", len(PAYLOAD))
 
     assert hub.download("repvit") == path  # cached: no second request
     assert len(server.requests) == 1
@@ -178,6 +180,9 @@ def test_registry_has_release_files_and_mirrors_in_order():
     assert urls == [f"https://github.com/Topdu/OpenOCR/releases/download/develop0.0.1/{PTH}",
                     f"https://huggingface.co/topdu/OpenOCR/resolve/main/{PTH}",
                     f"https://www.modelscope.cn/models/topdktu/OpenOCR/resolve/master/{PTH}"]
+    # both released files expect OpenOCR's repvit_db.yml preprocessing
+    expected = hub.Preprocess(IMAGENET_MEAN, IMAGENET_STD, channel_order="BGR", limit_side_len=960, limit_type="max")
+    assert all(entry.preprocess == expected for entry in hub.MODELS.values())
 
 
 def test_cache_dir_defaults_to_user_cache(monkeypatch):
@@ -250,7 +255,7 @@ def test_dropped_connection_gives_up_cleanly_leaving_no_file(server, hub_env):
     assert "could not download repvit" in message and "gave up after 3 attempts" in message
     assert "No file was saved in the cache" in message
     assert len(server.requests) == 3  # bounded
-    assert hub.cached_path("repvit") is None
+    assert hub.cache_status("repvit") == ("missing", None)
     assert not [p for p in hub_env.iterdir() if not p.name.endswith(".lock")]
 
     server.set(drop_first=0)
@@ -300,7 +305,7 @@ def test_invalid_sha256_and_url_are_user_errors(server):
 def test_changed_cached_file_is_detected_and_downloaded_again(server, hub_env, capsys):
     path = hub.download("repvit", show_progress=False)
     path.write_bytes(PAYLOAD[:-10])  # truncated: size differs from the record
-    assert hub.cached_path("repvit") is None
+    assert hub.cache_status("repvit")[0] == "corrupt"
     assert hub.download("repvit", show_progress=False).read_bytes() == PAYLOAD
     assert "corrupt" in capsys.readouterr().err
 
@@ -308,7 +313,7 @@ def test_changed_cached_file_is_detected_and_downloaded_again(server, hub_env, c
     flipped[5] ^= 0xFF
     path.write_bytes(bytes(flipped))  # same size, different content
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 5_000_000_000))
-    assert hub.cached_path("repvit") is None
+    assert hub.cache_status("repvit")[0] == "corrupt"
     assert hub.download("repvit", show_progress=False).read_bytes() == PAYLOAD
     assert len(server.requests) == 3
 
@@ -316,7 +321,7 @@ def test_changed_cached_file_is_detected_and_downloaded_again(server, hub_env, c
 def test_file_put_in_cache_by_hand_is_trusted_on_first_use(server, hub_env):
     hub_env.mkdir(parents=True)
     (hub_env / PTH).write_bytes(b"hand-made")
-    assert hub.cached_path("repvit") == hub_env / PTH
+    assert hub.cache_status("repvit") == ("cached", len(b"hand-made"))
     assert json.loads((hub_env / (PTH + ".json")).read_text())["sha256"] == hashlib.sha256(b"hand-made").hexdigest()
     assert server.requests == []
 
@@ -367,7 +372,7 @@ def test_network_failures_are_explained(monkeypatch, hub_env, reason, needles):
         calls.append(request.full_url)
         raise urllib.error.URLError(reason)
 
-    monkeypatch.setattr(hub, "_open", fail)
+    monkeypatch.setattr(transfer, "_open", fail)
     with pytest.raises(UserError) as info:
         hub.download("repvit", show_progress=False)
     message = " ".join(str(info.value).split())

@@ -15,17 +15,26 @@ from openocr_cli.ui import console, table
 
 
 def download(
-    name: Annotated[Optional[str], typer.Argument(help="Model name, e.g. repvit (see --list).", show_default=False)] = None,
+    name: Annotated[Optional[str], typer.Argument(help="Model name, e.g. repvit (see --list).",
+                                                  show_default=False)] = None,
     list_: Annotated[bool, typer.Option("--list", help="List the downloadable models and which are cached.")] = False,
-    url: Annotated[Optional[str], typer.Option("--url", help="Download from this address instead of the built-in mirrors (cached under the same name).")] = None,
-    sha256: Annotated[Optional[str], typer.Option("--sha256", help="Expected SHA-256 (hex); a file that differs is rejected.")] = None,
+    url: Annotated[Optional[str], typer.Option(
+        "--url", help="Download from this address instead of the built-in mirrors "
+                      "(cached under the same name).")] = None,
+    sha256: Annotated[Optional[str], typer.Option(
+        "--sha256", help="Expected SHA-256 (hex); a file that differs is rejected.")] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Download again even if the file is cached.")] = False,
-    output: Annotated[Optional[Path], typer.Option("--output", help="Also copy the file here (a file or a folder).")] = None,
-    offline: Annotated[bool, typer.Option("--offline", help="Never use the network (same as OPENOCR_DET_OFFLINE=1).")] = False,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", help="Also copy the file here (a file or a folder).")] = None,
+    offline: Annotated[bool, typer.Option(
+        "--offline", help="Never use the network (same as OPENOCR_DET_OFFLINE=1).")] = False,
 ) -> None:
     """Download released OpenOCR weights into the local cache.
 
-    Mirrors are tried in order (GitHub release, Hugging Face, ModelScope); an interrupted download resumes. Every --weights option also accepts these names and downloads on first use. The cache is the user cache folder, or OPENOCR_DET_HOME; OPENOCR_DET_OFFLINE=1 forbids network access. Proxies come from HTTPS_PROXY / HTTP_PROXY / NO_PROXY.
+    Mirrors are tried in order (GitHub release, Hugging Face, ModelScope); an interrupted download resumes. \
+Every --weights option also accepts these names and downloads on first use. The cache is the user cache folder, \
+or OPENOCR_DET_HOME; OPENOCR_DET_OFFLINE=1 forbids network access. Proxies come from HTTPS_PROXY / HTTP_PROXY / \
+NO_PROXY.
 
     Examples:
 
