@@ -3,9 +3,9 @@
 Generates 1280x720 images (ICDAR2015's size) with dark text-like bars on a light background,
 runs the same Predictor the CLI uses with a freshly initialised, fused RepViT-DB model (and the
 same model exported to a temporary ONNX file by `openocr-det export`'s code), and prints a
-Markdown table with one row per backend and batch size. Weights do not change the cost, except post-processing, which depends on
-how many regions the map has: the random model's map has ~none, so post-processing is also timed
-on a map with 30 boxes per image.
+Markdown table with one row per backend and batch size. Weights do not change the cost, except
+post-processing, which depends on how many regions the map has: the random model's map has ~none,
+so post-processing is also timed on a map with 30 boxes per image.
 
     .venv/bin/python benchmarks/bench_predict.py [--images 16] [--batch-sizes 1 4] [--device cpu]
 """
@@ -29,6 +29,7 @@ from openocr_cli.engine.onnx_backend import OnnxBackend
 from openocr_cli.engine.predictor import Predictor
 from openocr_cli.model import build_detector
 from openocr_cli.postprocess import DBPostProcess
+from openocr_cli.results import StageTimes
 
 
 def make_images(folder: Path, count: int) -> list[str]:
@@ -38,7 +39,8 @@ def make_images(folder: Path, count: int) -> list[str]:
         image = np.full((720, 1280, 3), 220, np.uint8)
         for _ in range(30):
             x, y = int(rng.integers(0, 1100)), int(rng.integers(0, 680))
-            cv2.rectangle(image, (x, y), (x + int(rng.integers(40, 180)), y + int(rng.integers(12, 40))), (30, 30, 30), -1)
+            w, h = int(rng.integers(40, 180)), int(rng.integers(12, 40))
+            cv2.rectangle(image, (x, y), (x + w, y + h), (30, 30, 30), -1)
         path = folder / f"img_{i}.jpg"
         cv2.imwrite(str(path), image)
         paths.append(str(path))
@@ -67,12 +69,11 @@ def run(backend, paths: list[str], batch_size: int) -> tuple[float, float, float
     """(images/s, preprocess, inference, postprocess ms/img) of one Predictor pass after a warm-up."""
     predictor = Predictor(backend, ResizeSpec(960, "max"), Normalizer(), DBPostProcess(), batch_size=batch_size)
     list(predictor.run(paths[: max(batch_size, 2)]))  # warm-up
-    predictor.times.__init__()
     start = time.perf_counter()
     results = list(predictor.run(paths))
     wall = time.perf_counter() - start
     assert len(results) == len(paths) and all(r.error is None for r in results)
-    ms = predictor.times.ms_per_image()
+    ms = sum((r.times for r in results), StageTimes()).ms_per_image()
     return len(paths) / wall, ms["preprocess"], ms["inference"], ms["postprocess"]
 
 

@@ -1,15 +1,15 @@
-"""det_results.txt: `image_path<TAB>[{"points": [[x, y], ...], "score": s}, ...]`, one line per image.
+"""Per-image results and det_results.txt: `image_path<TAB>[{"points": [[x, y], ...], "score": s}, ...]`.
 
-OpenOCR's format plus a score, so OpenOCR tooling still reads it; `read_predictions` lets `eval`
-score any detector's output written this way.
+One line per image, written by `ImageResult.to_line`. OpenOCR's format plus a score, so OpenOCR
+tooling still reads it; `read_predictions` lets `eval` score any detector's output written this way.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TextIO
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -20,15 +20,61 @@ from openocr_cli.postprocess import Detection
 BOX_COLOR_BGR = (255, 255, 0)
 
 
-def format_line(path: str, detections: Iterable[Detection]) -> str:
-    boxes = [{"points": np.asarray(d.points).astype(int).tolist(), "score": round(float(d.score), 6)}
-             for d in detections]
-    return f"{path}\t{json.dumps(boxes)}\n"
+@dataclass
+class StageTimes:
+    """Seconds spent per stage on `images` images. Each image's result carries its own (its inference
+    time is its share of its batch's forward pass); add the results of one run for that run's totals."""
+
+    images: int = 0
+    preprocess: float = 0.0
+    inference: float = 0.0
+    postprocess: float = 0.0
+
+    def __add__(self, other: StageTimes) -> StageTimes:
+        return StageTimes(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    def ms_per_image(self) -> dict[str, float]:
+        n = max(self.images, 1)
+        return {k: 1000.0 * getattr(self, k) / n for k in ("preprocess", "inference", "postprocess")}
+
+    def fps(self) -> float:
+        """Images per second of forward passes (decoding and post-processing not counted); 0 if none ran."""
+        return self.images / self.inference if self.inference > 0 else 0.0
 
 
-def write_line(f: TextIO, path: str, detections: Iterable[Detection]) -> None:
-    f.write(format_line(path, detections))
-    f.flush()
+@dataclass
+class ImageResult:
+    """What the predictor found in one image, or why it could not read it (`error`).
+
+    `image` is the decoded BGR image when the run kept images; `times` are this image's stage times
+    (all zero for an unreadable image).
+    """
+
+    index: int
+    path: str
+    detections: list[Detection] = field(default_factory=list)
+    image: Optional[np.ndarray] = None
+    error: Optional[str] = None
+    times: StageTimes = field(default_factory=StageTimes)
+
+    def to_json(self) -> list[dict]:
+        """The boxes as det_results.txt holds them: integer points, score rounded to 6 decimals."""
+        return [{"points": np.asarray(d.points).astype(int).tolist(), "score": round(float(d.score), 6)}
+                for d in self.detections]
+
+    def to_line(self) -> str:
+        """This image's det_results.txt line, newline included."""
+        return f"{self.path}\t{json.dumps(self.to_json())}\n"
+
+    def draw(self) -> np.ndarray:
+        """The boxes as closed polylines in OpenOCR's colour (BGR 255,255,0), thickness 2, on a copy of the image."""
+        if self.image is None:
+            raise ValueError(f"{self.path}: the image was not kept; run the predictor with keep_images=True")
+        canvas = self.image.copy()
+        polys = [np.asarray(d.points, dtype=np.int32).reshape(-1, 1, 2) for d in self.detections]
+        if polys:
+            cv2.polylines(canvas, polys, isClosed=True, color=BOX_COLOR_BGR, thickness=2)
+        return canvas
 
 
 def read_predictions(file: Path) -> dict[str, list[np.ndarray]]:
@@ -67,12 +113,3 @@ def read_predictions(file: Path) -> dict[str, list[np.ndarray]]:
         raise UserError(f"{len(problems)} malformed prediction line(s):\n{listed}\n"
                         "Each line must be `image_path<TAB>[{\"points\": [[x, y], ...]}]`.")
     return out
-
-
-def draw_detections(image: np.ndarray, detections: Iterable[Detection]) -> np.ndarray:
-    """Closed polylines in OpenOCR's colour (BGR 255,255,0), thickness 2, on a copy of the image."""
-    canvas = image.copy()
-    polys = [np.asarray(d.points, dtype=np.int32).reshape(-1, 1, 2) for d in detections]
-    if polys:
-        cv2.polylines(canvas, polys, isClosed=True, color=BOX_COLOR_BGR, thickness=2)
-    return canvas

@@ -70,7 +70,8 @@ def test_recursive_and_glob_sources(cli, tmp_path, image_dir, constant_ckpt):
     assert code == 0 and len(read_results(out / "det_results.txt")) == 3
     code, _, err = cli("predict", image_dir, "-r", "-w", constant_ckpt, "--output", out, "--device", "cpu", "--no-vis")
     assert code == 0 and len(read_results(out / "det_results.txt")) == 4
-    code, _, err = cli("predict", f"{image_dir}/*.png", "-w", constant_ckpt, "--output", out, "--device", "cpu", "--no-vis")
+    code, _, err = cli("predict", f"{image_dir}/*.png", "-w", constant_ckpt, "--output", out, "--device", "cpu",
+                       "--no-vis")
     assert code == 0 and [p.rsplit("/", 1)[1] for p, _ in read_results(out / "det_results.txt")] == ["a.png", "c.png"]
 
 

@@ -40,8 +40,11 @@ def constant_static_onnx(constant_ckpt, tmp_path_factory):
 def tiny_model(path, out_shape=("N", "H", "W"), reduce=True, batch="N", inputs=1):
     """A stand-in 'detector': sigmoid of the channel mean, output (N,H,W) (or anything asked for)."""
     ins = [helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, [batch, 3, "H", "W"]) for i in range(inputs)]
-    nodes = [helper.make_node("ReduceMean", ["x0"], ["m"], axes=[1], keepdims=0), helper.make_node("Sigmoid", ["m"], ["y"])] \
-        if reduce else [helper.make_node("Sigmoid", ["x0"], ["y"])]
+    if reduce:
+        nodes = [helper.make_node("ReduceMean", ["x0"], ["m"], axes=[1], keepdims=0),
+                 helper.make_node("Sigmoid", ["m"], ["y"])]
+    else:
+        nodes = [helper.make_node("Sigmoid", ["x0"], ["y"])]
     out = helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))
     model = helper.make_model(helper.make_graph(nodes, "tiny", ins, [out]), opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
@@ -165,8 +168,8 @@ def test_providers_follow_the_device(monkeypatch):
 
 
 def test_normalisation_from_metadata_flags_and_defaults(tmp_path, random_onnx):
-    settings = InferenceSettings("repvit", None, None, "cpu", 1, 1, None, None, None, None, None, None, None, False,
-                                 backend=BackendName.onnx, onnx_model=str(random_onnx))
+    settings = InferenceSettings(weights="repvit", device="cpu", batch_size=1, workers=1, backend=BackendName.onnx,
+                                 onnx_model=str(random_onnx))
     cfg = load_config()
     assert settings.build_normalizer(cfg, {}).mean.tolist() == pytest.approx([0.485, 0.456, 0.406])
     copy = tmp_path / "half.onnx"

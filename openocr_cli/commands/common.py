@@ -12,7 +12,7 @@ import typer
 from openocr_cli import config as cfgmod
 from openocr_cli.data.resize import Normalizer, ResizeSpec
 from openocr_cli.engine.backends import Backend, TorchBackend, resolve_device
-from openocr_cli.engine.predictor import Predictor
+from openocr_cli.engine.predictor import Predictor, make_postprocess
 from openocr_cli.errors import UserError
 from openocr_cli.postprocess import DBPostProcess
 from openocr_cli.ui import err_console, warn
@@ -55,45 +55,76 @@ def _three_floats(value: Optional[str]) -> Optional[tuple[float, float, float]]:
         raise typer.BadParameter(f"'{value}' is not three comma-separated numbers (e.g. 0.485,0.456,0.406).")
     return numbers  # type: ignore[return-value]
 
-Weights = Annotated[str, typer.Option("--weights", "-w", help="Checkpoint .pth (OpenOCR or ours) or a model name from `openocr-det download --list`.")]
-ConfigPath = Annotated[Optional[Path], typer.Option("--config", "-c", help="OpenOCR-style YAML config (default: packaged repvit_db.yml).")]
-Overrides = Annotated[Optional[list[str]], typer.Option("--override", "-o", help="Config override Key.sub=value (repeatable), e.g. -o PostProcess.box_thresh=0.5.")]
+Weights = Annotated[str, typer.Option(
+    "--weights", "-w",
+    help="Checkpoint .pth (OpenOCR or ours) or a model name from `openocr-det download --list`.")]
+ConfigPath = Annotated[Optional[Path], typer.Option(
+    "--config", "-c", help="OpenOCR-style YAML config (default: packaged repvit_db.yml).")]
+Overrides = Annotated[Optional[list[str]], typer.Option(
+    "--override", "-o",
+    help="Config override Key.sub=value (repeatable), e.g. -o PostProcess.box_thresh=0.5.")]
 Device = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: cuda if available).")]
-BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass (same-size images are batched).")]
+BatchSize = Annotated[int, typer.Option(
+    "--batch-size", "-b", min=1, help="Images per forward pass (same-size images are batched).")]
 Workers = Annotated[int, typer.Option("--workers", min=1, help="Threads decoding and resizing images.")]
-Thresh = Annotated[Optional[float], typer.Option("--thresh", min=0.0, max=1.0, help="Pixel threshold on the probability map (config default: 0.3).")]
-BoxThresh = Annotated[Optional[float], typer.Option("--box-thresh", min=0.0, max=1.0, help="Minimum box score (config default: 0.6).")]
-UnclipRatio = Annotated[Optional[float], typer.Option("--unclip-ratio", min=0.0, help="Box expansion ratio (config default: 1.5).")]
-ScoreModeOpt = Annotated[Optional[ScoreMode], typer.Option("--score-mode", case_sensitive=False, help="Box score: slow (polygon mean) or fast (box mean) (config default: slow).")]
-BoxTypeOpt = Annotated[Optional[BoxType], typer.Option("--box-type", case_sensitive=False, help="quad (4 points) or poly (polygons) (config default: quad).")]
-LimitSide = Annotated[Optional[int], typer.Option("--limit-side-len", min=32, help="Resize limit in pixels (config default: 960).")]
-LimitTypeOpt = Annotated[Optional[LimitType], typer.Option("--limit-type", case_sensitive=False, help="max: longest side <= limit; min: shortest side >= limit; resize_long: longest side = limit (config default: max).")]
-NonStrict = Annotated[bool, typer.Option("--non-strict", help="Load only the tensors that match the model and report the rest.")]
-BackendOpt = Annotated[Optional[BackendName], typer.Option("--backend", case_sensitive=False, help="torch runs the --weights checkpoint with PyTorch; onnx runs the --onnx-model file with onnxruntime (same pre- and post-processing). Default: onnx when --onnx-model is given, else torch.")]
-OnnxModel = Annotated[Optional[str], typer.Option("--onnx-model", help="ONNX detector for --backend onnx: a file (ours, OpenOCR's openocr_det_model.onnx, a PaddleOCR det model) or the name repvit-onnx (the default).")]
-Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="Threads per forward pass: onnxruntime's intra-op threads, or PyTorch's with the torch backend (default: the runtime's choice).")]
-Mean = Annotated[Optional[str], typer.Option("--mean", callback=_three_floats, metavar="C1,C2,C3", help="Normalisation mean, three comma-separated values in the model's channel order (default: the ONNX model's metadata, else the config's ImageNet values).")]
-Std = Annotated[Optional[str], typer.Option("--std", callback=_three_floats, metavar="C1,C2,C3", help="Normalisation std, three comma-separated values (default: as --mean).")]
+Thresh = Annotated[Optional[float], typer.Option(
+    "--thresh", min=0.0, max=1.0, help="Pixel threshold on the probability map (config default: 0.3).")]
+BoxThresh = Annotated[Optional[float], typer.Option(
+    "--box-thresh", min=0.0, max=1.0, help="Minimum box score (config default: 0.6).")]
+UnclipRatio = Annotated[Optional[float], typer.Option(
+    "--unclip-ratio", min=0.0, help="Box expansion ratio (config default: 1.5).")]
+ScoreModeOpt = Annotated[Optional[ScoreMode], typer.Option(
+    "--score-mode", case_sensitive=False,
+    help="Box score: slow (polygon mean) or fast (box mean) (config default: slow).")]
+BoxTypeOpt = Annotated[Optional[BoxType], typer.Option(
+    "--box-type", case_sensitive=False, help="quad (4 points) or poly (polygons) (config default: quad).")]
+LimitSide = Annotated[Optional[int], typer.Option(
+    "--limit-side-len", min=32, help="Resize limit in pixels (config default: 960).")]
+LimitTypeOpt = Annotated[Optional[LimitType], typer.Option(
+    "--limit-type", case_sensitive=False,
+    help="max: longest side <= limit; min: shortest side >= limit; resize_long: longest side = limit "
+         "(config default: max).")]
+NonStrict = Annotated[bool, typer.Option(
+    "--non-strict", help="Load only the tensors that match the model and report the rest.")]
+BackendOpt = Annotated[Optional[BackendName], typer.Option(
+    "--backend", case_sensitive=False,
+    help="torch runs the --weights checkpoint with PyTorch; onnx runs the --onnx-model file with onnxruntime "
+         "(same pre- and post-processing). Default: onnx when --onnx-model is given, else torch.")]
+OnnxModel = Annotated[Optional[str], typer.Option(
+    "--onnx-model",
+    help="ONNX detector for --backend onnx: a file (ours, OpenOCR's openocr_det_model.onnx, a PaddleOCR det model) "
+         "or the name repvit-onnx (the default).")]
+Threads = Annotated[Optional[int], typer.Option(
+    "--threads", min=1,
+    help="Threads per forward pass: onnxruntime's intra-op threads, or PyTorch's with the torch backend "
+         "(default: the runtime's choice).")]
+Mean = Annotated[Optional[str], typer.Option(
+    "--mean", callback=_three_floats, metavar="C1,C2,C3",
+    help="Normalisation mean, three comma-separated values in the model's channel order "
+         "(default: the ONNX model's metadata, else the config's ImageNet values).")]
+Std = Annotated[Optional[str], typer.Option(
+    "--std", callback=_three_floats, metavar="C1,C2,C3",
+    help="Normalisation std, three comma-separated values (default: as --mean).")]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class InferenceSettings:
-    """Everything the inference drivers take from flags and config, resolved once."""
+    """Everything the inference drivers take from flags and config, resolved once (None: not given)."""
 
     weights: str
-    config: Optional[Path]
-    overrides: Optional[list[str]]
-    device: Optional[str]
     batch_size: int
     workers: int
-    thresh: Optional[float]
-    box_thresh: Optional[float]
-    unclip_ratio: Optional[float]
-    score_mode: Optional[ScoreMode]
-    box_type: Optional[BoxType]
-    limit_side_len: Optional[int]
-    limit_type: Optional[LimitType]
-    non_strict: bool
+    config: Optional[Path] = None
+    overrides: Optional[list[str]] = None
+    device: Optional[str] = None
+    thresh: Optional[float] = None
+    box_thresh: Optional[float] = None
+    unclip_ratio: Optional[float] = None
+    score_mode: Optional[ScoreMode] = None
+    box_type: Optional[BoxType] = None
+    limit_side_len: Optional[int] = None
+    limit_type: Optional[LimitType] = None
+    non_strict: bool = False
     backend: Optional[BackendName] = None
     onnx_model: Optional[str] = None
     threads: Optional[int] = None
@@ -110,10 +141,7 @@ class InferenceSettings:
                  "score_mode": self.score_mode.value if self.score_mode else None,
                  "box_type": self.box_type.value if self.box_type else None}
         params.update({k: v for k, v in flags.items() if v is not None})
-        try:
-            return DBPostProcess(**params)
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"post-processing settings are invalid: {exc}", exit_code=2) from None
+        return make_postprocess(params)
 
     def build_resize(self, cfg: dict) -> ResizeSpec:
         params = cfgmod.resize_params(cfg)
@@ -146,7 +174,7 @@ class InferenceSettings:
     def build_predictor(self, cfg: dict) -> Predictor:
         from openocr_cli.hub import resolve_weights
 
-        postprocess = self.build_postprocess(cfg)
+        postprocess = self.build_postprocess(cfg)  # settings are checked before the (slow) model load
         resize = self.build_resize(cfg)
         if self.backend_name() is BackendName.onnx:
             backend, resize, normalizer = self._onnx_backend(cfg, resize)
@@ -163,7 +191,8 @@ class InferenceSettings:
             backend = TorchBackend.from_checkpoint(weights, device, cfg.get("Architecture"), strict=not self.non_strict,
                                                    fuse=self.fuse)
             normalizer = self.build_normalizer(cfg)
-        return Predictor(backend, resize, normalizer, postprocess, batch_size=self.batch_size, workers=self.workers)
+        return Predictor.from_config(backend, cfg, resize=resize, normalizer=normalizer, postprocess=postprocess,
+                                     batch_size=self.batch_size, workers=self.workers)
 
     def _onnx_backend(self, cfg: dict, resize: ResizeSpec) -> tuple[Backend, ResizeSpec, Normalizer]:
         """Load the session once; a model with a fixed input size gets images resized to exactly that."""

@@ -40,10 +40,16 @@ from openocr_cli.ui import console, err_console, progress, table, warn
 
 def evaluate(
     weights: Weights = DEFAULT_WEIGHTS,
-    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Folder the label paths are relative to (config default: Eval.dataset.data_dir).")] = None,
-    label_file: Annotated[Optional[list[Path]], typer.Option("--label-file", help="Label file(s): path<TAB>JSON list of {transcription, points} (repeatable) (config default: Eval.dataset.label_file_list).")] = None,
-    predictions: Annotated[Optional[Path], typer.Option("--predictions", help="Score this det_results.txt instead of running a model (images need not exist).")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the numbers to this JSON file.")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(
+        "--data-dir", help="Folder the label paths are relative to (config default: Eval.dataset.data_dir).")] = None,
+    label_file: Annotated[Optional[list[Path]], typer.Option(
+        "--label-file",
+        help="Label file(s): path<TAB>JSON list of {transcription, points} (repeatable) "
+             "(config default: Eval.dataset.label_file_list).")] = None,
+    predictions: Annotated[Optional[Path], typer.Option(
+        "--predictions", help="Score this det_results.txt instead of running a model (images need not exist).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option(
+        "--json", help="Also write the numbers to this JSON file.")] = None,
     config: ConfigPath = None,
     override: Overrides = None,
     device: Device = None,
@@ -57,7 +63,10 @@ def evaluate(
     limit_side_len: LimitSide = None,
     limit_type: LimitTypeOpt = None,
     non_strict: NonStrict = False,
-    fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help="Evaluate the re-parameterised (fused) backbone: faster, outputs differ by about 1e-7. Default: unfused, as OpenOCR's eval_det, for identical numbers.")] = False,
+    fuse: Annotated[bool, typer.Option(
+        "--fuse/--no-fuse",
+        help="Evaluate the re-parameterised (fused) backbone: faster, outputs differ by about 1e-7. "
+             "Default: unfused, as OpenOCR's eval_det, for identical numbers.")] = False,
     backend: BackendOpt = None,
     onnx_model: OnnxModel = None,
     threads: Threads = None,
@@ -68,16 +77,19 @@ def evaluate(
 
     Examples:
 
-      openocr-det eval --weights output/det_repvit_db/best.pth --data-dir icdar2015/text_localization --label-file icdar2015/text_localization/test_icdar2015_label.txt
+      openocr-det eval --weights output/det_repvit_db/best.pth --data-dir icdar2015/text_localization \
+--label-file icdar2015/text_localization/test_icdar2015_label.txt
 
       openocr-det eval --predictions output/predict/det_results.txt --label-file test_label.txt --json metrics.json
 
-      openocr-det eval --backend onnx --onnx-model det_model.onnx --data-dir icdar2015/text_localization --label-file icdar2015/text_localization/test_icdar2015_label.txt
+      openocr-det eval --backend onnx --onnx-model det_model.onnx --data-dir icdar2015/text_localization \
+--label-file icdar2015/text_localization/test_icdar2015_label.txt
     """
-    settings = InferenceSettings(weights, config, override, device, batch_size, workers, thresh, box_thresh,
-                                 unclip_ratio, score_mode, box_type, limit_side_len, limit_type, non_strict,
-                                 backend=backend, onnx_model=onnx_model, threads=threads, mean=mean, std=std,
-                                 fuse=fuse)
+    settings = InferenceSettings(
+        weights=weights, config=config, overrides=override, device=device, batch_size=batch_size, workers=workers,
+        thresh=thresh, box_thresh=box_thresh, unclip_ratio=unclip_ratio, score_mode=score_mode, box_type=box_type,
+        limit_side_len=limit_side_len, limit_type=limit_type, non_strict=non_strict, backend=backend,
+        onnx_model=onnx_model, threads=threads, mean=mean, std=std, fuse=fuse)
     cfg = settings.load_config()
     dataset = ((cfg.get("Eval") or {}).get("dataset") or {})
     data_dir = data_dir if data_dir is not None else Path(str(dataset.get("data_dir", ".")))

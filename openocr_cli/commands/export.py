@@ -59,23 +59,43 @@ def default_output(weights: str) -> Path:
 
 def export(
     weights: Weights = DEFAULT_WEIGHTS,
-    output: Annotated[Optional[Path], typer.Option("--output", help="ONNX file to write (default: export_det/det_model.onnx in the folder of the weights file, or ./output/export_det/det_model.onnx for a model name).", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output",
+        help="ONNX file to write (default: export_det/det_model.onnx in the folder of the weights file, "
+             "or ./output/export_det/det_model.onnx for a model name).", show_default=False)] = None,
     opset: Annotated[int, typer.Option("--opset", min=7, help="ONNX opset to write.")] = DEFAULT_OPSET,
-    fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help="Re-parameterise the backbone first (faster, same output within 1e-6).")] = True,
-    dynamic: Annotated[bool, typer.Option("--dynamic/--static", help="Dynamic batch, height and width, or a fixed --size (the batch stays dynamic).")] = True,
-    size: Annotated[Optional[str], typer.Option("--size", callback=_size, metavar="HxW", help="Input size for --static, multiples of 32 (default 960x960); with --dynamic only the tracing example.", show_default=False)] = None,
-    fp16: Annotated[bool, typer.Option("--fp16", help="Store float16 weights (half the size); input and output stay float32.")] = False,
-    exporter: Annotated[Exporter, typer.Option("--exporter", case_sensitive=False, help="auto: the TorchScript exporter for opset 20 or lower, else the dynamo (torch.export) one, which needs opset 18 or newer.")] = Exporter.auto,
-    tolerance: Annotated[Optional[float], typer.Option("--tolerance", min=0.0, help="Largest accepted difference between onnxruntime and PyTorch probabilities (default 1e-4, 2e-2 with --fp16).", show_default=False)] = None,
+    fuse: Annotated[bool, typer.Option(
+        "--fuse/--no-fuse", help="Re-parameterise the backbone first (faster, same output within 1e-6).")] = True,
+    dynamic: Annotated[bool, typer.Option(
+        "--dynamic/--static",
+        help="Dynamic batch, height and width, or a fixed --size (the batch stays dynamic).")] = True,
+    size: Annotated[Optional[str], typer.Option(
+        "--size", callback=_size, metavar="HxW",
+        help="Input size for --static, multiples of 32 (default 960x960); with --dynamic only the tracing example.",
+        show_default=False)] = None,
+    fp16: Annotated[bool, typer.Option(
+        "--fp16", help="Store float16 weights (half the size); input and output stay float32.")] = False,
+    exporter: Annotated[Exporter, typer.Option(
+        "--exporter", case_sensitive=False,
+        help="auto: the TorchScript exporter for opset 20 or lower, else the dynamo (torch.export) one, "
+             "which needs opset 18 or newer.")] = Exporter.auto,
+    tolerance: Annotated[Optional[float], typer.Option(
+        "--tolerance", min=0.0,
+        help="Largest accepted difference between onnxruntime and PyTorch probabilities "
+             "(default 1e-4, 2e-2 with --fp16).", show_default=False)] = None,
     config: ConfigPath = None,
     override: Overrides = None,
     non_strict: NonStrict = False,
 ) -> None:
     """Export a checkpoint to ONNX and verify it against PyTorch.
 
-    The file has one input named input (float32 N x 3 x H x W, BGR normalised with the ImageNet mean/std, H and W multiples of 32) and one output named output (the N x 1 x H x W probability map), the names OpenOCR's released openocr_det_model.onnx uses, so either file runs with predict --backend onnx. Normalisation, post-processing defaults, the checkpoint's sha256 and the openocr-det version are stored in the model's metadata.
+    The file has one input named input (float32 N x 3 x H x W, BGR normalised with the ImageNet mean/std, H and W \
+multiples of 32) and one output named output (the N x 1 x H x W probability map), the names OpenOCR's released \
+openocr_det_model.onnx uses, so either file runs with predict --backend onnx. Normalisation, post-processing \
+defaults, the checkpoint's sha256 and the openocr-det version are stored in the model's metadata.
 
-    After writing, onnxruntime and PyTorch run on the same preprocessed images at several sizes and batch 2, and a table of differences is printed; above --tolerance the command exits 1 and keeps the file for inspection.
+    After writing, onnxruntime and PyTorch run on the same preprocessed images at several sizes and batch 2, and a \
+table of differences is printed; above --tolerance the command exits 1 and keeps the file for inspection.
 
     Examples:
 

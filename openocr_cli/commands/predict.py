@@ -34,7 +34,7 @@ from openocr_cli.commands.common import (
 )
 from openocr_cli.data.images import collect_images
 from openocr_cli.errors import UserError
-from openocr_cli.results import draw_detections, write_line
+from openocr_cli.results import StageTimes
 from openocr_cli.ui import console, err_console, progress, table, warn
 
 RESULTS_NAME = "det_results.txt"
@@ -43,7 +43,8 @@ RESULTS_NAME = "det_results.txt"
 def predict(
     sources: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False)],
     weights: Weights = DEFAULT_WEIGHTS,
-    output: Annotated[Path, typer.Option("--output", help="Folder for det_results.txt and vis/.")] = Path("output/predict"),
+    output: Annotated[Path, typer.Option(
+        "--output", help="Folder for det_results.txt and vis/.")] = Path("output/predict"),
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Include images in subfolders.")] = False,
     no_vis: Annotated[bool, typer.Option("--no-vis", help="Do not write drawn images.")] = False,
     config: ConfigPath = None,
@@ -67,7 +68,9 @@ def predict(
 ) -> None:
     """Detect text regions in images.
 
-    Writes OUTPUT/det_results.txt (image path, TAB, JSON list of {"points", "score"}) and, unless --no-vis, the images with boxes drawn under OUTPUT/vis/. Unreadable images are skipped with a warning and listed at the end (exit 1).
+    Writes OUTPUT/det_results.txt (image path, TAB, JSON list of {"points", "score"}) and, unless --no-vis, \
+the images with boxes drawn under OUTPUT/vis/. Unreadable images are skipped with a warning and listed at the \
+end (exit 1).
 
     Examples:
 
@@ -77,9 +80,11 @@ def predict(
 
       openocr-det predict ./imgs --backend onnx --onnx-model output/det_repvit_db/export_det/det_model.onnx --threads 2
     """
-    settings = InferenceSettings(weights, config, override, device, batch_size, workers, thresh, box_thresh,
-                                 unclip_ratio, score_mode, box_type, limit_side_len, limit_type, non_strict,
-                                 backend=backend, onnx_model=onnx_model, threads=threads, mean=mean, std=std)
+    settings = InferenceSettings(
+        weights=weights, config=config, overrides=override, device=device, batch_size=batch_size, workers=workers,
+        thresh=thresh, box_thresh=box_thresh, unclip_ratio=unclip_ratio, score_mode=score_mode, box_type=box_type,
+        limit_side_len=limit_side_len, limit_type=limit_type, non_strict=non_strict, backend=backend,
+        onnx_model=onnx_model, threads=threads, mean=mean, std=std)
     paths = collect_images(sources, recursive)
     cfg = settings.load_config()
     predictor = settings.build_predictor(cfg)
@@ -93,23 +98,26 @@ def predict(
 
     failures: list[str] = []
     boxes = 0
+    times = StageTimes()
     vis_names: set[str] = set()
-    with open(output / RESULTS_NAME, "w", encoding="utf-8") as results, progress() as bar:
+    # line-buffered: each image's line is in the file as soon as the image is done
+    with open(output / RESULTS_NAME, "w", encoding="utf-8", buffering=1) as results, progress() as bar:
         task = bar.add_task("predict", total=len(paths))
         for result in predictor.run(paths, keep_images=not no_vis):
             bar.advance(task)
+            times += result.times
             if result.error is not None:
                 warn(f"skipped {result.error}")
                 failures.append(result.error)
                 continue
-            write_line(results, result.path, result.detections)
+            results.write(result.to_line())
             boxes += len(result.detections)
             if not no_vis:
-                _save_vis(vis_dir, result.path, draw_detections(result.image, result.detections), vis_names)
+                _save_vis(vis_dir, result.path, result.draw(), vis_names)
 
-    ms = predictor.times.ms_per_image()
+    ms = times.ms_per_image()
     console.print(table("predict", ["metric", "value"], [
-        ("images", predictor.times.images),
+        ("images", times.images),
         ("boxes", boxes),
         ("preprocess ms/img", f"{ms['preprocess']:.1f}"),
         ("inference ms/img", f"{ms['inference']:.1f}"),

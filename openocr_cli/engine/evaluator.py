@@ -12,6 +12,7 @@ import numpy as np
 from openocr_cli.data.labels import LabelSample
 from openocr_cli.engine.predictor import Predictor
 from openocr_cli.metrics import DetMetric, ImageRecord, summarize
+from openocr_cli.results import StageTimes
 
 
 @dataclass
@@ -50,21 +51,25 @@ class EvalResult:
 
 def evaluate_model(predictor: Predictor, samples: Sequence[LabelSample],
                    on_image: Callable[[], None] = lambda: None) -> EvalResult:
-    """Run the predictor on every labelled image and score it (OpenOCR's DetMetric numbers)."""
+    """Run the predictor on every labelled image and score it (OpenOCR's DetMetric numbers).
+
+    `images` counts the images scored, `seconds` is their forward-pass time and `fps` their ratio,
+    all from this call's results only (a predictor may be reused).
+    """
     metric = DetMetric()
     failures = []
+    times = StageTimes()
     for result in predictor.run([str(s.image) for s in samples]):
         on_image()
+        times += result.times
         if result.error is not None:
             failures.append(result.error)
             continue
         sample = samples[result.index]
         metric.update(sample.polys, sample.ignore, [d.points for d in result.detections])
     scores = metric.result()
-    seconds = predictor.times.inference
-    fps = predictor.times.images / seconds if seconds > 0 else 0.0
-    return EvalResult(scores["precision"], scores["recall"], scores["hmean"], predictor.times.images, fps, failures,
-                      records=metric.records, seconds=seconds)
+    return EvalResult(scores["precision"], scores["recall"], scores["hmean"], times.images, times.fps(), failures,
+                      records=metric.records, seconds=times.inference)
 
 
 def evaluate_predictions(predictions: dict[str, list[np.ndarray]], samples: Sequence[LabelSample]) -> EvalResult:

@@ -10,38 +10,26 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
+from openocr_cli import config as cfgmod
 from openocr_cli.data.images import ImageReadError, read_image
 from openocr_cli.data.resize import Normalizer, ResizeSpec, resize_for_test
 from openocr_cli.engine.backends import Backend
-from openocr_cli.postprocess import DBPostProcess, Detection
+from openocr_cli.errors import UserError
+from openocr_cli.postprocess import DBPostProcess
+from openocr_cli.results import ImageResult, StageTimes
 
 
-@dataclass
-class ImageResult:
-    index: int
-    path: str
-    detections: list[Detection] = field(default_factory=list)
-    image: Optional[np.ndarray] = None
-    error: Optional[str] = None
-
-
-@dataclass
-class StageTimes:
-    """Seconds spent per stage, summed over images (inference is per batch)."""
-
-    images: int = 0
-    preprocess: float = 0.0
-    inference: float = 0.0
-    postprocess: float = 0.0
-
-    def ms_per_image(self) -> dict[str, float]:
-        n = max(self.images, 1)
-        return {k: 1000.0 * getattr(self, k) / n for k in ("preprocess", "inference", "postprocess")}
+def make_postprocess(params: dict) -> DBPostProcess:
+    """DBPostProcess from keyword settings; settings it refuses are a usage error (exit 2)."""
+    try:
+        return DBPostProcess(**params)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"post-processing settings are invalid: {exc}", exit_code=2) from None
 
 
 @dataclass
@@ -66,7 +54,20 @@ class Predictor:
         self.postprocess = postprocess
         self.batch_size = batch_size
         self.workers = max(1, workers)
-        self.times = StageTimes()
+
+    @classmethod
+    def from_config(cls, backend: Backend, cfg: dict, *, resize: ResizeSpec | None = None,
+                    normalizer: Normalizer | None = None, postprocess: DBPostProcess | None = None,
+                    batch_size: int = 1, workers: int = 2) -> Predictor:
+        """A predictor for `backend`; each stage left as None is built from the config's Eval transforms
+        (DetResizeForTest, NormalizeImage) and PostProcess section."""
+        if resize is None:
+            resize = ResizeSpec.from_params(cfgmod.resize_params(cfg))
+        if normalizer is None:
+            normalizer = Normalizer(**cfgmod.normalize_params(cfg))
+        if postprocess is None:
+            postprocess = make_postprocess(cfgmod.postprocess_params(cfg))
+        return cls(backend, resize, normalizer, postprocess, batch_size=batch_size, workers=workers)
 
     def _prepare(self, index: int, path: str, keep_image: bool) -> _Prepared:
         start = time.perf_counter()
@@ -80,7 +81,10 @@ class Predictor:
                          seconds=time.perf_counter() - start)
 
     def run(self, paths: Iterable[str], keep_images: bool = False) -> Iterator[ImageResult]:
-        """Yield one ImageResult per path, in input order (failed reads carry `error`)."""
+        """Yield one ImageResult per path, in input order (failed reads carry `error`).
+
+        Each result carries its own stage times; add up one run's results for that run's totals.
+        """
         max_pending = self.batch_size * 4
         prefetch = max(self.batch_size * 2, self.workers * 2)
         buckets: dict[tuple[int, int], list[_Prepared]] = {}
@@ -103,7 +107,6 @@ class Predictor:
                 if prepared.error is not None:
                     done[prepared.index] = ImageResult(prepared.index, prepared.path, error=prepared.error)
                 else:
-                    self.times.preprocess += prepared.seconds
                     bucket = buckets.setdefault(prepared.tensor.shape[1:], [])
                     bucket.append(prepared)
                     if len(bucket) >= self.batch_size:
@@ -126,10 +129,9 @@ class Predictor:
     def _flush(self, items: list[_Prepared], done: dict[int, ImageResult]) -> None:
         start = time.perf_counter()
         maps = self.backend(np.stack([p.tensor for p in items]))
-        self.times.inference += time.perf_counter() - start
-        start = time.perf_counter()
+        inference = (time.perf_counter() - start) / len(items)
         for prepared, prob in zip(items, maps):
+            start = time.perf_counter()
             dets = self.postprocess(prob[0], *prepared.src_hw)
-            done[prepared.index] = ImageResult(prepared.index, prepared.path, dets, prepared.image)
-        self.times.postprocess += time.perf_counter() - start
-        self.times.images += len(items)
+            times = StageTimes(1, prepared.seconds, inference, time.perf_counter() - start)
+            done[prepared.index] = ImageResult(prepared.index, prepared.path, dets, prepared.image, times=times)
