@@ -51,7 +51,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         synth = generate(Path(tmp), num_train=32, num_test=0, seed=0, size=(720, 1280))
         samples = validate_training_labels([synth.train_label], synth.data_dir).samples
-        dataset = TrainDataset(samples, cfg["Train"]["dataset"]["transforms"], cfg["Global"], seed=0)
+        dataset = TrainDataset(samples, cfg["Train"]["dataset"]["transforms"], seed=0)
         totals: dict[str, float] = defaultdict(float)
         dataset.load_ops = [Timed(op, type(op).__name__, totals) for op in dataset.load_ops]
         dataset.ops = [Timed(op, type(op).__name__, totals) for op in dataset.ops]

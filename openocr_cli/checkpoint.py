@@ -39,12 +39,12 @@ def read_checkpoint(path: Path) -> Any:
                 f"{path} needs arbitrary Python objects to load, so it was refused: loading it could run "
                 "code hidden in the file. Only checkpoints made of tensors and plain values are accepted "
                 "(OpenOCR's and ours are). If you trust the file, re-save just its state_dict with PyTorch."
-            ) from None
-        raise UserError(f"{path} is not a PyTorch checkpoint ({exc}).") from None
+            ) from exc
+        raise UserError(f"{path} is not a PyTorch checkpoint ({exc}).") from exc
     except Exception as exc:  # a damaged file can make the unpickler fail in many ways
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"{path} is not a readable PyTorch checkpoint ({reason}). "
-                        "Pass a .pth file saved by OpenOCR or openocr-det.") from None
+                        "Pass a .pth file saved by OpenOCR or openocr-det.") from exc
 
 
 def extract_state_dict(obj: Any, source: Path | str = "checkpoint") -> dict[str, torch.Tensor]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from typing import Optional
 
 import typer
@@ -27,13 +29,36 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+DEBUG_ENV = "OPENOCR_DET_DEBUG"
+
+
+def debug_enabled() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 @app.callback()
 def _root(
     version: Optional[bool] = typer.Option(
         None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    debug: bool = typer.Option(
+        False, "--debug", help=f"On an error, also print the full chained traceback (or set {DEBUG_ENV}=1)."
+    ),
 ) -> None:
     """OpenOCR text detection (DBNet + RepViT): predict, eval, and more."""
+    if debug:  # the environment carries it to torchrun workers too
+        os.environ[DEBUG_ENV] = "1"
+
+
+def _print_traceback(exc: BaseException) -> None:
+    """The whole chain, including causes our messages normally hide (`raise ... from None`)."""
+    seen: set[int] = set()
+    link: Optional[BaseException] = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__suppress_context__ = False
+        link = link.__cause__ or link.__context__
+    traceback.print_exception(exc, file=sys.stderr)
 
 
 def _register() -> None:
@@ -51,13 +76,14 @@ _register()
 
 
 def main() -> None:
-    """Run the app; a UserError becomes a one-paragraph message and its exit code, not a traceback.
-
-    Typer itself turns usage errors into exit code 2 with the usage line.
+    """Run the app; a UserError becomes a one-paragraph message and its exit code, not a traceback
+    (unless --debug / OPENOCR_DET_DEBUG=1 asks for it). Typer turns usage errors into exit code 2.
     """
     try:
         app()
     except UserError as exc:
+        if debug_enabled():
+            _print_traceback(exc)
         error(str(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:

@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 import yaml
 
+from openocr_cli.config_schema import check_config
+from openocr_cli.constants import IMAGENET_MEAN, IMAGENET_STD
 from openocr_cli.errors import UserError
 
 DEFAULT_CONFIG_NAME = "repvit_db.yml"
@@ -41,6 +43,7 @@ def load_config(path: Optional[Path] = None) -> dict:
         raise UserError(f"{path}: not a UTF-8 text file; --config expects a YAML file.") from None
     if not isinstance(cfg, dict):
         raise UserError(f"{path}: a config must be a YAML mapping with sections like Global and Architecture.")
+    check_config(cfg, str(path))
     cfg.setdefault("filename", path.stem)
     return cfg
 
@@ -60,26 +63,35 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
-    """Return a copy of `cfg` with every `Key.sub=value` applied (dicts merged, other values replaced)."""
+    """Return a copy of `cfg` with every `Key.sub=value` applied (dicts merged, other values replaced).
+
+    Each override is checked against the config schema as it is applied, so a misspelled key is a
+    usage error (exit 2) that names that -o.
+    """
     cfg = copy.deepcopy(cfg)
     for text in overrides:
-        parts, value = parse_override(text)
-        node: Any = cfg
-        for part in parts[:-1]:
-            if isinstance(node, list):
-                node = node[_list_index(node, part, text)]
-                continue
-            if not isinstance(node.get(part), (dict, list)):
-                node[part] = {}
-            node = node[part]
-        last = parts[-1]
-        if isinstance(node, list):
-            node[_list_index(node, last, text)] = value
-        elif isinstance(node.get(last), dict) and isinstance(value, dict):
-            node[last] = _merge(node[last], value)
-        else:
-            node[last] = value
+        _apply_one(cfg, text)
+        check_config(cfg, f"-o {text}", exit_code=2)
     return cfg
+
+
+def _apply_one(cfg: dict, text: str) -> None:
+    parts, value = parse_override(text)
+    node: Any = cfg
+    for part in parts[:-1]:
+        if isinstance(node, list):
+            node = node[_list_index(node, part, text)]
+            continue
+        if not isinstance(node.get(part), (dict, list)):
+            node[part] = {}
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, text)] = value
+    elif isinstance(node.get(last), dict) and isinstance(value, dict):
+        node[last] = _merge(node[last], value)
+    else:
+        node[last] = value
 
 
 def _list_index(node: list, part: str, text: str) -> int:
@@ -114,8 +126,8 @@ def normalize_params(cfg: dict) -> dict:
     """Mean/std of the Eval NormalizeImage op (ImageNet statistics when absent)."""
     params = find_transform(cfg, "Eval", "NormalizeImage") or {}
     return {
-        "mean": [float(v) for v in params.get("mean", [0.485, 0.456, 0.406])],
-        "std": [float(v) for v in params.get("std", [0.229, 0.224, 0.225])],
+        "mean": [float(v) for v in params.get("mean", IMAGENET_MEAN)],
+        "std": [float(v) for v in params.get("std", IMAGENET_STD)],
     }
 
 

@@ -1,4 +1,5 @@
-"""Live training display: epoch/iteration bar with loss terms, lr, samples/s and ETA; eval tables."""
+"""Live training display, a subscriber of the trainer's events: epoch bar with loss terms, lr,
+samples/s and ETA; a line per logging step and a table per evaluation."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from collections.abc import Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from openocr_cli.engine.callbacks import Callback, EvalReport, StepReport
 from openocr_cli.ui import table
 
 
-class TrainDisplay:
+class TrainDisplay(Callback):
     def __init__(self, console: Console):
         self.console = console
         self.progress = Progress(
@@ -22,44 +24,43 @@ class TrainDisplay:
             console=console, disable=bool(os.environ.get("OPENOCR_DET_NO_PROGRESS")),
         )
         self.task = None
-        self.trainer = None
         self.started = time.perf_counter()
         self.first_step = 0
 
     @contextlib.contextmanager
     def live(self, trainer) -> Iterator[None]:
-        self.trainer = trainer
-        self.first_step = trainer.pos.global_step
-        total = trainer.steps_per_epoch
+        state = trainer.state
+        self.first_step = state.global_step
         with self.progress:
-            self.task = self.progress.add_task("train", total=total, completed=trainer.pos.epoch_step,
-                                               epoch=f"{trainer.pos.epoch}/{trainer.epochs}", eta="?", stats="")
+            self.task = self.progress.add_task("train", total=trainer.steps_per_epoch, completed=state.epoch_step,
+                                               epoch=f"{state.epoch}/{trainer.settings.epochs}", eta="?", stats="")
             yield
 
-    def step(self, pos, values: dict) -> None:
-        t = self.trainer
-        done = pos.global_step - self.first_step
-        remaining = t.epochs * t.steps_per_epoch - pos.global_step
+    def on_step(self, trainer, report: StepReport) -> None:
+        epochs = trainer.settings.epochs
+        done = report.global_step - self.first_step
+        remaining = epochs * trainer.steps_per_epoch - report.global_step
         eta = (time.perf_counter() - self.started) / max(done, 1) * remaining
-        stats = (f"loss {values['loss']:.4f} (shrink {values['loss_shrink_maps']:.3f} thresh "
-                 f"{values['loss_threshold_maps']:.3f} binary {values['loss_binary_maps']:.3f}) "
-                 f"lr {values['lr']:.2e} {values['samples_per_s']:.1f} img/s")
-        self.progress.update(self.task, completed=pos.epoch_step, epoch=f"{pos.epoch}/{t.epochs}",
+        losses = report.losses
+        stats = (f"loss {losses['loss']:.4f} (shrink {losses['loss_shrink_maps']:.3f} thresh "
+                 f"{losses['loss_threshold_maps']:.3f} binary {losses['loss_binary_maps']:.3f}) "
+                 f"lr {report.lr:.2e} {report.samples_per_s:.1f} img/s")
+        self.progress.update(self.task, completed=report.epoch_step, epoch=f"{report.epoch}/{epochs}",
                              eta=_hms(eta), stats=stats)
-
-    def event(self, kind: str, record: dict) -> None:
-        if kind == "train":
+        if report.smoothed is not None:
+            s = report.smoothed
             self.console.print(
-                f"epoch {record['epoch']} step {record['global_step']}: loss {record['loss']:.4f}, "
-                f"shrink {record['loss_shrink_maps']:.4f}, thresh {record['loss_threshold_maps']:.4f}, "
-                f"binary {record['loss_binary_maps']:.4f}, lr {record['lr']:.6f}, {record['samples_per_s']:.1f} img/s")
-        elif kind == "eval":
-            mark = " (new best, saved best.pth)" if record["improved"] else ""
-            self.console.print(f"eval at epoch {record['epoch']}, step {record['global_step']}{mark}")
-            self.console.print(table("", ["metric", "value"],
-                                     [("precision", f"{record['precision']:.4f}"), ("recall", f"{record['recall']:.4f}"),
-                                      ("hmean", f"{record['hmean']:.4f}"), ("best hmean", f"{record['best_hmean']:.4f}"),
-                                      ("FPS", f"{record['fps']:.2f}")]))
+                f"epoch {report.epoch} step {report.global_step}: loss {s['loss']:.4f}, "
+                f"shrink {s['loss_shrink_maps']:.4f}, thresh {s['loss_threshold_maps']:.4f}, "
+                f"binary {s['loss_binary_maps']:.4f}, lr {report.lr:.6f}, {report.samples_per_s:.1f} img/s")
+
+    def on_eval(self, trainer, report: EvalReport) -> None:
+        mark = " (new best, saved best.pth)" if report.improved else ""
+        self.console.print(f"eval at epoch {report.epoch}, step {report.global_step}{mark}")
+        rows = [("precision", f"{report.precision:.4f}"), ("recall", f"{report.recall:.4f}"),
+                ("hmean", f"{report.hmean:.4f}"), ("best hmean", f"{report.best_hmean:.4f}"),
+                ("FPS", f"{report.fps or 0:.2f}")]
+        self.console.print(table("", ["metric", "value"], rows))
 
 
 def _hms(seconds: float) -> str:

@@ -17,12 +17,12 @@ def test_packaged_config_has_openocr_values():
 
 def test_overrides_parse_yaml_values_and_merge():
     cfg = cfgmod.apply_overrides(cfgmod.load_config(), [
-        "Global.epoch_num=10", "PostProcess.box_thresh=0.5", "Global.new_key=[1, 2]",
+        "Global.epoch_num=10", "PostProcess.box_thresh=0.5", "Global.eval_batch_step=[1, 2]",
         "Eval.dataset.label_file_list.0=x.txt", "Architecture.Head={k: 30}", "Global.checkpoints=",
     ])
     assert cfg["Global"]["epoch_num"] == 10
     assert cfg["PostProcess"]["box_thresh"] == 0.5
-    assert cfg["Global"]["new_key"] == [1, 2]
+    assert cfg["Global"]["eval_batch_step"] == [1, 2]
     assert cfg["Eval"]["dataset"]["label_file_list"] == ["x.txt"]
     assert cfg["Architecture"]["Head"] == {"name": "DBHead", "k": 30}
     assert cfg["Global"]["checkpoints"] is None

@@ -15,9 +15,11 @@ import torch
 import yaml
 
 from openocr_cli import config as cfgmod
-from openocr_cli.commands.train import apply_train_flags, load_run_data
+from openocr_cli.data.run_data import load_run_data
 from openocr_cli.data.synth import generate
-from openocr_cli.engine.trainer import Trainer, lr_factor
+from openocr_cli.engine.schedules import cosine_factor
+from openocr_cli.engine.trainer import Trainer
+from openocr_cli.settings import TrainSettings, apply_flags
 from tests.conftest import label_line
 
 CROP = 96
@@ -30,12 +32,13 @@ def synth(tmp_path_factory):
     return generate(tmp_path_factory.mktemp("synth"), num_train=10, num_test=3, seed=3, size=(96, 128))
 
 
-def small_cfg(synth, out: Path, epochs: int = 2, workers: int = 0, batch: int = 4, **extra) -> dict:
-    cfg = cfgmod.apply_overrides(cfgmod.load_config(), [s for s in SMALL if s != "-o"])
-    return apply_train_flags(cfg, data_dir=synth.data_dir, train_label=[synth.train_label],
-                             eval_label=[synth.test_label], weights="none", output=out, epochs=epochs,
-                             batch_size=batch, lr=None, workers=workers, device="cpu", seed=7, amp=None,
-                             eval_every=extra.get("eval_every", 0), save_every=extra.get("save_every"))
+def small_settings(synth, out: Path, epochs: int = 2, workers: int = 0, batch: int = 4, overrides=(),
+                   **extra) -> TrainSettings:
+    cfg = cfgmod.apply_overrides(cfgmod.load_config(), [s for s in SMALL if s != "-o"] + list(overrides))
+    cfg = apply_flags(cfg, data_dir=synth.data_dir, train_label=[synth.train_label], eval_label=[synth.test_label],
+                      weights="none", output=out, epochs=epochs, batch_size=batch, workers=workers, device="cpu",
+                      seed=7, eval_every=extra.get("eval_every", 0), save_every=extra.get("save_every"))
+    return TrainSettings.from_config(cfg)
 
 
 def train_args(synth, out: Path, *extra: str) -> list[str]:
@@ -45,11 +48,11 @@ def train_args(synth, out: Path, *extra: str) -> list[str]:
 
 
 def test_lr_schedule_matches_openocr():
-    assert lr_factor(0, 250, 62500) == 0.0  # the first optimizer step runs at lr 0
-    assert lr_factor(125, 250, 62500) == 0.5
-    assert lr_factor(250, 250, 62500) == 1.0
-    assert lr_factor(62500, 250, 62500) == pytest.approx(0.0)
-    assert lr_factor(250 + (62500 - 250) // 2, 250, 62500) == pytest.approx(0.5)
+    assert cosine_factor(0, 250, 62500) == 0.0  # the first optimizer step runs at lr 0
+    assert cosine_factor(125, 250, 62500) == 0.5
+    assert cosine_factor(250, 250, 62500) == 1.0
+    assert cosine_factor(62500, 250, 62500) == pytest.approx(0.0)
+    assert cosine_factor(250 + (62500 - 250) // 2, 250, 62500) == pytest.approx(0.5)
 
 
 def test_train_writes_every_run_file(cli, tmp_path, synth):
@@ -89,24 +92,23 @@ def test_train_writes_every_run_file(cli, tmp_path, synth):
 def test_resume_is_exact(tmp_path, synth, workers):
     """N steps straight == N/2 steps, stop, resume, N/2 more (mid-epoch stop, workers > 0)."""
     straight_dir, split_dir = tmp_path / "straight", tmp_path / "split"
-    cfg = small_cfg(synth, straight_dir, epochs=2, workers=workers)
-    data = load_run_data(cfg, skip_bad=False)
-    straight = Trainer(cfg, data, torch.device("cpu"), straight_dir)
+    settings = small_settings(synth, straight_dir, epochs=2, workers=workers)
+    data = load_run_data(settings, skip_bad=False)
+    straight = Trainer(settings, data, torch.device("cpu"))
     straight.train()
-    assert straight.pos.global_step == 6
+    assert straight.state.global_step == 6
 
-    cfg2 = small_cfg(synth, split_dir, epochs=2, workers=workers)
-    first = Trainer(cfg2, data, torch.device("cpu"), split_dir)
+    first = Trainer(small_settings(synth, split_dir, epochs=2, workers=workers), data, torch.device("cpu"))
     first.train(stop_after=4)  # epoch 2, after its first of three steps
     ckpt = torch.load(split_dir / "latest.pth", weights_only=True)
     assert (ckpt["epoch"], ckpt["epoch_step"], ckpt["global_step"]) == (2, 1, 4)
-    second = Trainer(ckpt["config"], data, torch.device("cpu"), split_dir, resume=ckpt)
+    second = Trainer(TrainSettings.from_config(ckpt["config"]), data, torch.device("cpu"), resume=ckpt)
     second.train()
-    assert second.pos.global_step == 6
+    assert second.state.global_step == 6
     a, b = straight.model.state_dict(), second.model.state_dict()
     diff = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
     assert diff <= 1e-6
-    assert second.best["hmean"] == pytest.approx(straight.best["hmean"])
+    assert second.state.best["hmean"] == pytest.approx(straight.state.best["hmean"])
 
 
 def test_ctrl_c_saves_and_resume_finishes(tmp_path, synth):
@@ -144,7 +146,7 @@ def test_resume_refusals(cli, tmp_path, synth):
     code, _, err = cli("resume", tmp_path / "nothing")
     assert code == 1 and "does not exist" in err
     best = tmp_path / "best.pth"
-    cfg = small_cfg(synth, tmp_path / "r")
+    cfg = small_settings(synth, tmp_path / "r").cfg
     torch.save({"epoch": 1, "global_step": 3, "state_dict": {}, "optimizer": None, "scheduler": None,
                 "config": cfg, "metrics": {}}, best)
     code, _, err = cli("resume", best)
@@ -183,8 +185,9 @@ def test_invalid_do_not_care_polygons_are_accepted(tmp_path, synth):
 
     labels = tmp_path / "train.txt"
     bowtie = [[0, 0], [9, 9], [9, 0], [0, 9]]
+    square = [[0, 0], [9, 0], [9, 9], [0, 9]]
     labels.write_text(label_line("train/0000.png", [{"transcription": "###", "points": bowtie},
-                                                    {"transcription": "ok", "points": [[0, 0], [9, 0], [9, 9], [0, 9]]}]))
+                                                    {"transcription": "ok", "points": square}]))
     result = validate_training_labels([labels], synth.data_dir)
     assert not result.problems and len(result.samples) == 1
 
@@ -226,11 +229,12 @@ def test_demo_learns_offline(tmp_path):
 def test_resumes_openocr_written_latest_at_next_epoch(cli, tmp_path, synth):
     """A latest.pth in OpenOCR's exact layout (no extra keys) continues at epoch + 1, like OpenOCR."""
     out = tmp_path / "run"
-    cfg = small_cfg(synth, out, epochs=2)
-    trainer = Trainer(cfg, load_run_data(cfg, skip_bad=False), torch.device("cpu"), out)
+    settings = small_settings(synth, out, epochs=2)
+    trainer = Trainer(settings, load_run_data(settings, skip_bad=False), torch.device("cpu"))
     trainer.train(stop_after=2)  # mid-epoch 1 of 3 steps
     ours = torch.load(out / "latest.pth", weights_only=True)
-    openocr = {k: ours[k] for k in ("epoch", "global_step", "state_dict", "optimizer", "scheduler", "config", "metrics")}
+    layout = ("epoch", "global_step", "state_dict", "optimizer", "scheduler", "config", "metrics")
+    openocr = {k: ours[k] for k in layout}
     torch.save(openocr, out / "latest.pth")
     code, stdout, err = cli("resume", out)
     assert code == 0, err

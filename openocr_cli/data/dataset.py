@@ -131,10 +131,10 @@ class ResumableSampler(Sampler):
 class TrainDataset(Dataset):
     """Labelled images through the configured transform chain, keyed by sampler (epoch, position, index)."""
 
-    def __init__(self, samples: Sequence[LabelSample], transforms: list, global_cfg: dict, seed: int):
+    def __init__(self, samples: Sequence[LabelSample], transforms: list, seed: int):
         self.samples = list(samples)
         self.seed = seed
-        ops = build_ops(transforms, global_cfg, epoch=0)
+        ops = build_ops(transforms, epoch=0)
         self.load_ops = [op for op in ops if isinstance(op, (DecodeImage, DetLabelEncode))]
         self.ops = [op for op in ops if not isinstance(op, (DecodeImage, DetLabelEncode))]
         self.ext_data_num = next((op.ext_data_num for op in self.ops if hasattr(op, "ext_data_num")), 0)

@@ -1,7 +1,7 @@
 """Distributed training on PyTorch's own launcher (torch.distributed.run): we launch it and cooperate with it.
 
 Roles are read from the launcher's environment (RANK / LOCAL_RANK / WORLD_SIZE), never guessed
-from the number of visible GPUs (OpenOCR's quirk 14). NCCL on CUDA, gloo on CPU, with a long
+from the number of visible GPUs as OpenOCR does (docs/openocr-compat.md). NCCL on CUDA, gloo on CPU, with a long
 process-group timeout so a long evaluation cannot trip it.
 """
 
@@ -70,13 +70,13 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def any_rank(flag: bool, role: Role, device: torch.device) -> bool:
-    """True on every rank if `flag` is true on at least one (used so all ranks stop at the same step)."""
+def any_rank(flags: list[bool], role: Role, device: torch.device) -> list[bool]:
+    """Each flag true on every rank if it is true on at least one (so all ranks stop at the same step)."""
     if not role.distributed:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+        return list(flags)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return [bool(v > 0) for v in t.tolist()]
 
 
 def gather_objects(obj: Any, role: Role) -> list:
@@ -86,11 +86,6 @@ def gather_objects(obj: Any, role: Role) -> list:
     out: list = [None] * role.world_size
     dist.all_gather_object(out, obj)
     return out
-
-
-def barrier(role: Role) -> None:
-    if role.distributed:
-        dist.barrier()
 
 
 def free_port() -> int:
@@ -145,7 +140,8 @@ class LaunchPlan:
         args += ["--nnodes", str(self.nnodes), "--node-rank", str(self.node_rank)]
         if self.rdzv_endpoint:
             return args + ["--rdzv-backend", "c10d", "--rdzv-endpoint", self.rdzv_endpoint]
-        return args + ["--master-addr", self.master_addr or "127.0.0.1", "--master-port", str(self.master_port or 29500)]
+        return args + ["--master-addr", self.master_addr or "127.0.0.1",
+                       "--master-port", str(self.master_port or 29500)]
 
 
 LAUNCHED_ENV = "OPENOCR_DET_LAUNCHED"
@@ -168,14 +164,14 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def launch(plan: LaunchPlan, command_argv: Sequence[str]) -> int:
+def launch(plan: LaunchPlan, command_argv: Sequence[str], env: Optional[dict] = None) -> int:
     """Run `python -m torch.distributed.run <plan> -m openocr_cli <argv>`; return the launcher's exit code.
 
     The launcher runs in its own session, so a Ctrl-C reaches only this process, which passes it to
     the workers: they finish their step together, rank 0 saves latest.pth, they exit cleanly and
     the launcher shuts down without a traceback. The command then exits 130.
     """
-    env = dict(os.environ, **{LAUNCHED_ENV: "1"})
+    env = dict(os.environ, **(env or {}), **{LAUNCHED_ENV: "1"})
     if plan.visible_devices is not None:
         env["CUDA_VISIBLE_DEVICES"] = plan.visible_devices
     cmd = [sys.executable, "-m", "torch.distributed.run", *plan.launcher_args(), "-m", "openocr_cli",
@@ -201,3 +197,28 @@ def launch(plan: LaunchPlan, command_argv: Sequence[str]) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 130 if interrupted and code == 0 else code
+
+
+def plan_launch(gpus: Optional[str], nproc_per_node: Optional[int], nnodes: int, node_rank: int,
+                master_addr: Optional[str], master_port: Optional[int], rdzv_endpoint: Optional[str],
+                device: Optional[str]) -> tuple[Optional[LaunchPlan], Optional[str]]:
+    """(how to launch the workers or None for one process here, the device this process uses).
+
+    `--gpus 0` alone means cuda:0 in this process. Inside a torchrun worker there is nothing to
+    launch: the launcher already did its job. Flag conflicts are usage errors (exit 2).
+    """
+    ids = parse_gpus(gpus)
+    if ids and device is not None and not device.startswith(("cuda", "gpu")):
+        raise UserError(f"--gpus asks for CUDA devices but --device is {device}; drop one of them.", exit_code=2)
+    if under_launcher():
+        return None, device
+    nproc = nproc_per_node or max(len(ids), 1)
+    if ids and nproc_per_node and nproc_per_node != len(ids):
+        raise UserError(f"--gpus names {len(ids)} device(s) but --nproc-per-node is {nproc_per_node}.", exit_code=2)
+    if nproc == 1 and nnodes == 1:
+        return None, (f"cuda:{ids[0]}" if ids else device)
+    if node_rank >= nnodes:
+        raise UserError(f"--node-rank {node_rank} must be smaller than --nnodes {nnodes}.", exit_code=2)
+    plan = LaunchPlan(nproc, nnodes, node_rank, master_addr, master_port, rdzv_endpoint,
+                      ",".join(map(str, ids)) if ids else None)
+    return plan, device

@@ -167,7 +167,7 @@ def export_onnx(model: nn.Module, path: Path, options: ExportOptions, metadata: 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create the folder {path.parent}: {exc.strerror}. Choose another --output.") from None
+        raise UserError(f"cannot create the folder {path.parent}: {exc.strerror}. Choose another --output.") from exc
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     start = time.perf_counter()
     try:
@@ -182,7 +182,7 @@ def export_onnx(model: nn.Module, path: Path, options: ExportOptions, metadata: 
         raise
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"the {exporter} ONNX exporter failed (opset {options.opset}): {reason}") from None
+        raise UserError(f"the {exporter} ONNX exporter failed (opset {options.opset}): {reason}") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return exporter, time.perf_counter() - start
@@ -193,7 +193,7 @@ def check_model(path: Path, shown: Optional[Path] = None) -> None:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as exc:
         raise UserError(f"onnx.checker rejected the exported model {shown or path}: "
-                        f"{str(exc).strip().splitlines()[0]}") from None
+                        f"{str(exc).strip().splitlines()[0]}") from exc
 
 
 def sample_batches(cases: Sequence[tuple[int, int, int]], normalizer: Normalizer, seed: int = 0):

@@ -102,7 +102,7 @@ def _session(path: Path, providers: list[Provider], threads: Optional[int]) -> o
         if path.suffix.lower() in (".pth", ".pt", ".pdparams"):
             hint = " It looks like a weights file: run it with --weights and the torch backend."
         raise UserError(f"{path} is not a readable ONNX model, or uses operators onnxruntime "
-                        f"{ort.__version__} cannot run ({reason}).{hint}") from None
+                        f"{ort.__version__} cannot run ({reason}).{hint}") from exc
 
 
 class OnnxBackend:
@@ -155,7 +155,7 @@ class OnnxBackend:
         except Exception as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"onnxruntime failed on {self.info.path} with an input of shape "
-                            f"{list(batch.shape)}: {reason}") from None
+                            f"{list(batch.shape)}: {reason}") from exc
         out = np.asarray(out)
         if out.ndim == 3:
             out = out[:, None]

@@ -78,20 +78,19 @@ def _check(key: str, value: Any) -> None:
         raise _unsupported(key, value, expected)
 
 
-def _reject_extra(section_name: str, section: Mapping, known: set[str]) -> None:
-    extra = sorted(map(str, set(section) - known))
-    if extra:
-        where = f"Architecture.{section_name}" if section_name else "Architecture"
-        raise UserError(f"{where} has unsupported key(s) {', '.join(extra)}; "
-                        f"openocr-det accepts only {', '.join(sorted(known))} there.")
-
-
 def build_detector(arch: Optional[Mapping] = None) -> DBDetector:
     """Build the detector from an OpenOCR `Architecture` mapping (None = repvit_db.yml defaults)."""
+    return DBDetector(**detector_options(arch))
+
+
+def detector_options(arch: Optional[Mapping] = None) -> dict:
+    """Check an `Architecture` mapping's values and return DBDetector's arguments.
+
+    Unknown keys are caught earlier by the config schema (openocr_cli/config_schema.py).
+    """
     arch = arch or {}
     if not isinstance(arch, Mapping):
         raise UserError(f"Architecture must be a mapping, got {type(arch).__name__}.")
-    _reject_extra("", arch, {"model_type", "algorithm", "Transform", "Backbone", "Neck", "Head"})
     for key in ("model_type", "algorithm"):
         if arch.get(key) is not None:
             _check(key, arch[key])
@@ -100,9 +99,6 @@ def build_detector(arch: Optional[Mapping] = None) -> DBDetector:
                         "no input transform module (leave it empty).")
 
     backbone, neck, head = (_section(arch, n) for n in ("Backbone", "Neck", "Head"))
-    _reject_extra("Backbone", backbone, {"name", "in_channels"})
-    _reject_extra("Neck", neck, {"name", "out_channels", "shortcut"})
-    _reject_extra("Head", head, {"name", "k"})
     for section_name, section in (("Backbone", backbone), ("Neck", neck), ("Head", head)):
         for field, value in section.items():
             key = f"{section_name}.{field}"
@@ -115,4 +111,4 @@ def build_detector(arch: Optional[Mapping] = None) -> DBDetector:
     k = head.get("k", 50)
     if isinstance(k, bool) or not isinstance(k, (int, float)) or k <= 0:
         raise UserError(f"Architecture.Head.k is {k!r}; it must be a positive number (default 50).")
-    return DBDetector(neck_channels=96, shortcut=shortcut, k=float(k))
+    return {"neck_channels": 96, "shortcut": shortcut, "k": float(k)}

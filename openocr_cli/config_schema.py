@@ -1,0 +1,151 @@
+"""Which config keys exist: every key of OpenOCR's det config schema, and what openocr-det does with it.
+
+A key is `used` (it changes what openocr-det does), `ignored` (OpenOCR defines it but it has no
+effect here, e.g. `Global.use_visualdl`; accepted and listed once in the run log) or unknown (a
+typo: an error naming the full key path and the closest valid key, before any data is read).
+Keys whose OpenOCR meaning openocr-det does not implement are refused with the reason when set
+to anything but the value openocr-det honours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from openocr_cli.errors import UserError
+from openocr_cli.suggest import did_you_mean
+
+USED, IGNORED = "used", "ignored"
+Node = Union[str, dict, Callable[[Any, str], None]]
+
+
+def _transforms(value: Any, where: str) -> None:
+    from openocr_cli.data.transforms import validate_ops
+
+    if value is not None:
+        validate_ops(value, where)
+
+
+def _dataset() -> dict:
+    return {"name": USED, "data_dir": USED, "label_file_list": USED, "ratio_list": USED, "delimiter": USED,
+            "ext_op_transform_idx": USED, "transforms": _transforms}
+
+
+_LOADER = {"shuffle": USED, "drop_last": USED, "batch_size_per_card": USED, "num_workers": USED,
+           "pin_memory": IGNORED, "use_shared_memory": IGNORED}
+
+SCHEMA: dict[str, Node] = {
+    "Global": {
+        **dict.fromkeys(("device", "epoch_num", "log_smooth_window", "print_batch_step", "output_dir",
+                         "save_epoch_step", "save_iter_step", "eval_batch_step", "eval_epoch_step",
+                         "cal_metric_during_train", "pretrained_model", "checkpoints", "use_tensorboard", "seed",
+                         "use_amp", "grad_clip_val", "accumulation_steps", "use_sync_bn"), USED),
+        # read by OpenOCR's inference/export tools, its recognition models or its wandb logger: no effect here
+        **dict.fromkeys(("distributed", "model_type", "infer_img", "save_res_path", "save_inference_dir",
+                         "character_dict_path", "max_text_length", "use_space_char", "use_visualdl", "export_dir",
+                         "backend", "onnx_model_path", "is_visualize", "run_name", "total_iter_steps",
+                         "use_transformers", "resume_from_iter"), IGNORED),
+    },
+    "Architecture": {"model_type": USED, "algorithm": USED, "Transform": USED,
+                     "Backbone": {"name": USED, "in_channels": USED},
+                     "Neck": {"name": USED, "out_channels": USED, "shortcut": USED},
+                     "Head": {"name": USED, "k": USED}},
+    "Loss": dict.fromkeys(("name", "balance_loss", "main_loss_type", "alpha", "beta", "ohem_ratio", "eps"), USED),
+    "Optimizer": dict.fromkeys(("name", "lr", "betas", "eps", "weight_decay", "amsgrad", "filter_bias_and_bn"),
+                               USED),
+    "LRScheduler": USED,  # keys depend on the schedule's name: checked by _scheduler
+    "PostProcess": dict.fromkeys(("name", "thresh", "box_thresh", "max_candidates", "unclip_ratio", "use_dilation",
+                                  "score_mode", "box_type"), USED),
+    "Metric": {"name": USED, "main_indicator": USED},
+    "Train": {"dataset": _dataset(), "loader": _LOADER},
+    "Eval": {"dataset": _dataset(), "loader": _LOADER},
+    # OpenOCR stores the config file's stem and its own command-line flags at the top level
+    "filename": IGNORED, "config": IGNORED, "local_rank": IGNORED, "eval": IGNORED, "profiler_options": IGNORED,
+}
+
+
+def _one_of(*allowed: Any) -> Callable[[Any], bool]:
+    return lambda value: value is None or value in allowed
+
+
+# key -> (accepted values, why anything else is refused)
+REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "Global.use_tensorboard": (_one_of(False), "openocr-det logs to train.log and metrics.jsonl, not to "
+                               "TensorBoard/wandb; set it to false"),
+    "Global.cal_metric_during_train": (_one_of(False), "openocr-det measures the metric on the Eval set only; "
+                                       "set it to false"),
+    "Loss.name": (_one_of("DBLoss"), "openocr-det trains DBNet with DBLoss"),
+    "Loss.main_loss_type": (_one_of("DiceLoss"), "the shrink-map loss of repvit_db.yml is DiceLoss"),
+    "PostProcess.name": (_one_of("DBPostProcess"), "openocr-det post-processes with DBPostProcess"),
+    "Metric.name": (_one_of("DetMetric"), "openocr-det scores with DetMetric"),
+    "Metric.main_indicator": (_one_of("hmean"), "best.pth is chosen by hmean"),
+    "Optimizer.name": (_one_of("Adam", "AdamW"), "openocr-det trains with torch.optim Adam or AdamW"),
+    "Train.dataset.name": (_one_of("SimpleDataSet"), "openocr-det reads SimpleDataSet label files"),
+    "Eval.dataset.name": (_one_of("SimpleDataSet"), "openocr-det reads SimpleDataSet label files"),
+    "Train.dataset.delimiter": (_one_of("\t"), "label lines are split at a TAB"),
+    "Eval.dataset.delimiter": (_one_of("\t"), "label lines are split at a TAB"),
+    "Train.dataset.ext_op_transform_idx": (_one_of(2), "CopyPaste's extra image goes through DecodeImage and "
+                                           "DetLabelEncode, the first two ops"),
+}
+
+
+@dataclass
+class SchemaReport:
+    """What a config holds that has no effect in openocr-det (dotted key paths)."""
+
+    ignored: list[str] = field(default_factory=list)
+
+
+def check_config(cfg: Mapping, source: str, exit_code: int = 1) -> SchemaReport:
+    """Raise UserError for the first unknown key or refused value; return the ignored keys."""
+    report = SchemaReport()
+    _walk(cfg, SCHEMA, "", source, exit_code, report)
+    return report
+
+
+def _walk(node: Any, schema: dict, prefix: str, source: str, code: int, report: SchemaReport) -> None:
+    if not isinstance(node, Mapping):
+        name = prefix.rstrip(".") or "the config"
+        raise UserError(f"{source}: {name} must be a mapping of keys, got {node!r}.", exit_code=code)
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        rule = schema.get(str(key))
+        if rule is None:
+            hint = did_you_mean(str(key), schema, prefix)
+            used = sorted(str(k) for k, v in schema.items() if v != IGNORED)
+            raise UserError(f"{source}: unknown config key `{path}`{hint}. Fix the spelling or remove it "
+                            f"(keys openocr-det reads here: {', '.join(used)}).", exit_code=code)
+        if rule == IGNORED:
+            report.ignored.append(path)
+        elif isinstance(rule, dict):
+            if value is not None:
+                _walk(value, rule, f"{path}.", source, code, report)
+        elif callable(rule):
+            try:
+                rule(value, path)
+            except UserError as exc:
+                raise UserError(f"{source}: {exc}", exit_code=code) from exc
+        elif path == "LRScheduler" and value is not None:
+            _scheduler(value, source, code)
+        accepted, why = REFUSED.get(path, (None, ""))
+        if accepted is not None and not accepted(value):
+            raise UserError(f"{source}: {path} is {value!r}, which openocr-det does not support: {why}.",
+                            exit_code=code)
+
+
+def _scheduler(section: Any, source: str, code: int) -> None:
+    from openocr_cli.engine.schedules import SCHEDULES
+
+    if not isinstance(section, Mapping):
+        raise UserError(f"{source}: LRScheduler must be a mapping of keys, got {section!r}.", exit_code=code)
+    name = section.get("name", "CosineAnnealingLR")
+    if name not in SCHEDULES:
+        raise UserError(f"{source}: LRScheduler.name {name!r} is not one of OpenOCR's schedules"
+                        f"{did_you_mean(str(name), SCHEDULES)}: {', '.join(SCHEDULES)}.", exit_code=code)
+    known = {"name", *SCHEDULES[name].params}
+    for key in section:
+        if key not in known:
+            raise UserError(f"{source}: `LRScheduler.{key}` is not a parameter of {name}"
+                            f"{did_you_mean(str(key), known, 'LRScheduler.')} (its parameters: "
+                            f"{', '.join(sorted(known))}).", exit_code=code)

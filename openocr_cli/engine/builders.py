@@ -1,0 +1,115 @@
+"""The pieces a training run is built from, one function each, in the order the trainer calls them.
+
+Model (optionally SyncBatchNorm), pretrained weights, DB loss, optimizer (OpenOCR's
+`filter_bias_and_bn` parameter groups), learning-rate schedule and the resumable data loader.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+from typing import Optional
+
+import torch
+from torch.utils.data import DataLoader
+
+from openocr_cli.checkpoint import load_weights
+from openocr_cli.data.dataset import ResumableSampler, TrainDataset
+from openocr_cli.data.labels import LabelSample
+from openocr_cli.engine import distributed as ddp
+from openocr_cli.engine.schedules import build_scheduler
+from openocr_cli.errors import UserError
+from openocr_cli.loss import DBLoss
+from openocr_cli.model import build_detector
+from openocr_cli.settings import TrainSettings
+
+log = logging.getLogger("openocr_det")
+
+
+def build_model(settings: TrainSettings, device: torch.device, role: ddp.Role) -> torch.nn.Module:
+    model = build_detector(settings.cfg.get("Architecture")).to(device)
+    if role.distributed and settings.sync_bn:
+        if device.type == "cuda":  # before the optimizer is built: conversion makes new BN modules
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            log.warning("SyncBatchNorm needs CUDA; training with per-process BatchNorm on %s", device)
+    return model
+
+
+def load_pretrained(model: torch.nn.Module, weights: Optional[str]) -> None:
+    """OpenOCR's fine-tuning start: every tensor whose name and shape match, the rest reported."""
+    if not weights:
+        log.info("training from scratch (no pretrained weights)")
+        return
+    from openocr_cli.hub import resolve_weights
+
+    try:
+        path = resolve_weights(str(weights))
+    except UserError as exc:
+        raise UserError(f"{exc} To train from scratch instead, pass --weights none.") from exc
+    report = load_weights(model, path, strict=False)
+    log.info("loaded pretrained weights %s (%d tensors, %d missing)", path, report.loaded, len(report.missing))
+
+
+def build_loss(settings: TrainSettings) -> DBLoss:
+    return DBLoss(**settings.loss)
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float, filter_bias_and_bn: bool) -> list[dict]:
+    """One group, all parameters decayed (OpenOCR's default); with `filter_bias_and_bn`, 1-D tensors,
+    biases and the model's `no_weight_decay()` names get no decay, in a first group, as in OpenOCR."""
+    if not (filter_bias_and_bn and weight_decay > 0):
+        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    plain, decayed = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        no_decay = param.ndim <= 1 or name.endswith(".bias") or any(s in name for s in skip)
+        (plain if no_decay else decayed).append(param)
+    return [{"params": plain, "weight_decay": 0.0}, {"params": decayed, "weight_decay": weight_decay}]
+
+
+def build_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    opt = settings.optimizer
+    groups = parameter_groups(model, opt["weight_decay"], opt["filter_bias_and_bn"])
+    kind = torch.optim.AdamW if opt["name"] == "AdamW" else torch.optim.Adam
+    return kind(groups, lr=opt["lr"], betas=opt["betas"], eps=opt["eps"], amsgrad=opt["amsgrad"])
+
+
+def steps_per_epoch(settings: TrainSettings, samples_per_rank: int) -> int:
+    if settings.drop_last:
+        return max(1, samples_per_rank // settings.batch_size)
+    return math.ceil(samples_per_rank / settings.batch_size)
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, settings: TrainSettings, per_epoch: int):
+    return build_scheduler(optimizer, settings.scheduler, per_epoch, settings.epochs, settings.lr)
+
+
+def build_sampler(settings: TrainSettings, size: int, role: ddp.Role) -> ResumableSampler:
+    return ResumableSampler(size, settings.seed, shuffle=settings.shuffle, rank=role.rank,
+                            world_size=role.world_size)
+
+
+def build_loader(samples: list[LabelSample], settings: TrainSettings, sampler: ResumableSampler,
+                 device: torch.device) -> DataLoader:
+    dataset = TrainDataset(samples, settings.transforms, settings.seed)
+    return DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler, num_workers=settings.workers,
+                      pin_memory=device.type == "cuda", drop_last=settings.drop_last, persistent_workers=False,
+                      worker_init_fn=_ignore_stop_signals)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Workers leave Ctrl-C to the main process, which finishes its step and shuts them down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def wrap_distributed(model: torch.nn.Module, device: torch.device, role: ddp.Role) -> torch.nn.Module:
+    """The DDP wrapper the forward pass runs through; checkpoints keep saving the unwrapped model."""
+    if not role.distributed:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)

@@ -1,0 +1,130 @@
+"""The learning-rate schedules OpenOCR ships, selected by `LRScheduler.name`, stepped once per iteration.
+
+Each is a factor of the optimizer's lr as a function of the number of scheduler steps taken, so
+the first optimizer step of a warm-up runs at lr 0 as in OpenOCR (docs/openocr-compat.md). The
+formulas, including their unit quirks (StepLR and MultiStepLR count `warmup_epoch` in steps), are
+OpenOCR's, so a YAML that names a schedule trains with the same learning rates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from openocr_cli.errors import UserError
+
+Scheduler = torch.optim.lr_scheduler.LRScheduler
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How one named schedule is built: the `LRScheduler` keys it reads and its builder."""
+
+    params: frozenset[str]
+    build: Callable[[torch.optim.Optimizer, dict, int, int, float], Scheduler]
+
+
+def _lambda(factor: Callable[[dict, int, int, float], Callable[[int], float]]):
+    """A builder for a schedule given as a factor of the base lr (PyTorch's LambdaLR)."""
+    return lambda opt, p, per_epoch, total, lr: torch.optim.lr_scheduler.LambdaLR(opt, factor(p, per_epoch, total, lr))
+
+
+def _warmup(step: int, warmup: float) -> float:
+    return float(step) / float(max(1, warmup))
+
+
+def cosine_factor(step: int, warmup_steps: float, total_steps: float) -> float:
+    """OpenOCR's default (repvit_db.yml): linear warm-up, then half a cosine down to 0."""
+    if step < warmup_steps:
+        return _warmup(step, warmup_steps)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def _cosine(p: dict, per_epoch: int, total: int, lr: float):
+    warmup = float(p.get("warmup_epoch", 0)) * per_epoch
+    return lambda s: cosine_factor(s, warmup, total)
+
+
+def _const(p: dict, per_epoch: int, total: int, lr: float):
+    warmup = float(p.get("warmup_epoch", 0)) * per_epoch
+    return lambda s: _warmup(s, warmup) if s < warmup else 1.0
+
+
+def _linear(p: dict, per_epoch: int, total: int, lr: float):
+    warmup = float(p.get("warmup_epoch", 0)) * per_epoch
+    return lambda s: _warmup(s, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
+
+
+def _step(p: dict, per_epoch: int, total: int, lr: float):
+    if "step_size" not in p:
+        raise UserError("LRScheduler.step_size is required by StepLR (epochs between decays).")
+    size, gamma = per_epoch * float(p["step_size"]), float(p.get("gamma", 0.1))
+    warmup = float(p.get("warmup_epoch", 0))
+    return lambda s: _warmup(s, warmup) if s < warmup else gamma ** (s // size)
+
+
+def _multistep(p: dict, per_epoch: int, total: int, lr: float):
+    if not isinstance(p.get("milestones"), list):
+        raise UserError("LRScheduler.milestones is required by MultiStepLR: a list of epochs, e.g. [200, 400].")
+    marks = [per_epoch * float(m) for m in p["milestones"]]
+    gamma, warmup = float(p.get("gamma", 0.1)), float(p.get("warmup_epoch", 0))
+    return lambda s: _warmup(s, warmup) if s < warmup else gamma ** sum(m <= s for m in marks)
+
+
+def _polynomial(p: dict, per_epoch: int, total: int, lr: float):
+    warmup = float(p.get("warmup_epoch", 0)) * per_epoch
+    end, power = float(p.get("lr_end", 1e-7)), float(p.get("power", 1.0))
+
+    def factor(s: int) -> float:
+        if s < warmup:
+            return _warmup(s, warmup)
+        if s > total:
+            return end / lr
+        remaining = 1 - (s - warmup) / (total - warmup)
+        return ((lr - end) * remaining ** power + end) / lr
+    return factor
+
+
+def _cdistnet(p: dict, per_epoch: int, total: int, lr: float):
+    second, warm = float(p.get("step2_epoch", 7)) * per_epoch, float(p.get("n_warmup_steps", 10000))
+    return lambda s: (min(s ** -0.5 if s else math.inf, warm ** -1.5 * s) if s < second else 1e-5 / lr)
+
+
+def _one_cycle(opt, p: dict, per_epoch: int, total: int, lr: float) -> Scheduler:
+    return torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=total, pct_start=float(p.get("warmup_epoch", 1.0)) * per_epoch / total,
+        cycle_momentum=bool(p.get("cycle_momentum", True)))
+
+
+def _warmup_cosine(opt, p: dict, per_epoch: int, total: int, lr: float) -> Scheduler:
+    warmup = int(p.get("warmup_steps", 0))
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total - warmup),
+                                                        eta_min=float(p.get("eta_min", 0.0)))
+    if warmup <= 0:
+        return cosine
+    ramp = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1e-7, end_factor=1.0, total_iters=warmup)
+    return torch.optim.lr_scheduler.SequentialLR(opt, [ramp, cosine], milestones=[warmup])
+
+
+SCHEDULES: dict[str, Schedule] = {
+    "CosineAnnealingLR": Schedule(frozenset({"warmup_epoch"}), _lambda(_cosine)),
+    "ConstLR": Schedule(frozenset({"warmup_epoch"}), _lambda(_const)),
+    "LinearLR": Schedule(frozenset({"warmup_epoch"}), _lambda(_linear)),
+    "StepLR": Schedule(frozenset({"step_size", "gamma", "warmup_epoch"}), _lambda(_step)),
+    "MultiStepLR": Schedule(frozenset({"milestones", "gamma", "warmup_epoch"}), _lambda(_multistep)),
+    "PolynomialLR": Schedule(frozenset({"lr_end", "power", "warmup_epoch"}), _lambda(_polynomial)),
+    "CdistNetLR": Schedule(frozenset({"n_warmup_steps", "step2_epoch"}), _lambda(_cdistnet)),
+    "OneCycleLR": Schedule(frozenset({"warmup_epoch", "cycle_momentum"}), _one_cycle),
+    "WarmupCosineLR": Schedule(frozenset({"warmup_steps", "eta_min"}), _warmup_cosine),
+}
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, params: dict, steps_per_epoch: int, epochs: int,
+                    lr: float) -> Scheduler:
+    """The scheduler named in `params` (the LRScheduler section, checked by the config schema)."""
+    name = str(params.get("name", "CosineAnnealingLR"))
+    return SCHEDULES[name].build(optimizer, params, steps_per_epoch, epochs * steps_per_epoch, lr)
