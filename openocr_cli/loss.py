@@ -85,13 +85,11 @@ class DBLoss(nn.Module):
             loss_shrink = self.alpha * shrink
             loss_thresh = self.beta * mask_l1_loss(thresh, thresh_gt, thresh_mask, self.eps)
             loss_binary = dice_loss(binary, shrink_gt, shrink_mask, self.eps)
-            loss_cbn = torch.zeros((), dtype=torch.float32, device=pred.device)  # CBN branch inactive
-            total = loss_shrink + loss_thresh + loss_binary + loss_cbn
+            total = loss_shrink + loss_thresh + loss_binary
 
         return OrderedDict([
             ("loss", total),
             ("loss_shrink_maps", loss_shrink),
             ("loss_threshold_maps", loss_thresh),
             ("loss_binary_maps", loss_binary),
-            ("loss_cbn", loss_cbn),
         ])

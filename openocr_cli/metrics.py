@@ -98,6 +98,3 @@ class DetMetric:
 
     def result(self) -> dict[str, float]:
         return summarize(self.records)
-
-    def reset(self) -> None:
-        self.records.clear()

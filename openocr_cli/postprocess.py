@@ -2,21 +2,20 @@
 
 Every rounding, ordering and threshold rule below follows OpenOCR's DBPostProcess, because the
 boxes feed the detection metric and small differences change its numbers. The one deliberate
-change (spec quirk 22): settings never change after construction; `replace()` gives a new object.
+change (spec quirk 22): settings never change after construction.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import numbers
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import pyclipper
 import shapely
+
+from openocr_cli.geometry import offset_polygon
 
 SCORE_MODES = ("slow", "fast")
 BOX_TYPES = ("quad", "poly")
@@ -61,11 +60,7 @@ def _masked_mean(pred: np.ndarray, pts: np.ndarray) -> float:
 def _unclip(points: np.ndarray, ratio: float) -> list:
     """Grow the polygon by D = A * ratio / L with a rounded pyclipper offset (ints in, ints out)."""
     poly = shapely.Polygon(points)
-    distance = poly.area * ratio / poly.length
-    offset = pyclipper.PyclipperOffset()
-    # pyclipper truncates float coordinates; do it explicitly so the result never depends on that.
-    offset.AddPath(np.trunc(points).astype(np.int64).tolist(), pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON)
-    return offset.Execute(distance)
+    return offset_polygon(points, poly.area * ratio / poly.length)
 
 
 def _to_source(pts: np.ndarray, map_h: int, map_w: int, src_h: float, src_w: float) -> np.ndarray:
@@ -115,12 +110,6 @@ class DBPostProcess:
                            ("max_candidates", int), ("use_dilation", bool)):
             object.__setattr__(self, name, kind(getattr(self, name)))
 
-    def replace(self, **overrides) -> DBPostProcess:
-        """A copy with some settings changed (`mask_thresh` is accepted as OpenOCR's name for thresh)."""
-        if "mask_thresh" in overrides:
-            overrides["thresh"] = overrides.pop("mask_thresh")
-        return dataclasses.replace(self, **overrides)
-
     def __call__(self, pred: np.ndarray, src_h: float, src_w: float) -> list[Detection]:
         """Detections for one (h, w) probability map whose source image is src_h x src_w."""
         pred = np.asarray(pred, dtype=np.float32)
@@ -141,19 +130,6 @@ class DBPostProcess:
             if det is not None:
                 out.append(det)
         return out
-
-    def batch(self, maps: np.ndarray, shapes: Sequence[Sequence[float]]) -> list[list[Detection]]:
-        """Per-image Detections for maps (N, 1, H, W) or (N, H, W); shape rows start (src_h, src_w)."""
-        maps = np.asarray(maps)
-        if maps.ndim == 4:
-            if maps.shape[1] != 1:
-                raise ValueError(f"expected one channel in (N, 1, H, W) maps, got shape {maps.shape}")
-            maps = maps[:, 0]
-        if maps.ndim != 3:
-            raise ValueError(f"expected maps of shape (N, 1, H, W) or (N, H, W), got {maps.shape}")
-        if len(shapes) != len(maps):
-            raise ValueError(f"got {len(maps)} maps but {len(shapes)} shapes")
-        return [self(m, s[0], s[1]) for m, s in zip(maps, shapes)]
 
     def _quad(self, pred, contour, src_h, src_w):
         box, sside = mini_box(contour)

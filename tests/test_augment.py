@@ -13,10 +13,10 @@ from openocr_cli.data.augment import (
     EastRandomCropData,
     IaaAugment,
     crop_area,
-    is_poly_outside_rect,
     rectified_crop,
     split_regions,
 )
+from openocr_cli.geometry import is_poly_outside_rect
 
 
 def quad(x, y, w, h):
@@ -51,7 +51,7 @@ def base_sample():
 
 
 def test_copypaste_adds_non_overlapping_boxes_inside_image():
-    op = CopyPaste(objects_paste_ratio=0.5, Global_key="ignored")
+    op = CopyPaste(objects_paste_ratio=0.5)
     for seed in range(5):
         seed_all(seed)
         data = base_sample()
@@ -126,7 +126,7 @@ def test_copypaste_pads_to_point_count_and_is_deterministic():
 # ------------------------------------------------------------------------------------ IaaAugment
 
 def test_iaa_flip_maps_x_to_w_minus_1_minus_x():
-    aug = IaaAugment(augmenter_args=[{"type": "Fliplr", "args": {"p": 1.0}}], Global_key=1)
+    aug = IaaAugment(augmenter_args=[{"type": "Fliplr", "args": {"p": 1.0}}])
     image = np.zeros((30, 50, 3), np.uint8)
     image[7, 12] = 255
     out = aug(sample(image, [[[12, 7], [0, 0], [49.5, 29], [60, -3]]]))
@@ -219,7 +219,7 @@ def content_box(image):
 
 
 def test_crop_output_canvas_content_and_polygons():
-    op = EastRandomCropData(size=[640, 640], max_tries=50, keep_ratio=True, Global_key=0)
+    op = EastRandomCropData(size=[640, 640], max_tries=50, keep_ratio=True)
     for seed in range(20):  # several separated regions: the NumPy-2 crash case of OpenOCR
         np.random.seed(seed)
         out = op(multi_region_sample())

@@ -170,17 +170,6 @@ def test_empty_map_gives_no_detections():
     assert DBPostProcess(box_type="poly")(np.zeros((32, 32), np.float32), 32, 32) == []
 
 
-def test_batch_accepts_nchw_and_nhw():
-    maps = np.stack([rect_map(), np.zeros((64, 96), np.float32)])
-    shapes = [(128, 192), (64, 96, 1.0, 1.0)]  # extra (ratio) entries are ignored
-    out = DBPostProcess().batch(maps[:, None], shapes)
-    assert len(out) == 2 and len(out[0]) == 1 and out[1] == []
-    assert np.array_equal(out[0][0].points, DBPostProcess()(maps[0], 128, 192)[0].points)
-    assert len(DBPostProcess().batch(maps, shapes)[0]) == 1
-    with pytest.raises(ValueError):
-        DBPostProcess().batch(maps, shapes[:1])
-
-
 @pytest.mark.parametrize("kwargs", [
     {"score_mode": "medium"},
     {"box_type": "rect"},
@@ -199,12 +188,7 @@ def test_bad_settings_raise_value_error(kwargs):
         DBPostProcess(**kwargs)
 
 
-def test_settings_are_immutable_and_replace_returns_a_new_object():
+def test_settings_are_immutable():
     pp = DBPostProcess()
     with pytest.raises(dataclasses.FrozenInstanceError):
         pp.thresh = 0.5
-    other = pp.replace(mask_thresh=0.4, box_thresh=0.7)
-    assert (other.thresh, other.box_thresh) == (0.4, 0.7)
-    assert (pp.thresh, pp.box_thresh) == (0.3, 0.6)
-    with pytest.raises(ValueError):
-        pp.replace(score_mode="bad")

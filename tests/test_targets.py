@@ -320,7 +320,8 @@ def test_ops_schedule_and_keys():
     assert MakeBorderMap(total_epoch=500, epoch=0).shrink_ratio == pytest.approx(0.4)
     assert MakeShrinkMap(total_epoch=500, epoch="None").shrink_ratio == pytest.approx(0.4)
     assert MakeShrinkMap(total_epoch=500, epoch=250).shrink_ratio == pytest.approx(0.5)
-    assert MakeBorderMap(shrink_ratio=0.4, use_gpu=True).shrink_ratio == pytest.approx(0.4)
+    with pytest.raises(TypeError):  # only its own parameters; Global keys no longer reach the ops
+        MakeBorderMap(shrink_ratio=0.4, use_gpu=True)
     polys = np.stack([_rect(-5, 10, 40, 30), _rect(20, 35, 50, 60)])
     data = {"image": np.zeros((64, 48, 3), np.uint8), "polys": polys, "ignore_tags": [False, True]}
     data = MakeShrinkMap(epoch=0, total_epoch=500)(MakeBorderMap(epoch=0, total_epoch=500)(data))

@@ -9,36 +9,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import albumentations as A
 import cv2
 import numpy as np
 from PIL import Image
 
 from openocr_cli.errors import UserError
+from openocr_cli.geometry import as_poly_array, is_poly_outside_rect, pad_vertices
 
-
-def is_poly_outside_rect(poly: np.ndarray, x: float, y: float, w: float, h: float) -> bool:
-    """True iff the polygon's bounding box misses the rectangle; touching counts as overlapping."""
-    xs, ys = poly[:, 0], poly[:, 1]
-    return bool(xs.max() < x or xs.min() > x + w or ys.max() < y or ys.min() > y + h)
-
-
-def as_polys(polys: Any) -> np.ndarray:
-    """Any polygon container -> float64 (K, P, 2); an empty one becomes (0, P or 4, 2)."""
-    arr = np.asarray(polys, np.float64)
-    if arr.size == 0:
-        return np.zeros((0, arr.shape[1] if arr.ndim == 3 else 4, 2))
-    return arr
-
-
-def _pad_vertices(poly: np.ndarray, count: int) -> np.ndarray:
-    """Repeat the last vertex so every polygon of a sample has the same vertex count."""
-    if len(poly) >= count:
-        return poly
-    return np.concatenate([poly, np.repeat(poly[-1:], count - len(poly), axis=0)])
-
+if TYPE_CHECKING:  # imported where used: albumentations loads torch, and config checks import this module
+    import albumentations as A
 
 # --------------------------------------------------------------------------------------------
 # CopyPaste
@@ -84,7 +65,7 @@ class CopyPaste:
 
     ext_data_num = 1
 
-    def __init__(self, objects_paste_ratio: float = 0.2, limit_paste: bool = True, **_: Any):
+    def __init__(self, objects_paste_ratio: float = 0.2, limit_paste: bool = True):
         self.ratio = objects_paste_ratio
         self.limit_paste = limit_paste
 
@@ -95,10 +76,10 @@ class CopyPaste:
         ext = ext_list[0]
         image = np.array(data["image"], np.uint8, copy=True)
         height, width = image.shape[:2]
-        polys = as_polys(data["polys"])
+        polys = as_poly_array(data["polys"])
         # A 4-point pasted box cannot be padded down: widen everything to >= 4 vertices.
         point_num = max(polys.shape[1], 4)
-        polys_out = [_pad_vertices(p, point_num) for p in polys]
+        polys_out = [pad_vertices(p, point_num) for p in polys]
         texts = list(data["texts"])
         ignores = [bool(t) for t in data["ignore_tags"]]
 
@@ -109,7 +90,7 @@ class CopyPaste:
         for idx in candidates[:select_num]:
             box = self._paste(image, rectified_crop(ext["image"], ext_polys[idx]), polys_out)
             if box is not None:
-                polys_out.append(_pad_vertices(box.astype(np.float64), point_num))
+                polys_out.append(pad_vertices(box.astype(np.float64), point_num))
                 texts.append(ext["texts"][idx])
                 ignores.append(bool(ext_ignores[idx]))
 
@@ -181,6 +162,8 @@ class RandomScale:
 
 def _albu_step(kind: str, args: dict) -> A.BasicTransform:
     """Map one imgaug-named config entry to the equivalent albumentations 2.x transform."""
+    import albumentations as A
+
     args = dict(args)
     if kind == "Fliplr":
         return A.HorizontalFlip(p=float(args.pop("p", 0.5)), **args)
@@ -200,7 +183,7 @@ class IaaAugment:
     Resize is a plain step on NumPy's global RNG. Polygons come back as float64 (K, P, 2).
     """
 
-    def __init__(self, augmenter_args: Optional[Sequence[dict]] = None, **_: Any):
+    def __init__(self, augmenter_args: Optional[Sequence[dict]] = None):
         self.steps: list = []
         pending: list = []
         for entry in DEFAULT_IAA_ARGS if augmenter_args is None else augmenter_args:
@@ -216,6 +199,8 @@ class IaaAugment:
 
     def _flush(self, pending: list) -> None:
         if pending:
+            import albumentations as A
+
             keypoints = A.KeypointParams(format="xy", remove_invisible=False)
             self.steps.append(A.Compose(list(pending), keypoint_params=keypoints))
             pending.clear()
@@ -226,21 +211,21 @@ class IaaAugment:
         Compose.set_random_seed would hand all transforms the same seed (flip and angle would then
         be drawn from identical streams), so each gets a seed derived from (seed, position).
         """
-        for i, step in enumerate(s for s in self.steps if isinstance(s, A.Compose)):
+        for i, step in enumerate(s for s in self.steps if not isinstance(s, RandomScale)):
             step.set_random_seed(_derive_seed(seed, i, 0))
             for j, transform in enumerate(step.transforms):
                 transform.set_random_seed(_derive_seed(seed, i, j + 1))
 
     def __call__(self, data: dict) -> Optional[dict]:
         image = data["image"]
-        polys = as_polys(data["polys"])
+        polys = as_poly_array(data["polys"])
         points = polys.reshape(-1, 2)
         for step in self.steps:
-            if isinstance(step, A.Compose):
+            if isinstance(step, RandomScale):
+                image, points = step(image, points)
+            else:
                 out = step(image=image, keypoints=points)
                 image, points = out["image"], np.asarray(out["keypoints"], np.float64).reshape(-1, 2)
-            else:
-                image, points = step(image, points)
         data["image"] = image
         data["polys"] = points.reshape(polys.shape)
         return data
@@ -304,8 +289,8 @@ class EastRandomCropData:
     empty (0, P, 2) float64 array and `ignore_tags` an empty bool array (OpenOCR: 1-D [] and list).
     """
 
-    def __init__(self, size: Sequence[int] = (640, 640), max_tries: int = 50, keep_ratio: bool = True,
-                 min_crop_side_ratio: float = 0.1, **_: Any):
+    def __init__(self, size: Sequence[int] = (640, 640), max_tries: int = 50, min_crop_side_ratio: float = 0.1,
+                 keep_ratio: bool = True):
         self.size = (int(size[0]), int(size[1]))
         self.max_tries = max_tries
         self.keep_ratio = keep_ratio
@@ -313,7 +298,7 @@ class EastRandomCropData:
 
     def __call__(self, data: dict) -> Optional[dict]:
         image = data["image"]
-        polys = as_polys(data["polys"])
+        polys = as_poly_array(data["polys"])
         ignores = np.asarray(data["ignore_tags"], bool).reshape(-1)
         care = [p for p, tag in zip(polys, ignores) if not tag]
         cx, cy, cw, ch = crop_area(image.shape, care, self.min_crop_side_ratio, self.max_tries)

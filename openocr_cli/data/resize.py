@@ -14,11 +14,12 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from openocr_cli.constants import IMAGENET_MEAN, IMAGENET_STD
 from openocr_cli.errors import UserError
 
 LIMIT_TYPES = ("max", "min", "resize_long")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# The DetResizeForTest parameters ResizeSpec.from_params reads (config checks accept exactly these).
+RESIZE_PARAMS = ("image_shape", "keep_ratio", "limit_side_len", "limit_type", "resize_long")
 
 
 @dataclass(frozen=True)
@@ -98,15 +99,24 @@ def resize_for_test(image: np.ndarray, spec: ResizeSpec) -> tuple[np.ndarray, tu
 
 
 class Normalizer:
-    """(x/255 - mean) / std per channel, positionally on BGR data (OpenOCR's quirk), HWC -> CHW float32."""
+    """(x * scale - mean) / std per channel, positionally on BGR data (OpenOCR's quirk), in float32.
 
-    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+    Calling it turns an HWC image into the network's contiguous CHW input; `normalize` keeps the
+    layout (the training op NormalizeImage uses it for HWC and CHW images).
+    """
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 scale: float = 1.0 / 255.0):
         if len(mean) != 3 or len(std) != 3 or any(s == 0 for s in std):
             raise UserError("mean and std need three values each, and std must not contain 0.", exit_code=2)
-        self.scale = np.float32(1.0 / 255.0)
+        self.scale = np.float32(scale)
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
 
+    def normalize(self, image: np.ndarray, channels_first: bool = False) -> np.ndarray:
+        """Normalised float32 copy of an HWC (or, with channels_first, CHW) image."""
+        shape = (3, 1, 1) if channels_first else (3,)
+        return (image.astype(np.float32) * self.scale - self.mean.reshape(shape)) / self.std.reshape(shape)
+
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        out = (image.astype(np.float32) * self.scale - self.mean) / self.std
-        return np.ascontiguousarray(out.transpose(2, 0, 1))
+        return np.ascontiguousarray(self.normalize(image).transpose(2, 0, 1))

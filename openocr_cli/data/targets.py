@@ -12,30 +12,16 @@ from typing import Any
 
 import cv2
 import numpy as np
-import pyclipper
 from shapely.geometry import Polygon
 
-
-def _as_poly_list(polys) -> list[np.ndarray]:
-    """(K, P, 2) arrays, empty arrays or lists of (P, 2) arrays -> list of float64 copies."""
-    if polys is None or (isinstance(polys, np.ndarray) and polys.size == 0):
-        return []
-    return [np.array(p, dtype=np.float64).reshape(-1, 2) for p in polys]
+from openocr_cli.geometry import as_poly_list, offset_polygon
 
 
-def _offset(poly: np.ndarray, delta: float) -> list:
-    """Round-joined pyclipper offset; vertices are truncated toward zero as pyclipper does."""
-    pco = pyclipper.PyclipperOffset()
-    pco.AddPath(np.trunc(poly).astype(np.int64).tolist(), pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON)
-    return pco.Execute(delta)
-
-
-def _scheduled_ratio(shrink_ratio: float, kwargs: dict) -> float:
+def _scheduled_ratio(shrink_ratio: float, epoch: Any, total_epoch: Any) -> float:
     """OpenOCR's (dead, epoch is always 0) shrink-ratio schedule, kept for config parity."""
-    epoch, total = kwargs.get("epoch"), kwargs.get("total_epoch")
-    if epoch is None or total is None or epoch == "None":
+    if epoch is None or total_epoch is None or epoch == "None":
         return float(shrink_ratio)
-    return shrink_ratio + 0.2 * float(epoch) / float(total)
+    return shrink_ratio + 0.2 * float(epoch) / float(total_epoch)
 
 
 _CHUNK = 1 << 15  # edges x pixels per work buffer: bounded memory, stays in cache
@@ -122,14 +108,14 @@ def make_border_map(polys, ignore: Sequence[bool], shape, shrink_ratio: float = 
     canvas = np.zeros((h, w), dtype=np.float32)
     mask = np.zeros((h, w), dtype=np.float32)
     ws = _Workspace()
-    for poly, ign in zip(_as_poly_list(polys), ignore):
+    for poly, ign in zip(as_poly_list(polys), ignore):
         if ign:
             continue
         shp = Polygon(poly)
         if shp.area <= 0:
             continue
         dist = shp.area * (1 - np.power(shrink_ratio, 2)) / shp.length
-        expanded = _offset(poly, dist)
+        expanded = offset_polygon(poly, dist)
         if not expanded:  # quirk 26: OpenOCR raises and resamples; we skip the polygon
             continue
         q = np.array(expanded[0], dtype=np.int32)
@@ -159,7 +145,7 @@ def make_shrink_map(polys, ignore: Sequence[bool], shape, shrink_ratio: float = 
     h, w = int(shape[0]), int(shape[1])
     gt = np.zeros((h, w), dtype=np.float32)
     mask = np.ones((h, w), dtype=np.float32)
-    plist = _as_poly_list(polys)
+    plist = as_poly_list(polys)
     flags = np.array([bool(v) for v in ignore], dtype=bool)[:len(plist)]
     for i, poly in enumerate(plist):
         np.clip(poly[:, 0], 0, w - 1, out=poly[:, 0])
@@ -181,7 +167,7 @@ def make_shrink_map(polys, ignore: Sequence[bool], shape, shrink_ratio: float = 
         shrunk = []
         for ratio in ratios:
             dist = shp.area * (1 - np.power(ratio, 2)) / shp.length
-            shrunk = _offset(poly, -dist)
+            shrunk = offset_polygon(poly, -dist)
             if len(shrunk) == 1:
                 break
         if not shrunk:
@@ -200,10 +186,11 @@ def make_shrink_map(polys, ignore: Sequence[bool], shape, shrink_ratio: float = 
 
 
 class MakeBorderMap:
-    """Transform op adding `threshold_map` / `threshold_mask`; extra config keys are ignored."""
+    """Transform op adding `threshold_map` / `threshold_mask`."""
 
-    def __init__(self, shrink_ratio: float = 0.4, thresh_min: float = 0.3, thresh_max: float = 0.7, **kwargs: Any):
-        self.shrink_ratio = _scheduled_ratio(shrink_ratio, kwargs)
+    def __init__(self, shrink_ratio: float = 0.4, thresh_min: float = 0.3, thresh_max: float = 0.7,
+                 epoch: Any = None, total_epoch: Any = None):
+        self.shrink_ratio = _scheduled_ratio(shrink_ratio, epoch, total_epoch)
         self.thresh_min = thresh_min
         self.thresh_max = thresh_max
 
@@ -220,8 +207,8 @@ class MakeBorderMap:
 class MakeShrinkMap:
     """Transform op adding `shrink_map` / `shrink_mask` and replacing `polys` / `ignore_tags`."""
 
-    def __init__(self, shrink_ratio: float = 0.4, min_text_size: int = 8, **kwargs: Any):
-        self.shrink_ratio = _scheduled_ratio(shrink_ratio, kwargs)
+    def __init__(self, min_text_size: int = 8, shrink_ratio: float = 0.4, epoch: Any = None, total_epoch: Any = None):
+        self.shrink_ratio = _scheduled_ratio(shrink_ratio, epoch, total_epoch)
         self.min_text_size = min_text_size
 
     def __call__(self, data: dict) -> dict:

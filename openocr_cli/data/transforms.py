@@ -1,24 +1,31 @@
 """The training transform chain, built from the config's `Train.dataset.transforms` list.
 
-Op names and parameters are OpenOCR's, so an OpenOCR YAML works unchanged. Each op takes and
-returns a sample dict (`image`, `polys`, `ignore_tags`, `texts`, ...); None drops the sample.
+Op names and parameters are OpenOCR's, so an OpenOCR YAML works unchanged, and a name or
+parameter OpenOCR would not know is an error. Each op takes and returns a sample dict (`image`,
+`polys`, `ignore_tags`, `texts`, ...); None drops the sample.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
 from typing import Any, Optional
 
 import cv2
 import numpy as np
 
+from openocr_cli.constants import IMAGENET_MEAN, IMAGENET_STD
+from openocr_cli.data.augment import CopyPaste, EastRandomCropData, IaaAugment
+from openocr_cli.data.resize import RESIZE_PARAMS, Normalizer
+from openocr_cli.data.targets import MakeBorderMap, MakeShrinkMap
 from openocr_cli.errors import UserError
+from openocr_cli.geometry import pad_vertices
+from openocr_cli.suggest import did_you_mean
 
 
 class DecodeImage:
     """Raw file bytes -> HWC uint8 BGR (3 channels, EXIF orientation applied)."""
 
-    def __init__(self, img_mode: str = "BGR", channel_first: bool = False, ignore_orientation: bool = False, **_: Any):
+    def __init__(self, img_mode: str = "BGR", channel_first: bool = False, ignore_orientation: bool = False):
         if img_mode not in ("BGR", "RGB", "GRAY"):
             raise UserError(f"DecodeImage.img_mode '{img_mode}' is not supported; use BGR, RGB or GRAY.")
         self.img_mode, self.channel_first = img_mode, channel_first
@@ -47,15 +54,12 @@ class DetLabelEncode:
     An image with no region at all yields None, as in OpenOCR (the sample is replaced).
     """
 
-    def __init__(self, **_: Any):
-        pass
-
     def __call__(self, data: dict) -> Optional[dict]:
         polys = data.pop("regions")
         if not polys:
             return None
         width = max(len(p) for p in polys)
-        padded = np.stack([np.concatenate([p, np.repeat(p[-1:], width - len(p), axis=0)]) for p in polys])
+        padded = np.stack([pad_vertices(p, width) for p in polys])
         data["polys"] = padded.astype(np.float32)
         data["texts"] = list(data.pop("region_texts"))
         data["ignore_tags"] = np.array(data.pop("region_ignore"), dtype=bool)
@@ -63,18 +67,21 @@ class DetLabelEncode:
 
 
 class NormalizeImage:
-    """(x * scale - mean) / std, positionally over the last axis (hwc) as OpenOCR does on BGR."""
+    """(x * scale - mean) / std, positionally over the channels (BGR data, as OpenOCR does).
 
-    def __init__(self, scale: Any = 1.0 / 255.0, mean=None, std=None, order: str = "chw", **_: Any):
+    `order` names the layout of the incoming image: hwc (after DecodeImage) or chw.
+    """
+
+    def __init__(self, scale: Any = 1.0 / 255.0, mean=None, std=None, order: str = "chw"):
         if isinstance(scale, str):
             scale = _parse_fraction(scale)
-        shape = (3, 1, 1) if order == "chw" else (1, 1, 3)
-        self.scale = np.float32(scale)
-        self.mean = np.array(mean or [0.485, 0.456, 0.406], np.float32).reshape(shape)
-        self.std = np.array(std or [0.229, 0.224, 0.225], np.float32).reshape(shape)
+        if order not in ("chw", "hwc"):
+            raise UserError(f"NormalizeImage.order '{order}' is not supported; use hwc or chw.")
+        self.channels_first = order == "chw"
+        self.normalizer = Normalizer(mean or IMAGENET_MEAN, std or IMAGENET_STD, scale)
 
     def __call__(self, data: dict) -> dict:
-        data["image"] = (data["image"].astype(np.float32) * self.scale - self.mean) / self.std
+        data["image"] = self.normalizer.normalize(data["image"], self.channels_first)
         return data
 
 
@@ -88,43 +95,78 @@ def _parse_fraction(text: str) -> float:
 
 
 class ToCHWImage:
-    def __init__(self, **_: Any):
-        pass
-
     def __call__(self, data: dict) -> dict:
         data["image"] = np.ascontiguousarray(data["image"].transpose(2, 0, 1))
         return data
 
 
 class KeepKeys:
-    def __init__(self, keep_keys=(), **_: Any):
+    def __init__(self, keep_keys=()):
         self.keep_keys = list(keep_keys)
 
     def __call__(self, data: dict) -> list:
         return [data[k] for k in self.keep_keys]
 
 
-def _registry() -> dict[str, Callable]:
-    from openocr_cli.data.augment import CopyPaste, EastRandomCropData, IaaAugment
-    from openocr_cli.data.targets import MakeBorderMap, MakeShrinkMap
+_TRAIN_OPS: dict[str, type] = {cls.__name__: cls for cls in (
+    DecodeImage, DetLabelEncode, CopyPaste, IaaAugment, EastRandomCropData, MakeBorderMap, MakeShrinkMap,
+    NormalizeImage, ToCHWImage, KeepKeys)}
 
-    return {cls.__name__: cls for cls in (DecodeImage, DetLabelEncode, CopyPaste, IaaAugment, EastRandomCropData,
-                                          MakeBorderMap, MakeShrinkMap, NormalizeImage, ToCHWImage, KeepKeys)}
+# Test-time ops: only their parameters are checked here (data.resize applies them).
+_TEST_OPS = {"DetResizeForTest": RESIZE_PARAMS}
+KNOWN_OPS = tuple(sorted([*_TRAIN_OPS, *_TEST_OPS]))
+
+
+def op_parameters(name: str) -> tuple[str, ...]:
+    """The parameter names transform `name` accepts, sorted (a training op's from its signature)."""
+    if name in _TEST_OPS:
+        return tuple(sorted(_TEST_OPS[name]))
+    return tuple(sorted(inspect.signature(_TRAIN_OPS[name]).parameters))
+
+
+def validate_ops(op_configs: list, where: str) -> None:
+    """Check a `- Name: {params}` transform list (names and parameter names only, nothing is built).
+
+    `where` is the list's key path, e.g. `Train.dataset.transforms`; every problem is a UserError
+    naming the full key path of the offending entry and, when one is close, the valid spelling.
+    """
+    if not isinstance(op_configs, (list, tuple)):
+        raise UserError(f"{where} must be a list of transforms like `- Name: {{params}}`, got {op_configs!r}.")
+    for i, entry in enumerate(op_configs):
+        path = f"{where}.{i}"
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise UserError(f"{path} must be one transform like `- Name: {{params}}`, got {entry!r}.")
+        (name, params), = entry.items()
+        if name not in KNOWN_OPS:
+            raise UserError(f"{path}.{name} is not a transform openocr-det knows"
+                            f"{did_you_mean(name, KNOWN_OPS, f'{path}.')}. Known: {', '.join(KNOWN_OPS)}.")
+        if params is None:
+            continue
+        if not isinstance(params, dict):
+            raise UserError(f"{path}.{name} must be a mapping of parameters (or empty), got {params!r}.")
+        accepted = op_parameters(name)
+        for key in params:
+            if key not in accepted:
+                hint = did_you_mean(key, accepted, f"{path}.{name}.")
+                listing = f"Its parameters: {', '.join(accepted)}." if accepted else f"{name} takes no parameters."
+                raise UserError(f"{path}.{name}.{key} is not a parameter of {name}{hint}. {listing}")
 
 
 def build_ops(op_configs: list, global_cfg: Optional[dict] = None, epoch: Optional[int] = None) -> list:
-    """Instantiate each `{Name: params}` entry; Global keys are passed to every op, as OpenOCR does."""
-    registry = _registry()
+    """Validate, then instantiate each `{Name: params}` entry of `Train.dataset.transforms`.
+
+    Each op gets exactly its own parameters, plus `epoch` for MakeBorderMap / MakeShrinkMap.
+    `global_cfg` is deprecated and ignored (Global keys no longer reach the ops).
+    """
+    where = "Train.dataset.transforms"
+    validate_ops(op_configs, where)
     ops = []
-    for entry in op_configs or []:
-        if not isinstance(entry, dict) or len(entry) != 1:
-            raise UserError(f"each transform must be a mapping like '- Name: {{params}}', got {entry!r}.")
+    for i, entry in enumerate(op_configs):
         (name, params), = entry.items()
-        if name not in registry:
-            raise UserError(f"transform '{name}' is not supported; openocr-det knows {', '.join(sorted(registry))}.")
+        if name not in _TRAIN_OPS:
+            raise UserError(f"{where}.{i}.{name} is a test-time transform; the training chain cannot use it.")
         kwargs = dict(params or {})
         if epoch is not None and name in ("MakeBorderMap", "MakeShrinkMap"):
             kwargs["epoch"] = epoch
-        kwargs.update(global_cfg or {})
-        ops.append(registry[name](**kwargs))
+        ops.append(_TRAIN_OPS[name](**kwargs))
     return ops
