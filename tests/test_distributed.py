@@ -64,7 +64,8 @@ def test_launcher_flag_helpers():
     assert strip_launcher_flags(argv) == ["train", "--epochs", "3", "-o", "x=1"]
     assert LaunchPlan(4).launcher_args() == ["--nproc-per-node", "4", "--standalone"]
     assert LaunchPlan(1, 2, 1, "10.0.0.1", 29400).launcher_args() == [
-        "--nproc-per-node", "1", "--nnodes", "2", "--node-rank", "1", "--master-addr", "10.0.0.1", "--master-port", "29400"]
+        "--nproc-per-node", "1", "--nnodes", "2", "--node-rank", "1", "--master-addr", "10.0.0.1",
+        "--master-port", "29400"]
     assert "--rdzv-endpoint" in LaunchPlan(2, 2, 0, rdzv_endpoint="h:1").launcher_args()
 
 
@@ -77,7 +78,8 @@ def test_two_process_training_matches_single_process_eval(tmp_path, data, consta
             "--nproc-per-node", "2", *SMALL]
     res = run(args)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["best.pth", "config.yml", "latest.pth", "metrics.jsonl", "train.log"]
+    run_files = ["best.pth", "config.yml", "latest.pth", "metrics.jsonl", "train.log"]
+    assert sorted(p.name for p in out.iterdir()) == run_files
     log = (out / "train.log").read_text()
     assert "world size 2" in log and "effective batch 4" in log
     assert log.count("cur metric") == 2  # rank 0 alone writes the log
@@ -90,7 +92,8 @@ def test_two_process_training_matches_single_process_eval(tmp_path, data, consta
     assert not any(k.startswith("module.") for k in latest["state_dict"])
 
     single = run(["eval", "--weights", str(out / "latest.pth"), "--data-dir", str(ev), "--label-file",
-                  str(ev / "labels.txt"), "--device", "cpu", "--limit-side-len", "128", "--json", str(tmp_path / "m.json")])
+                  str(ev / "labels.txt"), "--device", "cpu", "--limit-side-len", "128",
+                  "--json", str(tmp_path / "m.json")])
     assert single.returncode == 0, single.stderr
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["precision"] == pytest.approx(2 / 3) and metrics["recall"] == pytest.approx(2 / 3)
@@ -102,6 +105,28 @@ def test_two_process_training_matches_single_process_eval(tmp_path, data, consta
     assert res.returncode == 0, res.stderr[-3000:]
     latest = torch.load(out / "latest.pth", weights_only=True)
     assert latest["epoch"] == 3 and latest["world_size"] == 1 and latest["global_step"] == 8
+
+
+def test_labels_are_validated_once_before_the_launch(tmp_path, data):
+    """A bad label line is refused by the launching process: no worker starts, no torchrun failure report."""
+    synth, _ = data
+    labels = tmp_path / "train.txt"
+    lines = synth.train_label.read_text().splitlines()
+    labels.write_text("\n".join(lines[:2] + ["train/none.png\t[]"] + lines[2:]) + "\n")
+    out = tmp_path / "run"
+    args = train_args(synth, out, "--epochs", "1", "--nproc-per-node", "2")
+    args[args.index(str(synth.train_label))] = str(labels)
+    res = run(args)
+    assert res.returncode == 1
+    flat = " ".join(res.stderr.split())
+    assert f"{labels}:3: " in flat and "--skip-bad" in flat
+    assert "torch.distributed" not in res.stderr and "ChildFailedError" not in res.stderr
+    assert not out.exists() or not any(out.iterdir())
+    # with --skip-bad the launcher hands the validated samples to both ranks, then removes the hand-over file
+    res = run(args + ["--skip-bad"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert " ".join(res.stderr.split()).count("skipped 1 bad label line(s)") == 1  # validated once, not per rank
+    assert not list(out.glob(".validated_labels*"))
 
 
 def test_two_node_run_on_localhost(tmp_path, data):

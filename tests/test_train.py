@@ -264,3 +264,168 @@ def test_sampler_splits_pads_and_resumes():
     assert list(resumed) == keys[0][1:] and len(resumed) == 2
     tiny = ResumableSampler(1, seed=0, rank=3, world_size=4)
     assert [i for _, _, i in tiny] == [0]
+
+
+class Recorder:
+    """A trainer subscriber that keeps every event it sees."""
+
+    def __init__(self):
+        self.steps, self.evals, self.epochs, self.ended = [], [], 0, False
+
+    def on_step(self, trainer, report):
+        self.steps.append(report)
+
+    def on_eval(self, trainer, report):
+        self.evals.append(report)
+
+    def on_epoch_end(self, trainer):
+        self.epochs += 1
+
+    def on_train_end(self, trainer):
+        self.ended = True
+
+
+def test_eval_cadence_keeps_its_start_and_window_is_configurable(tmp_path, synth):
+    """eval_batch_step [3, 2] evaluates at steps 5, 7, ... (not 2, 4, 6); log_smooth_window sets the median."""
+    settings = small_settings(synth, tmp_path / "run", epochs=2, eval_every=None, overrides=[
+        "Global.eval_batch_step=[3, 2]", "Global.eval_epoch_step=[100, 1]", "Global.log_smooth_window=2",
+        "Global.print_batch_step=1", "Global.save_epoch_step=[1, 1]"])
+    seen = Recorder()
+    Trainer(settings, load_run_data(settings, skip_bad=False), torch.device("cpu"), callbacks=[seen]).train()
+    assert [r.global_step for r in seen.evals] == [5]
+    assert seen.epochs == 2 and seen.ended
+    assert (tmp_path / "run" / "epoch_2.pth").exists() and not (tmp_path / "run" / "epoch_1.pth").exists()
+    losses = [r.losses["loss"] for r in seen.steps]
+    for i, report in enumerate(seen.steps):
+        window = losses[max(0, i - 1):i + 1]
+        assert report.smoothed["loss"] == pytest.approx(sorted(window)[len(window) // 2] if len(window) == 1
+                                                        else sum(window) / 2)
+
+
+def test_subscriber_can_stop_training(tmp_path, synth):
+    class StopAtThree(Recorder):
+        def on_step(self, trainer, report):
+            super().on_step(trainer, report)
+            if report.global_step == 3:
+                trainer.request_stop("enough")
+
+    settings = small_settings(synth, tmp_path / "run", epochs=5)
+    trainer = Trainer(settings, load_run_data(settings, skip_bad=False), torch.device("cpu"),
+                      callbacks=[StopAtThree()])
+    trainer.train()
+    assert trainer.state.global_step == 3 and trainer.stop_reason == "enough"
+    assert torch.load(tmp_path / "run" / "latest.pth", weights_only=True)["global_step"] == 3
+
+
+def test_global_checkpoints_resumes_from_that_file(cli, tmp_path, synth):
+    out = tmp_path / "run"
+    code, _, err = cli(*train_args(synth, out, "--epochs", "1"))
+    assert code == 0, err
+    code, stdout, err = cli(*train_args(synth, out, "--epochs", "2", "-o", f"Global.checkpoints={out / 'latest.pth'}"))
+    assert code == 0, err
+    latest = torch.load(out / "latest.pth", weights_only=True)
+    assert (latest["epoch"], latest["global_step"]) == (2, 6)  # continued: 3 steps of epoch 2 after step 3
+    code, _, err = cli(*train_args(synth, tmp_path / "x", "--epochs", "1", "-o", "Global.checkpoints=nope.pth"))
+    assert code == 1 and "Global.checkpoints" in err and "does not exist" in err
+
+
+OPENOCR_REPVIT_DB = """\
+Global:
+  device: gpu
+  epoch_num: &epoch_num 500
+  log_smooth_window: 20
+  print_batch_step: 100
+  output_dir: ./output/det_repsvtr_db
+  save_epoch_step: [400, 25]
+  eval_batch_step:
+  - 0
+  - 1000
+  cal_metric_during_train: false
+  checkpoints:
+  pretrained_model: openocr_det_repvit_ch.pth
+  save_inference_dir: null
+  use_tensorboard: false
+  infer_img:
+  save_res_path: ./checkpoints/det_db/predicts_db.txt
+  distributed: true
+  model_type: det
+Architecture:
+  algorithm: DB_mobile
+  Backbone: {name: RepSVTR_det}
+  Neck: {name: RSEFPN, out_channels: 96, shortcut: True}
+  Head: {name: DBHead, k: 50}
+Loss: {name: DBLoss, balance_loss: true, main_loss_type: DiceLoss, alpha: 5, beta: 10, ohem_ratio: 3}
+Optimizer: {name: Adam, lr: 0.001, weight_decay: 5.0e-05, filter_bias_and_bn: False}
+LRScheduler: {name: CosineAnnealingLR, warmup_epoch: 2}
+PostProcess: {name: DBPostProcess, thresh: 0.3, box_thresh: 0.6, max_candidates: 1000, unclip_ratio: 1.5,
+              score_mode: 'slow'}
+Metric: {name: DetMetric, main_indicator: hmean}
+Train:
+  dataset:
+    name: SimpleDataSet
+    data_dir: ../icdar2015/text_localization/
+    label_file_list: [../icdar2015/text_localization/train_icdar2015_label.txt]
+    ratio_list: [1.0]
+    transforms:
+    - DecodeImage: {img_mode: BGR, channel_first: false}
+    - DetLabelEncode: null
+    - CopyPaste: null
+    - IaaAugment:
+        augmenter_args:
+        - {type: Fliplr, args: {p: 0.5}}
+        - {type: Affine, args: {rotate: [-10, 10]}}
+        - {type: Resize, args: {size: [0.5, 3]}}
+    - EastRandomCropData: {size: [640, 640], max_tries: 50, keep_ratio: true}
+    - MakeBorderMap: {shrink_ratio: 0.4, thresh_min: 0.3, thresh_max: 0.7, total_epoch: *epoch_num}
+    - MakeShrinkMap: {shrink_ratio: 0.4, min_text_size: 8, total_epoch: *epoch_num}
+    - NormalizeImage: {scale: 1./255., mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225], order: hwc}
+    - ToCHWImage: null
+    - KeepKeys: {keep_keys: [image, threshold_map, threshold_mask, shrink_map, shrink_mask]}
+  loader: {shuffle: true, drop_last: false, batch_size_per_card: 8, num_workers: 8}
+Eval:
+  dataset:
+    name: SimpleDataSet
+    data_dir: ../icdar2015/text_localization/
+    label_file_list: [../icdar2015/text_localization/test_icdar2015_label.txt]
+    transforms:
+    - DecodeImage: {img_mode: BGR, channel_first: false}
+    - DetLabelEncode: null
+    - DetResizeForTest: {limit_side_len: 960, limit_type: max}
+    - NormalizeImage: {scale: 1./255., mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225], order: hwc}
+    - ToCHWImage: null
+    - KeepKeys: {keep_keys: [image, shape, polys, ignore_tags]}
+  loader: {shuffle: false, drop_last: false, batch_size_per_card: 1, num_workers: 2}
+profiler_options: null
+"""
+
+
+def test_openocr_repvit_db_yml_loads_and_trains_with_ignored_keys_listed_once(cli, tmp_path, synth):
+    """OpenOCR's own config (same keys and values, written out here) trains unchanged; keys without effect
+    in openocr-det are listed once in train.log."""
+    config = tmp_path / "repvit_db.yml"
+    config.write_text(OPENOCR_REPVIT_DB)
+    out = tmp_path / "run"
+    code, stdout, err = cli(*train_args(synth, out, "--epochs", "1", "--config", config))
+    assert code == 0, err + stdout
+    log = (out / "train.log").read_text()
+    ignored = [line for line in log.splitlines() if "(ignored)" in line]
+    assert len(ignored) == 1
+    for key in ("Global.save_inference_dir", "Global.infer_img", "Global.distributed", "profiler_options"):
+        assert key in ignored[0]
+    typo = tmp_path / "typo.yml"
+    typo.write_text(OPENOCR_REPVIT_DB.replace("print_batch_step", "print_batch_steps"))
+    code, _, err = cli(*train_args(synth, tmp_path / "t", "--config", typo))
+    flat = " ".join(err.split())
+    assert code == 1 and "did you mean `Global.print_batch_step`?" in flat and "validating" not in flat
+
+
+def test_debug_prints_the_chained_traceback(cli, tmp_path, monkeypatch):
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"not a checkpoint at all")
+    monkeypatch.setenv("OPENOCR_DET_DEBUG", "")  # --debug sets it in this process; restored afterwards
+    code, _, err = cli("export", "--weights", broken, "--output", tmp_path / "m.onnx")
+    assert code == 1 and "broken.pth" in err and "Traceback" not in err
+    code, _, debug_err = cli("--debug", "export", "--weights", broken, "--output", tmp_path / "m.onnx")
+    assert code == 1 and "Traceback" in debug_err and "UnpicklingError" in debug_err
+    assert "direct cause" in debug_err  # the original exception is shown, then our one-paragraph message
+    assert debug_err.rstrip().endswith(err.rstrip().splitlines()[-1])

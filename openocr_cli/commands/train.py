@@ -12,7 +12,7 @@ import typer
 
 from openocr_cli import config as cfgmod
 from openocr_cli.checkpoint import read_checkpoint
-from openocr_cli.data.run_data import VALIDATED_ENV, VALIDATED_NAME, RunData, run_data
+from openocr_cli.data.run_data import VALIDATED_ENV, RunData, run_data
 from openocr_cli.engine import distributed as ddp
 from openocr_cli.errors import UserError
 from openocr_cli.settings import RESUME_FLAGS, TrainSettings, apply_flags
@@ -120,7 +120,7 @@ def _launch_or_run(plan: Optional[ddp.LaunchPlan], settings: TrainSettings, data
     if plan is None:
         run(settings, data, resume=resume, resume_from=resume_from)
         return
-    handed = data.save(settings.output_dir / VALIDATED_NAME)
+    handed = data.save(settings.output_dir)
     try:
         code = ddp.launch(plan, sys.argv[1:], env={VALIDATED_ENV: str(handed.resolve())})
     finally:

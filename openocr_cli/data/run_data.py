@@ -21,7 +21,6 @@ from openocr_cli.settings import TrainSettings
 from openocr_cli.ui import console, warn
 
 VALIDATED_ENV = "OPENOCR_DET_VALIDATED_DATA"
-VALIDATED_NAME = ".validated_labels.json"
 
 
 @dataclass
@@ -31,10 +30,14 @@ class RunData:
     train: list[LabelSample]
     eval: list[LabelSample] = field(default_factory=list)
 
-    def save(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def save(self, folder: Path) -> Path:
+        """Write the samples for the workers of this launch (a name of its own: launchers may share a folder)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f".validated_labels.{os.getpid()}.json"
         payload = {"train": [_sample_dict(s) for s in self.train], "eval": [_sample_dict(s) for s in self.eval]}
-        path.write_text(json.dumps(payload), encoding="utf-8")
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(payload), encoding="utf-8")
+        os.replace(tmp, path)
         return path
 
     @classmethod
