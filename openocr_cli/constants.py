@@ -1,6 +1,6 @@
 """Numbers several modules must agree on, kept in one place so they cannot drift apart."""
 
-# ImageNet statistics in RGB order, applied positionally to OpenOCR's BGR images (a kept quirk:
+# ImageNet statistics in RGB order, applied positionally to OpenOCR's BGR images (openocr-compat: bgr-imagenet;
 # the released weights were trained that way).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -1,9 +1,9 @@
-"""DBNet training loss, numerically equal to OpenOCR's DBLoss for `repvit_db.yml` (spec section 5).
+"""DBNet training loss, numerically equal to OpenOCR's DBLoss for `repvit_db.yml` (openocr-compat: balance-loss).
 
 Terms (already weighted): 5 * balanced Dice on the probability map P, 10 * masked L1 on the
 threshold map T, 1 * Dice on the approximate binary map B. Two behaviours are kept on purpose
-(spec quirk 2): the "OHEM" balance around Dice is a no-op scaling, and the shrink term is exactly
-zero for a batch without positive pixels. One is fixed (quirk 27): `loss` is a scalar.
+(openocr-compat: balance-loss): the "OHEM" balance around Dice is a no-op scaling, and the shrink term is exactly
+zero for a batch without positive pixels. One is fixed (openocr-compat: loss-scalar): `loss` is a scalar.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """OpenOCR's IoU detection metric (DetMetric + DetectionIoUEvaluator), same numbers.
 
-Kept as in the reference on purpose (spec section 7, quirk 25): invalid GT polygons vanish from
+Kept as in the reference on purpose (openocr-compat: invalid-gt): invalid GT polygons vanish from
 the count, IoU must be strictly above 0.5, and matching is greedy in GT order, then det order.
 """
 

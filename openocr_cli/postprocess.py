@@ -2,7 +2,7 @@
 
 Every rounding, ordering and threshold rule below follows OpenOCR's DBPostProcess, because the
 boxes feed the detection metric and small differences change its numbers. The one deliberate
-change (spec quirk 22): settings never change after construction.
+change (openocr-compat: postprocess-overrides): settings never change after construction.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def _to_source(pts: np.ndarray, map_h: int, map_w: int, src_h: float, src_w: flo
     """Scale map coordinates to the source image: half-to-even rounding, clip to [0, src] inclusive.
 
     Arithmetic mirrors the reference: the division runs in the points' own dtype (float32 for
-    quads), the multiplication by the float64 source size in float64 (spec quirk 21).
+    quads), the multiplication by the float64 source size in float64 (openocr-compat: box-mapping).
     """
     out = np.empty(pts.shape, np.float64)
     out[:, 0] = np.clip(np.round((pts[:, 0] / map_w).astype(np.float64) * src_w), 0, src_w)

@@ -198,10 +198,6 @@ class TrainSettings:
     eval_data: DataSource
     ignored: list[str] = field(default_factory=list)
 
-    @property
-    def lr(self) -> float:
-        return self.optimizer["lr"]
-
     @classmethod
     def from_config(cls, cfg: dict) -> TrainSettings:
         """Check `cfg` (schema, types, ranges) and read it; UserErrors name the config key."""

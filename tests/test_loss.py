@@ -1,4 +1,4 @@
-"""DBLoss against hand-written formulas on tiny maps (spec section 5, quirks 2 and 27)."""
+"""DBLoss against hand-written formulas on tiny maps (openocr-compat: balance-loss, loss-scalar)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DB targets: the vectorised maps against a slow, literal reading of spec 2.6 / 2.7."""
+"""DB targets: the vectorised maps against a slow, literal reading of OpenOCR's formulas."""
 
 from __future__ import annotations
 
@@ -284,7 +284,7 @@ def test_signed_area_reversal():
     assert flags.tolist() == [True]
 
 
-def test_quirk26_skips_do_not_raise():
+def test_border_map_skips_do_not_raise():
     speck = np.array([[0.1, 0.1], [0.9, 0.1], [0.9, 0.9], [0.1, 0.9]])  # truncates to one point
     right = _rect(70, 10, 90, 30)    # expanded box starts beyond the last column
     below = _rect(10, 70, 30, 90)

@@ -1,7 +1,7 @@
 """Geometric training augmentations: CopyPaste, IaaAugment and EastRandomCropData.
 
-They reproduce OpenOCR's ops (reference §2.3-2.5), including the random-number usage that shapes
-the crop/paste distribution, with the fixes of quirks 6, 7 and 10. Every op takes and returns a
+They reproduce OpenOCR's ops (docs/openocr-compat.md), including the random-number usage that shapes
+the crop/paste distribution, with the fixes crop-regions, numpy2-crop and augment-seeds. Every op takes and returns a
 sample dict with `image` (HWC uint8 BGR), `polys` (K, P, 2), `ignore_tags` (K,) bool and `texts`.
 """
 
@@ -58,7 +58,7 @@ def rotate_like_pil(crop: np.ndarray, angle: int) -> tuple[np.ndarray, np.ndarra
 
 
 class CopyPaste:
-    """Paste non-ignored text crops of one other training image at free spots of this one (§2.3).
+    """Paste non-ignored text crops of one other training image at free spots of this one.
 
     Python `random` shuffles and places, NumPy's global RNG draws the angle, in OpenOCR's order.
     """
@@ -177,7 +177,7 @@ def _albu_step(kind: str, args: dict) -> A.BasicTransform:
 
 
 class IaaAugment:
-    """Flip / rotate / scale image and polygon vertices together (§2.4).
+    """Flip / rotate / scale image and polygon vertices together.
 
     Consecutive flip/affine entries form one albumentations Compose (own generators, see `reseed`);
     Resize is a plain step on NumPy's global RNG. Polygons come back as float64 (K, P, 2).
@@ -206,7 +206,7 @@ class IaaAugment:
             pending.clear()
 
     def reseed(self, seed: int) -> None:
-        """Fix of quirk 10: give every albumentations transform its own reproducible stream.
+        """openocr-compat: augment-seeds: give every albumentations transform its own reproducible stream.
 
         Compose.set_random_seed would hand all transforms the same seed (flip and angle would then
         be drawn from identical streams), so each gets a seed derived from (seed, position).
@@ -240,7 +240,7 @@ def _derive_seed(seed: int, *path: int) -> int:
 # --------------------------------------------------------------------------------------------
 
 def split_regions(axis: np.ndarray) -> list[np.ndarray]:
-    """Runs of consecutive integers in a sorted axis, WITHOUT the last run (OpenOCR bug, kept §10.6)."""
+    """Runs of consecutive integers in a sorted axis, WITHOUT the last run (openocr-compat: crop-regions)."""
     if len(axis) == 0:
         return []
     breaks = np.flatnonzero(np.diff(axis) != 1) + 1
@@ -251,7 +251,7 @@ def _random_span(free: np.ndarray, regions: list[np.ndarray], size: int) -> tupl
     """Two free coordinates, ordered; with >1 region each comes from a randomly drawn region."""
     if len(regions) > 1:
         picks = np.random.choice(len(regions), 2)
-        values = [int(np.random.choice(regions[k], size=1)[0]) for k in picks]  # quirk 7 fix
+        values = [int(np.random.choice(regions[k], size=1)[0]) for k in picks]  # openocr-compat: numpy2-crop
         return min(values), max(values)
     values = np.random.choice(free, size=2)
     return int(np.clip(values.min(), 0, size - 1)), int(np.clip(values.max(), 0, size - 1))
@@ -263,7 +263,7 @@ def crop_area(shape: tuple, care_polys: list, min_side_ratio: float, max_tries: 
     h_occ, w_occ = np.zeros(height, np.int32), np.zeros(width, np.int32)
     for poly in care_polys:
         pts = np.round(poly).astype(np.int32)
-        # Clamped at 0 instead of Python's wrap-around for negative coordinates (quirk 6 fix).
+        # Clamped at 0 instead of Python's wrap-around for negative coordinates (openocr-compat: crop-regions).
         (x0, y0), (x1, y1) = np.maximum(pts.min(axis=0), 0), np.maximum(pts.max(axis=0), 0)
         w_occ[x0:x1] = 1
         h_occ[y0:y1] = 1
@@ -282,7 +282,7 @@ def crop_area(shape: tuple, care_polys: list, min_side_ratio: float, max_tries: 
 
 
 class EastRandomCropData:
-    """Random text-aware crop scaled into a `size` = (width, height) canvas (§2.5).
+    """Random text-aware crop scaled into a `size` = (width, height) canvas.
 
     With keep_ratio the crop keeps its aspect ratio at the top-left of a black canvas. Polygons
     (care and ignored) are kept iff they touch the content area. When none survive, `polys` is an

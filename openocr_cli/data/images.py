@@ -42,7 +42,8 @@ def collect_images(sources: Iterable[str], recursive: bool = False) -> list[str]
                                 f"Supported: {', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))}.")
             found.extend(matches)
         elif glob.has_magic(source):
-            matches = sorted(p for p in glob.glob(source, recursive=recursive) if os.path.isfile(p) and is_image_name(p))
+            matches = sorted(p for p in glob.glob(source, recursive=recursive)
+                             if os.path.isfile(p) and is_image_name(p))
             if not matches:
                 raise UserError(f"pattern {source} matches no image files.")
             found.extend(matches)

@@ -99,7 +99,7 @@ def resize_for_test(image: np.ndarray, spec: ResizeSpec) -> tuple[np.ndarray, tu
 
 
 class Normalizer:
-    """(x * scale - mean) / std per channel, positionally on BGR data (OpenOCR's quirk), in float32.
+    """(x * scale - mean) / std per channel, positionally on BGR data (openocr-compat: bgr-imagenet), in float32.
 
     Calling it turns an HWC image into the network's contiguous CHW input; `normalize` keeps the
     layout (the training op NormalizeImage uses it for HWC and CHW images).

@@ -1,6 +1,6 @@
 """DB training targets: threshold (border) map and shrink (probability) map.
 
-Both follow OpenOCR's MakeBorderMap / MakeShrinkMap number for number (spec sections 2.6, 2.7),
+Both follow OpenOCR's MakeBorderMap / MakeShrinkMap number for number (openocr-compat: border-distance, shrink-retries),
 including the DB "pseudo distance" and the shrink retry ratios, because the released weights
 were trained on exactly these labels. The border map is vectorised over edges x pixels.
 """
@@ -103,7 +103,7 @@ def _blend_border(canvas: np.ndarray, poly: np.ndarray, origin: tuple[int, int],
 
 def make_border_map(polys, ignore: Sequence[bool], shape, shrink_ratio: float = 0.4,
                     thresh_min: float = 0.3, thresh_max: float = 0.7) -> tuple[np.ndarray, np.ndarray]:
-    """Threshold map and mask (float32, `shape`) from the unclipped polygons (spec 2.6)."""
+    """Threshold map and mask (float32, `shape`) from the unclipped polygons (OpenOCR's MakeBorderMap)."""
     h, w = int(shape[0]), int(shape[1])
     canvas = np.zeros((h, w), dtype=np.float32)
     mask = np.zeros((h, w), dtype=np.float32)
@@ -116,13 +116,13 @@ def make_border_map(polys, ignore: Sequence[bool], shape, shrink_ratio: float = 
             continue
         dist = shp.area * (1 - np.power(shrink_ratio, 2)) / shp.length
         expanded = offset_polygon(poly, dist)
-        if not expanded:  # quirk 26: OpenOCR raises and resamples; we skip the polygon
+        if not expanded:  # openocr-compat: border-map-skip
             continue
         q = np.array(expanded[0], dtype=np.int32)
         xmin, ymin = (int(v) for v in q.min(axis=0))
         xmax, ymax = (int(v) for v in q.max(axis=0))
         if xmin > w - 1 or ymin > h - 1 or xmax < 0 or ymax < 0:
-            continue  # quirk 26: the canvas window would wrap around
+            continue  # the window would wrap around (openocr-compat: border-map-skip)
         cv2.fillPoly(mask, [q], 1.0)
         # Only the part of the bbox grid that lands on the canvas is ever used.
         window = (max(xmin, 0), max(ymin, 0), min(xmax, w - 1), min(ymax, h - 1))
@@ -138,7 +138,7 @@ def _signed_area(poly: np.ndarray) -> float:
 
 
 def make_shrink_map(polys, ignore: Sequence[bool], shape, shrink_ratio: float = 0.4, min_text_size: int = 8):
-    """Shrink map and mask (float32, `shape`), plus the clipped/reoriented polygons and flags (spec 2.7).
+    """Shrink map and mask (float32, `shape`), plus the clipped/reoriented polygons and flags (OpenOCR's MakeShrinkMap).
 
     The caller's arrays are not modified; a (K, P, 2) ndarray input gives a (K, P, 2) output.
     """

@@ -85,7 +85,7 @@ def steps_per_epoch(settings: TrainSettings, samples_per_rank: int) -> int:
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, settings: TrainSettings, per_epoch: int):
-    return build_scheduler(optimizer, settings.scheduler, per_epoch, settings.epochs, settings.lr)
+    return build_scheduler(optimizer, settings.scheduler, per_epoch, settings.epochs, settings.optimizer["lr"])
 
 
 def build_sampler(settings: TrainSettings, size: int, role: ddp.Role) -> ResumableSampler:

@@ -27,7 +27,7 @@ def onnx_providers(spec: Optional[str]) -> list[Provider]:
     """Execution providers for a --device value: cpu, cuda, cuda:N (or 'gpu'); default CUDA if present.
 
     Each entry is a name or a (name, options) pair, the form onnxruntime expects (OpenOCR
-    wraps a list in a tuple here, so its GPU sessions never start; spec quirk 29).
+    wraps a list in a tuple here, so its GPU sessions never start; openocr-compat: onnx-gpu-providers).
     """
     available = ort.get_available_providers()
     text = (spec or "").strip().lower().replace("gpu", "cuda")

@@ -1,6 +1,6 @@
 """RSEFPN neck: fuses the four backbone maps into one 1/4-resolution map for the DB head.
 
-Two details are kept exactly as the released weights were trained (spec quirks 18/19): the SE
+Two details are kept exactly as the released weights were trained (openocr-compat: neck-details): the SE
 gate is PyTorch's hard-sigmoid relu6(z + 3) / 6, and p5 comes from in5 (not a top-down sum),
 with the output concatenated as [p5, p4, p3, p2].
 """
