@@ -2,8 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# torch/torchvision: this machine serves these two from local disk; override elsewhere if needed.
-TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# torch: this machine serves it from local disk; override elsewhere if needed.
+TORCH_SPEC ?= torch==2.14.1
 PYTEST_ARGS ?=
 
 .PHONY: install lint test test-fast bench demo demo-run clean
@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC) || $(PY) -m pip install -q torch torchvision
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC) || $(PY) -m pip install -q torch
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 

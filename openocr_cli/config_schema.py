@@ -60,8 +60,8 @@ SCHEMA: dict[str, Node] = {
     "Metric": {"name": USED, "main_indicator": USED},
     "Train": {"dataset": _dataset(), "loader": _LOADER},
     "Eval": {"dataset": _dataset(), "loader": _LOADER},
-    # OpenOCR stores the config file's stem and its own command-line flags at the top level
-    "filename": IGNORED, "config": IGNORED, "local_rank": IGNORED, "eval": IGNORED, "profiler_options": IGNORED,
+    # the config file's stem (both tools store it), then OpenOCR's own command-line flags
+    "filename": USED, "config": IGNORED, "local_rank": IGNORED, "eval": IGNORED, "profiler_options": IGNORED,
 }
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -29,31 +28,33 @@ def _none_or(value: Optional[str]) -> Optional[str]:
     return str(value)
 
 
-def _every(n: int) -> list[int]:
-    return [0, int(n)]
-
-
-# flag -> (config keys it writes, value(s) for those keys)
-TRAIN_FLAGS: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
-    "data_dir": (("Train.dataset.data_dir", "Eval.dataset.data_dir"), lambda d: (str(d), str(d))),
-    "train_label": (("Train.dataset.label_file_list", "Train.dataset.ratio_list"),
-                    lambda files: ([str(p) for p in files], [1.0] * len(files))),
-    "eval_label": (("Eval.dataset.label_file_list",), lambda files: ([str(p) for p in files],)),
-    "weights": (("Global.pretrained_model",), lambda w: (_none_or(w),)),
-    "output": (("Global.output_dir",), lambda p: (str(p),)),
-    "epochs": (("Global.epoch_num",), lambda n: (int(n),)),
-    "lr": (("Optimizer.lr",), lambda v: (float(v),)),
-    "batch_size": (("Train.loader.batch_size_per_card",), lambda n: (int(n),)),
-    "workers": (("Train.loader.num_workers",), lambda n: (int(n),)),
-    "device": (("Global.device",), lambda d: (str(d),)),
-    "seed": (("Global.seed",), lambda n: (int(n),)),
-    "amp": (("Global.use_amp",), lambda b: (bool(b),)),
-    "sync_bn": (("Global.use_sync_bn",), lambda b: (bool(b),)),
-    "eval_every": (("Global.eval_batch_step",), lambda n: (_every(n),)),
-    "save_every": (("Global.save_iter_step",), lambda n: (_every(n),)),
+# flag -> the config key(s) it writes: the one table train and resume go through
+TRAIN_FLAGS: dict[str, tuple[str, ...]] = {
+    "data_dir": ("Train.dataset.data_dir", "Eval.dataset.data_dir"),
+    "train_label": ("Train.dataset.label_file_list", "Train.dataset.ratio_list"),
+    "eval_label": ("Eval.dataset.label_file_list",), "weights": ("Global.pretrained_model",),
+    "output": ("Global.output_dir",), "epochs": ("Global.epoch_num",), "lr": ("Optimizer.lr",),
+    "batch_size": ("Train.loader.batch_size_per_card",), "workers": ("Train.loader.num_workers",),
+    "device": ("Global.device",), "seed": ("Global.seed",), "amp": ("Global.use_amp",),
+    "sync_bn": ("Global.use_sync_bn",), "eval_every": ("Global.eval_batch_step",),
+    "save_every": ("Global.save_iter_step",),
 }
 # what may change when a run is resumed: nothing that would make it a different run
 RESUME_FLAGS = ("epochs", "device", "workers", "eval_every", "save_every")
+
+
+def _flag_values(name: str, value: Any) -> tuple:
+    """The value a flag writes to each of its keys, in OpenOCR's form."""
+    if name in ("train_label", "eval_label"):
+        files = [str(p) for p in value]
+        return (files, [1.0] * len(files)) if name == "train_label" else (files,)
+    if name == "weights":
+        return (_none_or(value),)
+    if name in ("eval_every", "save_every"):
+        return ([0, int(value)],)
+    if name == "data_dir":
+        return (str(value), str(value))
+    return (str(value) if isinstance(value, Path) else value,)
 
 
 def apply_flags(cfg: dict, **flags: Any) -> dict:
@@ -62,8 +63,7 @@ def apply_flags(cfg: dict, **flags: Any) -> dict:
     for name, value in flags.items():
         if value is None or (isinstance(value, (list, tuple)) and not value):
             continue
-        keys, convert = TRAIN_FLAGS[name]
-        for key, converted in zip(keys, convert(value)):
+        for key, converted in zip(TRAIN_FLAGS[name], _flag_values(name, value)):
             _set(cfg, key, converted)
     return cfg
 
@@ -261,10 +261,10 @@ def _scheduler(cfg: dict) -> dict:
 def _check_inference(cfg: dict) -> None:
     """The evaluation settings are used only at the first evaluation: check them before training starts."""
     from openocr_cli.data.resize import ResizeSpec
-    from openocr_cli.postprocess import DBPostProcess
+    from openocr_cli.engine.predictor import make_postprocess
 
     try:
-        DBPostProcess(**cfgmod.postprocess_params(cfg))
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"PostProcess settings are invalid: {exc}.") from exc
+        make_postprocess(cfgmod.postprocess_params(cfg))
+    except UserError as exc:  # a config value here, not a flag: exit 1
+        raise UserError(f"PostProcess section: {exc}") from exc
     ResizeSpec.from_params(cfgmod.resize_params(cfg))

@@ -224,13 +224,20 @@ def test_build_from_packaged_config():
     ({"Head": {"name": "PSEHead"}}, ["Head.name", "DBHead"]),
     ({"Head": {"name": "DBHead", "k": -1}}, ["Head.k"]),
     ({"model_type": "rec"}, ["model_type", "det"]),
-    ({"Backbone": {"name": "RepSVTR_det", "depth": 5}}, ["Architecture.Backbone", "depth"]),
 ])
 def test_unsupported_architecture_raises_user_error(arch, words):
     with pytest.raises(UserError) as info:
         build_detector(arch)
     for word in words:
         assert word in str(info.value)
+
+
+def test_unknown_architecture_key_is_caught_by_the_config_schema():
+    from openocr_cli import config as cfgmod
+
+    with pytest.raises(UserError, match="Architecture.Backbone.depth") as info:
+        cfgmod.apply_overrides(cfgmod.load_config(), ["Architecture.Backbone.depth=5"])
+    assert info.value.exit_code == 2
 
 
 def test_neck_without_shortcut_keeps_keys_and_changes_output():

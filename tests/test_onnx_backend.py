@@ -185,3 +185,22 @@ def test_normalisation_from_metadata_flags_and_defaults(tmp_path, random_onnx):
     assert settings.build_normalizer(cfg, meta).mean.tolist() == pytest.approx([0.1, 0.2, 0.3])
     assert settings.build_normalizer(cfg, {"mean": "not json", "std": "[0, 1, 1]"}).std.tolist() == \
         pytest.approx([0.229, 0.224, 0.225])
+
+
+def test_registry_model_without_metadata_is_normalised_by_its_registry_entry(cli, tmp_path, image_dir, monkeypatch):
+    """OpenOCR's released ONNX file states no normalisation: the registry entry's preprocessing is used."""
+    from openocr_cli.hub import get_entry
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    tiny_model(cache / get_entry("repvit-onnx").filename)
+    monkeypatch.setenv("OPENOCR_DET_HOME", str(cache))
+    code, _, err = cli("predict", image_dir, "--backend", "onnx", "--output", tmp_path / "out", "--device", "cpu",
+                       "--no-vis")
+    assert code == 0, err
+    assert "normalisation from the model registry (repvit-onnx)" in " ".join(err.split())
+    code, _, err = cli("predict", image_dir, "--backend", "onnx", "--onnx-model", cache / "openocr_det_model.onnx",
+                       "--output", tmp_path / "out2", "--device", "cpu", "--no-vis")
+    assert code == 0, err
+    assert "normalisation from the config (ImageNet)" in " ".join(err.split())
+    assert (tmp_path / "out" / "det_results.txt").read_text() == (tmp_path / "out2" / "det_results.txt").read_text()

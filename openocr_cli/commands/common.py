@@ -197,16 +197,22 @@ class InferenceSettings:
     def _onnx_backend(self, cfg: dict, resize: ResizeSpec) -> tuple[Backend, ResizeSpec, Normalizer]:
         """Load the session once; a model with a fixed input size gets images resized to exactly that."""
         from openocr_cli.engine.onnx_backend import OnnxBackend
-        from openocr_cli.hub import resolve_weights
+        from openocr_cli.hub import get_entry, resolve_weights
 
         if self.weights != DEFAULT_WEIGHTS:
             warn(f"--weights {self.weights} is not used by the onnx backend (it runs --onnx-model).")
-        path = resolve_weights(self.onnx_model or DEFAULT_ONNX_MODEL)
+        name = self.onnx_model or DEFAULT_ONNX_MODEL
+        path = resolve_weights(name)
         backend = OnnxBackend.load(path, self.device, self.threads)
         info = backend.info
-        normalizer = self.build_normalizer(cfg, info.metadata)
-        source = "--mean/--std" if self.mean or self.std else (
-            "the model's metadata" if "mean" in info.metadata else "the config (ImageNet)")
+        metadata, source = info.metadata, "the model's metadata"
+        entry = None if Path(name).expanduser().is_file() else get_entry(name)
+        if "mean" not in metadata:  # e.g. OpenOCR's released file, which states nothing
+            metadata = {**entry.preprocess.as_metadata(), **metadata} if entry else metadata
+            source = f"the model registry ({entry.name})" if entry else "the config (ImageNet)"
+        normalizer = self.build_normalizer(cfg, metadata)
+        if self.mean or self.std:
+            source = "--mean/--std"
         err_console.print(f"onnx backend: {path} on {backend.providers[0]}, input '{info.input_name}', "
                           f"output '{info.output_name}', normalisation from {source}.")
         if info.fixed_hw is not None:

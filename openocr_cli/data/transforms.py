@@ -152,11 +152,11 @@ def validate_ops(op_configs: list, where: str) -> None:
                 raise UserError(f"{path}.{name}.{key} is not a parameter of {name}{hint}. {listing}")
 
 
-def build_ops(op_configs: list, global_cfg: Optional[dict] = None, epoch: Optional[int] = None) -> list:
+def build_ops(op_configs: list, epoch: Optional[int] = None) -> list:
     """Validate, then instantiate each `{Name: params}` entry of `Train.dataset.transforms`.
 
-    Each op gets exactly its own parameters, plus `epoch` for MakeBorderMap / MakeShrinkMap.
-    `global_cfg` is deprecated and ignored (Global keys no longer reach the ops).
+    Each op gets exactly its own parameters, plus `epoch` for MakeBorderMap / MakeShrinkMap
+    (Global keys never reach the ops: openocr-compat transform-params).
     """
     where = "Train.dataset.transforms"
     validate_ops(op_configs, where)

@@ -6,6 +6,7 @@ network machinery, and so that adding a release is a one-place change.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Optional
 
@@ -35,6 +36,11 @@ class Preprocess:
     channel_order: str = "BGR"
     limit_side_len: int = 960
     limit_type: str = "max"
+
+    def as_metadata(self) -> dict[str, str]:
+        """The normalisation in the form an exported ONNX model states it (engine/onnx_metadata.py)."""
+        return {"mean": json.dumps(list(self.mean)), "std": json.dumps(list(self.std)),
+                "channel_order": self.channel_order}
 
 
 # What OpenOCR's repvit_db.yml uses for both released files: ImageNet's RGB statistics applied
