@@ -58,7 +58,7 @@ class DBLoss(nn.Module):
     """
 
     def __init__(self, alpha: float = 5, beta: float = 10, ohem_ratio: float = 3, eps: float = 1e-6,
-                 balance_loss: bool = True, main_loss_type: str = "DiceLoss", **kwargs):
+                 balance_loss: bool = True, main_loss_type: str = "DiceLoss"):
         super().__init__()
         if main_loss_type != "DiceLoss":
             raise ValueError(f"DBLoss: main_loss_type {main_loss_type!r} is not supported (only 'DiceLoss')")

@@ -74,7 +74,7 @@ def test_no_positive_pixel_gives_exact_zero_shrink_term():
 
 def test_key_order_and_scalar_loss():
     pred, labels = tiny_batch()
-    out = DBLoss(name="DBLoss")(pred, labels)
+    out = DBLoss()(pred, labels)
     assert list(out) == KEYS
     for key in KEYS:
         assert out[key].shape == torch.Size([]), key
@@ -132,3 +132,8 @@ def test_nan_prediction_raises():
 def test_unsupported_main_loss_type():
     with pytest.raises(ValueError, match="BCELoss"):
         DBLoss(main_loss_type="BCELoss")
+
+
+def test_unknown_loss_parameter_is_refused():
+    with pytest.raises(TypeError):
+        DBLoss(alpha=5, gama=3)
