@@ -8,29 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from openocr_cli.commands.common import (
-    DEFAULT_WEIGHTS,
-    BackendOpt,
-    BatchSize,
-    BoxThresh,
-    BoxTypeOpt,
-    ConfigPath,
-    Device,
-    InferenceSettings,
-    LimitSide,
-    LimitTypeOpt,
-    Mean,
-    NonStrict,
-    OnnxModel,
-    Overrides,
-    ScoreModeOpt,
-    Std,
-    Threads,
-    Thresh,
-    UnclipRatio,
-    Weights,
-    Workers,
-)
+from openocr_cli.commands import common as opt
+from openocr_cli.commands.common import InferenceSettings
 from openocr_cli.data.labels import load_labels
 from openocr_cli.engine.evaluator import EvalResult, evaluate_model, evaluate_predictions
 from openocr_cli.errors import UserError
@@ -39,7 +18,7 @@ from openocr_cli.ui import console, err_console, progress, table, warn
 
 
 def evaluate(
-    weights: Weights = DEFAULT_WEIGHTS,
+    weights: opt.Weights = opt.DEFAULT_WEIGHTS,
     data_dir: Annotated[Optional[Path], typer.Option(
         "--data-dir", help="Folder the label paths are relative to (config default: Eval.dataset.data_dir).")] = None,
     label_file: Annotated[Optional[list[Path]], typer.Option(
@@ -50,28 +29,28 @@ def evaluate(
         "--predictions", help="Score this det_results.txt instead of running a model (images need not exist).")] = None,
     json_out: Annotated[Optional[Path], typer.Option(
         "--json", help="Also write the numbers to this JSON file.")] = None,
-    config: ConfigPath = None,
-    override: Overrides = None,
-    device: Device = None,
-    batch_size: BatchSize = 1,
-    workers: Workers = 2,
-    thresh: Thresh = None,
-    box_thresh: BoxThresh = None,
-    unclip_ratio: UnclipRatio = None,
-    score_mode: ScoreModeOpt = None,
-    box_type: BoxTypeOpt = None,
-    limit_side_len: LimitSide = None,
-    limit_type: LimitTypeOpt = None,
-    non_strict: NonStrict = False,
+    config: opt.ConfigPath = None,
+    override: opt.Overrides = None,
+    device: opt.Device = None,
+    batch_size: opt.BatchSize = 1,
+    workers: opt.Workers = 2,
+    thresh: opt.Thresh = None,
+    box_thresh: opt.BoxThresh = None,
+    unclip_ratio: opt.UnclipRatio = None,
+    score_mode: opt.ScoreModeOpt = None,
+    box_type: opt.BoxTypeOpt = None,
+    limit_side_len: opt.LimitSide = None,
+    limit_type: opt.LimitTypeOpt = None,
+    non_strict: opt.NonStrict = False,
     fuse: Annotated[bool, typer.Option(
         "--fuse/--no-fuse",
         help="Evaluate the re-parameterised (fused) backbone: faster, outputs differ by about 1e-7. "
              "Default: unfused, as OpenOCR's eval_det, for identical numbers.")] = False,
-    backend: BackendOpt = None,
-    onnx_model: OnnxModel = None,
-    threads: Threads = None,
-    mean: Mean = None,
-    std: Std = None,
+    backend: opt.BackendOpt = None,
+    onnx_model: opt.OnnxModel = None,
+    threads: opt.Threads = None,
+    mean: opt.Mean = None,
+    std: opt.Std = None,
 ) -> None:
     """Evaluate detection quality (OpenOCR's IoU > 0.5 metric, '###' regions do not count).
 

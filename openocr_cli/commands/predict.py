@@ -9,29 +9,8 @@ from typing import Annotated
 import cv2
 import typer
 
-from openocr_cli.commands.common import (
-    DEFAULT_WEIGHTS,
-    BackendOpt,
-    BatchSize,
-    BoxThresh,
-    BoxTypeOpt,
-    ConfigPath,
-    Device,
-    InferenceSettings,
-    LimitSide,
-    LimitTypeOpt,
-    Mean,
-    NonStrict,
-    OnnxModel,
-    Overrides,
-    ScoreModeOpt,
-    Std,
-    Threads,
-    Thresh,
-    UnclipRatio,
-    Weights,
-    Workers,
-)
+from openocr_cli.commands import common as opt
+from openocr_cli.commands.common import InferenceSettings
 from openocr_cli.data.images import collect_images
 from openocr_cli.errors import UserError
 from openocr_cli.results import StageTimes
@@ -42,29 +21,29 @@ RESULTS_NAME = "det_results.txt"
 
 def predict(
     sources: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False)],
-    weights: Weights = DEFAULT_WEIGHTS,
+    weights: opt.Weights = opt.DEFAULT_WEIGHTS,
     output: Annotated[Path, typer.Option(
         "--output", help="Folder for det_results.txt and vis/.")] = Path("output/predict"),
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Include images in subfolders.")] = False,
     no_vis: Annotated[bool, typer.Option("--no-vis", help="Do not write drawn images.")] = False,
-    config: ConfigPath = None,
-    override: Overrides = None,
-    device: Device = None,
-    batch_size: BatchSize = 1,
-    workers: Workers = 2,
-    thresh: Thresh = None,
-    box_thresh: BoxThresh = None,
-    unclip_ratio: UnclipRatio = None,
-    score_mode: ScoreModeOpt = None,
-    box_type: BoxTypeOpt = None,
-    limit_side_len: LimitSide = None,
-    limit_type: LimitTypeOpt = None,
-    non_strict: NonStrict = False,
-    backend: BackendOpt = None,
-    onnx_model: OnnxModel = None,
-    threads: Threads = None,
-    mean: Mean = None,
-    std: Std = None,
+    config: opt.ConfigPath = None,
+    override: opt.Overrides = None,
+    device: opt.Device = None,
+    batch_size: opt.BatchSize = 1,
+    workers: opt.Workers = 2,
+    thresh: opt.Thresh = None,
+    box_thresh: opt.BoxThresh = None,
+    unclip_ratio: opt.UnclipRatio = None,
+    score_mode: opt.ScoreModeOpt = None,
+    box_type: opt.BoxTypeOpt = None,
+    limit_side_len: opt.LimitSide = None,
+    limit_type: opt.LimitTypeOpt = None,
+    non_strict: opt.NonStrict = False,
+    backend: opt.BackendOpt = None,
+    onnx_model: opt.OnnxModel = None,
+    threads: opt.Threads = None,
+    mean: opt.Mean = None,
+    std: opt.Std = None,
 ) -> None:
     """Detect text regions in images.
 
