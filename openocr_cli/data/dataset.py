@@ -32,7 +32,7 @@ MAX_EXT_TRIES = 20
 
 
 def validate_training_labels(files: Sequence[Path], data_dir: Path, workers: int = 4) -> LabelSet:
-    """Parse every line once and check what training needs: readable image, >= 1 region, valid polygons."""
+    """Parse every line once and check what training needs: a readable image and valid text polygons."""
     result = read_label_files(files, data_dir, check_images=True)
     good: list[LabelSample] = []
     for sample in result.samples:
@@ -54,9 +54,10 @@ def validate_training_labels(files: Sequence[Path], data_dir: Path, workers: int
 
 
 def _region_problem(sample: LabelSample) -> Optional[str]:
-    """Geometry is checked for text regions only: a do-not-care ('###') region just masks pixels."""
-    if not sample.polys:
-        return "no text regions (an image needs at least one labelled region to train on)"
+    """Geometry is checked for text regions only: a do-not-care ('###') region just masks pixels.
+
+    An empty region list is a background image, a valid negative sample (all-zero targets).
+    """
     for n, (poly, ignored) in enumerate(zip(sample.polys, sample.ignore), 1):
         if ignored:
             continue

@@ -50,16 +50,14 @@ class DetLabelEncode:
     """Parsed regions -> `polys` (K, P, 2) float32 padded by repeating last vertices, `ignore_tags`, `texts`.
 
     The do-not-care flags come from the label parser (data.labels), which decides them once.
-
-    An image with no region at all yields None, as in OpenOCR (the sample is replaced).
+    An image with no region is a background image: (0, 4, 2) polys, trained with all-zero targets
+    (OpenOCR drops it; openocr-compat: background-images).
     """
 
-    def __call__(self, data: dict) -> Optional[dict]:
+    def __call__(self, data: dict) -> dict:
         polys = data.pop("regions")
-        if not polys:
-            return None
-        width = max(len(p) for p in polys)
-        padded = np.stack([pad_vertices(p, width) for p in polys])
+        width = max((len(p) for p in polys), default=4)
+        padded = np.stack([pad_vertices(p, width) for p in polys]) if polys else np.zeros((0, width, 2))
         data["polys"] = padded.astype(np.float32)
         data["texts"] = list(data.pop("region_texts"))
         data["ignore_tags"] = np.array(data.pop("region_ignore"), dtype=bool)
