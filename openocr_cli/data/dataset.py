@@ -8,6 +8,7 @@ what makes "stop + resume" bit-for-bit equal to an uninterrupted run.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import random
@@ -20,6 +21,7 @@ import cv2
 import numpy as np
 import shapely
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from openocr_cli.data.labels import LabelProblem, LabelSample, LabelSet, read_label_files
@@ -29,6 +31,7 @@ log = logging.getLogger("openocr_det")
 
 MAX_SAMPLE_RETRIES = 10
 MAX_EXT_TRIES = 20
+EXIF_ORIENTATION = 0x0112
 
 
 def validate_training_labels(files: Sequence[Path], data_dir: Path, workers: int = 4) -> LabelSet:
@@ -42,10 +45,11 @@ def validate_training_labels(files: Sequence[Path], data_dir: Path, workers: int
         else:
             good.append(sample)
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        readable = list(pool.map(_decodable, [s.image for s in good]))
+        sizes = list(pool.map(image_size, [s.image for s in good]))
     result.samples = []
-    for sample, ok in zip(good, readable):
-        if ok:
+    for sample, size in zip(good, sizes):
+        if size is not None:
+            sample.size = size
             result.samples.append(sample)
         else:
             result.problems.append(LabelProblem(sample.source, sample.line, f"image {sample.image} cannot be decoded"))
@@ -69,9 +73,34 @@ def _region_problem(sample: LabelSample) -> Optional[str]:
     return None
 
 
-def _decodable(path: Path) -> bool:
+def image_size(path: Path) -> Optional[tuple[int, int]]:
+    """(height, width) of a readable image as training decodes it, None if it cannot be decoded.
+
+    The file is read once: a reduced decode proves it decodes, the size comes from the header.
+    OpenCV cannot reduce an image under 8 px, so such an image is decoded in full (it is tiny).
+    """
     data = np.fromfile(str(path), dtype=np.uint8)
-    return data.size > 0 and cv2.imdecode(data, cv2.IMREAD_REDUCED_GRAYSCALE_8) is not None
+    if data.size == 0:
+        return None
+    try:
+        decoded = cv2.imdecode(data, cv2.IMREAD_REDUCED_GRAYSCALE_8)
+    except cv2.error:
+        decoded = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
+    return None if decoded is None else _header_size(data)
+
+
+def _header_size(data: np.ndarray) -> Optional[tuple[int, int]]:
+    """OpenCV applies the EXIF orientation when DecodeImage decodes, so orientations 5-8 (a quarter turn)
+    swap the sides; a format PIL cannot read costs one full decode instead.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            turned = image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+        return (width, height) if turned else (height, width)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        return None if decoded is None else (decoded.shape[0], decoded.shape[1])
 
 
 def select_by_ratio(per_file: Sequence[Sequence[LabelSample]], ratios: Sequence[float], seed: int) -> list[LabelSample]:
@@ -124,6 +153,13 @@ class ResumableSampler(Sampler):
         for local in range(self.start, self.per_rank):
             position = local * self.world_size + self.rank
             yield self.epoch, position, order[position]
+
+    def indices(self, first: int, count: int) -> list[int]:
+        """Dataset indices of this rank's samples number first .. first + count - 1 of the epoch
+        (e.g. the images of one batch, to name them in a report)."""
+        order = self._order()
+        last = min(first + count, self.per_rank)
+        return [order[local * self.world_size + self.rank] for local in range(first, last)]
 
     def __len__(self) -> int:
         return self.per_rank - self.start

@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -32,6 +33,7 @@ class LabelSample:
     ignore: list[bool]
     source: str = ""
     line: int = 0
+    size: Optional[tuple[int, int]] = None  # (height, width) as training decodes it, when validation read it
 
 
 @dataclass
