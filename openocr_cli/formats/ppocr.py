@@ -1,0 +1,73 @@
+"""PaddleOCR / OpenOCR label files (and PPOCRLabel's Label.txt): `image<TAB>[{"transcription", "points"}]`.
+
+Lines are validated by the same parser train and eval use (identical messages), but the points are kept
+as the JSON numbers they were, so ints stay ints.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from openocr_cli.data.labels import parse_regions, resolve_image_field, split_line
+from openocr_cli.formats.model import Dataset, Format, ImageLabels, Problem, Region, WriteOptions, is_ignore_text
+
+ROOT_PROBE = 20
+
+
+def read(source: Path, images_dir: Optional[Path]) -> Dataset:
+    dataset = Dataset([], Path("."))
+    with open(source, "rb") as f:
+        for number, raw_bytes in enumerate(f, 1):
+            where = f"{source}:{number}"
+            try:
+                raw = raw_bytes.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\n").rstrip("\r")
+                if raw.strip():
+                    dataset.images.append(parse_line(raw, where))
+            except UnicodeDecodeError as exc:
+                dataset.problems.append(Problem(where, f"not UTF-8 text (byte {exc.start})"))
+            except ValueError as exc:
+                dataset.problems.append(Problem(where, str(exc)))
+    dataset.root = images_dir or _image_root(source, dataset.images)
+    return dataset
+
+
+def parse_line(raw: str, where: str) -> ImageLabels:
+    image_field, annotation = split_line(raw)
+    key, _ = resolve_image_field(image_field, Path("."))
+    parse_regions(annotation)  # validation only: it converts the points to float32
+    regions = []
+    for region in json.loads(annotation):
+        text = region.get("transcription", "")
+        text = "" if text is None else str(text)
+        regions.append(Region([list(p) for p in region["points"]], text, is_ignore_text(text)))
+    return ImageLabels(key, regions, source=where)
+
+
+def _image_root(source: Path, images: list[ImageLabels]) -> Path:
+    """Paths are relative to the label file's folder, or to its parent for PPOCRLabel (`folder/img.jpg`)."""
+    folder = source.parent
+    probe = [image.image for image in images[:ROOT_PROBE]]
+    for root in (folder, folder.parent):
+        if any((root / name).is_file() for name in probe):
+            return root
+    return folder
+
+
+def format_line(image: ImageLabels) -> str:
+    regions = [{"transcription": r.label, "points": r.points} for r in image.regions]
+    return f"{image.image}\t{json.dumps(regions, ensure_ascii=False)}\n"
+
+
+def write(images: list[ImageLabels], target: Path, options: WriteOptions) -> None:
+    with open(target, "w", encoding="utf-8", newline="\n") as f:
+        f.writelines(format_line(image) for image in images)
+
+
+def check(image: ImageLabels, options: WriteOptions) -> list[str]:
+    return ["the image path contains a TAB or line break"] if any(c in image.image for c in "\t\r\n") else []
+
+
+FORMAT = Format("ppocr", "PaddleOCR label file: image<TAB>JSON list (also PPOCRLabel's Label.txt)", read,
+                source_is_dir=False, write=write, check=check)
