@@ -41,6 +41,8 @@ SCHEMA: dict[str, Node] = {
                          "save_epoch_step", "save_iter_step", "eval_batch_step", "eval_epoch_step",
                          "cal_metric_during_train", "pretrained_model", "checkpoints", "use_tensorboard", "seed",
                          "use_amp", "grad_clip_val", "accumulation_steps", "use_sync_bn"), USED),
+        # openocr-det's own training guards (saved with the config, so resume keeps them)
+        **dict.fromkeys(("patience", "min_delta", "max_nonfinite_steps", "scale_lr"), USED),
         # read by OpenOCR's inference/export tools, its recognition models or its wandb logger: no effect here
         **dict.fromkeys(("distributed", "model_type", "infer_img", "save_res_path", "save_inference_dir",
                          "character_dict_path", "max_text_length", "use_space_char", "use_visualdl", "export_dir",

@@ -37,10 +37,11 @@ TRAIN_FLAGS: dict[str, tuple[str, ...]] = {
     "batch_size": ("Train.loader.batch_size_per_card",), "workers": ("Train.loader.num_workers",),
     "device": ("Global.device",), "seed": ("Global.seed",), "amp": ("Global.use_amp",),
     "sync_bn": ("Global.use_sync_bn",), "eval_every": ("Global.eval_batch_step",),
-    "save_every": ("Global.save_iter_step",),
+    "save_every": ("Global.save_iter_step",), "patience": ("Global.patience",),
+    "min_delta": ("Global.min_delta",), "scale_lr": ("Global.scale_lr",),
 }
 # what may change when a run is resumed: nothing that would make it a different run
-RESUME_FLAGS = ("epochs", "device", "workers", "eval_every", "save_every")
+RESUME_FLAGS = ("epochs", "device", "workers", "eval_every", "save_every", "patience", "min_delta")
 
 
 def _flag_values(name: str, value: Any) -> tuple:
@@ -194,6 +195,10 @@ class TrainSettings:
     accumulation: int
     use_amp: bool
     sync_bn: bool
+    scale_lr: bool
+    patience: int
+    min_delta: float
+    max_nonfinite_steps: int
     train_data: DataSource
     eval_data: DataSource
     ignored: list[str] = field(default_factory=list)
@@ -233,6 +238,9 @@ class TrainSettings:
             grad_clip=_float(cfg, "Global.grad_clip_val", 0.0),
             accumulation=_int(cfg, "Global.accumulation_steps", 1, 1),
             use_amp=_bool(cfg, "Global.use_amp", False), sync_bn=_bool(cfg, "Global.use_sync_bn", False),
+            scale_lr=_bool(cfg, "Global.scale_lr", False), patience=_int(cfg, "Global.patience", 0),
+            min_delta=_float(cfg, "Global.min_delta", 0.0),
+            max_nonfinite_steps=_int(cfg, "Global.max_nonfinite_steps", 20, 1),
             train_data=train_data, eval_data=DataSource.read(cfg, "Eval", train_data.data_dir),
             ignored=report.ignored,
         )

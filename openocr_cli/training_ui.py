@@ -4,15 +4,20 @@ samples/s and ETA; a line per logging step and a table per evaluation."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Iterator
+from typing import Optional
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from openocr_cli.engine.callbacks import Callback, EvalReport, StepReport
-from openocr_cli.ui import table
+from openocr_cli.ui import table, warn
+
+DATA_WAIT_WARNING = 0.3  # an epoch waiting for data longer than this share of its time is starved
+log = logging.getLogger("openocr_det")
 
 
 class TrainDisplay(Callback):
@@ -26,6 +31,8 @@ class TrainDisplay(Callback):
         self.task = None
         self.started = time.perf_counter()
         self.first_step = 0
+        self.data_wait: Optional[float] = None
+        self.warned_data_wait = False
 
     @contextlib.contextmanager
     def live(self, trainer) -> Iterator[None]:
@@ -41,10 +48,18 @@ class TrainDisplay(Callback):
         done = report.global_step - self.first_step
         remaining = epochs * trainer.steps_per_epoch - report.global_step
         eta = (time.perf_counter() - self.started) / max(done, 1) * remaining
+        if report.data_wait is not None:
+            self.data_wait = report.data_wait
+        waiting = f" data wait {self.data_wait:.0%}" if self.data_wait is not None else ""
         losses = report.losses
-        stats = (f"loss {losses['loss']:.4f} (shrink {losses['loss_shrink_maps']:.3f} thresh "
-                 f"{losses['loss_threshold_maps']:.3f} binary {losses['loss_binary_maps']:.3f}) "
-                 f"lr {report.lr:.2e} {report.samples_per_s:.1f} img/s")
+        if report.nonfinite_images is not None:
+            stats = "step skipped: non-finite loss or gradients"
+            shown = ", ".join(report.nonfinite_images[:4]) + (" ..." if len(report.nonfinite_images) > 4 else "")
+            warn(f"step {report.global_step} skipped: the loss or the gradients are not finite (images: {shown})")
+        else:
+            stats = (f"loss {losses['loss']:.4f} (shrink {losses['loss_shrink_maps']:.3f} thresh "
+                     f"{losses['loss_threshold_maps']:.3f} binary {losses['loss_binary_maps']:.3f}) "
+                     f"lr {report.lr:.2e} {report.samples_per_s:.1f} img/s{waiting}")
         self.progress.update(self.task, completed=report.epoch_step, epoch=f"{report.epoch}/{epochs}",
                              eta=_hms(eta), stats=stats)
         if report.smoothed is not None:
@@ -52,11 +67,22 @@ class TrainDisplay(Callback):
             self.console.print(
                 f"epoch {report.epoch} step {report.global_step}: loss {s['loss']:.4f}, "
                 f"shrink {s['loss_shrink_maps']:.4f}, thresh {s['loss_threshold_maps']:.4f}, "
-                f"binary {s['loss_binary_maps']:.4f}, lr {report.lr:.6f}, {report.samples_per_s:.1f} img/s")
+                f"binary {s['loss_binary_maps']:.4f}, lr {report.lr:.6f}, {report.samples_per_s:.1f} img/s"
+                f"{waiting}")
+
+    def on_epoch_end(self, trainer) -> None:
+        if trainer.epoch_data_wait > DATA_WAIT_WARNING and not self.warned_data_wait:
+            self.warned_data_wait = True
+            message = (f"epoch {trainer.state.epoch} spent {trainer.epoch_data_wait:.0%} of its time waiting for "
+                       f"data: the GPU/CPU is starved. Use more loader processes (--workers, now "
+                       f"{trainer.settings.workers}) or faster storage.")
+            warn(message)
+            log.warning(message)
 
     def on_eval(self, trainer, report: EvalReport) -> None:
         mark = " (new best, saved best.pth)" if report.improved else ""
-        self.console.print(f"eval at epoch {report.epoch}, step {report.global_step}{mark}")
+        where = "of the starting weights" if report.baseline else f"at epoch {report.epoch}, step {report.global_step}"
+        self.console.print(f"eval {where}{mark}")
         rows = [("precision", f"{report.precision:.4f}"), ("recall", f"{report.recall:.4f}"),
                 ("hmean", f"{report.hmean:.4f}"), ("best hmean", f"{report.best_hmean:.4f}"),
                 ("FPS", f"{report.fps or 0:.2f}")]

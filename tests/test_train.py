@@ -17,6 +17,7 @@ import yaml
 from openocr_cli import config as cfgmod
 from openocr_cli.data.run_data import load_run_data
 from openocr_cli.data.synth import generate
+from openocr_cli.engine.callbacks import RunLog
 from openocr_cli.engine.schedules import cosine_factor
 from openocr_cli.engine.trainer import Trainer
 from openocr_cli.settings import TrainSettings, apply_flags
@@ -59,7 +60,7 @@ def test_train_writes_every_run_file(cli, tmp_path, synth):
     out = tmp_path / "run"
     code, stdout, err = cli(*train_args(synth, out, "--epochs", "2", "-o", "Global.print_batch_step=1"))
     assert code == 0, err + stdout
-    for name in ("latest.pth", "best.pth", "config.yml", "train.log", "metrics.jsonl"):
+    for name in ("latest.pth", "config.yml", "train.log", "metrics.jsonl", "results.png"):
         assert (out / name).is_file(), name
     latest = torch.load(out / "latest.pth", weights_only=True)
     for key in ("epoch", "global_step", "state_dict", "optimizer", "scheduler", "config", "metrics"):
@@ -67,18 +68,22 @@ def test_train_writes_every_run_file(cli, tmp_path, synth):
     assert latest["epoch"] == 2 and latest["global_step"] == 6  # 10 images / batch 4 -> 3 steps per epoch
     assert latest["scheduler"]["last_epoch"] == 6
     assert not any(k.startswith("module.") for k in latest["state_dict"])
-    best = torch.load(out / "best.pth", weights_only=True)
-    assert best["optimizer"] is None and best["metrics"]["best_epoch"] in (1, 2)
+    if latest["metrics"]["hmean"] > 0:  # best.pth only for a strict gain over the start (hmean 0 here)
+        best = torch.load(out / "best.pth", weights_only=True)
+        assert best["optimizer"] is None and best["metrics"]["best_epoch"] in (1, 2)
+    else:
+        assert not (out / "best.pth").exists()
     config = yaml.safe_load((out / "config.yml").read_text())
     assert config["Global"]["epoch_num"] == 2 and config["Train"]["loader"]["batch_size_per_card"] == 4
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if r["type"] == "train"]
     assert [r["global_step"] for r in train_records] == [1, 2, 3, 4, 5, 6]
     assert {"loss", "loss_shrink_maps", "loss_threshold_maps", "loss_binary_maps", "lr"} <= set(train_records[0])
+    assert all(0 <= r["data_wait"] <= 1 for r in train_records)
     assert sum(r["type"] == "eval" for r in records) == 2
     log = (out / "train.log").read_text()
     assert "global_step: 6" in log and "cur metric" in log
-    assert "training finished" in stdout and "best hmean" in stdout
+    assert "training finished" in stdout
     # the checkpoint our trainer writes loads strictly into a fresh model, like OpenOCR's loader does
     from openocr_cli.model import build_detector
 
@@ -160,7 +165,6 @@ def test_resume_refusals(cli, tmp_path, synth):
     ("train/0000.png\t[{\"transcription\": \"a\", \"points\": [[0,0],[9,0]]}]", "at least 3 points"),
     ("train/0000.png\t[{\"transcription\": \"a\", \"points\": [[0,0],[9,\"x\"],[9,9]]}]", "numbers"),
     ("train/0000.png\t[{\"transcription\": \"a\", \"points\": [[0,0],[9,9],[9,0],[0,9]]}]", "self-intersecting"),
-    ("train/0000.png\t[]", "no text regions"),
     ("broken.png\t[{\"transcription\": \"a\", \"points\": [[0,0],[9,0],[9,9],[0,9]]}]", "cannot be decoded"),
 ])
 def test_bad_training_lines_are_reported_then_skipped(cli, tmp_path, synth, line, reason):
@@ -429,3 +433,119 @@ def test_debug_prints_the_chained_traceback(cli, tmp_path, monkeypatch):
     assert code == 1 and "Traceback" in debug_err and "UnpicklingError" in debug_err
     assert "direct cause" in debug_err  # the original exception is shown, then our one-paragraph message
     assert debug_err.rstrip().endswith(err.rstrip().splitlines()[-1])
+
+
+
+def _const_args(synth, out: Path, constant_ckpt: Path, *extra: str) -> list[str]:
+    """Fine-tuning from a checkpoint whose output is known, with lr 0: every evaluation equals the start."""
+    args = train_args(synth, out, *extra)
+    args[args.index("none")] = str(constant_ckpt)
+    return args + ["--lr", "0"]
+
+
+def test_baseline_is_recorded_and_ties_never_write_best(cli, tmp_path, synth, constant_ckpt):
+    out = tmp_path / "run"
+    code, stdout, err = cli(*_const_args(synth, out, constant_ckpt, "--epochs", "2"))
+    assert code == 0, err
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["type"] == "eval"]
+    assert (evals[0]["epoch"], evals[0]["global_step"], evals[0]["baseline"]) == (0, 0, True)
+    assert len(evals) == 3 and all(e["hmean"] == evals[0]["hmean"] and not e["improved"] for e in evals)
+    assert not (out / "best.pth").exists()  # equal to the starting weights is no improvement
+    flat = " ".join(stdout.split())
+    assert f"fine-tuning did not improve on the starting weights: hmean {evals[0]['hmean']:.4f}" in flat
+    latest = torch.load(out / "latest.pth", weights_only=True)
+    assert latest["metrics"]["best_epoch"] == 0
+    assert "starting weights metric" in (out / "train.log").read_text()
+
+
+def test_early_stopping_ends_the_run_and_resume_respects_it(cli, tmp_path, synth, constant_ckpt):
+    out = tmp_path / "run"
+    code, stdout, err = cli(*_const_args(synth, out, constant_ckpt, "--epochs", "5", "--patience", "2"))
+    assert code == 0, err
+    flat = " ".join(stdout.split())
+    assert "training finished (early stop)" in flat and "no hmean gain of at least 0 in 2 evaluations" in flat
+    latest = torch.load(out / "latest.pth", weights_only=True)
+    assert (latest["epoch"], latest["global_step"]) == (2, 6)  # evaluations after epochs 1 and 2 were stale
+    assert latest["stopped"].startswith("early stop") and latest["config"]["Global"]["patience"] == 2
+    code, stdout, _ = cli("resume", out)
+    assert code == 0 and "already finished: early stop" in " ".join(stdout.split())
+    code, stdout, err = cli("resume", out, "--patience", "3")
+    assert code == 0, err
+    latest = torch.load(out / "latest.pth", weights_only=True)
+    assert latest["global_step"] == 9 and latest["stopped"].startswith("early stop")  # one more epoch
+
+
+def test_background_images_train(cli, tmp_path, synth):
+    labels = tmp_path / "train.txt"
+    lines = synth.train_label.read_text().splitlines()
+    background = [line.split("\t")[0] + "\t[]" for line in lines[:3]]
+    labels.write_text("\n".join(lines[3:7] + background) + "\n")
+    args = train_args(synth, tmp_path / "run", "--epochs", "1")
+    args[args.index(str(synth.train_label))] = str(labels)
+    code, _, err = cli(*args)
+    assert code == 0, err
+    assert "7 train" in (tmp_path / "run" / "train.log").read_text()
+
+
+class Poison:
+    """Makes the model's output NaN while `on` (a fault injected at the model's output)."""
+
+    def __init__(self):
+        self.on = False
+
+    def __call__(self, module, inputs, output):
+        return output * float("nan") if self.on else output
+
+
+def test_nonfinite_steps_are_skipped_and_never_saved(tmp_path, synth):
+    settings = small_settings(synth, tmp_path / "run", epochs=2, overrides=["Global.max_nonfinite_steps=3"])
+    data = load_run_data(settings, skip_bad=False)
+    seen = Recorder()
+    trainer = Trainer(settings, data, torch.device("cpu"), callbacks=[seen, RunLog(tmp_path / "run")])
+    poison = Poison()
+    trainer.model.head.register_forward_hook(poison)
+
+    class PoisonSteps(Recorder):
+        def on_step(self, trainer, report):
+            poison.on = report.global_step in (1, 2)  # steps 2 and 3 see a NaN output
+
+    trainer.callbacks.append(PoisonSteps())
+    bn = trainer.model.backbone.modules()
+    norms = [m for m in bn if isinstance(m, torch.nn.BatchNorm2d)]
+    trainer.train()
+    skipped = [r for r in seen.steps if r.nonfinite_images is not None]
+    assert [r.global_step for r in skipped] == [2, 3]
+    assert [len(r.nonfinite_images) for r in skipped] == [4, 2]  # 10 images in batches of 4: 4, 4, 2
+    train_images = {str(s.image) for s in data.train}
+    assert all(path in train_images for r in skipped for path in r.nonfinite_images)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["global_step"] for r in records if r["type"] == "nonfinite"] == [2, 3]
+    assert all(torch.isfinite(m.running_mean).all() and torch.isfinite(m.running_var).all() for m in norms)
+    latest = torch.load(tmp_path / "run" / "latest.pth", weights_only=True)
+    assert latest["global_step"] == 6 and all(torch.isfinite(t).all() for t in latest["state_dict"].values()
+                                              if t.is_floating_point())
+
+
+def test_batch_norm_statistics_are_restored_after_a_skipped_step(tmp_path, synth):
+    settings = small_settings(synth, tmp_path / "run", epochs=1)
+    trainer = Trainer(settings, load_run_data(settings, skip_bad=False), torch.device("cpu"))
+    poison = Poison()
+    poison.on = True
+    trainer.model.head.register_forward_hook(poison)
+    before = [b.clone() for b in trainer.batch_norm_buffers]
+    trainer.model.train()
+    assert trainer._step(next(iter(trainer.loader))) is None
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.batch_norm_buffers))
+
+
+def test_a_run_that_stays_nonfinite_stops_with_exit_1(cli, tmp_path, synth):
+    """lr 1e30 makes every weight overflow after the first update: every later step is non-finite."""
+    out = tmp_path / "run"
+    code, _, err = cli(*train_args(synth, out, "--epochs", "1", "--lr", "1e30", "-o", "Global.max_nonfinite_steps=2",
+                                   "-o", "LRScheduler.warmup_epoch=0"))
+    flat = " ".join(err.split())
+    assert code == 1 and "consecutive steps had a non-finite loss or gradients" in flat and "--lr" in flat
+    for path in out.glob("*.pth"):
+        ckpt = torch.load(path, weights_only=True)
+        assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values() if t.is_floating_point())

@@ -40,6 +40,11 @@ EvalEveryOpt = Annotated[Optional[int], typer.Option(
     "--eval-every", min=0, help="Evaluate every N iterations, 0 = only at epoch ends (config default: 1000).")]
 SaveEveryOpt = Annotated[Optional[int], typer.Option(
     "--save-every", min=0, help="Also save latest.pth every N iterations (default: off).")]
+PatienceOpt = Annotated[Optional[int], typer.Option(
+    "--patience", min=0, help="Stop after N evaluations without an hmean gain of at least --min-delta "
+    "(0 = never; config: Global.patience).")]
+MinDeltaOpt = Annotated[Optional[float], typer.Option(
+    "--min-delta", min=0.0, help="Smallest hmean gain that counts as an improvement for --patience (default 0).")]
 
 
 def train(
@@ -74,6 +79,10 @@ def train(
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Start over in an --output folder that already holds a run.")] = False,
     sync_bn: Annotated[bool, typer.Option("--sync-bn", help="SyncBatchNorm across GPUs in distributed runs.")] = False,
+    patience: PatienceOpt = None,
+    min_delta: MinDeltaOpt = None,
+    scale_lr: Annotated[bool, typer.Option(
+        "--scale-lr", help="Multiply the learning rate by the number of processes (config: Global.scale_lr).")] = False,
     gpus: GpusOpt = None,
     nproc_per_node: NprocOpt = None,
     nnodes: NnodesOpt = 1,
@@ -100,7 +109,8 @@ resumes from that checkpoint, as in OpenOCR.
     cfg = cfgmod.apply_overrides(cfgmod.load_config(config), override or [])
     cfg = apply_flags(cfg, data_dir=data_dir, train_label=train_label, eval_label=eval_label, weights=weights,
                       output=output, epochs=epochs, batch_size=batch_size, lr=lr, workers=workers, device=device,
-                      seed=seed, amp=amp, eval_every=eval_every, save_every=save_every, sync_bn=sync_bn or None)
+                      seed=seed, amp=amp, eval_every=eval_every, save_every=save_every, sync_bn=sync_bn or None,
+                      patience=patience, min_delta=min_delta, scale_lr=scale_lr or None)
     settings = TrainSettings.from_config(cfg)
     resume_ckpt = _read_resumable(settings.checkpoints) if settings.checkpoints else None
     out = settings.output_dir
@@ -142,7 +152,7 @@ def run(settings: TrainSettings, data: RunData, resume: Optional[dict] = None,
         resume_from: Optional[Path] = None) -> None:
     """Build the trainer and run it with the live display; Ctrl-C ends with the resume command."""
     from openocr_cli.engine.backends import resolve_device
-    from openocr_cli.engine.callbacks import RunLog
+    from openocr_cli.engine.callbacks import EarlyStopping, ResultsPlot, RunLog
     from openocr_cli.engine.trainer import Trainer, TrainingInterrupted
     from openocr_cli.training_ui import TrainDisplay
 
@@ -158,19 +168,21 @@ def run(settings: TrainSettings, data: RunData, resume: Optional[dict] = None,
             logger.info("config keys OpenOCR defines but openocr-det does not use (ignored): %s", listed)
             console.print(f"[dim]ignored config keys (no effect in openocr-det): {listed}[/dim]")
         display = TrainDisplay(console)
-        trainer = Trainer(settings, data, device, role, resume=resume, callbacks=[RunLog(output_dir), display])
+        callbacks = [RunLog(output_dir), ResultsPlot(output_dir), display]  # the log first: the plot reads it
+        if settings.patience:
+            callbacks.append(EarlyStopping(settings.patience, settings.min_delta))
+        trainer = Trainer(settings, data, device, role, resume=resume, callbacks=callbacks)
         if trainer.finished:
-            console.print(f"Training already finished: {settings.epochs} of {settings.epochs} epochs done "
-                          f"(best hmean {float(trainer.state.best.get('hmean', 0)):.4f}). To train longer: "
-                          f"openocr-det resume {shlex.quote(str(resume_from or output_dir))} --epochs N")
+            _already_finished(trainer, resume_from or output_dir)
             return
         batch = settings.batch_size
-        logger.info("run with torch %s and device %s; world size %d, batch %d per process, effective batch %d; "
-                    "%d train / %d eval images", _torch_version(), device, role.world_size, batch,
-                    batch * role.world_size, len(data.train), len(data.eval))
+        logger.info("run with torch %s and device %s; world size %d, batch %d per process, effective batch %d, "
+                    "lr %g; %d train / %d eval images", _torch_version(), device, role.world_size, batch,
+                    batch * role.world_size, trainer.lr, len(data.train), len(data.eval))
         if role.distributed:
+            scaled = f" (--scale-lr: {settings.optimizer['lr']:g} x {role.world_size})" if settings.scale_lr else ""
             console.print(f"DDP: world size {role.world_size} ({device.type}), batch {batch} per process, "
-                          f"effective batch {batch * role.world_size}")
+                          f"effective batch {batch * role.world_size}, learning rate {trainer.lr:g}{scaled}")
         try:
             with display.live(trainer):
                 best = trainer.train()
@@ -192,17 +204,32 @@ def _torch_version() -> str:
     return torch.__version__
 
 
+def _already_finished(trainer, run: Path) -> None:
+    state, epochs = trainer.state, trainer.settings.epochs
+    best = f"best hmean {float(state.best.get('hmean', 0)):.4f}"
+    if state.stopped:
+        console.print(f"Training already finished: {state.stopped}. To continue: "
+                      f"openocr-det resume {shlex.quote(str(run))} --patience N (more than {state.stale_evals}, "
+                      "or 0 to turn early stopping off)")
+        return
+    console.print(f"Training already finished: {epochs} of {epochs} epochs done ({best}). To train longer: "
+                  f"openocr-det resume {shlex.quote(str(run))} --epochs N")
+
+
 def _summary(trainer, best: dict, output_dir: Path) -> None:
     rows = [("epochs", trainer.settings.epochs), ("iterations", trainer.state.global_step)]
     if trainer.stop_reason:
-        rows.append(("stopped early", trainer.stop_reason))
-    if "best_epoch" in best:
+        rows.append(("stopped", trainer.stop_reason))
+    if best.get("best_epoch"):
         rows += [("best hmean", f"{best['hmean']:.4f}"), ("precision", f"{best['precision']:.4f}"),
                  ("recall", f"{best['recall']:.4f}"), ("best epoch", best["best_epoch"])]
-    names = ("latest.pth", "best.pth", "config.yml", "train.log", "metrics.jsonl")
+    names = ("latest.pth", "best.pth", "config.yml", "train.log", "metrics.jsonl", "results.png")
     files = [p for p in names if (output_dir / p).exists()]
-    console.print("training finished")
+    console.print("training finished (early stop)" if trainer.stop_reason else "training finished")
     console.print(table("", ["", "value"], rows))
+    if best.get("best_epoch") == 0:
+        console.print(f"[yellow]fine-tuning did not improve on the starting weights: hmean {best['hmean']:.4f} "
+                      "(no best.pth was written; the starting weights remain the best model).[/yellow]")
     console.print("Written: " + ", ".join(str(output_dir / f) for f in files))
 
 
@@ -212,6 +239,7 @@ UNSAFE_ON_RESUME = {
     "--lr": "the learning rate", "--batch-size": "the batch size", "--seed": "the seed", "--config": "the config",
     "--override": "config values", "--data-dir": "the data", "--train-label": "the data", "--weights": "the weights",
     "--amp": "mixed precision", "--no-amp": "mixed precision", "--output": "the run folder",
+    "--scale-lr": "the learning rate",
 }
 
 
@@ -265,6 +293,8 @@ def resume(
     workers: WorkersOpt = None,
     eval_every: EvalEveryOpt = None,
     save_every: SaveEveryOpt = None,
+    patience: PatienceOpt = None,
+    min_delta: MinDeltaOpt = None,
     gpus: GpusOpt = None,
     nproc_per_node: NprocOpt = None,
     nnodes: NnodesOpt = 1,
@@ -281,12 +311,14 @@ def resume(
     train_label: Annotated[Optional[list[str]], _hidden("--train-label")] = None,
     weights: Annotated[Optional[str], _hidden("--weights")] = None,
     output: Annotated[Optional[str], _hidden("--output")] = None,
+    scale_lr: Annotated[bool, _hidden("--scale-lr")] = False,
 ) -> None:
     """Continue a stopped training run exactly where it stopped.
 
     Restores model, optimizer, scheduler, AMP scaler, epoch, iteration, RNG states, sampler position and best \
 metric. Also resumes OpenOCR's own latest.pth (at the next epoch, as OpenOCR does). Only --epochs, --device, \
---workers, --eval-every and --save-every may change.
+--workers, --eval-every, --save-every, --patience and --min-delta may change; a run that stopped early \
+continues when --patience allows it.
 
     Examples:
 
@@ -300,7 +332,7 @@ metric. Also resumes OpenOCR's own latest.pth (at the next epoch, as OpenOCR doe
     path = find_checkpoint(target)
     ckpt = _read_resumable(path)
     changes = {"epochs": epochs, "device": device, "workers": workers, "eval_every": eval_every,
-               "save_every": save_every}
+               "save_every": save_every, "patience": patience, "min_delta": min_delta}
     cfg = apply_flags(ckpt["config"], output=path.parent, **changes)
     settings = TrainSettings.from_config(cfg)
     console.print(f"Resuming {path} (epoch {ckpt.get('epoch')}, step {ckpt.get('global_step')})")

@@ -71,11 +71,16 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float, filter_bias_an
     return [{"params": plain, "weight_decay": 0.0}, {"params": decayed, "weight_decay": weight_decay}]
 
 
-def build_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+def learning_rate(settings: TrainSettings, role: ddp.Role) -> float:
+    """The config's lr, times the number of processes with `Global.scale_lr` (--scale-lr)."""
+    return settings.optimizer["lr"] * (role.world_size if settings.scale_lr else 1)
+
+
+def build_optimizer(model: torch.nn.Module, settings: TrainSettings, lr: float) -> torch.optim.Optimizer:
     opt = settings.optimizer
     groups = parameter_groups(model, opt["weight_decay"], opt["filter_bias_and_bn"])
     kind = torch.optim.AdamW if opt["name"] == "AdamW" else torch.optim.Adam
-    return kind(groups, lr=opt["lr"], betas=opt["betas"], eps=opt["eps"], amsgrad=opt["amsgrad"])
+    return kind(groups, lr=lr, betas=opt["betas"], eps=opt["eps"], amsgrad=opt["amsgrad"])
 
 
 def steps_per_epoch(settings: TrainSettings, samples_per_rank: int) -> int:
@@ -84,8 +89,8 @@ def steps_per_epoch(settings: TrainSettings, samples_per_rank: int) -> int:
     return math.ceil(samples_per_rank / settings.batch_size)
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, settings: TrainSettings, per_epoch: int):
-    return build_scheduler(optimizer, settings.scheduler, per_epoch, settings.epochs, settings.optimizer["lr"])
+def build_schedule(optimizer: torch.optim.Optimizer, settings: TrainSettings, per_epoch: int, lr: float):
+    return build_scheduler(optimizer, settings.scheduler, per_epoch, settings.epochs, lr)
 
 
 def build_sampler(settings: TrainSettings, size: int, role: ddp.Role) -> ResumableSampler:

@@ -27,6 +27,8 @@ class StepReport:
     samples_per_s: float
     losses: dict[str, float]
     smoothed: Optional[dict[str, float]] = None  # median over the log window, on logging steps only
+    data_wait: Optional[float] = None  # share of the log window's wall time spent waiting for data
+    nonfinite_images: Optional[list[str]] = None  # set when this step was skipped (non-finite loss/grads)
 
 
 @dataclass
@@ -38,7 +40,9 @@ class EvalReport:
     hmean: float
     fps: Optional[float]
     best_hmean: float
-    improved: bool
+    improved: bool  # a strict gain over the best so far: best.pth was written
+    gain: float = 0.0  # hmean minus the best before this evaluation
+    baseline: bool = False  # the starting weights, evaluated before the first step
 
 
 class Callback:
@@ -64,17 +68,60 @@ class RunLog(Callback):
             f.write(json.dumps(record) + "\n")
 
     def on_step(self, trainer: Any, report: StepReport) -> None:
+        where = {"epoch": report.epoch, "global_step": report.global_step}
+        if report.nonfinite_images is not None:
+            self._write({"type": "nonfinite", **where, "images": report.nonfinite_images})
+            log.warning("step %d skipped: non-finite loss or gradients; batch images: %s", report.global_step,
+                        ", ".join(report.nonfinite_images))
         if report.smoothed is None:
             return
-        self._write({"type": "train", "epoch": report.epoch, "global_step": report.global_step, **report.smoothed,
-                     "lr": report.lr, "samples_per_s": report.samples_per_s})
-        log.info("epoch: [%d/%d], global_step: %d, lr: %.6f, %s, ips: %.2f samples/s", report.epoch,
-                 trainer.settings.epochs, report.global_step, report.lr,
-                 ", ".join(f"{k}: {report.smoothed[k]:.6f}" for k in LOSS_KEYS), report.samples_per_s)
+        self._write({"type": "train", **where, **report.smoothed, "lr": report.lr,
+                     "samples_per_s": report.samples_per_s, "data_wait": report.data_wait})
+        log.info("epoch: [%d/%d], global_step: %d, lr: %.6f, %s, ips: %.2f samples/s, data wait: %.0f%%",
+                 report.epoch, trainer.settings.epochs, report.global_step, report.lr,
+                 ", ".join(f"{k}: {report.smoothed[k]:.6f}" for k in LOSS_KEYS), report.samples_per_s,
+                 100 * (report.data_wait or 0))
 
     def on_eval(self, trainer: Any, report: EvalReport) -> None:
         record = asdict(report)
         self._write({"type": "eval", "epoch": record.pop("epoch"), "global_step": record.pop("global_step"),
                      **record})
-        log.info("cur metric, precision: %.6f, recall: %.6f, hmean: %.6f, fps: %.2f; best hmean: %.6f",
-                 report.precision, report.recall, report.hmean, report.fps or 0, report.best_hmean)
+        log.info("%s metric, precision: %.6f, recall: %.6f, hmean: %.6f, fps: %.2f; best hmean: %.6f",
+                 "starting weights" if report.baseline else "cur", report.precision, report.recall, report.hmean,
+                 report.fps or 0, report.best_hmean)
+
+
+class EarlyStopping(Callback):
+    """Ends training after `patience` evaluations without an hmean gain of at least `min_delta`."""
+
+    def __init__(self, patience: int, min_delta: float):
+        self.patience, self.min_delta = patience, min_delta
+
+    def on_eval(self, trainer: Any, report: EvalReport) -> None:
+        if report.baseline:
+            return
+        state = trainer.state  # the count is saved in checkpoints, so a resumed run keeps it
+        state.stale_evals = 0 if report.gain > 0 and report.gain >= self.min_delta else state.stale_evals + 1
+        if state.stale_evals >= self.patience:
+            best = state.best
+            trainer.request_stop(f"early stop: no hmean gain of at least {self.min_delta:g} in {self.patience} "
+                                 f"evaluations (best hmean {best.get('hmean', 0):.4f} at epoch "
+                                 f"{best.get('best_epoch', 0)})")
+
+
+class ResultsPlot(Callback):
+    """results.png in the run folder, redrawn from metrics.jsonl after every evaluation and at the end."""
+
+    def __init__(self, output_dir: Path):
+        self.output_dir = Path(output_dir)
+
+    def on_eval(self, trainer: Any, report: EvalReport) -> None:
+        self.draw()
+
+    def on_train_end(self, trainer: Any) -> None:
+        self.draw()
+
+    def draw(self) -> None:
+        from openocr_cli.engine.plots import plot_results
+
+        plot_results(self.output_dir / "metrics.jsonl", self.output_dir / "results.png")

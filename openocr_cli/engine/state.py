@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
@@ -23,6 +24,8 @@ class TrainState:
     global_step: int = 0
     best: dict = field(default_factory=lambda: {"hmean": 0.0})
     last_eval_step: int = -1
+    stale_evals: int = 0  # evaluations since hmean last rose by at least min_delta (early stopping)
+    stopped: Optional[str] = None  # why the run ended before its last epoch (it counts as finished)
 
     def to_checkpoint(self, full: bool, steps_per_epoch: int, batch_size: int, world_size: int) -> dict:
         """The position keys of a checkpoint; `full` adds what an exact resume needs (latest.pth)."""
@@ -30,7 +33,7 @@ class TrainState:
         if full:
             out.update(epoch_step=self.epoch_step, steps_per_epoch=steps_per_epoch, world_size=world_size,
                        epoch_samples=self.epoch_step * batch_size * world_size, rng=rng_state(),
-                       last_eval_step=self.last_eval_step)
+                       last_eval_step=self.last_eval_step, stale_evals=self.stale_evals, stopped=self.stopped)
         return out
 
     @classmethod
@@ -43,7 +46,8 @@ class TrainState:
         if done is not None and ckpt.get("world_size", 1) != world_size:
             # another process count: continue after the same number of samples, in whole batches
             done = int(ckpt.get("epoch_samples", 0)) // (batch_size * world_size)
-        state = cls(best=best, last_eval_step=int(ckpt.get("last_eval_step", -1)))
+        state = cls(best=best, last_eval_step=int(ckpt.get("last_eval_step", -1)),
+                    stale_evals=int(ckpt.get("stale_evals", 0)), stopped=ckpt.get("stopped"))
         if done is None or int(done) >= steps_per_epoch:
             state.epoch, state.global_step = epoch + 1, step
         else:

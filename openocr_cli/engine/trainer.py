@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 import time
+import warnings
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,10 @@ from openocr_cli.settings import TrainSettings
 log = logging.getLogger("openocr_det")
 
 
+class TrainingDiverged(UserError):
+    """Too many consecutive steps with a non-finite loss or gradients: the run cannot recover by itself."""
+
+
 class TrainingInterrupted(Exception):
     """Ctrl-C/SIGTERM stopped training after a completed step; latest.pth was written."""
 
@@ -51,6 +56,8 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.use_amp = settings.use_amp and device.type == "cuda"
         self.stop_reason: Optional[str] = None
+        self.nonfinite_streak = 0
+        self.epoch_data_wait = 0.0  # share of the last epoch's wall time spent waiting for data
 
         seed_everything(settings.seed)
         self.sampler = builders.build_sampler(settings, len(data.train), role)
@@ -59,10 +66,16 @@ class Trainer:
         self.eval_samples = data.eval
         self.model = builders.build_model(settings, device, role)
         self.loss_fn = builders.build_loss(settings)
-        self.optimizer = builders.build_optimizer(self.model, settings)
-        self.scheduler = builders.build_schedule(self.optimizer, settings, self.steps_per_epoch)
+        self.lr = builders.learning_rate(settings, role)
+        self.optimizer = builders.build_optimizer(self.model, settings, self.lr)
+        self.scheduler = builders.build_schedule(self.optimizer, settings, self.steps_per_epoch, self.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        norms = (m for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+        self.batch_norm_buffers = [b for m in norms for b in m.buffers()]
         self.state = TrainState()
+        self.data = data
+        # fine-tuning starts from weights worth measuring: evaluate them before the first step
+        self.baseline_due = resume is None and bool(settings.pretrained_model) and bool(data.eval)
         if resume is not None:
             self._restore(resume)
         else:
@@ -83,14 +96,18 @@ class Trainer:
                                                 self.role.world_size)
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
+        patience = self.settings.patience
+        if self.state.stopped and self.state.stopped.startswith("early stop") and (
+                not patience or self.state.stale_evals < patience):
+            self.state.stopped = None  # resumed with a larger (or no) --patience: continue
 
     @property
     def finished(self) -> bool:
-        return self.state.epoch > self.settings.epochs
+        return self.state.epoch > self.settings.epochs or self.state.stopped is not None
 
     def request_stop(self, reason: str) -> None:
-        """Finish the current step, save latest.pth and end training (for subscribers such as guards)."""
-        self.stop_reason = reason
+        """Finish the current step, save latest.pth and end training; the run then counts as finished."""
+        self.stop_reason = self.state.stopped = reason
 
     # ------------------------------------------------------------- checkpoints
     def checkpoint(self, full: bool = True) -> dict:
@@ -106,10 +123,18 @@ class Trainer:
         return ckpt
 
     def save(self, name: str, full: bool = True) -> Path:
+        """Write a checkpoint (main process); one holding a non-finite tensor is never written."""
         path = self.output_dir / name
-        if self.role.is_main:
-            save_checkpoint(self.checkpoint(full), path)
-            log.info("saved %s (epoch %d, step %d)", path, self.state.epoch, self.state.global_step)
+        if not self.role.is_main:
+            return path
+        ckpt = self.checkpoint(full)
+        bad = _nonfinite_tensors(ckpt)
+        if bad:
+            log.error("not saving %s: %d tensor(s) are not finite (first: %s); the previous file is kept",
+                      path, len(bad), bad[0])
+            return path
+        save_checkpoint(ckpt, path)
+        log.info("saved %s (epoch %d, step %d)", path, self.state.epoch, self.state.global_step)
         return path
 
     def _emit(self, event: str, *args) -> None:
@@ -118,12 +143,21 @@ class Trainer:
                 getattr(callback, event)(self, *args)
 
     # ------------------------------------------------------------------ steps
-    def _step(self, batch: list[torch.Tensor]) -> dict[str, float]:
+    def _step(self, batch: list[torch.Tensor]) -> Optional[dict[str, float]]:
+        """One optimizer step; None when the loss or the gradients are not finite (step skipped)."""
         images, *labels = [t.to(self.device, non_blocking=True) for t in batch]
+        batch_norm_state = [b.clone() for b in self.batch_norm_buffers]
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
             preds = self.net(images)
         losses = self.loss_fn(preds, labels)
-        self.scaler.scale(losses["loss"] / self.settings.accumulation).backward()
+        # every rank skips together (DDP reduces gradients during backward)
+        finite = not ddp.any_rank([not bool(torch.isfinite(losses["loss"]))], self.role, self.device)[0]
+        if finite:
+            self.scaler.scale(losses["loss"] / self.settings.accumulation).backward()
+            finite = self.use_amp or _gradients_finite(self.model)  # AMP: the GradScaler skips such steps
+        if not finite:
+            return self._skip_step(batch_norm_state)
+        self.nonfinite_streak = 0
         last_of_epoch = self.state.epoch_step + 1 == self.steps_per_epoch
         if (self.state.epoch_step + 1) % self.settings.accumulation == 0 or last_of_epoch:
             if self.settings.grad_clip > 0:
@@ -134,6 +168,25 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         return {k: float(losses[k].detach()) for k in LOSS_KEYS}
+
+    def _skip_step(self, batch_norm_state: list[torch.Tensor]) -> None:
+        """Undo what the forward pass changed (BatchNorm statistics), drop the gradients, keep the schedule."""
+        with torch.no_grad():
+            for buffer, saved in zip(self.batch_norm_buffers, batch_norm_state):
+                buffer.copy_(saved)
+        self.optimizer.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():  # a skipped first step makes PyTorch warn about the order
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            self.scheduler.step()
+        self.nonfinite_streak += 1
+        if self.nonfinite_streak >= self.settings.max_nonfinite_steps:
+            raise TrainingDiverged(
+                f"training stopped: {self.nonfinite_streak} consecutive steps had a non-finite loss or gradients "
+                f"(last at step {self.state.global_step + 1}). Likely causes: a learning rate too high for this "
+                f"data (now {self.lr:g}; try --lr {self.lr / 10:g}), broken labels (run `openocr-det check-data`), "
+                "or mixed precision (--no-amp). The skipped batches are listed in train.log; latest.pth holds the "
+                "last good state.")
+        return None
 
     def evaluate(self) -> Optional[EvalResult]:
         """Every rank scores its share of the eval images; the per-image records are gathered, so
@@ -154,19 +207,24 @@ class Trainer:
         self.state.last_eval_step = self.state.global_step
         return EvalResult.combine(ddp.gather_objects(result, self.role))
 
-    def _evaluate_and_record(self) -> None:
-        """Record the metric; save best.pth on hmean >= best (ties take the newer model)."""
+    def _evaluate_and_record(self, baseline: bool = False) -> None:
+        """Record the metric; best.pth only when hmean beats the best so far (the starting weights'
+        when fine-tuning); ties keep the older file (openocr-compat: best-by-hmean)."""
         result = self.evaluate()
         if result is None:
             return
         best = self.state.best
-        improved = result.hmean >= float(best.get("hmean", 0.0))
-        if improved:
+        epoch = 0 if baseline else self.state.epoch
+        gain = result.hmean - float(best.get("hmean", 0.0))
+        improved = gain > 0 and not baseline
+        if improved or baseline:
             best.update(precision=result.precision, recall=result.recall, hmean=result.hmean, fps=result.fps,
-                        best_epoch=self.state.epoch)
+                        best_epoch=epoch)
+        if improved:
             self.save("best.pth", full=False)
-        self._emit("on_eval", EvalReport(self.state.epoch, self.state.global_step, result.precision, result.recall,
-                                         result.hmean, result.fps, best["hmean"], improved))
+        self._emit("on_eval", EvalReport(epoch, 0 if baseline else self.state.global_step, result.precision,
+                                         result.recall, result.hmean, result.fps, best["hmean"], improved, gain,
+                                         baseline))
 
     def _prepare_output(self) -> None:
         if self.role.is_main:
@@ -182,6 +240,9 @@ class Trainer:
         consistent state and TrainingInterrupted is raised. A second Ctrl-C stops at once.
         """
         self._prepare_output()
+        if self.baseline_due:
+            self.baseline_due = False
+            self._evaluate_and_record(baseline=True)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         window: deque[dict[str, float]] = deque(maxlen=self.settings.log_window)
@@ -198,18 +259,27 @@ class Trainer:
     def _run_epoch(self, window: deque, stop, stop_after: Optional[int]) -> None:
         s, state = self.settings, self.state
         self.sampler.set_epoch(state.epoch, state.epoch_step * s.batch_size)
+        waits = _DataWait()
         tick = time.perf_counter()
         for batch in self.loader:
+            arrived = time.perf_counter()
             losses = self._step(batch)
             state.epoch_step += 1
             state.global_step += 1
-            window.append(losses)
             now = time.perf_counter()
+            waits.add(arrived - tick, now - tick)
             report = StepReport(state.epoch, state.epoch_step, state.global_step, self.scheduler.get_last_lr()[0],
-                                len(batch[0]) / max(now - tick, 1e-9), losses)
+                                len(batch[0]) / max(now - tick, 1e-9), losses or {})
             tick = now
-            if state.global_step % s.print_every == 0 or state.epoch_step == self.steps_per_epoch:
+            if losses is None:
+                first = (state.epoch_step - 1) * s.batch_size
+                report.nonfinite_images = [str(self.data.train[i].image)
+                                           for i in self.sampler.indices(first, len(batch[0]))]
+            else:
+                window.append(losses)
+            if window and (state.global_step % s.print_every == 0 or state.epoch_step == self.steps_per_epoch):
                 report.smoothed = {k: float(np.median([w[k] for w in window])) for k in LOSS_KEYS}
+                report.data_wait = waits.window_share()
             self._emit("on_step", report)
             if s.eval_every.due(state.global_step):
                 self._evaluate_and_record()
@@ -222,6 +292,7 @@ class Trainer:
                 self.stop_reason = "requested on another rank"
             if stop.requested or asked or (stop_after is not None and state.global_step >= stop_after):
                 break
+        self.epoch_data_wait = waits.epoch_share()
         if state.epoch_step >= self.steps_per_epoch:
             self._end_epoch()
         else:
@@ -236,6 +307,41 @@ class Trainer:
             self.save(f"epoch_{epoch}.pth")
         self._emit("on_epoch_end")
         self.state.next_epoch()
+
+
+class _DataWait:
+    """Seconds spent waiting for the data loader, against wall time: per logging window and per epoch."""
+
+    def __init__(self) -> None:
+        self.window = [0.0, 0.0]
+        self.epoch = [0.0, 0.0]
+
+    def add(self, waited: float, elapsed: float) -> None:
+        for totals in (self.window, self.epoch):
+            totals[0] += waited
+            totals[1] += elapsed
+
+    def window_share(self) -> float:
+        share = self.window[0] / max(self.window[1], 1e-9)
+        self.window = [0.0, 0.0]
+        return share
+
+    def epoch_share(self) -> float:
+        return self.epoch[0] / max(self.epoch[1], 1e-9)
+
+
+def _gradients_finite(model: torch.nn.Module) -> bool:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+
+def _nonfinite_tensors(ckpt: dict) -> list[str]:
+    """Names of the floating-point tensors of a checkpoint (weights, optimizer state) that are not finite."""
+    found = [k for k, t in ckpt["state_dict"].items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    for pid, slots in ((ckpt.get("optimizer") or {}).get("state") or {}).items():
+        found += [f"optimizer.state.{pid}.{k}" for k, t in slots.items()
+                  if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()]
+    return found
 
 
 class _StopFlag:
