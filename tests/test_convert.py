@@ -249,6 +249,22 @@ def test_malformed_ppocr_labelme_and_coco_entries(cli, tmp_path):
     assert not any((tmp_path / n).exists() for n in ("c.json", "l.txt", "k.txt"))
 
 
+def test_repeated_images_are_merged_and_stem_clashes_refused(cli, tmp_path):
+    source = tmp_path / "dup.txt"
+    source.write_text(label_line("a.jpg", [{"transcription": "1", "points": QUAD}]) + label_line("b.jpg", [])
+                      + label_line("a.jpg", [{"transcription": "2", "points": FLOAT_QUAD}])
+                      + label_line("x/b.png", []))
+    out = tmp_path / "coco.json"
+    code, _, err = convert(cli, source, "--from", "ppocr", "--to", "coco", "--output", out)
+    assert code == 0, err
+    data = json.loads(out.read_text())
+    assert [im["file_name"] for im in data["images"]] == ["a.jpg", "b.jpg", "x/b.png"]
+    assert [a["attributes"]["transcription"] for a in data["annotations"]] == ["1", "2"]
+    assert "1 repeated image entry was merged" in " ".join(err.split())
+    code, _, err = convert(cli, source, "--from", "ppocr", "--to", "icdar2015", "--output", tmp_path / "gt")
+    assert code == 1 and f"{source}:4: x/b.png: it would be written to gt_b.txt like b.jpg" in " ".join(err.split())
+
+
 def test_split_is_seeded_and_reproducible(cli, tmp_path):
     source = tmp_path / "all.txt"
     source.write_text("".join(label_line(f"img_{i}.jpg", [{"transcription": str(i), "points": QUAD}])

@@ -78,6 +78,9 @@ def _print(summary: Summary, request: Request) -> None:
         warn(f"skipped {len(summary.skipped)} bad entr{'y' if len(summary.skipped) == 1 else 'ies'} (--skip-bad):")
         for problem in summary.skipped[:MAX_REPORTED_PROBLEMS]:
             console.print(f"  {escape(str(problem))}", highlight=False)
+    if summary.merged:
+        warn(f"{summary.merged} repeated image entr{'y was' if summary.merged == 1 else 'ies were'} merged into the "
+             "first entry of the same image (one entry per image).")
     if summary.missing:
         warn(f"{len(summary.missing)} image(s) are not in {summary.root} "
              f"(first: {', '.join(summary.missing[:SHOWN_MISSING])}).")

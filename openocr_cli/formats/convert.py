@@ -50,6 +50,7 @@ class Summary:
     skipped: list[Problem] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unknown_sizes: int = 0
+    merged: int = 0
 
     @property
     def regions(self) -> int:
@@ -66,9 +67,10 @@ def convert_labels(request: Request) -> Summary:
     _check_request(request, source_format, target)
     dataset = source_format.read(request.source, request.images_dir)
     summary = Summary([], dataset.root, skipped=list(dataset.problems))
+    images = _merge_duplicates(dataset.images, summary)
     if target.needs_size or request.images_dir is not None:
-        _locate(dataset.images, dataset.root, target.needs_size, summary)
-    summary.images = _writable(dataset.images, target, request, summary.skipped)
+        _locate(images, dataset.root, target.needs_size, summary)
+    summary.images = _writable(images, target, request, summary.skipped)
     if summary.skipped and (not request.skip_bad or not summary.images):
         raise UserError(_problem_report(summary.skipped, request))
     if not summary.images:
@@ -104,6 +106,18 @@ def _check_request(request: Request, source_format: Format, target: Format) -> N
                         exit_code=2)
     if request.output.exists() and not request.overwrite:
         raise UserError(f"{request.output} already exists; pass --overwrite to replace it, or choose another --output.")
+
+
+def _merge_duplicates(images: list[ImageLabels], summary: Summary) -> list[ImageLabels]:
+    """An image listed more than once becomes one entry with all its regions (where it first appeared)."""
+    first: dict[str, ImageLabels] = {}
+    for image in images:
+        if image.image in first:
+            first[image.image].regions.extend(image.regions)
+            summary.merged += 1
+        else:
+            first[image.image] = image
+    return list(first.values())
 
 
 def _locate(images: list[ImageLabels], root: Path, sizes: bool, summary: Summary) -> None:
