@@ -42,6 +42,7 @@ demo: install
 
 demo-run:
 	$(PY) -m openocr_cli.data.synth $(DEMO)/data --train 64 --test 16 --seed 0
+	$(PY) -m openocr_cli check-data --data-dir $(DEMO)/data --label-file $(DEMO)/data/train_label.txt $(DEMO_SMALL)
 	$(PY) -m openocr_cli train $(DEMO_TRAIN) --weights none --device cpu --epochs $(DEMO_EPOCHS) \
 		--batch-size 8 --workers 2 --lr 0.002 --output $(DEMO)/run --overwrite $(DEMO_SMALL)
 	$(PY) -m openocr_cli eval --weights $(DEMO)/run/best.pth --data-dir $(DEMO)/data \

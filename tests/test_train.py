@@ -60,6 +60,7 @@ def test_train_writes_every_run_file(cli, tmp_path, synth):
     out = tmp_path / "run"
     code, stdout, err = cli(*train_args(synth, out, "--epochs", "2", "-o", "Global.print_batch_step=1"))
     assert code == 0, err + stdout
+    assert "usable images" in stdout and "empty training crops" in stdout  # the check-data pre-flight
     for name in ("latest.pth", "config.yml", "train.log", "metrics.jsonl", "results.png"):
         assert (out / name).is_file(), name
     latest = torch.load(out / "latest.pth", weights_only=True)
@@ -418,9 +419,10 @@ def test_openocr_repvit_db_yml_loads_and_trains_with_ignored_keys_listed_once(cl
         assert key in ignored[0]
     typo = tmp_path / "typo.yml"
     typo.write_text(OPENOCR_REPVIT_DB.replace("print_batch_step", "print_batch_steps"))
-    code, _, err = cli(*train_args(synth, tmp_path / "t", "--config", typo))
+    code, stdout, err = cli(*train_args(synth, tmp_path / "t", "--config", typo))
     flat = " ".join(err.split())
-    assert code == 1 and "did you mean `Global.print_batch_step`?" in flat and "validating" not in flat
+    assert code == 1 and "did you mean `Global.print_batch_step`?" in flat
+    assert "usable images" not in stdout  # refused before any data was read
 
 
 def test_debug_prints_the_chained_traceback(cli, tmp_path, monkeypatch):

@@ -185,8 +185,9 @@ def _examples(items: list[str]) -> str:
     return "; ".join(items[:MAX_EXAMPLES]) + (f"; and {more} more" if more > 0 else "")
 
 
-def print_report(report: DataReport) -> None:
-    """The summary table, then warnings (yellow), then up to 20 problems as `file:line: reason`."""
+def print_report(report: DataReport, problems: bool = True) -> None:
+    """The summary table, then warnings (yellow), then (unless the caller lists them itself, as train
+    does in its refusal) up to 20 problems as `file:line: reason`."""
     text = report.regions - report.ignored_regions
     rows = [("usable images", report.images), ("background images", report.background_images),
             ("regions", report.regions), ("do-not-care regions", report.ignored_regions), ("text regions", text)]
@@ -195,7 +196,7 @@ def print_report(report: DataReport) -> None:
     console.print(table("check-data", ["", "value"], rows))
     for message in report.warnings:
         warn(escape(message))
-    if report.problems:
+    if problems and report.problems:
         err_console.print(f"[red]{len(report.problems)} label line(s) train refuses:[/red]")
         for problem in report.problems[:MAX_REPORTED_PROBLEMS]:
             err_console.print(f"  {problem}", markup=False)

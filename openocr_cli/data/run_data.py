@@ -1,4 +1,4 @@
-"""The samples a training run uses: training labels validated once, evaluation labels loaded.
+"""The samples a training run uses: training labels validated and checked once, evaluation labels loaded.
 
 Validation reads every image, so it runs once, in the launching process. For a distributed
 run the result is handed to the workers as a file in the run folder (its path in
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from openocr_cli.data.dataset import select_by_ratio, validate_training_labels
+from openocr_cli.data.doctor import check_data, print_report
 from openocr_cli.data.labels import MAX_REPORTED_PROBLEMS, LabelSample, load_labels
 from openocr_cli.errors import UserError
 from openocr_cli.settings import TrainSettings
@@ -75,8 +76,10 @@ def load_run_data(settings: TrainSettings, skip_bad: bool) -> RunData:
         raise UserError(f"training data not found: {what} does not exist. Pass --data-dir DIR and --train-label FILE "
                         "(PaddleOCR format: image path, TAB, JSON list of {transcription, points}), or run "
                         "`make demo` to try training on generated data.")
-    with console.status("validating the training labels and images ..."):
+    with console.status("checking the training labels and images ..."):
         checked = validate_training_labels(files, data_dir)
+        report = check_data(files, data_dir, settings.cfg, seed=settings.seed, checked=checked)
+    print_report(report, problems=False)  # the refusal below lists them
     if checked.problems:
         shown = "\n".join(f"  {p}" for p in checked.problems[:MAX_REPORTED_PROBLEMS if skip_bad else None])
         if not skip_bad:
