@@ -50,7 +50,7 @@ class TrainDisplay(Callback):
         eta = (time.perf_counter() - self.started) / max(done, 1) * remaining
         if report.data_wait is not None:
             self.data_wait = report.data_wait
-        waiting = f" data wait {self.data_wait:.0%}" if self.data_wait is not None else ""
+        waiting = f", data wait {self.data_wait:.0%}" if self.data_wait is not None else ""
         losses = report.losses
         if report.nonfinite_images is not None:
             stats = "step skipped: non-finite loss or gradients"

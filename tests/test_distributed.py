@@ -75,9 +75,10 @@ def test_two_process_training_matches_single_process_eval(tmp_path, data, consta
     args = ["train", "--data-dir", str(synth.data_dir), "--train-label", str(synth.train_label),
             "--eval-label", str(ev / "labels.txt"), "--weights", str(constant_ckpt), "--lr", "0",
             "--device", "cpu", "--output", str(out), "--batch-size", "2", "--workers", "0", "--epochs", "2",
-            "--nproc-per-node", "2", *SMALL]
+            "--nproc-per-node", "2", "--scale-lr", *SMALL]
     res = run(args)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "learning rate 0 (--scale-lr: 0 x 2)" in " ".join(res.stdout.split())
     run_files = ["best.pth", "config.yml", "latest.pth", "metrics.jsonl", "train.log"]
     assert sorted(p.name for p in out.iterdir()) == run_files
     log = (out / "train.log").read_text()

@@ -148,3 +148,11 @@ def test_filter_bias_and_bn_puts_1d_and_bias_params_in_an_undecayed_group():
     assert plain["weight_decay"] == 0.0 and len(plain["params"]) == 3  # conv bias, bn weight, bn bias
     assert decayed["weight_decay"] == 5e-5 and [p.ndim for p in decayed["params"]] == [4]
     assert len(parameter_groups(model, 0.0, filter_bias_and_bn=True)) == 1  # OpenOCR: no decay, no split
+
+
+def test_scale_lr_multiplies_by_the_process_count():
+    from openocr_cli.engine.builders import learning_rate
+    from openocr_cli.engine.distributed import Role
+
+    assert learning_rate(settings_for("Optimizer.lr=0.002"), Role(0, 0, 4)) == 0.002
+    assert learning_rate(settings_for("Optimizer.lr=0.002", "Global.scale_lr=true"), Role(0, 0, 4)) == 0.008

@@ -229,6 +229,8 @@ def test_demo_learns_offline(tmp_path):
     assert metrics["hmean"] >= 0.3, metrics
     assert (demo / "predict" / "det_results.txt").read_text().count("\n") == 16
     assert len(list((demo / "predict" / "vis").iterdir())) == 16
+    assert (demo / "run" / "results.png").stat().st_size > 10_000
+    assert "empty training crops" in res.stdout  # make demo shows the check-data summary
 
 
 def test_resumes_openocr_written_latest_at_next_epoch(cli, tmp_path, synth):

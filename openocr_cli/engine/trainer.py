@@ -176,7 +176,7 @@ class Trainer:
                 buffer.copy_(saved)
         self.optimizer.zero_grad(set_to_none=True)
         with warnings.catch_warnings():  # a skipped first step makes PyTorch warn about the order
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.scheduler.step()
         self.nonfinite_streak += 1
         if self.nonfinite_streak >= self.settings.max_nonfinite_steps:
