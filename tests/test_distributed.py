@@ -131,6 +131,20 @@ def test_labels_are_validated_once_before_the_launch(tmp_path, data):
     assert not list(out.glob(".validated_labels*"))
 
 
+def test_early_stop_on_the_main_process_ends_every_rank(tmp_path, data, constant_ckpt):
+    """The stop is decided by rank 0's subscriber after an epoch-end evaluation; rank 1 must follow, not hang."""
+    synth, ev = data
+    out = tmp_path / "run"
+    args = ["train", "--data-dir", str(synth.data_dir), "--train-label", str(synth.train_label),
+            "--eval-label", str(ev / "labels.txt"), "--weights", str(constant_ckpt), "--lr", "0",
+            "--device", "cpu", "--output", str(out), "--batch-size", "2", "--workers", "0", "--epochs", "4",
+            "--nproc-per-node", "2", "--patience", "1", *SMALL]
+    res = run(args, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    latest = torch.load(out / "latest.pth", weights_only=True)
+    assert (latest["epoch"], latest["global_step"]) == (1, 2) and latest["stopped"].startswith("early stop")
+
+
 def test_two_node_run_on_localhost(tmp_path, data):
     synth, _ = data
     out = tmp_path / "run"

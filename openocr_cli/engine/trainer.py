@@ -251,10 +251,18 @@ class Trainer:
                 self._run_epoch(window, stop, stop_after)
                 if stop.requested:
                     raise TrainingInterrupted(self.output_dir / "latest.pth", self.state)
-                if self.stop_reason or (stop_after is not None and self.state.global_step >= stop_after):
+                # an epoch-end evaluation may have asked for a stop on the main process: all ranks follow
+                asked = self._follow_stop(ddp.any_rank([self.stop_reason is not None], self.role, self.device)[0])
+                if asked or (stop_after is not None and self.state.global_step >= stop_after):
                     break
         self._emit("on_train_end")
         return self.state.best
+
+    def _follow_stop(self, asked: bool) -> bool:
+        """A stop requested by a subscriber (main process only) ends the run on every rank."""
+        if asked and self.stop_reason is None:
+            self.stop_reason = self.state.stopped = "stopped on the main process's request"
+        return asked
 
     def _run_epoch(self, window: deque, stop, stop_after: Optional[int]) -> None:
         s, state = self.settings, self.state
@@ -288,8 +296,7 @@ class Trainer:
             # every rank stops at the same step: a signal or a subscriber's request on any rank counts
             stop.requested, asked = ddp.any_rank([stop.requested, self.stop_reason is not None], self.role,
                                                  self.device)
-            if asked and self.stop_reason is None:
-                self.stop_reason = "requested on another rank"
+            self._follow_stop(asked)
             if stop.requested or asked or (stop_after is not None and state.global_step >= stop_after):
                 break
         self.epoch_data_wait = waits.epoch_share()
