@@ -69,13 +69,19 @@ def test_launcher_flag_helpers():
     assert "--rdzv-endpoint" in LaunchPlan(2, 2, 0, rdzv_endpoint="h:1").launcher_args()
 
 
+def constant_run_args(data, out: Path, constant_ckpt: Path, *extra: str) -> list[str]:
+    """Two processes fine-tuning the constant model with lr 0 (known metric, weights that never change)."""
+    synth, ev = data
+    return ["train", "--data-dir", str(synth.data_dir), "--train-label", str(synth.train_label),
+            "--eval-label", str(ev / "labels.txt"), "--weights", str(constant_ckpt), "--lr", "0",
+            "--device", "cpu", "--output", str(out), "--batch-size", "2", "--workers", "0",
+            "--nproc-per-node", "2", *SMALL, *extra]
+
+
 def test_two_process_training_matches_single_process_eval(tmp_path, data, constant_ckpt):
     synth, ev = data
     out = tmp_path / "run"
-    args = ["train", "--data-dir", str(synth.data_dir), "--train-label", str(synth.train_label),
-            "--eval-label", str(ev / "labels.txt"), "--weights", str(constant_ckpt), "--lr", "0",
-            "--device", "cpu", "--output", str(out), "--batch-size", "2", "--workers", "0", "--epochs", "2",
-            "--nproc-per-node", "2", "--scale-lr", *SMALL]
+    args = constant_run_args(data, out, constant_ckpt, "--epochs", "2", "--scale-lr")
     res = run(args)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "learning rate 0 (--scale-lr: 0 x 2)" in " ".join(res.stdout.split())
@@ -133,13 +139,8 @@ def test_labels_are_validated_once_before_the_launch(tmp_path, data):
 
 def test_early_stop_on_the_main_process_ends_every_rank(tmp_path, data, constant_ckpt):
     """The stop is decided by rank 0's subscriber after an epoch-end evaluation; rank 1 must follow, not hang."""
-    synth, ev = data
     out = tmp_path / "run"
-    args = ["train", "--data-dir", str(synth.data_dir), "--train-label", str(synth.train_label),
-            "--eval-label", str(ev / "labels.txt"), "--weights", str(constant_ckpt), "--lr", "0",
-            "--device", "cpu", "--output", str(out), "--batch-size", "2", "--workers", "0", "--epochs", "4",
-            "--nproc-per-node", "2", "--patience", "1", *SMALL]
-    res = run(args, timeout=240)
+    res = run(constant_run_args(data, out, constant_ckpt, "--epochs", "4", "--patience", "1"), timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     latest = torch.load(out / "latest.pth", weights_only=True)
     assert (latest["epoch"], latest["global_step"]) == (1, 2) and latest["stopped"].startswith("early stop")
