@@ -278,7 +278,6 @@ class Trainer:
             waits.add(arrived - tick, now - tick)
             report = StepReport(state.epoch, state.epoch_step, state.global_step, self.scheduler.get_last_lr()[0],
                                 len(batch[0]) / max(now - tick, 1e-9), losses or {})
-            tick = now
             if losses is None:
                 first = (state.epoch_step - 1) * s.batch_size
                 report.nonfinite_images = [str(self.data.train[i].image)
@@ -299,6 +298,7 @@ class Trainer:
             self._follow_stop(asked)
             if stop.requested or asked or (stop_after is not None and state.global_step >= stop_after):
                 break
+            tick = time.perf_counter()  # evaluations and saves above are neither data wait nor step time
         self.epoch_data_wait = waits.epoch_share()
         if state.epoch_step >= self.steps_per_epoch:
             self._end_epoch()
