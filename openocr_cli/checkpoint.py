@@ -69,6 +69,7 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     wrong_shape: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+    saved_config: Any = None  # the checkpoint's "config" entry (OpenOCR's layout), if any
 
     @property
     def ok(self) -> bool:
@@ -107,8 +108,11 @@ def load_weights(model: torch.nn.Module, path: Path, strict: bool = True) -> Loa
 
     Non-strict loads every key whose name and shape match and reports the rest as a warning.
     """
-    weights = extract_state_dict(read_checkpoint(path), path)
+    obj = read_checkpoint(path)
+    weights = extract_state_dict(obj, path)
     report = compare_keys(model, weights)
+    if isinstance(obj, Mapping) and isinstance(obj.get("config"), Mapping):
+        report.saved_config = obj["config"]
     if report.loaded == 0:
         report.print_table(f"{path}: no key matches the RepViT-DB model")
         raise UserError(f"{path} is not a checkpoint of this model (RepViT-DB, {len(model.state_dict())} "

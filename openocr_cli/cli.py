@@ -77,11 +77,34 @@ def _register() -> None:
 _register()
 
 
+def _optional_values(argv: list[str]) -> list[str]:
+    """`eval --tune SPEC` / `--tune=SPEC` -> `--tune --tune-ranges SPEC`: Typer has no option with an optional
+    value, and a bare `--tune` must keep working. SPEC is recognised by its NAME=START:STOP:STEP form."""
+    if "eval" not in argv:
+        return argv
+    out = []
+    args = iter(argv)
+    for arg in args:
+        if arg.startswith("--tune="):
+            out += ["--tune", "--tune-ranges", arg[len("--tune="):]]
+            continue
+        out.append(arg)
+        if arg == "--tune":
+            following = next(args, None)
+            if following is None:
+                break
+            if "=" in following and not following.startswith("-"):
+                out.append("--tune-ranges")
+            out.append(following)
+    return out
+
+
 def main() -> None:
     """Run the app; a UserError becomes a one-paragraph message and its exit code, not a traceback
     (unless --debug / OPENOCR_DET_DEBUG=1 asks for it). Typer turns usage errors into exit code 2.
     """
     try:
+        sys.argv[1:] = _optional_values(sys.argv[1:])
         app()
     except UserError as exc:
         if debug_enabled():

@@ -36,16 +36,40 @@ def _polygons(polys: Iterable, what: str) -> np.ndarray:
     return np.array(out, dtype=object)
 
 
-def evaluate_image(gt_polys: Sequence, gt_ignore: Sequence[bool], det_polys: Sequence) -> ImageRecord:
-    """Count care GT, care detections and one-to-one IoU matches for one image."""
+# Per-region outcomes of `match_image`, in the order of the polygons given.
+MATCHED, MISSED, FALSE_POSITIVE, DONT_CARE, INVALID = "matched", "missed", "false_positive", "dont_care", "invalid"
+
+
+@dataclass(frozen=True)
+class ImageMatch:
+    """Which GT and detections matched, and why the others do not count; `record()` gives the metric's counts.
+
+    `gt_state[i]` is matched / missed / dont_care / invalid for GT polygon i; `det_state[j]` is
+    matched / false_positive / dont_care (mostly inside a do-not-care region) / invalid for detection j;
+    `pairs` are the (GT index, detection index) matches. Error reports and the metric both come from here.
+    """
+
+    gt_state: tuple[str, ...]
+    det_state: tuple[str, ...]
+    pairs: tuple[tuple[int, int], ...]
+
+    def record(self) -> ImageRecord:
+        matched = len(self.pairs)
+        return ImageRecord(matched + self.gt_state.count(MISSED), matched + self.det_state.count(FALSE_POSITIVE),
+                           matched)
+
+
+def match_image(gt_polys: Sequence, gt_ignore: Sequence[bool], det_polys: Sequence) -> ImageMatch:
+    """One-to-one IoU matching of one image's detections to its GT (the metric's only implementation)."""
     if len(gt_polys) != len(gt_ignore):
         raise ValueError(f"got {len(gt_polys)} GT polygons but {len(gt_ignore)} ignore flags")
-    gts = _polygons(gt_polys, "GT")
-    gt_valid = shapely.is_valid(gts)
-    gts = gts[gt_valid]
-    gt_dc = np.asarray(gt_ignore, dtype=bool).reshape(-1)[gt_valid]
-    dets = _polygons(det_polys, "detection")
-    dets = dets[shapely.is_valid(dets)]
+    all_gts = _polygons(gt_polys, "GT")
+    gt_index = np.flatnonzero(shapely.is_valid(all_gts)) if len(all_gts) else np.zeros(0, int)
+    gts = all_gts[gt_index]
+    gt_dc = np.asarray(gt_ignore, dtype=bool).reshape(-1)[gt_index]
+    all_dets = _polygons(det_polys, "detection")
+    det_index = np.flatnonzero(shapely.is_valid(all_dets)) if len(all_dets) else np.zeros(0, int)
+    dets = all_dets[det_index]
 
     # A detection lying mostly (> half its area) inside a don't-care GT is not counted.
     det_dc = np.zeros(len(dets), dtype=bool)
@@ -57,7 +81,7 @@ def evaluate_image(gt_polys: Sequence, gt_ignore: Sequence[bool], det_polys: Seq
             cover = np.where(det_area == 0, 0.0, inter / det_area)
         det_dc = (cover > AREA_PRECISION_CONSTRAINT).any(axis=1)
 
-    matched = 0
+    pairs = []
     if len(gts) and len(dets):
         # Operand order (det first) as in the reference, so float results agree bit for bit.
         inter = shapely.area(shapely.intersection(dets[None, :], gts[:, None]))
@@ -70,8 +94,22 @@ def evaluate_image(gt_polys: Sequence, gt_ignore: Sequence[bool], det_polys: Seq
             for d in range(len(dets)):
                 if not gt_used[g] and not det_used[d] and iou[g, d] > IOU_CONSTRAINT:
                     gt_used[g] = det_used[d] = True
-                    matched += 1
-    return ImageRecord(int(len(gts) - gt_dc.sum()), int(len(dets) - det_dc.sum()), matched)
+                    pairs.append((int(gt_index[g]), int(det_index[d])))
+
+    gt_state = [INVALID] * len(all_gts)
+    for g, dc in zip(gt_index, gt_dc):
+        gt_state[g] = DONT_CARE if dc else MISSED
+    det_state = [INVALID] * len(all_dets)
+    for d, dc in zip(det_index, det_dc):
+        det_state[d] = DONT_CARE if dc else FALSE_POSITIVE
+    for g, d in pairs:
+        gt_state[g], det_state[d] = MATCHED, MATCHED
+    return ImageMatch(tuple(gt_state), tuple(det_state), tuple(pairs))
+
+
+def evaluate_image(gt_polys: Sequence, gt_ignore: Sequence[bool], det_polys: Sequence) -> ImageRecord:
+    """Count care GT, care detections and one-to-one IoU matches for one image."""
+    return match_image(gt_polys, gt_ignore, det_polys).record()
 
 
 def summarize(records: Iterable[ImageRecord]) -> dict[str, float]:

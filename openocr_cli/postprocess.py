@@ -30,6 +30,15 @@ class Detection:
     score: float
 
 
+@dataclass(frozen=True, eq=False)
+class Candidate:
+    """A region found at `thresh`, before box_thresh and unclipping: the points to unclip (map pixels)
+    and its score."""
+
+    points: np.ndarray
+    score: float
+
+
 def mini_box(points: np.ndarray) -> tuple[np.ndarray, float]:
     """Min-area rectangle as float32 [TL, TR, BR, BL] plus its short side.
 
@@ -112,53 +121,67 @@ class DBPostProcess:
 
     def __call__(self, pred: np.ndarray, src_h: float, src_w: float) -> list[Detection]:
         """Detections for one (h, w) probability map whose source image is src_h x src_w."""
+        pred = _checked_map(pred, src_h, src_w)
+        out = []
+        for candidate in self.candidates(pred):
+            if candidate.score < self.box_thresh:
+                continue
+            det = self.expand(candidate, pred.shape, src_h, src_w)
+            if det is not None:
+                out.append(det)
+        return out
+
+    def candidates(self, pred: np.ndarray) -> list[Candidate]:
+        """The scored regions of the map before `box_thresh` and unclipping: depends on `thresh` only.
+
+        Split out so that `eval --tune` can reuse one thresh's candidates for every box_thresh and
+        unclip_ratio it tries; `__call__` goes through exactly these two steps.
+        """
         pred = np.asarray(pred, dtype=np.float32)
-        if pred.ndim != 2 or pred.size == 0:
-            raise ValueError(f"expected a non-empty (h, w) probability map, got shape {pred.shape}")
-        if not (src_h > 0 and src_w > 0):
-            raise ValueError(f"source size must be positive, got {src_h} x {src_w}")
         bitmap = (pred > self.thresh).astype(np.uint8)
         if self.use_dilation:
             bitmap = cv2.dilate(bitmap, np.ones((2, 2), np.uint8))
         found = cv2.findContours(bitmap * 255, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
         contours = found[-2]  # OpenCV 3 returns (image, contours, hierarchy), 4+ (contours, hierarchy)
         contours = contours[: self.max_candidates]
-        one = self._quad if self.box_type == "quad" else self._poly
-        out = []
-        for contour in contours:
-            det = one(pred, contour, float(src_h), float(src_w))
-            if det is not None:
-                out.append(det)
-        return out
+        one = self._quad_candidate if self.box_type == "quad" else self._poly_candidate
+        return [c for c in (one(pred, contour) for contour in contours) if c is not None]
 
-    def _quad(self, pred, contour, src_h, src_w):
+    def expand(self, candidate: Candidate, map_hw: tuple[int, int], src_h: float, src_w: float) -> Detection | None:
+        """Unclip a candidate by `unclip_ratio` and map it to source pixels; None when it collapses."""
+        src_h, src_w = float(src_h), float(src_w)
+        expanded = _unclip(candidate.points, self.unclip_ratio)
+        if len(expanded) != 1:
+            return None
+        if self.box_type == "quad":
+            box, sside = mini_box(np.array(expanded[0], np.int32).reshape(-1, 1, 2))
+            if sside < MIN_SIZE + 2:
+                return None
+            return Detection(_to_source(box, *map_hw, src_h, src_w), candidate.score)
+        poly = np.array(expanded[0], np.int64)
+        if mini_box(poly.astype(np.int32).reshape(-1, 1, 2))[1] < MIN_SIZE + 2:
+            return None
+        return Detection(_to_source(poly, *map_hw, src_h, src_w), candidate.score)
+
+    def _quad_candidate(self, pred, contour):
         box, sside = mini_box(contour)
         if sside < MIN_SIZE:
             return None
         pts = contour.reshape(-1, 2) if self.score_mode == "slow" else box
-        score = _masked_mean(pred, pts)
-        if score < self.box_thresh:
-            return None
-        expanded = _unclip(box, self.unclip_ratio)
-        if len(expanded) != 1:
-            return None
-        box, sside = mini_box(np.array(expanded[0], np.int32).reshape(-1, 1, 2))
-        if sside < MIN_SIZE + 2:
-            return None
-        return Detection(_to_source(box, *pred.shape, src_h, src_w), score)
+        return Candidate(box, _masked_mean(pred, pts))
 
-    def _poly(self, pred, contour, src_h, src_w):
+    def _poly_candidate(self, pred, contour):
         eps = 0.002 * cv2.arcLength(contour, True)
         pts = cv2.approxPolyDP(contour, eps, True).reshape(-1, 2)
         if len(pts) < 4:
             return None
-        score = _masked_mean(pred, pts)  # poly mode always scores the "fast" way
-        if score < self.box_thresh:
-            return None
-        expanded = _unclip(pts, self.unclip_ratio)
-        if len(expanded) != 1:
-            return None
-        poly = np.array(expanded[0], np.int64)
-        if mini_box(poly.astype(np.int32).reshape(-1, 1, 2))[1] < MIN_SIZE + 2:
-            return None
-        return Detection(_to_source(poly, *pred.shape, src_h, src_w), score)
+        return Candidate(pts, _masked_mean(pred, pts))  # poly mode always scores the "fast" way
+
+
+def _checked_map(pred: np.ndarray, src_h: float, src_w: float) -> np.ndarray:
+    pred = np.asarray(pred, dtype=np.float32)
+    if pred.ndim != 2 or pred.size == 0:
+        raise ValueError(f"expected a non-empty (h, w) probability map, got shape {pred.shape}")
+    if not (src_h > 0 and src_w > 0):
+        raise ValueError(f"source size must be positive, got {src_h} x {src_w}")
+    return pred

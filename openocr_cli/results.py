@@ -47,7 +47,8 @@ class ImageResult:
     """What the predictor found in one image, or why it could not read it (`error`).
 
     `image` is the decoded BGR image when the run kept images; `times` are this image's stage times
-    (all zero for an unreadable image).
+    (all zero for an unreadable image). `prob` is the (h, w) probability map when the run kept maps,
+    `src_hw` the source size post-processing scaled the boxes to.
     """
 
     index: int
@@ -56,6 +57,8 @@ class ImageResult:
     image: Optional[np.ndarray] = None
     error: Optional[str] = None
     times: StageTimes = field(default_factory=StageTimes)
+    prob: Optional[np.ndarray] = field(default=None, repr=False)
+    src_hw: Optional[tuple[int, int]] = None
 
     def to_json(self) -> list[dict]:
         """The boxes as det_results.txt holds them: integer points, score rounded to 6 decimals."""

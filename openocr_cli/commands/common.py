@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -102,6 +102,11 @@ Mean = Annotated[Optional[str], typer.Option(
     "--mean", callback=_three_floats, metavar="C1,C2,C3",
     help="Normalisation mean, three comma-separated values in the model's channel order "
          "(default: the ONNX model's metadata, else the config's ImageNet values).")]
+PostprocessFile = Annotated[Optional[Path], typer.Option(
+    "--postprocess", metavar="FILE",
+    help="thresh / box_thresh / unclip_ratio from a JSON file: the `tuned` object `eval --tune --json` writes, "
+         "or a flat object with those keys. Order, lowest first: config, the checkpoint's saved config or the "
+         "ONNX metadata, this file, -o PostProcess.*, the --thresh/--box-thresh/--unclip-ratio flags.")]
 Std = Annotated[Optional[str], typer.Option(
     "--std", callback=_three_floats, metavar="C1,C2,C3",
     help="Normalisation std, three comma-separated values (default: as --mean).")]
@@ -131,17 +136,35 @@ class InferenceSettings:
     mean: Optional[tuple[float, float, float]] = None
     std: Optional[tuple[float, float, float]] = None
     fuse: bool = True
+    postprocess_file: Optional[Path] = None
+    # filled by build_predictor: where each tunable post-processing value came from
+    postprocess_sources: dict = field(default_factory=dict)
 
     def load_config(self) -> dict:
         return cfgmod.apply_overrides(cfgmod.load_config(self.config), self.overrides or [])
 
-    def build_postprocess(self, cfg: dict) -> DBPostProcess:
-        params = cfgmod.postprocess_params(cfg)
+    def build_postprocess(self, cfg: dict, model_values: Optional[tuple[str, dict]] = None) -> DBPostProcess:
+        """Config, then `model_values` (checkpoint or ONNX metadata), --postprocess, -o, flags (see
+        evaluation.postprocess_file); notes when the model's values replace the config's."""
+        from openocr_cli.evaluation import postprocess_file as ppfile
+
+        layers = [model_values] if model_values and model_values[1] else []
+        if self.postprocess_file is not None:
+            values = ppfile.read_postprocess_file(self.postprocess_file)
+            layers.append((f"--postprocess {self.postprocess_file}", values))
         flags = {"thresh": self.thresh, "box_thresh": self.box_thresh, "unclip_ratio": self.unclip_ratio,
                  "score_mode": self.score_mode.value if self.score_mode else None,
                  "box_type": self.box_type.value if self.box_type else None}
-        params.update({k: v for k, v in flags.items() if v is not None})
-        return make_postprocess(params)
+        params, sources = ppfile.layered_params(cfg, self.overrides or [], layers, flags)
+        postprocess = make_postprocess(params)
+        base = make_postprocess(cfgmod.postprocess_params(cfg))
+        changed = [f"{k} {getattr(postprocess, k):g}" for k, src in sources.items()
+                   if model_values and src == model_values[0] and getattr(postprocess, k) != getattr(base, k)]
+        if changed:
+            err_console.print(f"note: post-processing {', '.join(changed)} from {model_values[0]} (the config says "
+                              "otherwise; flags, -o or --postprocess override it).")
+        self.postprocess_sources = sources
+        return postprocess
 
     def build_resize(self, cfg: dict) -> ResizeSpec:
         params = cfgmod.resize_params(cfg)
@@ -174,10 +197,13 @@ class InferenceSettings:
     def build_predictor(self, cfg: dict) -> Predictor:
         from openocr_cli.hub import resolve_weights
 
-        postprocess = self.build_postprocess(cfg)  # settings are checked before the (slow) model load
+        self.build_postprocess(cfg)  # settings are checked before the (slow) model load
         resize = self.build_resize(cfg)
         if self.backend_name() is BackendName.onnx:
+            from openocr_cli.evaluation.postprocess_file import from_metadata
+
             backend, resize, normalizer = self._onnx_backend(cfg, resize)
+            model_values = ("the ONNX model's metadata", from_metadata(backend.info.metadata))
         else:
             if self.weights.lower().endswith(".onnx"):
                 raise UserError(f"--weights {self.weights} is an ONNX model; run it with --backend onnx "
@@ -191,6 +217,10 @@ class InferenceSettings:
             backend = TorchBackend.from_checkpoint(weights, device, cfg.get("Architecture"), strict=not self.non_strict,
                                                    fuse=self.fuse)
             normalizer = self.build_normalizer(cfg)
+            from openocr_cli.evaluation.postprocess_file import from_saved_config
+
+            model_values = ("the checkpoint's saved config", from_saved_config(backend.saved_config))
+        postprocess = self.build_postprocess(cfg, model_values)
         return Predictor.from_config(backend, cfg, resize=resize, normalizer=normalizer, postprocess=postprocess,
                                      batch_size=self.batch_size, workers=self.workers)
 

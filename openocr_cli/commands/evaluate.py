@@ -1,4 +1,8 @@
-"""`openocr-det eval`: precision / recall / hmean of a model, or of an existing predictions file."""
+"""`openocr-det eval`: precision / recall / hmean of a model, or of an existing predictions file.
+
+The extras (--tune, --report, --sizes, recall by text height) live in openocr_cli.evaluation; this
+module only wires options to them.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,9 @@ from openocr_cli.commands.common import InferenceSettings
 from openocr_cli.data.labels import load_labels
 from openocr_cli.engine.evaluator import EvalResult, evaluate_model, evaluate_predictions
 from openocr_cli.errors import UserError
+from openocr_cli.evaluation import details, display, sizes, tune
+from openocr_cli.evaluation.mapcache import MEMORY_ENV, MapCache
+from openocr_cli.evaluation.report import write_report
 from openocr_cli.results import read_predictions
 from openocr_cli.ui import console, err_console, progress, table, warn
 
@@ -51,6 +58,26 @@ def evaluate(
     threads: opt.Threads = None,
     mean: opt.Mean = None,
     std: opt.Std = None,
+    postprocess_file: opt.PostprocessFile = None,
+    tune_flag: Annotated[bool, typer.Option(
+        "--tune",
+        help="Also search thresh, box_thresh and unclip_ratio on the probability maps of this one model pass "
+             "(exact: the real post-processing and metric per trial) and print the best beside the current "
+             f"settings. Ranges: --tune NAME=START:STOP:STEP,... (e.g. {tune.EXAMPLE}); defaults "
+             "thresh 0.1:0.6:0.05, box_thresh 0.3:0.85:0.05, unclip_ratio 1.0:2.5:0.1.")] = False,
+    tune_ranges: Annotated[Optional[str], typer.Option(
+        "--tune-ranges", metavar="NAME=START:STOP:STEP,...",
+        help="The search ranges (implies --tune; `--tune SPEC` is the same).")] = None,
+    tune_jobs: Annotated[Optional[int], typer.Option(
+        "--tune-jobs", min=1, help="Processes for --tune (default: one per CPU core).")] = None,
+    report: Annotated[Optional[Path], typer.Option(
+        "--report", metavar="DIR",
+        help="Write DIR/index.html (every image drawn, worst first: matched green, false positives red, "
+             "missed blue, do-not-care dashed grey) and DIR/errors.json (per image tp/fp/fn and the wrong boxes).")
+    ] = None,
+    sizes_text: Annotated[Optional[str], typer.Option(
+        "--sizes", metavar="N,N,...",
+        help="Also evaluate at these limit_side_len values (e.g. 640,960,1280): one row of P/R/H/FPS each.")] = None,
 ) -> None:
     """Evaluate detection quality (OpenOCR's IoU > 0.5 metric, '###' regions do not count).
 
@@ -63,12 +90,18 @@ def evaluate(
 
       openocr-det eval --backend onnx --onnx-model det_model.onnx --data-dir icdar2015/text_localization \
 --label-file icdar2015/text_localization/test_icdar2015_label.txt
+
+      openocr-det eval -w best.pth --label-file test_label.txt --tune --report eval_report --json tuned.json
+
+      openocr-det eval -w best.pth --label-file test_label.txt --sizes 640,960,1280
     """
     settings = InferenceSettings(
         weights=weights, config=config, overrides=override, device=device, batch_size=batch_size, workers=workers,
         thresh=thresh, box_thresh=box_thresh, unclip_ratio=unclip_ratio, score_mode=score_mode, box_type=box_type,
         limit_side_len=limit_side_len, limit_type=limit_type, non_strict=non_strict, backend=backend,
-        onnx_model=onnx_model, threads=threads, mean=mean, std=std, fuse=fuse)
+        onnx_model=onnx_model, threads=threads, mean=mean, std=std, fuse=fuse, postprocess_file=postprocess_file)
+    grids = tune.parse_ranges(tune_ranges) if tune_flag or tune_ranges is not None else None
+    size_list = sizes.parse_sizes(sizes_text) if sizes_text is not None else None
     cfg = settings.load_config()
     dataset = ((cfg.get("Eval") or {}).get("dataset") or {})
     data_dir = data_dir if data_dir is not None else Path(str(dataset.get("data_dir", ".")))
@@ -77,25 +110,59 @@ def evaluate(
         raise UserError("no label file: pass --label-file FILE (or set Eval.dataset.label_file_list in the config).",
                         exit_code=2)
 
-    if predictions is not None:
-        preds = read_predictions(predictions)
-        samples = load_labels(files, data_dir, check_images=False)
-        result = evaluate_predictions(preds, samples)
-        if result.unmatched:
-            warn(f"{len(result.unmatched)} labelled image(s) have no line in {predictions} and count as "
-                 f"images with no detections (first: {', '.join(result.unmatched[:3])}).")
-    else:
-        samples = load_labels(files, data_dir, check_images=True)
-        predictor = settings.build_predictor(cfg)
-        with progress() as bar:
-            task = bar.add_task("eval", total=len(samples))
-            result = evaluate_model(predictor, samples, lambda: bar.advance(task))
+    out: dict = {}
+    with MapCache() as cache:
+        if predictions is not None:
+            for flag, given in (("--tune", grids is not None), ("--sizes", size_list is not None)):
+                if given:
+                    raise UserError(f"{flag} runs the model, so it cannot be combined with --predictions; pass "
+                                    "--weights (or --onnx-model) instead.", exit_code=2)
+            preds = read_predictions(predictions)
+            samples = load_labels(files, data_dir, check_images=False)
+            result = evaluate_predictions(preds, samples)
+            resize = settings.build_resize(cfg)
+            shown = {"predictions": predictions}
+            if result.unmatched:
+                warn(f"{len(result.unmatched)} labelled image(s) have no line in {predictions} and count as "
+                     f"images with no detections (first: {', '.join(result.unmatched[:3])}).")
+        else:
+            samples = load_labels(files, data_dir, check_images=True)
+            predictor = settings.build_predictor(cfg)
+            resize = predictor.resize
+            if size_list is not None:
+                sizes.size_spec(resize, size_list[0])  # refuse a fixed-shape resize before the long pass
+            with progress() as bar:
+                task = bar.add_task("eval", total=len(samples))
+                result = evaluate_model(predictor, samples, lambda: bar.advance(task),
+                                        on_map=cache.add if grids is not None else None)
+            shown = _settings_shown(settings, predictor)
 
-    _print(result)
+        _print(result)
+        out.update(result.as_dict())
+        buckets = details.by_height(result.scored, resize)
+        display.print_by_height(buckets)
+        if buckets is not None:
+            out["by_height"] = buckets
+            advice = details.tiny_text_warning(buckets, resize)
+            if advice:
+                warn(advice)
+        if size_list is not None:
+            with progress() as bar:
+                rows = sizes.sweep(predictor, samples, size_list, result,
+                                   lambda side: _advance(bar, bar.add_task(f"eval @{side}", total=len(samples))))
+            display.print_sizes(rows)
+            out["sizes"] = [row.as_dict() for row in rows]
+        if grids is not None:
+            outcome = _tune(cache, samples, predictor, grids, tune_jobs)
+            display.print_tune(outcome, len(cache.maps), grids)
+            out.update(outcome.as_dict(grids))
+    if report is not None:
+        write_report(report, result, shown, workers)
+        console.print(f"Report: {report / 'index.html'} (errors per image in {report / 'errors.json'})")
     if json_out is not None:
         try:
             json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps(result.as_dict(), indent=2) + "\n", encoding="utf-8")
+            json_out.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
         except OSError as exc:
             raise UserError(f"cannot write {json_out}: {exc.strerror}.") from None
     if result.failures:
@@ -103,6 +170,37 @@ def evaluate(
         for failure in result.failures:
             err_console.print(f"  {failure}")
         raise typer.Exit(1)
+
+
+def _advance(bar, task):
+    return lambda: bar.advance(task)
+
+
+def _settings_shown(settings: InferenceSettings, predictor) -> dict:
+    """What the report's header lists: the model and the settings that made these numbers."""
+    post, spec = predictor.postprocess, predictor.resize
+    model = (settings.onnx_model or opt.DEFAULT_ONNX_MODEL) if predictor.backend.name == "onnx" else settings.weights
+    shown = {"model": f"{model} ({predictor.backend.name})"}
+    for key in ("thresh", "box_thresh", "unclip_ratio"):
+        source = settings.postprocess_sources.get(key, "config")
+        shown[key] = f"{getattr(post, key)!r} ({source})"
+    shown.update({"score_mode": post.score_mode, "box_type": post.box_type})
+    shown["resize"] = (f"image_shape {spec.image_shape}" if spec.image_shape is not None else
+                       f"resize_long {spec.resize_long}" if spec.resize_long is not None else
+                       f"limit_side_len {spec.limit_side_len}, limit_type {spec.limit_type}")
+    return shown
+
+
+def _tune(cache: MapCache, samples, predictor, grids: dict, jobs: Optional[int]) -> tune.TuneOutcome:
+    images = [tune.TuneImage(m, samples[m.index].polys, samples[m.index].ignore) for m in cache.maps]
+    base = predictor.postprocess
+    if cache.on_disk:
+        err_console.print(f"note: {cache.on_disk / 2**20:.0f} MB of probability maps went to disk "
+                          f"({cache.in_memory / 2**20:.0f} MB kept in memory; see {MEMORY_ENV}).")
+    with tune.TrialRunner(images, base, jobs or tune.default_jobs()) as runner, progress(transient=True) as bar:
+        task = bar.add_task("tune (trials)", total=None)
+        return tune.search(runner, grids, (base.thresh, base.box_thresh, base.unclip_ratio),
+                           lambda n: bar.advance(task, n))
 
 
 def _print(result: EvalResult) -> None:

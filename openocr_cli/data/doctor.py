@@ -65,7 +65,7 @@ def check_data(label_files: list[Path], data_dir: Path, cfg: dict, crops: int = 
     spec = ResizeSpec.from_params(resize_params(cfg))
     buckets = dict.fromkeys((name for name, _ in HEIGHT_BUCKETS), 0)
     for sample in samples:
-        for height in _text_heights(sample, spec):
+        for height in text_heights(sample, spec):
             buckets[next(name for name, upper in HEIGHT_BUCKETS if height < upper)] += 1
     empty = _empty_crop_fraction(samples, cfg, crops, seed)
     report = DataReport(images=len(samples), background_images=sum(not s.polys for s in samples), regions=regions,
@@ -75,7 +75,7 @@ def check_data(label_files: list[Path], data_dir: Path, cfg: dict, crops: int = 
     return report
 
 
-def _size(sample: LabelSample) -> tuple[int, int]:
+def image_hw(sample: LabelSample) -> tuple[int, int]:
     """(height, width): validation stores it; samples from elsewhere are read here."""
     size = sample.size if sample.size is not None else image_size(sample.image)
     if size is None:
@@ -83,13 +83,13 @@ def _size(sample: LabelSample) -> tuple[int, int]:
     return size
 
 
-def _text_heights(sample: LabelSample, spec: ResizeSpec) -> list[float]:
+def text_heights(sample: LabelSample, spec: ResizeSpec) -> list[float]:
     """Shorter side of each text region's minimum-area rectangle, in network-input pixels.
 
     As resize_for_test: an image with h + w < 64 is padded to at least 32 x 32 first, and the
     coordinates scale by target size / padded size.
     """
-    h, w = _size(sample)
+    h, w = image_hw(sample)
     if h + w < 64:
         h, w = max(32, h), max(32, w)
     th, tw = target_size(h, w, spec)
@@ -161,7 +161,7 @@ def _listing_warnings(samples: list[LabelSample]) -> list[str]:
         out.append(f"{len(twice)} image(s) are listed more than once, so training sees them more often and their "
                    f"regions are split over lines: {_examples(twice)}. Merge each image's regions into one line.")
     outside = [f"{s.source}:{s.line} region {n}" for s in samples for n, poly in enumerate(s.polys, 1)
-               if _outside(poly, _size(s))]
+               if _outside(poly, image_hw(s))]
     if outside:
         out.append(f"{len(outside)} region(s) reach outside their image: {_examples(outside)}. Check that the points "
                    "are [x, y] pixels of this image file (not of a resized or rotated copy).")

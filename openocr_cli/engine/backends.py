@@ -53,6 +53,7 @@ class TorchBackend:
 
     def __init__(self, model: torch.nn.Module, device: torch.device, channels_last: bool = False):
         self.model = model.to(device).eval()
+        self.saved_config: Optional[dict] = None  # the checkpoint's config, when it carries one
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -64,11 +65,13 @@ class TorchBackend:
         from openocr_cli.model import build_detector
 
         model = build_detector(arch)
-        load_weights(model, weights, strict=strict)
+        report = load_weights(model, weights, strict=strict)
         model.eval()
         if fuse:
             model.fuse()
-        return cls(model, device, channels_last=device.type == "cpu")
+        backend = cls(model, device, channels_last=device.type == "cpu")
+        backend.saved_config = report.saved_config
+        return backend
 
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> np.ndarray:

@@ -11,8 +11,18 @@ import numpy as np
 
 from openocr_cli.data.labels import LabelSample
 from openocr_cli.engine.predictor import Predictor
-from openocr_cli.metrics import DetMetric, ImageRecord, summarize
-from openocr_cli.results import StageTimes
+from openocr_cli.metrics import ImageMatch, ImageRecord, match_image, summarize
+from openocr_cli.results import ImageResult, StageTimes
+
+
+@dataclass
+class ScoredImage:
+    """One scored image: its labels, the detections scored (source pixels) and how they matched."""
+
+    sample: LabelSample
+    detections: list[np.ndarray]
+    match: ImageMatch
+    scores: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -26,6 +36,7 @@ class EvalResult:
     unmatched: list[str] = field(default_factory=list)
     records: list[ImageRecord] = field(default_factory=list, repr=False)
     seconds: float = 0.0
+    scored: list[ScoredImage] = field(default_factory=list, repr=False)
 
     @classmethod
     def combine(cls, parts: Sequence[EvalResult]) -> EvalResult:
@@ -49,27 +60,42 @@ class EvalResult:
         return out
 
 
+def _score(sample: LabelSample, detections: list[np.ndarray], scores: Sequence[float] = ()) -> ScoredImage:
+    return ScoredImage(sample, detections, match_image(sample.polys, sample.ignore, detections), list(scores))
+
+
 def evaluate_model(predictor: Predictor, samples: Sequence[LabelSample],
-                   on_image: Callable[[], None] = lambda: None) -> EvalResult:
+                   on_image: Callable[[], None] = lambda: None,
+                   on_map: Optional[Callable[[ImageResult], None]] = None) -> EvalResult:
     """Run the predictor on every labelled image and score it (OpenOCR's DetMetric numbers).
 
     `images` counts the images scored, `seconds` is their forward-pass time and `fps` their ratio,
-    all from this call's results only (a predictor may be reused).
+    all from this call's results only (a predictor may be reused). `on_map`, when given, receives
+    every readable image's result with its probability map (for `eval --tune`).
     """
-    metric = DetMetric()
     failures = []
     times = StageTimes()
-    for result in predictor.run([str(s.image) for s in samples]):
+    scored = []
+    for result in predictor.run([str(s.image) for s in samples], keep_maps=on_map is not None):
         on_image()
         times += result.times
         if result.error is not None:
             failures.append(result.error)
             continue
-        sample = samples[result.index]
-        metric.update(sample.polys, sample.ignore, [d.points for d in result.detections])
-    scores = metric.result()
-    return EvalResult(scores["precision"], scores["recall"], scores["hmean"], times.images, times.fps(), failures,
-                      records=metric.records, seconds=times.inference)
+        if on_map is not None:
+            on_map(result)
+            result.prob = None
+        scored.append(_score(samples[result.index], [d.points for d in result.detections],
+                             [d.score for d in result.detections]))
+    return _result(scored, times.images, times.fps(), failures, seconds=times.inference)
+
+
+def _result(scored: list[ScoredImage], images: int, fps: Optional[float], failures: list[str],
+            unmatched: Optional[list[str]] = None, seconds: float = 0.0) -> EvalResult:
+    records = [s.match.record() for s in scored]
+    scores = summarize(records)
+    return EvalResult(scores["precision"], scores["recall"], scores["hmean"], images, fps, failures,
+                      unmatched or [], records=records, seconds=seconds, scored=scored)
 
 
 def evaluate_predictions(predictions: dict[str, list[np.ndarray]], samples: Sequence[LabelSample]) -> EvalResult:
@@ -80,16 +106,15 @@ def evaluate_predictions(predictions: dict[str, list[np.ndarray]], samples: Sequ
     with no prediction line count as images without detections and are reported.
     """
     lookup = _PathIndex(predictions)
-    metric = DetMetric()
+    scored = []
     unmatched = []
     for sample in samples:
         dets = lookup.find(sample.key, str(sample.image))
         if dets is None:
             unmatched.append(sample.key)
             dets = []
-        metric.update(sample.polys, sample.ignore, dets)
-    scores = metric.result()
-    return EvalResult(scores["precision"], scores["recall"], scores["hmean"], len(samples), unmatched=unmatched)
+        scored.append(_score(sample, dets))
+    return _result(scored, len(samples), None, [], unmatched)
 
 
 def _norm(path: str) -> str:

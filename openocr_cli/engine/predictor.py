@@ -80,10 +80,12 @@ class Predictor:
         return _Prepared(index, path, tensor, src_hw, image if keep_image else None,
                          seconds=time.perf_counter() - start)
 
-    def run(self, paths: Iterable[str], keep_images: bool = False) -> Iterator[ImageResult]:
+    def run(self, paths: Iterable[str], keep_images: bool = False, keep_maps: bool = False) -> Iterator[ImageResult]:
         """Yield one ImageResult per path, in input order (failed reads carry `error`).
 
         Each result carries its own stage times; add up one run's results for that run's totals.
+        With `keep_maps` each result also holds its float32 probability map and source size, exactly
+        what post-processing received (`eval --tune` searches post-processing settings on them).
         """
         max_pending = self.batch_size * 4
         prefetch = max(self.batch_size * 2, self.workers * 2)
@@ -110,23 +112,23 @@ class Predictor:
                     bucket = buckets.setdefault(prepared.tensor.shape[1:], [])
                     bucket.append(prepared)
                     if len(bucket) >= self.batch_size:
-                        self._flush(buckets.pop(prepared.tensor.shape[1:]), done)
+                        self._flush(buckets.pop(prepared.tensor.shape[1:]), done, keep_maps)
                     elif sum(map(len, buckets.values())) >= max_pending:
-                        self._flush(buckets.pop(max(buckets, key=lambda k: len(buckets[k]))), done)
+                        self._flush(buckets.pop(max(buckets, key=lambda k: len(buckets[k]))), done, keep_maps)
                 if len(done) >= max_pending and next_out not in done and buckets:
                     # the oldest image waits in a part-filled batch; run it so output order cannot stall
                     oldest = min(buckets, key=lambda k: min(p.index for p in buckets[k]))
-                    self._flush(buckets.pop(oldest), done)
+                    self._flush(buckets.pop(oldest), done, keep_maps)
                 while next_out in done:
                     yield done.pop(next_out)
                     next_out += 1
             for key in sorted(buckets, key=lambda k: min(p.index for p in buckets[k])):
-                self._flush(buckets[key], done)
+                self._flush(buckets[key], done, keep_maps)
         while next_out in done:
             yield done.pop(next_out)
             next_out += 1
 
-    def _flush(self, items: list[_Prepared], done: dict[int, ImageResult]) -> None:
+    def _flush(self, items: list[_Prepared], done: dict[int, ImageResult], keep_maps: bool = False) -> None:
         start = time.perf_counter()
         maps = self.backend(np.stack([p.tensor for p in items]))
         inference = (time.perf_counter() - start) / len(items)
@@ -134,4 +136,5 @@ class Predictor:
             start = time.perf_counter()
             dets = self.postprocess(prob[0], *prepared.src_hw)
             times = StageTimes(1, prepared.seconds, inference, time.perf_counter() - start)
-            done[prepared.index] = ImageResult(prepared.index, prepared.path, dets, prepared.image, times=times)
+            done[prepared.index] = ImageResult(prepared.index, prepared.path, dets, prepared.image, times=times,
+                                               prob=prob[0] if keep_maps else None, src_hw=prepared.src_hw)

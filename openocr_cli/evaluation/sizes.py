@@ -1,0 +1,70 @@
+"""`eval --sizes 640,960,1280`: the same model and labels at several resize limits, one row each.
+
+Small text needs a larger input, speed needs a smaller one; users should pick limit_side_len from
+measured numbers. Each row is a full `eval` at that limit (same predictor, only the resize changes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from openocr_cli.data.labels import LabelSample
+from openocr_cli.data.resize import ResizeSpec
+from openocr_cli.engine.evaluator import EvalResult, evaluate_model
+from openocr_cli.engine.predictor import Predictor
+from openocr_cli.errors import UserError
+
+
+def parse_sizes(text: str) -> list[int]:
+    """'640,960,1280' -> [640, 960, 1280] (order kept, duplicates dropped); each at least 32."""
+    sizes = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        if not part.isdigit() or int(part) < 32:
+            raise UserError(f"--sizes {text}: '{part}' is not a side length of at least 32 pixels "
+                            "(give a comma-separated list, for example --sizes 640,960,1280).", exit_code=2)
+        if int(part) not in sizes:
+            sizes.append(int(part))
+    if not sizes:
+        raise UserError("--sizes needs at least one side length, for example --sizes 640,960,1280.", exit_code=2)
+    return sizes
+
+
+@dataclass
+class SizeRow:
+    limit_side_len: int
+    result: EvalResult
+
+    def as_dict(self) -> dict:
+        r = self.result
+        return {"limit_side_len": self.limit_side_len, "precision": r.precision, "recall": r.recall,
+                "hmean": r.hmean, "fps": r.fps}
+
+
+def size_spec(base: ResizeSpec, side: int) -> ResizeSpec:
+    """`base` with another limit; a fixed-shape resize (e.g. a static ONNX model) cannot sweep."""
+    if base.image_shape is not None:
+        raise UserError("--sizes needs a resize by limit_side_len, but every image is resized to a fixed "
+                        f"{base.image_shape[0]}x{base.image_shape[1]} (a static ONNX model or image_shape in the "
+                        "config). Drop --sizes, or use a model with a dynamic input size.", exit_code=2)
+    if base.resize_long is not None:
+        return ResizeSpec(limit_side_len=side, limit_type="max")
+    return replace(base, limit_side_len=side)
+
+
+def sweep(predictor: Predictor, samples: Sequence[LabelSample], sizes: Sequence[int], main: EvalResult,
+          on_size: Callable[[int], Callable[[], None]]) -> list[SizeRow]:
+    """One SizeRow per size; the size `main` was evaluated at reuses it instead of running again."""
+    base = predictor.resize
+    rows = []
+    for side in sizes:
+        spec = size_spec(base, side)
+        if spec == base:
+            rows.append(SizeRow(side, main))
+            continue
+        sized = Predictor(predictor.backend, spec, predictor.normalizer, predictor.postprocess,
+                          batch_size=predictor.batch_size, workers=predictor.workers)
+        rows.append(SizeRow(side, evaluate_model(sized, samples, on_size(side))))
+    return rows
