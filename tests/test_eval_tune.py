@@ -184,3 +184,32 @@ def test_cli_tune_refuses_predictions_and_bad_ranges(cli, tmp_path):
     assert code == 2 and "--predictions" in err and "Traceback" not in err
     code, _, err = cli("eval", "--predictions", preds, "--label-file", labels, "--tune=thresh=2:3:1")
     assert code == 2 and "between 0 and 1" in " ".join(err.split())
+
+
+def test_onnx_metadata_postprocess_is_used_unless_overridden(cli, tmp_path, bar_set):
+    from openocr_cli.engine.onnx_metadata import write_metadata
+
+    data, labels, model = bar_set
+    write_metadata(model, {"postprocess": json.dumps({"thresh": 0.3, "box_thresh": 0.999, "unclip_ratio": 1.5})})
+    common = ["eval", "--onnx-model", model, "--data-dir", data, "--label-file", labels, "--device", "cpu"]
+    out_json = tmp_path / "m.json"
+    code, _, err = cli(*common, "--json", out_json)
+    assert code == 0, err
+    assert json.loads(out_json.read_text())["hmean"] == 0.0  # box_thresh 0.999 from the metadata keeps nothing
+    assert "from the ONNX model's metadata" in " ".join(err.split())
+    code, _, err = cli(*common, "--box-thresh", "0.6", "--json", out_json)
+    assert code == 0 and json.loads(out_json.read_text())["hmean"] > 0
+
+
+def test_export_writes_postprocess_file_into_metadata(cli, tmp_path, random_ckpt):
+    from openocr_cli.engine.onnx_metadata import read_metadata
+
+    tuned = tmp_path / "tuned.json"
+    tuned.write_text(json.dumps({"tuned": {"thresh": 0.25, "box_thresh": 0.55, "unclip_ratio": 1.7}}))
+    path = tmp_path / "m.onnx"
+    code, _, err = cli("export", "-w", random_ckpt, "--output", path, "--static", "--size", "64x64", "--no-fuse",
+                       "--postprocess", tuned)
+    assert code == 0, err
+    post = json.loads(read_metadata(path)["postprocess"])
+    assert (post["thresh"], post["box_thresh"], post["unclip_ratio"]) == (0.25, 0.55, 1.7)
+    assert post["box_type"] == "quad" and post["max_candidates"] == 1000

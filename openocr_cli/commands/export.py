@@ -13,7 +13,7 @@ import typer
 from openocr_cli import __version__
 from openocr_cli import config as cfgmod
 from openocr_cli.checkpoint import load_weights
-from openocr_cli.commands.common import DEFAULT_WEIGHTS, ConfigPath, NonStrict, Overrides, Weights
+from openocr_cli.commands.common import DEFAULT_WEIGHTS, ConfigPath, NonStrict, Overrides, PostprocessFile, Weights
 from openocr_cli.data.resize import Normalizer
 from openocr_cli.engine.exporter import (
     DEFAULT_OPSET,
@@ -23,9 +23,10 @@ from openocr_cli.engine.exporter import (
     export_and_verify,
 )
 from openocr_cli.engine.onnx_metadata import build_metadata
+from openocr_cli.engine.predictor import make_postprocess
 from openocr_cli.errors import UserError
+from openocr_cli.evaluation.postprocess_file import from_saved_config, layered_params, read_postprocess_file
 from openocr_cli.hub import sha256_file
-from openocr_cli.postprocess import DBPostProcess
 from openocr_cli.ui import console, err_console, table
 
 EXPORT_DIR, EXPORT_NAME = "export_det", "det_model.onnx"
@@ -86,13 +87,15 @@ def export(
     config: ConfigPath = None,
     override: Overrides = None,
     non_strict: NonStrict = False,
+    postprocess_file: PostprocessFile = None,
 ) -> None:
     """Export a checkpoint to ONNX and verify it against PyTorch.
 
     The file has one input named input (float32 N x 3 x H x W, BGR normalised with the ImageNet mean/std, H and W \
 multiples of 32) and one output named output (the N x 1 x H x W probability map), the names OpenOCR's released \
 openocr_det_model.onnx uses, so either file runs with predict --backend onnx. Normalisation, post-processing \
-defaults, the checkpoint's sha256 and the openocr-det version are stored in the model's metadata.
+settings (the config's, the checkpoint's, then --postprocess, e.g. the JSON of eval --tune), the checkpoint's \
+sha256 and the openocr-det version are stored in the model's metadata; the onnx backend uses those settings.
 
     After writing, onnxruntime and PyTorch run on the same preprocessed images at several sizes and batch 2, and a \
 table of differences is printed; above --tolerance the command exits 1 and keeps the file for inspection.
@@ -102,11 +105,14 @@ table of differences is printed; above --tolerance the command exits 1 and keeps
       openocr-det export --weights output/det_repvit_db/best.pth
 
       openocr-det export -w best.pth --output det.onnx --static --size 640x640 --fp16
+
+      openocr-det export -w best.pth --postprocess tuned.json
     """
     if size is not None and dynamic:
         err_console.print(f"note: --size {size[0]}x{size[1]} is only the tracing example with --dynamic.")
     choose_exporter(exporter.value, opset)  # refuse an impossible exporter/opset pair before any work
     cfg = cfgmod.apply_overrides(cfgmod.load_config(config), override or [])
+    tuned = read_postprocess_file(postprocess_file) if postprocess_file is not None else {}
     options = ExportOptions(opset=opset, dynamic=dynamic, size=size or (960, 960), fp16=fp16, exporter=exporter.value)
     path = output if output is not None else default_output(weights)
     if path.suffix.lower() != ".onnx":
@@ -120,13 +126,16 @@ table of differences is printed; above --tolerance the command exits 1 and keeps
         raise UserError(f"--weights {weights} is already an ONNX model; export needs a PyTorch checkpoint (.pth).")
     source = resolve_weights(weights)
     model = build_detector(cfg.get("Architecture"))
-    load_weights(model, source, strict=not non_strict)
+    loaded = load_weights(model, source, strict=not non_strict)
     model.eval()
     if fuse:
         model.fuse()
 
     norm = cfgmod.normalize_params(cfg)
-    postprocess = dataclasses.asdict(DBPostProcess(**cfgmod.postprocess_params(cfg)))
+    # the metadata carries the values predict/eval would use: config < checkpoint < --postprocess < -o
+    layers = [("checkpoint", from_saved_config(loaded.saved_config)), ("--postprocess", tuned)]
+    params, _ = layered_params(cfg, override or [], layers, {})
+    postprocess = dataclasses.asdict(make_postprocess(params))
     metadata = build_metadata(mean=norm["mean"], std=norm["std"], postprocess=postprocess,
                               resize=cfgmod.resize_params(cfg), source_name=source.name,
                               source_sha256=sha256_file(source), version=__version__, fused=fuse, fp16=fp16)

@@ -44,6 +44,7 @@ def predict(
     threads: opt.Threads = None,
     mean: opt.Mean = None,
     std: opt.Std = None,
+    postprocess_file: opt.PostprocessFile = None,
 ) -> None:
     """Detect text regions in images.
 
@@ -63,7 +64,7 @@ end (exit 1).
         weights=weights, config=config, overrides=override, device=device, batch_size=batch_size, workers=workers,
         thresh=thresh, box_thresh=box_thresh, unclip_ratio=unclip_ratio, score_mode=score_mode, box_type=box_type,
         limit_side_len=limit_side_len, limit_type=limit_type, non_strict=non_strict, backend=backend,
-        onnx_model=onnx_model, threads=threads, mean=mean, std=std)
+        onnx_model=onnx_model, threads=threads, mean=mean, std=std, postprocess_file=postprocess_file)
     paths = collect_images(sources, recursive)
     cfg = settings.load_config()
     predictor = settings.build_predictor(cfg)
