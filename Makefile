@@ -29,6 +29,7 @@ test-fast: install
 bench: install
 	$(PY) benchmarks/bench_predict.py
 	$(PY) benchmarks/bench_data.py
+	$(PY) benchmarks/bench_tune.py
 
 # Offline demo: generate a synthetic text set, train from scratch on CPU, evaluate, predict.
 DEMO ?= demo
@@ -46,7 +47,8 @@ demo-run:
 	$(PY) -m openocr_cli train $(DEMO_TRAIN) --weights none --device cpu --epochs $(DEMO_EPOCHS) \
 		--batch-size 8 --workers 2 --lr 0.002 --output $(DEMO)/run --overwrite $(DEMO_SMALL)
 	$(PY) -m openocr_cli eval --weights $(DEMO)/run/best.pth --data-dir $(DEMO)/data \
-		--label-file $(DEMO)/data/test_label.txt --device cpu --json $(DEMO)/metrics.json
+		--label-file $(DEMO)/data/test_label.txt --device cpu --json $(DEMO)/metrics.json \
+		--tune --report $(DEMO)/report
 	$(PY) -m openocr_cli predict $(DEMO)/data/test --weights $(DEMO)/run/best.pth --device cpu --output $(DEMO)/predict
 
 clean:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Optional
 
-from openocr_cli.evaluation import tune
 from openocr_cli.evaluation.sizes import SizeRow
 from openocr_cli.evaluation.tune import TuneOutcome
 from openocr_cli.ui import console, table, warn
@@ -48,5 +47,5 @@ def print_tune(outcome: TuneOutcome, images: int, grids: dict) -> None:
                       "--postprocess.")
     edges = outcome.at_edges(grids)
     if edges and outcome.best is not base:
-        warn(f"tuned {', '.join(edges)} is at the end of its searched range; a wider range may do better "
-             f"(e.g. {tune.EXAMPLE}).")
+        warn(f"a tuned value is at the end of its searched range, so a wider range may do better: try "
+             f"--tune {','.join(edges)}.")

@@ -231,12 +231,18 @@ class TuneOutcome:
         return [self.best, *rest][:n]
 
     def at_edges(self, grids: dict[str, tuple[float, ...]]) -> list[str]:
-        """Settings whose tuned value is the end of a searched range that could extend further."""
+        """For each tuned value at the end of its searched range, a wider range to try next (NAME=A:B:STEP)."""
         out = []
         for name, value in zip(AXES, self.best.params):
             values = grids[name]
-            if len(values) > 1 and value in (values[0], values[-1]):
-                out.append(f"{name}={value!r}")
+            if len(values) < 2 or value not in (values[0], values[-1]):
+                continue
+            step = round(values[1] - values[0], 6)
+            top = 1.0 if name != "unclip_ratio" else float("inf")
+            low = 0.0 if name != "unclip_ratio" else step
+            lo, hi = (value, min(top, value + 6 * step)) if value == values[-1] else (max(low, value - 6 * step), value)
+            if hi > lo:
+                out.append(f"{name}={round(lo, 6):g}:{round(hi, 6):g}:{step:g}")
         return out
 
     def as_dict(self, grids: dict[str, tuple[float, ...]]) -> dict:
