@@ -88,7 +88,7 @@ def _dashed(canvas: np.ndarray, poly, color, thickness: int) -> None:
 def draw(image: np.ndarray, record: ImageErrors) -> np.ndarray:
     """Matched detections green, false positives red, missed GT blue, do-not-care regions dashed grey."""
     canvas = image.copy()
-    thickness = max(1, round(max(canvas.shape[:2]) / 500))
+    thickness = max(2, round(max(canvas.shape[:2]) / 500))
     for poly in record.dont_care:
         _dashed(canvas, poly, DONT_CARE_BGR, max(1, thickness - 1))
     for polys, color in ((record.missed, MISSED_BGR), (record.matched, MATCHED_BGR),
