@@ -6,6 +6,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 import pytest
+import yaml
 
 from openocr_cli.errors import UserError
 from openocr_cli.evaluation import tune
@@ -199,6 +200,14 @@ def test_onnx_metadata_postprocess_is_used_unless_overridden(cli, tmp_path, bar_
     assert "from the ONNX model's metadata" in " ".join(err.split())
     code, _, err = cli(*common, "--box-thresh", "0.6", "--json", out_json)
     assert code == 0 and json.loads(out_json.read_text())["hmean"] > 0
+    # an explicit --config outranks what the model carries
+    from openocr_cli import config as cfgmod
+
+    config = tmp_path / "mine.yml"
+    config.write_text(yaml.safe_dump(cfgmod.load_config()))
+    code, _, err = cli(*common, "--config", config, "--json", out_json)
+    assert code == 0 and json.loads(out_json.read_text())["hmean"] > 0
+    assert "from the ONNX model's metadata" not in " ".join(err.split())
 
 
 def test_export_writes_postprocess_file_into_metadata(cli, tmp_path, random_ckpt):

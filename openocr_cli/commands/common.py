@@ -220,6 +220,8 @@ class InferenceSettings:
             from openocr_cli.evaluation.postprocess_file import from_saved_config
 
             model_values = ("the checkpoint's saved config", from_saved_config(backend.saved_config))
+        if self.config is not None:  # an explicit --config outranks the values the model carries
+            model_values = None
         postprocess = self.build_postprocess(cfg, model_values)
         return Predictor.from_config(backend, cfg, resize=resize, normalizer=normalizer, postprocess=postprocess,
                                      batch_size=self.batch_size, workers=self.workers)

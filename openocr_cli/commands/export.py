@@ -132,8 +132,10 @@ table of differences is printed; above --tolerance the command exits 1 and keeps
         model.fuse()
 
     norm = cfgmod.normalize_params(cfg)
-    # the metadata carries the values predict/eval would use: config < checkpoint < --postprocess < -o
-    layers = [("checkpoint", from_saved_config(loaded.saved_config)), ("--postprocess", tuned)]
+    # the metadata carries the values predict/eval would use: config < checkpoint (unless --config is
+    # explicit) < --postprocess < -o
+    saved = from_saved_config(loaded.saved_config) if config is None else {}
+    layers = [("checkpoint", saved), ("--postprocess", tuned)]
     params, _ = layered_params(cfg, override or [], layers, {})
     postprocess = dataclasses.asdict(make_postprocess(params))
     metadata = build_metadata(mean=norm["mean"], std=norm["std"], postprocess=postprocess,

@@ -1,9 +1,9 @@
 """Post-processing values from outside the config: `--postprocess FILE`, a checkpoint, ONNX metadata.
 
 Only the three values `eval --tune` searches (thresh, box_thresh, unclip_ratio) travel this way.
-Order, lowest first: the config (packaged or --config), the checkpoint's saved config (its
-`PostProcess` section) or the ONNX model's metadata `postprocess`, the --postprocess file, `-o
-PostProcess.KEY=...`, and the --thresh / --box-thresh / --unclip-ratio flags.
+Order, lowest first: the packaged config, the checkpoint's saved config (its `PostProcess`
+section) or the ONNX model's metadata `postprocess`, an explicit --config (which replaces both), the
+--postprocess file, `-o PostProcess.KEY=...`, and the --thresh / --box-thresh / --unclip-ratio flags.
 """
 
 from __future__ import annotations
