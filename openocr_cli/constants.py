@@ -4,3 +4,6 @@
 # the released weights were trained that way).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# The ONNX opset exports pin (OpenOCR leaves it to the installed PyTorch; its released file uses 17).
+DEFAULT_OPSET = 17

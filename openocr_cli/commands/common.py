@@ -11,8 +11,7 @@ import typer
 
 from openocr_cli import config as cfgmod
 from openocr_cli.data.resize import Normalizer, ResizeSpec
-from openocr_cli.engine.backends import Backend, TorchBackend, resolve_device
-from openocr_cli.engine.predictor import Predictor, make_postprocess
+from openocr_cli.engine.predictor import Backend, Predictor, make_postprocess
 from openocr_cli.errors import UserError
 from openocr_cli.postprocess import DBPostProcess
 from openocr_cli.ui import err_console, warn
@@ -208,6 +207,8 @@ class InferenceSettings:
             if self.weights.lower().endswith(".onnx"):
                 raise UserError(f"--weights {self.weights} is an ONNX model; run it with --backend onnx "
                                 f"--onnx-model {self.weights}.", exit_code=2)
+            from openocr_cli.engine.backends import TorchBackend, resolve_device  # torch: this branch only
+
             device = resolve_device(self.device)
             if self.threads is not None:
                 import torch

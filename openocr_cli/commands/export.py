@@ -6,28 +6,23 @@ import dataclasses
 import re
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from openocr_cli import __version__
 from openocr_cli import config as cfgmod
-from openocr_cli.checkpoint import load_weights
 from openocr_cli.commands.common import DEFAULT_WEIGHTS, ConfigPath, NonStrict, Overrides, PostprocessFile, Weights
+from openocr_cli.constants import DEFAULT_OPSET
 from openocr_cli.data.resize import Normalizer
-from openocr_cli.engine.exporter import (
-    DEFAULT_OPSET,
-    ExportOptions,
-    ExportReport,
-    choose_exporter,
-    export_and_verify,
-)
-from openocr_cli.engine.onnx_metadata import build_metadata
 from openocr_cli.engine.predictor import make_postprocess
 from openocr_cli.errors import UserError
 from openocr_cli.evaluation.postprocess_file import from_saved_config, layered_params, read_postprocess_file
 from openocr_cli.hub import sha256_file
 from openocr_cli.ui import console, err_console, table
+
+if TYPE_CHECKING:  # torch and onnx are imported when an export runs, not by `--help`
+    from openocr_cli.engine.exporter import ExportOptions, ExportReport
 
 EXPORT_DIR, EXPORT_NAME = "export_det", "det_model.onnx"
 
@@ -110,6 +105,10 @@ table of differences is printed; above --tolerance the command exits 1 and keeps
     """
     if size is not None and dynamic:
         err_console.print(f"note: --size {size[0]}x{size[1]} is only the tracing example with --dynamic.")
+    from openocr_cli.checkpoint import load_weights
+    from openocr_cli.engine.exporter import ExportOptions, choose_exporter, export_and_verify
+    from openocr_cli.engine.onnx_metadata import build_metadata
+
     choose_exporter(exporter.value, opset)  # refuse an impossible exporter/opset pair before any work
     cfg = cfgmod.apply_overrides(cfgmod.load_config(config), override or [])
     tuned = read_postprocess_file(postprocess_file) if postprocess_file is not None else {}

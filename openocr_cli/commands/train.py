@@ -6,17 +6,18 @@ import logging
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from openocr_cli import config as cfgmod
-from openocr_cli.checkpoint import read_checkpoint
-from openocr_cli.data.run_data import VALIDATED_ENV, RunData, run_data
-from openocr_cli.engine import distributed as ddp
 from openocr_cli.errors import UserError
 from openocr_cli.settings import RESUME_FLAGS, TrainSettings, apply_flags
 from openocr_cli.ui import console, quiet_unless_main, table
+
+if TYPE_CHECKING:  # torch is imported by the commands that run, not by `--help`
+    from openocr_cli.data.run_data import RunData
+    from openocr_cli.engine.distributed import LaunchPlan
 
 LOG_FORMAT = "[%(asctime)s] %(name)s %(levelname)s: %(message)s"
 
@@ -104,6 +105,9 @@ resumes from that checkpoint, as in OpenOCR.
 
       openocr-det train --weights none --device cpu --batch-size 4 -o Global.print_batch_step=10
     """
+    from openocr_cli.data.run_data import run_data
+    from openocr_cli.engine import distributed as ddp
+
     plan, device = ddp.plan_launch(gpus, nproc_per_node, nnodes, node_rank, master_addr, master_port,
                                    rdzv_endpoint, device)
     cfg = cfgmod.apply_overrides(cfgmod.load_config(config), override or [])
@@ -124,9 +128,12 @@ resumes from that checkpoint, as in OpenOCR.
     _launch_or_run(plan, settings, run_data(settings, skip_bad), resume_ckpt)
 
 
-def _launch_or_run(plan: Optional[ddp.LaunchPlan], settings: TrainSettings, data: RunData,
+def _launch_or_run(plan: Optional[LaunchPlan], settings: TrainSettings, data: RunData,
                    resume: Optional[dict] = None, resume_from: Optional[Path] = None) -> None:
     """Train here, or hand the validated data to the workers of a distributed launch and wait for them."""
+    from openocr_cli.data.run_data import VALIDATED_ENV
+    from openocr_cli.engine import distributed as ddp
+
     if plan is None:
         run(settings, data, resume=resume, resume_from=resume_from)
         return
@@ -151,6 +158,7 @@ def _setup_log(output_dir: Path) -> logging.Handler:
 def run(settings: TrainSettings, data: RunData, resume: Optional[dict] = None,
         resume_from: Optional[Path] = None) -> None:
     """Build the trainer and run it with the live display; Ctrl-C ends with the resume command."""
+    from openocr_cli.engine import distributed as ddp
     from openocr_cli.engine.backends import resolve_device
     from openocr_cli.engine.callbacks import EarlyStopping, ResultsPlot, RunLog
     from openocr_cli.engine.trainer import Trainer, TrainingInterrupted
@@ -279,6 +287,8 @@ def _read_resumable(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"Global.checkpoints is {path}, which does not exist. Point it at a latest.pth to resume, "
                         "or leave it empty to start a new run.")
+    from openocr_cli.checkpoint import read_checkpoint
+
     ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), dict) or "state_dict" not in ckpt:
         raise UserError(f"{path} is not a training checkpoint (no config/state_dict); it cannot be resumed.")
@@ -326,6 +336,9 @@ continues when --patience allows it.
 
       openocr-det resume output/det_repvit_db --epochs 600 --device cuda:1
     """
+    from openocr_cli.data.run_data import run_data
+    from openocr_cli.engine import distributed as ddp
+
     plan, device = ddp.plan_launch(gpus, nproc_per_node, nnodes, node_rank, master_addr, master_port,
                                    rdzv_endpoint, device)
     quiet_unless_main(ddp.role_from_env().is_main)

@@ -8,7 +8,6 @@ what makes "stop + resume" bit-for-bit equal to an uninterrupted run.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import random
@@ -17,13 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
-import cv2
 import numpy as np
 import shapely
 import torch
-from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from openocr_cli.data.images import image_size
 from openocr_cli.data.labels import LabelProblem, LabelSample, LabelSet, read_label_files
 from openocr_cli.data.transforms import DecodeImage, DetLabelEncode, build_ops
 
@@ -31,7 +29,6 @@ log = logging.getLogger("openocr_det")
 
 MAX_SAMPLE_RETRIES = 10
 MAX_EXT_TRIES = 20
-EXIF_ORIENTATION = 0x0112
 
 
 def validate_training_labels(files: Sequence[Path], data_dir: Path, workers: int = 4) -> LabelSet:
@@ -71,36 +68,6 @@ def _region_problem(sample: LabelSample) -> Optional[str]:
         if geom.area <= 0:
             return f"region {n}: polygon has zero area"
     return None
-
-
-def image_size(path: Path) -> Optional[tuple[int, int]]:
-    """(height, width) of a readable image as training decodes it, None if it cannot be decoded.
-
-    The file is read once: a reduced decode proves it decodes, the size comes from the header.
-    OpenCV cannot reduce an image under 8 px, so such an image is decoded in full (it is tiny).
-    """
-    data = np.fromfile(str(path), dtype=np.uint8)
-    if data.size == 0:
-        return None
-    try:
-        decoded = cv2.imdecode(data, cv2.IMREAD_REDUCED_GRAYSCALE_8)
-    except cv2.error:
-        decoded = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
-    return None if decoded is None else _header_size(data)
-
-
-def _header_size(data: np.ndarray) -> Optional[tuple[int, int]]:
-    """OpenCV applies the EXIF orientation when DecodeImage decodes, so orientations 5-8 (a quarter turn)
-    swap the sides; a format PIL cannot read costs one full decode instead.
-    """
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            turned = image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
-        return (width, height) if turned else (height, width)
-    except (OSError, ValueError, Image.DecompressionBombError):
-        decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
-        return None if decoded is None else (decoded.shape[0], decoded.shape[1])
 
 
 def select_by_ratio(per_file: Sequence[Sequence[LabelSample]], ratios: Sequence[float], seed: int) -> list[LabelSample]:

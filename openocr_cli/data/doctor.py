@@ -19,7 +19,7 @@ import numpy as np
 from rich.markup import escape
 
 from openocr_cli.config import find_transform, resize_params
-from openocr_cli.data.dataset import TrainDataset, image_size, validate_training_labels
+from openocr_cli.data.images import image_size
 from openocr_cli.data.labels import MAX_REPORTED_PROBLEMS, LabelProblem, LabelSample, LabelSet
 from openocr_cli.data.resize import ResizeSpec, target_size
 from openocr_cli.errors import UserError
@@ -58,6 +58,8 @@ class DataReport:
 def check_data(label_files: list[Path], data_dir: Path, cfg: dict, crops: int = 200, seed: int = 0,
                checked: Optional[LabelSet] = None) -> DataReport:
     """Validate (unless `checked` is the LabelSet train already validated), count, sample crops, advise."""
+    from openocr_cli.data.dataset import validate_training_labels
+
     checked = checked if checked is not None else validate_training_labels(label_files, data_dir)
     samples = checked.samples
     regions = sum(len(s.polys) for s in samples)
@@ -108,6 +110,8 @@ def _empty_crop_fraction(samples: list[LabelSample], cfg: dict, crops: int, seed
         raise UserError("Train.dataset.transforms has no KeepKeys op keeping shrink_map, so training would have no "
                         "targets: add `- KeepKeys: {keep_keys: [image, threshold_map, threshold_mask, shrink_map, "
                         "shrink_mask]}` at the end of the list.")
+    from openocr_cli.data.dataset import TrainDataset  # torch: only when crops are drawn
+
     dataset, where = TrainDataset(samples, transforms, seed), keep.index("shrink_map")
     rng = random.Random(seed)
     try:

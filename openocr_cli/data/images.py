@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import glob
+import io
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from openocr_cli.errors import UserError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2",
                               ".pbm", ".pgm", ".ppm", ".pnm", ".dib", ".jpe", ".sr", ".ras"})
+
+
+EXIF_ORIENTATION = 0x0112
 
 
 class ImageReadError(Exception):
@@ -79,3 +85,33 @@ def read_image(path: str | Path) -> np.ndarray:
     if image is None or image.size == 0:
         raise ImageReadError(f"{path} is not a decodable image")
     return image
+
+
+def image_size(path: Path) -> Optional[tuple[int, int]]:
+    """(height, width) of a readable image as training decodes it, None if it cannot be decoded.
+
+    The file is read once: a reduced decode proves it decodes, the size comes from the header.
+    OpenCV cannot reduce an image under 8 px, so such an image is decoded in full (it is tiny).
+    """
+    data = np.fromfile(str(path), dtype=np.uint8)
+    if data.size == 0:
+        return None
+    try:
+        decoded = cv2.imdecode(data, cv2.IMREAD_REDUCED_GRAYSCALE_8)
+    except cv2.error:
+        decoded = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
+    return None if decoded is None else _header_size(data)
+
+
+def _header_size(data: np.ndarray) -> Optional[tuple[int, int]]:
+    """OpenCV applies the EXIF orientation when DecodeImage decodes, so orientations 5-8 (a quarter turn)
+    swap the sides; a format PIL cannot read costs one full decode instead.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            turned = image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+        return (width, height) if turned else (height, width)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        return None if decoded is None else (decoded.shape[0], decoded.shape[1])

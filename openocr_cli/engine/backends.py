@@ -7,19 +7,13 @@ changes only this step.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Optional
 
 import numpy as np
 import torch
 
 from openocr_cli.checkpoint import load_weights
 from openocr_cli.errors import UserError
-
-
-class Backend(Protocol):
-    name: str
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
 
 def resolve_device(spec: Optional[str]) -> torch.device:

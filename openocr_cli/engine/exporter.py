@@ -29,11 +29,11 @@ import onnx
 import torch
 from torch import nn
 
+from openocr_cli.constants import DEFAULT_OPSET
 from openocr_cli.data.resize import Normalizer
 from openocr_cli.engine.onnx_metadata import write_metadata
 from openocr_cli.errors import UserError
 
-DEFAULT_OPSET = 17
 DYNAMO_MIN_OPSET = 18
 TOLERANCE_FP32 = 1e-4
 TOLERANCE_FP16 = 2e-2

@@ -11,17 +11,27 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Protocol
 
 import numpy as np
 
 from openocr_cli import config as cfgmod
 from openocr_cli.data.images import ImageReadError, read_image
 from openocr_cli.data.resize import Normalizer, ResizeSpec, resize_for_test
-from openocr_cli.engine.backends import Backend
 from openocr_cli.errors import UserError
 from openocr_cli.postprocess import DBPostProcess
 from openocr_cli.results import ImageResult, StageTimes
+
+
+class Backend(Protocol):
+    """A forward pass: a normalised NCHW float32 batch in, (N, 1, H, W) probabilities out (torch or onnxruntime).
+
+    Declared here, torch-free, so that the ONNX path never imports PyTorch.
+    """
+
+    name: str
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
 
 def make_postprocess(params: dict) -> DBPostProcess:

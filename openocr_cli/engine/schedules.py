@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from openocr_cli.errors import UserError
 
-Scheduler = torch.optim.lr_scheduler.LRScheduler
+if TYPE_CHECKING:  # the config check reads SCHEDULES without importing torch
+    import torch
+    from torch.optim.lr_scheduler import LRScheduler as Scheduler
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,11 @@ class Schedule:
 
 def _lambda(factor: Callable[[dict, int, int, float], Callable[[int], float]]):
     """A builder for a schedule given as a factor of the base lr (PyTorch's LambdaLR)."""
-    return lambda opt, p, per_epoch, total, lr: torch.optim.lr_scheduler.LambdaLR(opt, factor(p, per_epoch, total, lr))
+    def build(opt, p: dict, per_epoch: int, total: int, lr: float) -> Scheduler:
+        from torch.optim.lr_scheduler import LambdaLR
+
+        return LambdaLR(opt, factor(p, per_epoch, total, lr))
+    return build
 
 
 def _warmup(step: int, warmup: float) -> float:
@@ -95,19 +100,22 @@ def _cdistnet(p: dict, per_epoch: int, total: int, lr: float):
 
 
 def _one_cycle(opt, p: dict, per_epoch: int, total: int, lr: float) -> Scheduler:
-    return torch.optim.lr_scheduler.OneCycleLR(
+    from torch.optim.lr_scheduler import OneCycleLR
+
+    return OneCycleLR(
         opt, max_lr=lr, total_steps=total, pct_start=float(p.get("warmup_epoch", 1.0)) * per_epoch / total,
         cycle_momentum=bool(p.get("cycle_momentum", True)))
 
 
 def _warmup_cosine(opt, p: dict, per_epoch: int, total: int, lr: float) -> Scheduler:
+    from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+
     warmup = int(p.get("warmup_steps", 0))
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total - warmup),
-                                                        eta_min=float(p.get("eta_min", 0.0)))
+    cosine = CosineAnnealingLR(opt, T_max=max(1, total - warmup), eta_min=float(p.get("eta_min", 0.0)))
     if warmup <= 0:
         return cosine
-    ramp = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1e-7, end_factor=1.0, total_iters=warmup)
-    return torch.optim.lr_scheduler.SequentialLR(opt, [ramp, cosine], milestones=[warmup])
+    ramp = LinearLR(opt, start_factor=1e-7, end_factor=1.0, total_iters=warmup)
+    return SequentialLR(opt, [ramp, cosine], milestones=[warmup])
 
 
 SCHEDULES: dict[str, Schedule] = {

@@ -1,0 +1,44 @@
+"""The CLI answers --help without PyTorch or onnxruntime, and the ONNX path never imports PyTorch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import write_image
+
+COMMANDS = ["download", "check-data", "train", "resume", "eval", "predict", "export", "convert"]
+
+
+def heavy_modules_after(*args: str) -> tuple[int, list[str]]:
+    """Run the CLI in a fresh interpreter; the exit code and which heavy modules it imported."""
+    code = ("import json, sys\nfrom openocr_cli.cli import main\n"
+            f"sys.argv = ['openocr-det', *{list(args)!r}]\n"
+            "try:\n    main()\n    rc = 0\nexcept SystemExit as exc:\n    rc = exc.code or 0\n"
+            "print('\\nHEAVY=' + json.dumps([rc, sorted(m for m in ('torch', 'onnxruntime', 'onnx', "
+            "'albumentations', 'matplotlib') if m in sys.modules)]))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={"OPENOCR_DET_OFFLINE": "1", "PATH": "/usr/bin:/bin", "COLUMNS": "120"})
+    line = [x for x in res.stdout.splitlines() if x.startswith("HEAVY=")]
+    assert line, res.stdout[-2000:] + res.stderr[-2000:]
+    rc, heavy = json.loads(line[-1][len("HEAVY="):])
+    return rc, heavy
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"]] + [[c, "--help"] for c in COMMANDS])
+def test_help_imports_neither_torch_nor_onnxruntime(args):
+    assert heavy_modules_after(*args) == (0, [])
+
+
+def test_onnx_predict_never_imports_torch(tmp_path):
+    from tests.test_onnx_backend import tiny_model
+
+    model = tiny_model(tmp_path / "tiny.onnx")
+    write_image(tmp_path / "imgs" / "a.png", 64, 96, 0)
+    rc, heavy = heavy_modules_after("predict", str(tmp_path / "imgs"), "--backend", "onnx", "--onnx-model",
+                                    str(model), "--device", "cpu", "--output", str(tmp_path / "out"))
+    assert rc == 0 and "torch" not in heavy and "onnxruntime" in heavy
+    assert (tmp_path / "out" / "det_results.txt").read_text().startswith(str(tmp_path / "imgs" / "a.png"))
