@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import write_image
+from tests.conftest import label_line, write_image
 
 COMMANDS = ["download", "check-data", "train", "resume", "eval", "predict", "export", "convert"]
 
@@ -42,3 +42,9 @@ def test_onnx_predict_never_imports_torch(tmp_path):
                                     str(model), "--device", "cpu", "--output", str(tmp_path / "out"))
     assert rc == 0 and "torch" not in heavy and "onnxruntime" in heavy
     assert (tmp_path / "out" / "det_results.txt").read_text().startswith(str(tmp_path / "imgs" / "a.png"))
+    labels = tmp_path / "labels.txt"
+    labels.write_text(label_line("imgs/a.png", [{"transcription": "a", "points": [[1, 1], [20, 1], [20, 9], [1, 9]]}]))
+    rc, heavy = heavy_modules_after("eval", "--backend", "onnx", "--onnx-model", str(model), "--data-dir",
+                                    str(tmp_path), "--label-file", str(labels), "--device", "cpu", "--tune",
+                                    "--report", str(tmp_path / "report"))
+    assert rc == 0 and "torch" not in heavy and (tmp_path / "report" / "errors.json").is_file()
