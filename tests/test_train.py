@@ -553,3 +553,33 @@ def test_a_run_that_stays_nonfinite_stops_with_exit_1(cli, tmp_path, synth):
     for path in out.glob("*.pth"):
         ckpt = torch.load(path, weights_only=True)
         assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values() if t.is_floating_point())
+
+
+def test_data_wait_warning_is_given_once(capsys, tmp_path):
+    """An epoch that waited for data more than 30 % of its time is reported once, in train.log and on screen."""
+    import io
+    import logging
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from openocr_cli.training_ui import TrainDisplay
+
+    display = TrainDisplay(Console(file=io.StringIO()))
+    logger = logging.getLogger("openocr_det")
+    handler = logging.FileHandler(tmp_path / "train.log")
+    logger.addHandler(handler)
+    try:
+        trainer = SimpleNamespace(epoch_data_wait=0.1, state=SimpleNamespace(epoch=1),
+                                  settings=SimpleNamespace(workers=0))
+        display.on_epoch_end(trainer)  # 10 %: no warning
+        trainer.epoch_data_wait, trainer.state.epoch = 0.6, 2
+        display.on_epoch_end(trainer)
+        trainer.state.epoch = 3
+        display.on_epoch_end(trainer)  # only once per run
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    log = (tmp_path / "train.log").read_text()
+    assert log.count("waiting for data") == 1 and "epoch 2 spent 60%" in log and "--workers" in log
+    assert " ".join(capsys.readouterr().err.split()).count("waiting for data") == 1
