@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -47,12 +46,7 @@ def check_data_command(
       openocr-det check-data --config my_repvit_db.yml -o Eval.dataset.transforms.2.DetResizeForTest.limit_side_len=1280
     """
     cfg = cfgmod.apply_overrides(cfgmod.load_config(config), override or [])
-    dataset = ((cfg.get("Train") or {}).get("dataset") or {})
-    data_dir = data_dir if data_dir is not None else Path(str(dataset.get("data_dir", ".")))
-    files = label_file or [Path(str(p)) for p in dataset.get("label_file_list") or []]
-    if not files:
-        raise UserError("no label file: pass --label-file FILE (or set Train.dataset.label_file_list in the config).",
-                        exit_code=2)
+    data_dir, files = opt.labelled_data(cfg, "Train", data_dir, label_file)
     missing = next((f for f in files if not f.is_file()), None)
     if missing is not None:
         raise UserError(f"label file {missing} does not exist. Pass an existing file to --label-file.")
@@ -64,10 +58,6 @@ def check_data_command(
         report = check_data(files, data_dir, cfg, crops=crops, seed=seed)
     print_report(report)
     if json_out is not None:
-        try:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
-        except OSError as exc:
-            raise UserError(f"cannot write {json_out}: {exc.strerror}.") from None
+        opt.write_json(json_out, report.to_json())
     if report.problems:
         raise typer.Exit(1)

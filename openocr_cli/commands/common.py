@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -110,6 +111,27 @@ Std = Annotated[Optional[str], typer.Option(
     "--std", callback=_three_floats, metavar="C1,C2,C3",
     help="Normalisation std, three comma-separated values (default: as --mean).")]
 
+
+
+def labelled_data(cfg: dict, section: str, data_dir: Optional[Path],
+                  label_files: Optional[list[Path]]) -> tuple[Path, list[Path]]:
+    """--data-dir / --label-file, else the config's `<section>.dataset` values; no label file is a usage error."""
+    dataset = (cfg.get(section) or {}).get("dataset") or {}
+    data_dir = data_dir if data_dir is not None else Path(str(dataset.get("data_dir", ".")))
+    files = label_files or [Path(str(p)) for p in dataset.get("label_file_list") or []]
+    if not files:
+        raise UserError(f"no label file: pass --label-file FILE (or set {section}.dataset.label_file_list in the "
+                        "config).", exit_code=2)
+    return data_dir, files
+
+
+def write_json(path: Path, data: dict) -> None:
+    """The --json output of a command, with a clear error when the file cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}.") from None
 
 @dataclass(kw_only=True)
 class InferenceSettings:

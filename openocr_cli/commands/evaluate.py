@@ -6,7 +6,6 @@ module only wires options to them.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -103,12 +102,7 @@ def evaluate(
     grids = tune.parse_ranges(tune_ranges) if tune_flag or tune_ranges is not None else None
     size_list = sizes.parse_sizes(sizes_text) if sizes_text is not None else None
     cfg = settings.load_config()
-    dataset = ((cfg.get("Eval") or {}).get("dataset") or {})
-    data_dir = data_dir if data_dir is not None else Path(str(dataset.get("data_dir", ".")))
-    files = label_file or [Path(str(p)) for p in dataset.get("label_file_list") or []]
-    if not files:
-        raise UserError("no label file: pass --label-file FILE (or set Eval.dataset.label_file_list in the config).",
-                        exit_code=2)
+    data_dir, files = opt.labelled_data(cfg, "Eval", data_dir, label_file)
 
     out: dict = {}
     with MapCache() as cache:
@@ -160,11 +154,7 @@ def evaluate(
         write_report(report, result, shown, workers)
         console.print(f"Report: {report / 'index.html'} (errors per image in {report / 'errors.json'})")
     if json_out is not None:
-        try:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
-        except OSError as exc:
-            raise UserError(f"cannot write {json_out}: {exc.strerror}.") from None
+        opt.write_json(json_out, out)
     if result.failures:
         err_console.print(f"[red]{len(result.failures)} image(s) could not be read and were not scored:[/red]")
         for failure in result.failures:
