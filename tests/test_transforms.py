@@ -157,7 +157,57 @@ def test_normalize_image_chw_order():
         NormalizeImage(order="hcw")
 
 
+def _formula(image, mean, std, scale, shape=(3,)):
+    """The reference normalisation, written out: (x * scale - mean) / std in float32."""
+    return (image.astype(np.float32) * np.float32(scale) - np.float32(mean).reshape(shape)) / np.float32(
+        std).reshape(shape)
+
+
+@pytest.mark.parametrize("mean, std, scale", [((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1 / 255),
+                                              ((0.5, 0.4, 0.3), (0.1, 0.2, 0.3), 1 / 127.5), ((0, 0, 0), (1, 1, 1), 1)])
+def test_normalizer_table_lookup_is_the_formula_bit_for_bit(mean, std, scale):
+    """Every uint8 value of every channel, in every layout the callers use, equals the written-out formula."""
+    norm = Normalizer(mean, std, scale)
+    image = np.stack(np.meshgrid(np.arange(256), np.arange(3), indexing="ij"), -1)[:, :, :1].repeat(3, 2)
+    image = np.concatenate([image, np.random.default_rng(2).integers(0, 256, (256, 1, 3))], 1).astype(np.uint8)
+    expected = _formula(image, mean, std, scale)
+    assert np.array_equal(norm.normalize(image), expected)
+    out = norm(image)
+    assert out.flags.c_contiguous and np.array_equal(out, expected.transpose(2, 0, 1))
+    chw = np.ascontiguousarray(image.transpose(2, 0, 1))
+    assert np.array_equal(norm.normalize(chw, channels_first=True), _formula(chw, mean, std, scale, (3, 1, 1)))
+    flipped = image[:, ::-1, ::-1]  # strided views (the RGB normaliser passes one)
+    assert np.array_equal(norm(flipped), _formula(flipped, mean, std, scale).transpose(2, 0, 1))
+    as_float = image.astype(np.float32) + 0.25  # not uint8: computed, not looked up
+    assert np.array_equal(norm.normalize(as_float), _formula(as_float, mean, std, scale))
+
+
+def test_normalize_then_chw_needs_no_copy():
+    image = np.random.default_rng(3).integers(0, 256, size=(6, 4, 3), dtype=np.uint8)
+    hwc = NormalizeImage(order="hwc")({"image": image})["image"]
+    chw = ToCHWImage()({"image": hwc})["image"]
+    assert chw.flags.c_contiguous and np.shares_memory(chw, hwc)
+
+
 @pytest.mark.parametrize("op", [DecodeImage, KeepKeys, ToCHWImage, NormalizeImage, EastRandomCropData, MakeShrinkMap])
 def test_global_keys_no_longer_reach_ops(op):
     with pytest.raises(TypeError):  # no **kwargs: a Global key (or a typo) handed to an op cannot vanish
         op(use_gpu=True)
+
+
+def test_bench_data_json_reports_samples_per_s(tmp_path):
+    """The data benchmark runs offline on generated images and writes its figure (and per-op times) as JSON."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_data.py"
+    out = tmp_path / "data.json"
+    proc = subprocess.run([sys.executable, str(script), "--images", "2", "--samples", "3", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["samples_per_s"] > 0 and result["samples_per_round"] == 3
+    assert {"DecodeImage", "IaaAugment", "EastRandomCropData", "NormalizeImage"} <= set(result["ms_per_op"])
+    assert "| transform | ms/sample | share |" in proc.stdout
