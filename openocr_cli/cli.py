@@ -62,7 +62,7 @@ def _print_traceback(exc: BaseException) -> None:
 
 
 def _register() -> None:
-    from openocr_cli.commands import check_data, convert, download, evaluate, export, predict, train
+    from openocr_cli.commands import benchmark, check_data, convert, download, evaluate, export, predict, train
 
     app.command("download")(download.download)
     app.command("train")(train.train)
@@ -72,6 +72,7 @@ def _register() -> None:
     app.command("export")(export.export)
     app.command("check-data")(check_data.check_data_command)
     app.command("convert", no_args_is_help=True)(convert.convert)
+    app.command("benchmark")(benchmark.benchmark)
 
 
 _register()

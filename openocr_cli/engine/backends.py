@@ -6,6 +6,8 @@ changes only this step.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 from pathlib import Path
 from typing import Optional
 
@@ -36,14 +38,38 @@ def resolve_device(spec: Optional[str]) -> torch.device:
     return device
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def precision_problem(precision: str, device: torch.device) -> Optional[str]:
+    """Why `precision` cannot run on `device` (None: it can). bf16 needs a CPU with AVX-512 BF16 or AMX (what
+    oneDNN's bf16 kernels use; elsewhere autocast would emulate it, slower than fp32) or a CUDA GPU with bf16;
+    fp16 autocast is for CUDA only (on CPU it is emulated and slower than fp32)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        if device.type == "cuda":
+            return None if torch.cuda.is_bf16_supported() else f"this GPU ({torch.cuda.get_device_name(device)}) " \
+                                                                 "has no bf16 support"
+        cpu = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
+            getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+        return None if cpu else "this CPU has neither AVX-512 BF16 nor AMX, so PyTorch would emulate bf16"
+    if precision == "fp16":
+        return None if device.type == "cuda" else "fp16 autocast runs on CUDA only (on a CPU it is emulated)"
+    return f"PyTorch runs fp32, bf16 (autocast) and fp16 (CUDA autocast), not {precision}"
+
+
 class TorchBackend:
     """A loaded, eval-mode DBDetector on one device.
 
     `channels_last` stores activations NHWC, which oneDNN runs about 25% faster on CPU (measured
     with benchmarks/bench_predict.py); the trainer's evaluation leaves its model's layout alone.
+    `precision` bf16/fp16 runs the forward pass under torch.autocast (weights stay float32, the
+    probability map comes back as float32); see `precision_problem` for where that is supported.
     """
 
     name = "torch"
+    precision = "fp32"
 
     def __init__(self, model: torch.nn.Module, device: torch.device, channels_last: bool = False):
         self.model = model.to(device).eval()
@@ -67,7 +93,24 @@ class TorchBackend:
         backend.saved_config = report.saved_config
         return backend
 
+    def with_precision(self, precision: str) -> TorchBackend:
+        """The same model (shared, not copied) run at another precision; refused where it cannot run."""
+        problem = precision_problem(precision, self.device)
+        if problem is not None:
+            raise UserError(f"cannot run {precision} on {self.device}: {problem}.", exit_code=2)
+        variant = copy.copy(self)
+        variant.precision = precision
+        return variant
+
+    def _autocast(self):
+        dtype = AUTOCAST_DTYPES.get(self.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch).to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        return np.ascontiguousarray(self.model(x).float().cpu().numpy())
+        with self._autocast():
+            out = self.model(x)
+        return np.ascontiguousarray(out.float().cpu().numpy())
