@@ -277,3 +277,83 @@ def test_crop_negative_coordinates_do_not_wrap():
     for _ in range(20):
         x, y, w, h = crop_area((100, 400), polys, 0.1, 50)
         assert (x, w) == (0, 400) or x >= 50 or x + w <= 0
+
+
+# ------------------------------------------------------------------------------------ deferred pixels
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_planned_image_rows_equal_the_full_computation(threads):
+    """Flip / rotate / scale computed for the first r rows only equal the full-size result's first r rows."""
+    from openocr_cli.data.planned import PlannedImage
+
+    aug = IaaAugment(augmenter_args=[{"type": "Fliplr", "args": {"p": 0.5}}, {"type": "Affine", "args": {
+        "rotate": [-10, 10]}}, {"type": "Resize", "args": {"size": [0.2, 3]}}])
+    aug.defer_pixels = True
+    rng = np.random.default_rng(threads)
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(threads)
+    try:
+        for trial in range(40):
+            h, w = (int(v) for v in rng.integers(5, 400, 2))
+            image = cv2.GaussianBlur(noise(h, w, seed=trial), (3, 3), 0) if trial % 2 else noise(h, w, seed=trial)
+            aug.reseed(trial)
+            np.random.seed(trial)
+            planned = aug(sample(image, [quad(1, 1, 3, 3)]))["image"]
+            assert isinstance(planned, PlannedImage)
+            full = planned.full()
+            assert full.shape == planned.shape and full.dtype == np.uint8
+            for rows in {0, 1, 2, int(rng.integers(0, planned.shape[0] + 1)), planned.shape[0]}:
+                np.testing.assert_array_equal(planned.rows(rows), full[:rows])
+    finally:
+        cv2.setNumThreads(previous)
+
+
+def test_recorded_steps_match_albumentations_doing_the_pixels():
+    """The recorded flip and rotation (run later, rotation via 4 channels) equal albumentations' own pixels."""
+    import albumentations as A
+
+    args = [{"type": "Fliplr", "args": {"p": 0.5}}, {"type": "Affine", "args": {"rotate": [-10, 10]}}]
+    ours = IaaAugment(augmenter_args=args)
+    theirs = A.Compose([A.HorizontalFlip(p=0.5), A.Affine(rotate=(-10, 10), p=1.0, fit_output=False,
+                                                          interpolation=cv2.INTER_LINEAR,
+                                                          border_mode=cv2.BORDER_CONSTANT, fill=0)],
+                       keypoint_params=A.KeypointParams(format="xy", remove_invisible=False))
+    for seed in range(12):
+        image = noise(91 + seed * 7, 173 - seed * 5, seed=seed)
+        ours.reseed(seed)
+        _copy_seeds(theirs, seed)
+        a = ours(sample(image.copy(), [quad(10, 10, 30, 12)]))
+        b = theirs(image=image.copy(), keypoints=np.array(quad(10, 10, 30, 12), np.float64))
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_allclose(a["polys"].reshape(-1, 2), b["keypoints"])
+
+
+def _copy_seeds(theirs, seed):
+    """Give albumentations' plain transforms the same per-transform seeds IaaAugment.reseed gives ours."""
+    from openocr_cli.data.augment import _derive_seed
+
+    theirs.set_random_seed(_derive_seed(seed, 0, 0))
+    for j, transform in enumerate(theirs.transforms):
+        transform.set_random_seed(_derive_seed(seed, 0, j + 1))
+
+
+def test_training_chain_crop_is_the_same_with_and_without_deferred_pixels():
+    """build_ops defers IaaAugment's pixels to the crop; the samples stay identical bit for bit."""
+    from openocr_cli.data.transforms import build_ops
+
+    chain = [{"IaaAugment": None}, {"EastRandomCropData": {"size": [160, 160]}}]
+    deferred, eager = build_ops(chain), build_ops(chain)
+    assert deferred[0].defer_pixels
+    eager[0].defer_pixels = False
+    for seed in range(15):
+        data = multi_region_sample()
+        outs = []
+        for ops in (deferred, eager):
+            ops[0].reseed(seed)
+            np.random.seed(seed)
+            out = dict(data, image=data["image"].copy(), polys=data["polys"].copy())
+            for op in ops:
+                out = op(out)
+            outs.append(out)
+        np.testing.assert_array_equal(outs[0]["image"], outs[1]["image"])
+        np.testing.assert_array_equal(outs[0]["polys"], outs[1]["polys"])

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from openocr_cli.data.planned import PlannedImage, Scale
 from openocr_cli.errors import UserError
 from openocr_cli.geometry import as_poly_array, is_poly_outside_rect, pad_vertices
 
@@ -153,27 +154,27 @@ class RandomScale:
         low, high = (size, size) if np.isscalar(size) else tuple(size)
         self.low, self.high = float(low), float(high)
 
-    def __call__(self, image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def draw(self, shape: tuple, points: np.ndarray) -> tuple[Scale, np.ndarray]:
+        """The resize step for an image of `shape`, and the points it moves."""
         s = np.random.uniform(self.low, self.high)
-        height, width = image.shape[:2]
-        image = cv2.resize(image, (int(width * s), int(height * s)), interpolation=cv2.INTER_LINEAR)
-        return image, points * s
+        height, width = shape[:2]
+        return Scale((int(width * s), int(height * s))), points * s
 
 
 def _albu_step(kind: str, args: dict) -> A.BasicTransform:
-    """Map one imgaug-named config entry to the equivalent albumentations 2.x transform."""
-    import albumentations as A
+    """Map one imgaug-named config entry to the equivalent albumentations 2.x transform (recording variant)."""
+    from openocr_cli.data.albu_steps import RecordingAffine, RecordingHorizontalFlip
 
     args = dict(args)
     if kind == "Fliplr":
-        return A.HorizontalFlip(p=float(args.pop("p", 0.5)), **args)
+        return RecordingHorizontalFlip(p=float(args.pop("p", 0.5)), **args)
     rotate = args.pop("rotate", 0.0)
     if args:
         raise UserError(f"IaaAugment Affine: only 'rotate' is supported, got {sorted(args)}.")
     rotate = (float(rotate[0]), float(rotate[1])) if isinstance(rotate, (list, tuple)) else float(rotate)
     # Always applied (imgaug semantics); albumentations rotates about ((W-1)/2, (H-1)/2).
-    return A.Affine(rotate=rotate, p=1.0, fit_output=False, interpolation=cv2.INTER_LINEAR,
-                    border_mode=cv2.BORDER_CONSTANT, fill=0)
+    return RecordingAffine(rotate=rotate, p=1.0, fit_output=False, interpolation=cv2.INTER_LINEAR,
+                           border_mode=cv2.BORDER_CONSTANT, fill=0)
 
 
 class IaaAugment:
@@ -181,10 +182,15 @@ class IaaAugment:
 
     Consecutive flip/affine entries form one albumentations Compose (own generators, see `reseed`);
     Resize is a plain step on NumPy's global RNG. Polygons come back as float64 (K, P, 2).
+    The transforms record their pixel work (data.albu_steps) and it runs after all parameters are
+    drawn; with `defer_pixels` (set by build_ops when EastRandomCropData follows) the image is
+    handed on as a PlannedImage, of which the crop computes only the rows it keeps.
     """
 
     def __init__(self, augmenter_args: Optional[Sequence[dict]] = None):
         self.steps: list = []
+        self.defer_pixels = False
+        self._recorder: list = []
         pending: list = []
         for entry in DEFAULT_IAA_ARGS if augmenter_args is None else augmenter_args:
             kind, args = entry.get("type"), entry.get("args") or {}
@@ -201,6 +207,8 @@ class IaaAugment:
         if pending:
             import albumentations as A
 
+            for transform in pending:
+                transform.recorder = self._recorder
             keypoints = A.KeypointParams(format="xy", remove_invisible=False)
             self.steps.append(A.Compose(list(pending), keypoint_params=keypoints))
             pending.clear()
@@ -217,16 +225,22 @@ class IaaAugment:
                 transform.set_random_seed(_derive_seed(seed, i, j + 1))
 
     def __call__(self, data: dict) -> Optional[dict]:
-        image = data["image"]
+        planned = PlannedImage(np.asarray(data["image"]), [])
         polys = as_poly_array(data["polys"])
         points = polys.reshape(-1, 2)
         for step in self.steps:
             if isinstance(step, RandomScale):
-                image, points = step(image, points)
-            else:
-                out = step(image=image, keypoints=points)
-                image, points = out["image"], np.asarray(out["keypoints"], np.float64).reshape(-1, 2)
-        data["image"] = image
+                scale, points = step.draw(planned.shape, points)
+                planned = PlannedImage(planned.source, [*planned.steps, scale])
+                continue
+            if planned.shape != planned.source.shape:  # albumentations reads the size from the image it gets
+                planned = PlannedImage(planned.full(), [])
+            self._recorder.clear()
+            out = step(image=planned.source, keypoints=points)
+            points = np.asarray(out["keypoints"], np.float64).reshape(-1, 2)
+            planned = PlannedImage(planned.source, [*planned.steps, *self._recorder])
+        self._recorder.clear()
+        data["image"] = planned if self.defer_pixels else planned.full()
         data["polys"] = points.reshape(polys.shape)
         return data
 
@@ -284,6 +298,9 @@ def crop_area(shape: tuple, care_polys: list, min_side_ratio: float, max_tries: 
 class EastRandomCropData:
     """Random text-aware crop scaled into a `size` = (width, height) canvas.
 
+    `image` may be a PlannedImage (IaaAugment with defer_pixels): only the rows down to the
+    window's bottom are computed.
+
     With keep_ratio the crop keeps its aspect ratio at the top-left of a black canvas. Polygons
     (care and ignored) are kept iff they touch the content area. When none survive, `polys` is an
     empty (0, P, 2) float64 array and `ignore_tags` an empty bool array (OpenOCR: 1-D [] and list).
@@ -304,7 +321,8 @@ class EastRandomCropData:
         cx, cy, cw, ch = crop_area(image.shape, care, self.min_crop_side_ratio, self.max_tries)
         out_w, out_h = self.size
         scale_x, scale_y = out_w / cw, out_h / ch
-        crop = image[cy:cy + ch, cx:cx + cw]
+        pixels = image.rows(cy + ch) if isinstance(image, PlannedImage) else image  # only the rows it keeps
+        crop = pixels[cy:cy + ch, cx:cx + cw]
         if self.keep_ratio:
             scale_x = scale_y = min(scale_x, scale_y)
             w, h = max(int(cw * scale_x), 1), max(int(ch * scale_y), 1)

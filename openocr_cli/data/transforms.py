@@ -167,4 +167,7 @@ def build_ops(op_configs: list, epoch: Optional[int] = None) -> list:
         if epoch is not None and name in ("MakeBorderMap", "MakeShrinkMap"):
             kwargs["epoch"] = epoch
         ops.append(_TRAIN_OPS[name](**kwargs))
+    for op, following in zip(ops, ops[1:]):  # the crop computes only the augmented rows it keeps
+        if isinstance(op, IaaAugment) and isinstance(following, EastRandomCropData):
+            op.defer_pixels = True
     return ops
