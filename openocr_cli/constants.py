@@ -7,3 +7,5 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # The ONNX opset exports pin (OpenOCR leaves it to the installed PyTorch; its released file uses 17).
 DEFAULT_OPSET = 17
+# int8 exports: from opset 20 GELU is one node, which stays float between int8 convolutions.
+INT8_OPSET = 20

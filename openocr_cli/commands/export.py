@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
+import tempfile
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -13,8 +15,9 @@ import typer
 from openocr_cli import __version__
 from openocr_cli import config as cfgmod
 from openocr_cli.commands.common import DEFAULT_WEIGHTS, ConfigPath, NonStrict, Overrides, PostprocessFile, Weights
-from openocr_cli.constants import DEFAULT_OPSET
-from openocr_cli.data.resize import Normalizer
+from openocr_cli.commands.export_int8 import INT8_NAME, Scorer, load_calibration, run_int8
+from openocr_cli.constants import DEFAULT_OPSET, INT8_OPSET
+from openocr_cli.data.resize import Normalizer, ResizeSpec
 from openocr_cli.engine.predictor import make_postprocess
 from openocr_cli.errors import UserError
 from openocr_cli.evaluation.postprocess_file import from_saved_config, layered_params, read_postprocess_file
@@ -59,7 +62,9 @@ def export(
         "--output",
         help="ONNX file to write (default: export_det/det_model.onnx in the folder of the weights file, "
              "or ./output/export_det/det_model.onnx for a model name).", show_default=False)] = None,
-    opset: Annotated[int, typer.Option("--opset", min=7, help="ONNX opset to write.")] = DEFAULT_OPSET,
+    opset: Annotated[Optional[int], typer.Option(
+        "--opset", min=7, help=f"ONNX opset to write (default {DEFAULT_OPSET}; {INT8_OPSET} with --int8, where GELU "
+                               "is one node that stays float between int8 convolutions).", show_default=False)] = None,
     fuse: Annotated[bool, typer.Option(
         "--fuse/--no-fuse", help="Re-parameterise the backbone first (faster, same output within 1e-6).")] = True,
     dynamic: Annotated[bool, typer.Option(
@@ -79,6 +84,23 @@ def export(
         "--tolerance", min=0.0,
         help="Largest accepted difference between onnxruntime and PyTorch probabilities "
              "(default 1e-4, 2e-2 with --fp16).", show_default=False)] = None,
+    int8: Annotated[bool, typer.Option(
+        "--int8", help="Also quantize to int8 (static QDQ, per-channel weights, onnxruntime's tools) and write that "
+                       f"model instead (default name {INT8_NAME}); needs --calib-data.")] = False,
+    calib_data: Annotated[Optional[Path], typer.Option(
+        "--calib-data", metavar="DIR|LABEL_FILE",
+        help="Calibration images for --int8: a folder, or a label file (then the int8 and float32 hmean on it are "
+             "compared, and --max-drop applies).", show_default=False)] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(
+        "--data-dir", help="Folder the --calib-data label paths are relative to (config default: "
+                           "Eval.dataset.data_dir).", show_default=False)] = None,
+    calib_images: Annotated[int, typer.Option(
+        "--calib-images", min=1, help="Calibration images used, spread evenly over --calib-data.")] = 64,
+    max_drop: Annotated[float, typer.Option(
+        "--max-drop", min=0.0,
+        help="Largest accepted hmean loss of the int8 model, in points (0.5 = 0.005 hmean). Above it the nodes "
+             "quantization disturbs most are kept in float32, a few more each round (4 rounds at most), "
+             "then exit 1 keeping the last file.")] = 0.5,
     config: ConfigPath = None,
     override: Overrides = None,
     non_strict: NonStrict = False,
@@ -102,6 +124,11 @@ table of differences is printed; above --tolerance the command exits 1 and keeps
       openocr-det export -w best.pth --output det.onnx --static --size 640x640 --fp16
 
       openocr-det export -w best.pth --postprocess tuned.json
+
+      openocr-det export -w best.pth --int8 --calib-data val_label.txt --data-dir data/ --output det_int8.onnx
+
+    With --int8, the float32 model is exported and verified first, then quantized with calibration images \
+preprocessed exactly as predict feeds them; a table gives file size, hmean and ms per image of both models.
     """
     if size is not None and dynamic:
         err_console.print(f"note: --size {size[0]}x{size[1]} is only the tracing example with --dynamic.")
@@ -109,13 +136,23 @@ table of differences is printed; above --tolerance the command exits 1 and keeps
     from openocr_cli.engine.exporter import ExportOptions, choose_exporter, export_and_verify
     from openocr_cli.engine.onnx_metadata import build_metadata
 
+    if int8 and fp16:
+        raise UserError("--int8 and --fp16 are two different precisions; choose one.", exit_code=2)
+    if int8 and calib_data is None:
+        raise UserError("--int8 needs calibration images: --calib-data DIR (a folder of images like the ones you "
+                        "run) or --calib-data LABEL_FILE (also checks the accuracy).", exit_code=2)
+    if not int8 and (calib_data is not None or data_dir is not None):
+        raise UserError("--calib-data and --data-dir are for --int8 only.", exit_code=2)
+    opset = opset if opset is not None else (INT8_OPSET if int8 else DEFAULT_OPSET)
     choose_exporter(exporter.value, opset)  # refuse an impossible exporter/opset pair before any work
     cfg = cfgmod.apply_overrides(cfgmod.load_config(config), override or [])
     tuned = read_postprocess_file(postprocess_file) if postprocess_file is not None else {}
     options = ExportOptions(opset=opset, dynamic=dynamic, size=size or (960, 960), fp16=fp16, exporter=exporter.value)
-    path = output if output is not None else default_output(weights)
+    name = INT8_NAME if int8 else EXPORT_NAME
+    path = output if output is not None else default_output(weights).with_name(name)
     if path.suffix.lower() != ".onnx":
-        path = path / EXPORT_NAME if path.is_dir() else path
+        path = path / name if path.is_dir() else path
+    calibration = load_calibration(calib_data, data_dir, calib_images, cfg) if int8 else None
 
     from openocr_cli.hub import get_entry, resolve_weights
     from openocr_cli.model import build_detector
@@ -140,22 +177,38 @@ table of differences is printed; above --tolerance the command exits 1 and keeps
     metadata = build_metadata(mean=norm["mean"], std=norm["std"], postprocess=postprocess,
                               resize=cfgmod.resize_params(cfg), source_name=source.name,
                               source_sha256=sha256_file(source), version=__version__, fused=fuse, fp16=fp16)
-    err_console.print(f"exporting {source} to {path} ...")
-    report = export_and_verify(model, path, options, metadata, Normalizer(norm["mean"], norm["std"]), tolerance)
-    _print(report, options, fuse, metadata["source_sha256"])
+    normalizer = Normalizer(norm["mean"], norm["std"])
+    with tempfile.TemporaryDirectory(prefix="openocr-det-export-") as tmp:
+        float_path = Path(tmp) / EXPORT_NAME if int8 else path
+        err_console.print(f"exporting {source} to {'float32, then int8, ' if int8 else ''}{path} ...")
+        report = export_and_verify(model, float_path, options, metadata, normalizer, tolerance)
+        _print(report, options, fuse, metadata["source_sha256"], kept=calibration is None)
+        if not report.ok and calibration is not None:  # keep the float32 file for inspection
+            shutil.copyfile(float_path, path.with_name(f"{path.stem}.float32.onnx"))
+        _check(report, path if calibration is None else path.with_name(f"{path.stem}.float32.onnx"))
+        if calibration is not None:
+            # a static model takes exactly its size, as predict then resizes every image
+            resize = ResizeSpec(image_shape=options.size) if not dynamic else \
+                ResizeSpec.from_params(cfgmod.resize_params(cfg))
+            scorer = Scorer(calibration, resize, normalizer, make_postprocess(params))
+            run_int8(float_path, path, calibration, scorer, max_drop)
+            return
+    console.print(f"Exported and verified: {path}")
+
+
+def _check(report: ExportReport, path: Path) -> None:
     if not report.ok:
         worst = max(report.rows, key=lambda r: r.max_abs)
         raise UserError(f"verification failed: onnxruntime and PyTorch differ by up to {worst.max_abs:.3g} "
                         f"(at {worst.batch}x3x{worst.height}x{worst.width}), more than the tolerance "
                         f"{report.tolerance:g}. The exported file {path} was kept for inspection; do not use it "
                         "as is (try another --opset, --no-fuse, or without --fp16).")
-    console.print(f"Exported and verified: {path}")
 
 
-def _print(report: ExportReport, options: ExportOptions, fused: bool, sha: str) -> None:
+def _print(report: ExportReport, options: ExportOptions, fused: bool, sha: str, kept: bool = True) -> None:
     shape = "batch x 3 x height x width" if options.dynamic else f"batch x 3 x {options.size[0]} x {options.size[1]}"
-    console.print(table("export", ["item", "value"], [
-        ("file", report.path),
+    console.print(table("export" if kept else "float32 export (quantized next)", ["item", "value"], [
+        ("file", report.path if kept else "temporary"),
         ("size", f"{report.path.stat().st_size / 1e6:.1f} MB"),
         ("exporter", f"{report.exporter} (torch.onnx.export, dynamo={report.exporter == 'dynamo'})"),
         ("opset", report.opset),

@@ -1,0 +1,154 @@
+"""`export --int8`: a quantized model that describes itself, an accuracy table, and the --max-drop guard."""
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from openocr_cli.engine.onnx_metadata import read_metadata
+from openocr_cli.engine.quantize import pick_evenly, quantized_node_count
+from tests.conftest import label_line, make_constant_checkpoint, write_image
+
+SIZE = ("--static", "--size", "128x160")  # every image is resized to exactly this: fast, and sizes agree
+
+
+def full_box(h: int, w: int) -> dict:
+    return {"transcription": "text", "points": [[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]]}
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory) -> Path:
+    """Three random 128x160 images, each labelled with one box over the whole image."""
+    root = tmp_path_factory.mktemp("int8data")
+    lines = []
+    for i in range(3):
+        write_image(root / "img" / f"{i}.png", 128, 160, seed=i)
+        lines.append(label_line(f"img/{i}.png", [full_box(128, 160)]))
+    (root / "label.txt").write_text("".join(lines))
+    return root
+
+
+@pytest.fixture(scope="module")
+def constant_ckpt_09(tmp_path_factory) -> Path:
+    # probability 0.9 everywhere: one box over the whole image, whatever the input
+    return make_constant_checkpoint(tmp_path_factory.mktemp("ckpt") / "constant.pth", prob=0.9)
+
+
+def test_pick_evenly_is_deterministic_and_spread():
+    paths = [f"{i:02d}.png" for i in range(10)]
+    assert pick_evenly(reversed(paths), 5) == ["00.png", "02.png", "04.png", "06.png", "08.png"]
+    assert pick_evenly(paths[:3], 64) == paths[:3]
+
+
+def test_int8_export_with_labels_keeps_accuracy_and_describes_itself(cli, tmp_path, labelled, constant_ckpt_09):
+    path = tmp_path / "det_int8.onnx"
+    code, out, err = cli("export", "-w", constant_ckpt_09, "--int8", "--calib-data", labelled / "label.txt",
+                         "--data-dir", labelled, "--output", path, *SIZE)
+    assert code == 0, err
+    table = out[out.index("int8 accuracy check"):]
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:5]]
+            for line in table.splitlines() if line.startswith("│")}
+    assert set(rows) == {"float32", "int8"}
+    assert rows["float32"][1] == rows["int8"][1] == "1.0000"  # hmean of both models on the labelled set
+    assert float(rows["int8"][2]) > 0  # ms per image
+    int8_mb, float_mb = float(rows["int8"][0].split()[0]), float(rows["float32"][0].split()[0])
+    assert int8_mb < 0.5 * float_mb
+
+    assert quantized_node_count(path) > 0
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "Gelu" in ops and "Erf" not in ops  # exported at opset 20: GELU is one float node, not five
+    meta = read_metadata(path)
+    assert meta["precision"] == "int8" and meta["opset"] == "20"
+    calibration = json.loads(meta["calibration"])
+    assert calibration["images"] == 3 and calibration["float_nodes"] == []
+    assert calibration["hmean_float32"] == calibration["hmean_int8"] == 1.0
+    assert json.loads(meta["postprocess"])["thresh"] == 0.3  # the float export's metadata is carried over
+
+    # eval runs the int8 file with the ONNX backend like any other, and agrees with the table
+    code, out, err = cli("eval", "--onnx-model", path, "--label-file", labelled / "label.txt", "--data-dir",
+                         labelled, "--json", tmp_path / "m.json", "--device", "cpu")
+    assert code == 0, err
+    assert json.loads((tmp_path / "m.json").read_text())["hmean"] == 1.0
+
+
+def test_int8_from_an_image_folder_says_accuracy_was_not_checked(cli, tmp_path, labelled, constant_ckpt_09):
+    path = tmp_path / "int8.onnx"
+    code, out, err = cli("export", "-w", constant_ckpt_09, "--int8", "--calib-data", labelled / "img",
+                         "--calib-images", "2", "--output", path, *SIZE)
+    assert code == 0, err
+    assert "accuracy not checked" in " ".join(out.split())
+    calibration = json.loads(read_metadata(path)["calibration"])
+    assert calibration["images"] == 2 and calibration["hmean_int8"] is None
+    assert quantized_node_count(path) > 0
+
+
+def blob_checkpoint(path: Path) -> Path:
+    """A random model whose last layer is scaled up: its map has input-dependent blobs near the threshold,
+    so detections move when activations are quantized badly."""
+    from openocr_cli.model import build_detector
+
+    torch.manual_seed(1)
+    model = build_detector()
+    conv3 = model.head.binarize.conv3
+    with torch.no_grad():
+        conv3.weight.copy_(torch.randn(conv3.weight.shape, generator=torch.Generator().manual_seed(0)) * 12.5)
+        conv3.bias.fill_(-3.0)
+    torch.save({"epoch": 1, "global_step": 0, "state_dict": model.state_dict(), "optimizer": None,
+                "scheduler": None, "config": {}, "metrics": {}}, path)
+    return path
+
+
+@pytest.mark.slow
+def test_int8_that_loses_accuracy_exits_1_and_keeps_the_file(cli, tmp_path):
+    from openocr_cli.data.synth import generate
+
+    synth = generate(tmp_path / "synth", num_train=0, num_test=6, seed=0, size=(128, 160))
+    ckpt = blob_checkpoint(tmp_path / "blobs.pth")
+    code, _, err = cli("predict", synth.data_dir / "test", "-w", ckpt, "--device", "cpu", "--output",
+                       tmp_path / "pred")
+    assert code == 0, err
+    # labels = the float model's own boxes; the first image in sorted order is black and is the only
+    # calibration image, so every activation range is wrong for the others
+    cv2.imwrite(str(synth.data_dir / "test" / "000_black.png"), np.zeros((128, 160, 3), np.uint8))
+    lines = [label_line("test/000_black.png", [])]
+    for line in (tmp_path / "pred" / "det_results.txt").read_text().splitlines():
+        image, boxes = line.split("\t")
+        regions = [{"transcription": "x", "points": box["points"]} for box in json.loads(boxes)]
+        lines.append(label_line(f"test/{Path(image).name}", regions))
+    assert sum(len(json.loads(line.split("\t")[1])) for line in lines) >= 3
+    (tmp_path / "self.txt").write_text("".join(lines))
+
+    path = tmp_path / "lossy.onnx"
+    code, out, err = cli("export", "-w", ckpt, "--int8", "--calib-data", tmp_path / "self.txt", "--data-dir",
+                         synth.data_dir, "--calib-images", "1", "--output", path, *SIZE)
+    assert code == 1
+    message = " ".join(err.split())
+    assert "more than --max-drop 0.5" in message and str(path) in message and "Traceback" not in err
+    assert path.is_file() and quantized_node_count(path) > 0  # the last attempt is kept, and named
+    table = out[out.index("int8 accuracy check"):]
+    assert "float nodes" in table  # the fallback ran: attempts with nodes kept in float32
+    calibration = json.loads(read_metadata(path)["calibration"])
+    assert calibration["float_nodes"] and 100 * (calibration["hmean_float32"] - calibration["hmean_int8"]) > 0.5
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--int8"], "--int8 needs calibration images"),
+    (["--int8", "--fp16", "--calib-data", "."], "choose one"),
+    (["--calib-data", "."], "for --int8 only"),
+    (["--int8", "--calib-data", "missing_dir"], "does not exist"),
+])
+def test_int8_usage_errors(cli, tmp_path, random_ckpt, args, message):
+    code, _, err = cli("export", "-w", random_ckpt, "--output", tmp_path / "m.onnx", *args)
+    assert code == 2, err
+    assert message in " ".join(err.split()) and "Traceback" not in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_one_image_as_calibration_data_is_refused(cli, tmp_path, random_ckpt):
+    image = write_image(tmp_path / "one.png")
+    code, _, err = cli("export", "-w", random_ckpt, "--int8", "--calib-data", image, "--output", tmp_path / "m.onnx")
+    assert code == 2 and "is one image" in " ".join(err.split())
