@@ -308,6 +308,25 @@ def test_planned_image_rows_equal_the_full_computation(threads):
         cv2.setNumThreads(previous)
 
 
+@pytest.mark.parametrize("near", ["one", "half", "two", "any"])
+def test_planned_scale_rows_equal_the_full_resize(near):
+    """Scales near 1 (where OpenCV would copy a same-size prefix), exactly 0.5 / 2 (its area path) and any."""
+    from openocr_cli.data.planned import PlannedImage, Scale
+
+    rng = np.random.default_rng(len(near))
+    for trial in range(150):
+        h, w = (int(v) for v in rng.integers(2, 200, 2))
+        s = {"one": rng.uniform(0.97, 1.03), "half": 0.5, "two": 2.0, "any": rng.uniform(0.2, 3)}[near]
+        size = (int(w * s), int(h * s))
+        if min(size) < 1:
+            continue
+        image = noise(h, w, seed=trial)
+        full = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+        planned = PlannedImage(image, [Scale(size)])
+        for rows in {0, 1, size[1] - 1, int(rng.integers(0, size[1] + 1))}:
+            np.testing.assert_array_equal(planned.rows(rows), full[:rows])
+
+
 def test_recorded_steps_match_albumentations_doing_the_pixels():
     """The recorded flip and rotation (run later, rotation via 4 channels) equal albumentations' own pixels."""
     import albumentations as A

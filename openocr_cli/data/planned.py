@@ -74,7 +74,10 @@ class Scale:
         # Output row y blends source rows floor((y + 0.5) * height / out_h - 0.5) and the next; +3 covers
         # OpenCV's float rounding. The second term makes the prefix's own output at least `rows` high.
         scale = height / out_h
-        return min(height, max(math.floor((rows - 0.5) * scale) + 3, math.ceil((rows + 0.5) * scale) + 1))
+        rows = min(height, max(math.floor((rows - 0.5) * scale) + 3, math.ceil((rows + 0.5) * scale) + 1))
+        # OpenCV copies instead of resizing when the output size equals the input size (cvRound, half to even).
+        same_size = self.size[0] == shape[1] and round(rows * (out_h / height)) == rows
+        return height if same_size else rows
 
     def run(self, image: np.ndarray, shape: tuple, rows: int) -> np.ndarray:
         (out_w, out_h), (height, width) = self.size, shape[:2]
