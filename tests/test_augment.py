@@ -283,7 +283,7 @@ def test_crop_negative_coordinates_do_not_wrap():
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_planned_image_rows_equal_the_full_computation(threads):
-    """Flip / rotate / scale computed for the first r rows only equal the full-size result's first r rows."""
+    """Flip / rotate / scale computed for a top-left block only equal that block of the full-size result."""
     from openocr_cli.data.planned import PlannedImage
 
     aug = IaaAugment(augmenter_args=[{"type": "Fliplr", "args": {"p": 0.5}}, {"type": "Affine", "args": {
@@ -294,7 +294,7 @@ def test_planned_image_rows_equal_the_full_computation(threads):
     cv2.setNumThreads(threads)
     try:
         for trial in range(40):
-            h, w = (int(v) for v in rng.integers(5, 400, 2))
+            h, w = (int(v) for v in rng.integers(5, 700, 2))
             image = cv2.GaussianBlur(noise(h, w, seed=trial), (3, 3), 0) if trial % 2 else noise(h, w, seed=trial)
             aug.reseed(trial)
             np.random.seed(trial)
@@ -304,6 +304,8 @@ def test_planned_image_rows_equal_the_full_computation(threads):
             assert full.shape == planned.shape and full.dtype == np.uint8
             for rows in {0, 1, 2, int(rng.integers(0, planned.shape[0] + 1)), planned.shape[0]}:
                 np.testing.assert_array_equal(planned.rows(rows), full[:rows])
+                cols = int(rng.integers(0, planned.shape[1] + 1))
+                np.testing.assert_array_equal(planned.window(rows, cols), full[:rows, :cols])
     finally:
         cv2.setNumThreads(previous)
 
@@ -315,7 +317,7 @@ def test_planned_scale_rows_equal_the_full_resize(near):
 
     rng = np.random.default_rng(len(near))
     for trial in range(150):
-        h, w = (int(v) for v in rng.integers(2, 200, 2))
+        h, w = (int(v) for v in rng.integers(2, 500, 2))
         s = {"one": rng.uniform(0.97, 1.03), "half": 0.5, "two": 2.0, "any": rng.uniform(0.2, 3)}[near]
         size = (int(w * s), int(h * s))
         if min(size) < 1:
@@ -325,6 +327,8 @@ def test_planned_scale_rows_equal_the_full_resize(near):
         planned = PlannedImage(image, [Scale(size)])
         for rows in {0, 1, size[1] - 1, int(rng.integers(0, size[1] + 1))}:
             np.testing.assert_array_equal(planned.rows(rows), full[:rows])
+            for cols in {1, size[0] - 1, int(rng.integers(0, size[0] + 1))}:
+                np.testing.assert_array_equal(planned.window(rows, cols), full[:rows, :cols])
 
 
 def test_recorded_steps_match_albumentations_doing_the_pixels():

@@ -298,8 +298,8 @@ def crop_area(shape: tuple, care_polys: list, min_side_ratio: float, max_tries: 
 class EastRandomCropData:
     """Random text-aware crop scaled into a `size` = (width, height) canvas.
 
-    `image` may be a PlannedImage (IaaAugment with defer_pixels): only the rows down to the
-    window's bottom are computed.
+    `image` may be a PlannedImage (IaaAugment with defer_pixels): only the block up to the
+    window's bottom-right corner is computed.
 
     With keep_ratio the crop keeps its aspect ratio at the top-left of a black canvas. Polygons
     (care and ignored) are kept iff they touch the content area. When none survive, `polys` is an
@@ -321,7 +321,7 @@ class EastRandomCropData:
         cx, cy, cw, ch = crop_area(image.shape, care, self.min_crop_side_ratio, self.max_tries)
         out_w, out_h = self.size
         scale_x, scale_y = out_w / cw, out_h / ch
-        pixels = image.rows(cy + ch) if isinstance(image, PlannedImage) else image  # only the rows it keeps
+        pixels = image.window(cy + ch, cx + cw) if isinstance(image, PlannedImage) else image  # only what it keeps
         crop = pixels[cy:cy + ch, cx:cx + cw]
         if self.keep_ratio:
             scale_x = scale_y = min(scale_x, scale_y)
