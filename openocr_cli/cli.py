@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
@@ -115,3 +116,29 @@ def main() -> None:
     except KeyboardInterrupt:
         error("interrupted.")
         sys.exit(130)
+
+
+def run() -> None:
+    """The console entry point: `main()`, then exit without the interpreter's teardown.
+
+    Unloading PyTorch at interpreter exit touches about 125 MB more memory (peak RSS 645 MB instead
+    of 519 MB after `import torch`, measured with /usr/bin/time) and takes time; by then every
+    file we write is closed, so the streams and log handlers are flushed and the process ends.
+    torchrun's workers exit normally (the launcher expects it).
+    """
+    try:
+        main()
+        code: object = 0
+    except SystemExit as exc:
+        code = exc.code
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        sys.exit(code)
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code if isinstance(code, int) else (0 if code is None else 1))

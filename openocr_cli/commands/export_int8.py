@@ -16,7 +16,6 @@ from openocr_cli.commands.common import labelled_data
 from openocr_cli.data.images import collect_images, is_image_name
 from openocr_cli.data.labels import LabelSample, load_labels
 from openocr_cli.data.resize import Normalizer, ResizeSpec
-from openocr_cli.engine.onnx_metadata import read_metadata, write_metadata
 from openocr_cli.errors import UserError
 from openocr_cli.postprocess import DBPostProcess
 from openocr_cli.ui import console, err_console, table
@@ -83,6 +82,7 @@ class Scorer:
 
 def run_int8(float_path: Path, output: Path, calibration: Calibration, scorer: Scorer, max_drop: float) -> None:
     """Quantize, check, print the table and write the metadata; exit 1 (file kept) when accuracy cannot hold."""
+    from openocr_cli.engine.onnx_metadata import read_metadata, write_metadata
     from openocr_cli.engine.quantize import calibration_tensors, quantize_with_guard, quantized_node_count
 
     try:

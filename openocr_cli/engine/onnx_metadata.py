@@ -12,8 +12,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Optional
 
-import onnx
-
 MODEL_NAME = "OpenOCR RepViT-DB text detector (DBNet)"
 CHANNEL_ORDERS = ("BGR", "RGB")
 
@@ -45,6 +43,8 @@ def build_metadata(*, mean: Sequence[float], std: Sequence[float], postprocess: 
 
 def write_metadata(path: Path, metadata: Mapping[str, str]) -> None:
     """Replace the model's metadata_props by `metadata` (keys not ours are kept)."""
+    import onnx  # here, not at import: predict reads metadata through onnxruntime and never needs onnx
+
     model = onnx.load(str(path))
     kept = [p for p in model.metadata_props if p.key not in metadata]
     del model.metadata_props[:]
@@ -55,6 +55,8 @@ def write_metadata(path: Path, metadata: Mapping[str, str]) -> None:
 
 
 def read_metadata(path: Path) -> dict[str, str]:
+    import onnx
+
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
