@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import label_line, write_image
 
-COMMANDS = ["download", "check-data", "train", "resume", "eval", "predict", "export", "convert"]
+COMMANDS = ["download", "check-data", "train", "resume", "eval", "predict", "export", "convert", "benchmark"]
 
 
 def heavy_modules_after(*args: str) -> tuple[int, list[str]]:
