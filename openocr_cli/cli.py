@@ -101,6 +101,17 @@ def _optional_values(argv: list[str]) -> list[str]:
     return out
 
 
+# What each package the lean ONNX-only install leaves out is needed for (README: Install).
+OPTIONAL_PACKAGES = {
+    "torch": "PyTorch (training, export, the torch backend)",
+    "torchvision": "torchvision",
+    "onnx": "the onnx package (export, reading model metadata)",
+    "albumentations": "albumentations (training augmentation)",
+    "matplotlib": "matplotlib (training plots)",
+    "onnxruntime": "onnxruntime (the ONNX backend, export verification)",
+}
+
+
 def main() -> None:
     """Run the app; a UserError becomes a one-paragraph message and its exit code, not a traceback
     (unless --debug / OPENOCR_DET_DEBUG=1 asks for it). Typer turns usage errors into exit code 2.
@@ -116,6 +127,16 @@ def main() -> None:
     except KeyboardInterrupt:
         error("interrupted.")
         sys.exit(130)
+    except ModuleNotFoundError as exc:
+        package = (exc.name or "").split(".")[0]
+        if package not in OPTIONAL_PACKAGES:
+            raise
+        if debug_enabled():
+            _print_traceback(exc)
+        error(f"this needs {OPTIONAL_PACKAGES[package]}, which is not installed here (an ONNX-only install runs "
+              f"predict and eval with --onnx-model). Install it (pip install {package}), or install openocr-det "
+              "with all its dependencies.")
+        sys.exit(1)
 
 
 def run() -> None:

@@ -13,9 +13,20 @@ from tests.conftest import label_line, write_image
 COMMANDS = ["download", "check-data", "train", "resume", "eval", "predict", "export", "convert", "benchmark"]
 
 
-def heavy_modules_after(*args: str) -> tuple[int, list[str]]:
-    """Run the CLI in a fresh interpreter; the exit code and which heavy modules it imported."""
-    code = ("import json, sys\nfrom openocr_cli.cli import main\n"
+# A deployment machine with the lean install (README) has none of these.
+TRAINING_ONLY = ("torch", "torchvision", "onnx", "albumentations", "matplotlib")
+BLOCKER = ("import importlib.abc, sys\n"
+           "class Blocker(importlib.abc.MetaPathFinder):\n"
+           "    def find_spec(self, name, path=None, target=None):\n"
+           "        if name.split('.')[0] in BLOCKED:\n"
+           "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+           "sys.meta_path.insert(0, Blocker())\n")
+
+
+def heavy_modules_after(*args: str, blocked: tuple[str, ...] = ()) -> tuple[int, list[str]]:
+    """Run the CLI in a fresh interpreter (where the `blocked` packages cannot be imported); the exit code
+    and which heavy modules it imported."""
+    code = (f"BLOCKED = {blocked!r}\n{BLOCKER}import json, sys\nfrom openocr_cli.cli import main\n"
             f"sys.argv = ['openocr-det', *{list(args)!r}]\n"
             "try:\n    main()\n    rc = 0\nexcept SystemExit as exc:\n    rc = exc.code or 0\n"
             "print('\\nHEAVY=' + json.dumps([rc, sorted(m for m in ('torch', 'onnxruntime', 'onnx', "
@@ -48,3 +59,34 @@ def test_onnx_predict_never_imports_torch(tmp_path):
                                     str(tmp_path), "--label-file", str(labels), "--device", "cpu", "--tune",
                                     "--report", str(tmp_path / "report"))
     assert rc == 0 and "torch" not in heavy and (tmp_path / "report" / "errors.json").is_file()
+
+
+def test_onnx_path_runs_without_the_training_packages(tmp_path):
+    """The README's lean install: predict and eval with an ONNX model need no torch, onnx, albumentations
+    or matplotlib at all."""
+    from tests.test_onnx_backend import tiny_model
+
+    model = tiny_model(tmp_path / "tiny.onnx")
+    write_image(tmp_path / "imgs" / "a.png", 64, 96, 0)
+    rc, heavy = heavy_modules_after("predict", str(tmp_path / "imgs"), "--onnx-model", str(model), "--device", "cpu",
+                                    "--output", str(tmp_path / "out"), blocked=TRAINING_ONLY)
+    assert rc == 0 and heavy == ["onnxruntime"]
+    assert (tmp_path / "out" / "det_results.txt").is_file()
+    labels = tmp_path / "labels.txt"
+    labels.write_text(label_line("imgs/a.png", [{"transcription": "a", "points": [[1, 1], [20, 1], [20, 9], [1, 9]]}]))
+    rc, _ = heavy_modules_after("eval", "--onnx-model", str(model), "--data-dir", str(tmp_path), "--label-file",
+                                str(labels), "--device", "cpu", blocked=TRAINING_ONLY)
+    assert rc == 0
+    rc, _ = heavy_modules_after("--help", blocked=TRAINING_ONLY)
+    assert rc == 0
+
+
+def test_a_missing_package_is_named_not_a_traceback(tmp_path):
+    write_image(tmp_path / "imgs" / "a.png", 64, 96, 0)
+    code = (f"BLOCKED = ('torch',)\n{BLOCKER}import sys\nfrom openocr_cli.cli import main\n"
+            f"sys.argv = ['openocr-det', 'predict', {str(tmp_path / 'imgs')!r}, '-w', 'x.pth', '--device', 'cpu']\n"
+            "main()\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    message = " ".join(res.stderr.split())
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "needs PyTorch" in message and "pip install torch" in message
