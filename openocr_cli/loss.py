@@ -40,12 +40,15 @@ def balanced_dice_loss(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor,
     Dice is a scalar, so the per-pixel OHEM (top-k of neg * dice) only rescales it by
     (n_pos + n_neg) / (n_pos + n_neg + 1e-6) for the 0/1 maps the label makers produce.
     With no positive pixel n_neg is 0 too and the factor (hence value and gradient) is 0.
+    The counts stay on the device (no host sync per step on CUDA); float64 keeps them exact integers and
+    the arithmetic is Python's int/float one (same value and gradient, bit for bit).
     """
     dice = dice_loss(pred, gt, mask, BALANCE_EPS)
-    n_pos = int((gt * mask).sum())
-    n_neg = int(min(float(((1 - gt) * mask).sum()), negative_ratio * n_pos))
-    n = n_pos + n_neg
-    return dice * float(n) / (n + BALANCE_EPS)
+    with torch.no_grad():
+        n_pos = (gt * mask).sum(dtype=torch.float64).floor()
+        n_neg = torch.minimum(((1 - gt) * mask).sum(dtype=torch.float64), negative_ratio * n_pos).floor()
+        n = n_pos + n_neg
+    return dice * n.to(dice.dtype) / (n + BALANCE_EPS).to(dice.dtype)
 
 
 class DBLoss(nn.Module):

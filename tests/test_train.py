@@ -583,3 +583,109 @@ def test_data_wait_warning_is_given_once(capsys, tmp_path):
     log = (tmp_path / "train.log").read_text()
     assert log.count("waiting for data") == 1 and "epoch 2 spent 60%" in log and "--workers" in log
     assert " ".join(capsys.readouterr().err.split()).count("waiting for data") == 1
+
+
+# ------------------------------------------------- step speed (issue 12): the same numbers in less time
+def test_optimizer_is_fused_and_stays_fused_when_resuming_a_loop_checkpoint(tmp_path, synth):
+    settings = small_settings(synth, tmp_path / "run", epochs=1)
+    data = load_run_data(settings, skip_bad=False)
+    trainer = Trainer(settings, data, torch.device("cpu"))
+    assert all(g["fused"] for g in trainer.optimizer.param_groups)
+    trainer.train(stop_after=1)
+    ckpt = torch.load(tmp_path / "run" / "latest.pth", weights_only=True)
+    for group in ckpt["optimizer"]["param_groups"]:  # as older runs and OpenOCR's per-tensor Adam write it
+        group.update(fused=None, foreach=None)
+    resumed = Trainer(TrainSettings.from_config(ckpt["config"]), data, torch.device("cpu"), resume=ckpt)
+    assert all(g["fused"] for g in resumed.optimizer.param_groups)
+    saved = ckpt["optimizer"]["state"]
+    loaded = resumed.optimizer.state_dict()["state"]
+    assert len(loaded) == len(saved) > 0
+    assert all(torch.equal(loaded[i]["exp_avg_sq"], saved[i]["exp_avg_sq"]) for i in saved)
+    assert all(float(loaded[i]["step"]) == 1.0 for i in saved)
+
+
+def test_fused_adam_matches_the_per_tensor_loop_to_float_rounding():
+    from openocr_cli.engine.builders import update_kernel
+    from openocr_cli.model import build_detector
+
+    torch.manual_seed(0)
+    loop_model, fused_model = build_detector(), build_detector()
+    fused_model.load_state_dict(loop_model.state_dict())
+    assert update_kernel(fused_model) == {"fused": True, "foreach": None}
+    loop = torch.optim.Adam(loop_model.parameters(), lr=1e-3, weight_decay=5e-5, foreach=False)
+    fused = torch.optim.Adam(fused_model.parameters(), lr=1e-3, weight_decay=5e-5, **update_kernel(fused_model))
+    for _ in range(3):
+        for a, b in zip(loop_model.parameters(), fused_model.parameters()):
+            a.grad = torch.randn_like(a) * 1e-2
+            b.grad = a.grad.clone()
+        loop.step()
+        fused.step()
+    moved = max(float((a - b).detach().abs().max()) for a, b in zip(loop_model.parameters(), fused_model.parameters()))
+    assert moved <= 1e-6  # three steps of lr 1e-3 move weights by ~3e-3: the kernels agree to rounding
+
+
+def test_gradient_check_is_one_reduction_that_finds_nan_and_inf():
+    from openocr_cli.engine.trainer import _gradients_finite
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    assert _gradients_finite(model)  # no gradients yet
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 3e38)  # huge but finite: a max-abs norm cannot overflow (a 2-norm would)
+    assert _gradients_finite(model)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        model[1].bias.grad[1] = bad
+        assert not _gradients_finite(model)
+
+
+def test_loader_keeps_its_workers_across_epochs_and_releases_them_at_the_end(tmp_path, synth):
+    from openocr_cli.engine.callbacks import Callback
+
+    settings = small_settings(synth, tmp_path / "run", epochs=2, workers=2)
+    trainer = Trainer(settings, load_run_data(settings, skip_bad=False), torch.device("cpu"))
+    assert trainer.loader.persistent_workers and not trainer.loader.pin_memory  # pinned memory: CUDA only
+    workers: list[list] = []
+
+    class Workers(Callback):
+        def on_epoch_end(self, trainer):
+            workers.append(list(trainer.loader._iterator._workers))
+
+    trainer.callbacks.append(Workers())
+    trainer.train()
+    assert trainer.state.global_step == 6 and len(workers) == 2
+    assert [w.pid for w in workers[0]] == [w.pid for w in workers[1]]  # epoch 2 reused epoch 1's processes
+    assert trainer.loader._iterator is None and not any(w.is_alive() for w in workers[1])
+    no_workers = small_settings(synth, tmp_path / "run0", epochs=1, workers=0)
+    assert not Trainer(no_workers, load_run_data(no_workers, skip_bad=False),
+                       torch.device("cpu")).loader.persistent_workers
+
+
+def test_balanced_dice_without_host_syncs_is_bit_identical_to_the_int_arithmetic():
+    from openocr_cli.loss import BALANCE_EPS, balanced_dice_loss, dice_loss
+
+    def reference(pred, gt, mask, ratio):  # the former form: counts read back to Python ints
+        dice = dice_loss(pred, gt, mask, BALANCE_EPS)
+        n_pos = int((gt * mask).sum())
+        n_neg = int(min(float(((1 - gt) * mask).sum()), ratio * n_pos))
+        return dice * float(n_pos + n_neg) / (n_pos + n_neg + BALANCE_EPS)
+
+    torch.manual_seed(0)
+    for size in (1, 2, 3, 5, 8, 20, 64):
+        for ratio in (3, 2.5):
+            pred = torch.rand(2, size, size, requires_grad=True)
+            gt = (torch.rand(2, size, size) > torch.rand(1)).float()
+            mask = (torch.rand(2, size, size) > 0.3).float()
+            for g in (gt, torch.zeros_like(gt)):  # and a batch without text: value and gradient 0
+                want, got = reference(pred, g, mask, ratio), balanced_dice_loss(pred, g, mask, ratio)
+                assert torch.equal(want, got)
+                assert torch.equal(torch.autograd.grad(want, pred)[0], torch.autograd.grad(got, pred)[0])
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_training_asks_openmp_for_passive_waits_before_torch_loads(preset, expected):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    code = ("import os, sys\nfrom openocr_cli.engine.omp import prefer_passive_waits\nprefer_passive_waits()\n"
+            "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == [expected, "False"]

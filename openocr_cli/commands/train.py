@@ -105,6 +105,9 @@ resumes from that checkpoint, as in OpenOCR.
 
       openocr-det train --weights none --device cpu --batch-size 4 -o Global.print_batch_step=10
     """
+    from openocr_cli.engine.omp import prefer_passive_waits
+
+    prefer_passive_waits()  # before torch loads (engine/omp.py)
     from openocr_cli.data.run_data import run_data
     from openocr_cli.engine import distributed as ddp
 
@@ -336,6 +339,9 @@ continues when --patience allows it.
 
       openocr-det resume output/det_repvit_db --epochs 600 --device cuda:1
     """
+    from openocr_cli.engine.omp import prefer_passive_waits
+
+    prefer_passive_waits()  # before torch loads (engine/omp.py)
     from openocr_cli.data.run_data import run_data
     from openocr_cli.engine import distributed as ddp
 

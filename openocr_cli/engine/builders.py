@@ -1,7 +1,8 @@
 """The pieces a training run is built from, one function each, in the order the trainer calls them.
 
-Model (optionally SyncBatchNorm), pretrained weights, DB loss, optimizer (OpenOCR's
-`filter_bias_and_bn` parameter groups), learning-rate schedule and the resumable data loader.
+Model (optionally SyncBatchNorm; channels-last on CUDA), pretrained weights, DB loss, optimizer
+(OpenOCR's `filter_bias_and_bn` parameter groups, one fused update kernel), learning-rate schedule
+and the resumable data loader (workers kept across epochs).
 """
 
 from __future__ import annotations
@@ -28,13 +29,20 @@ log = logging.getLogger("openocr_det")
 
 
 def build_model(settings: TrainSettings, device: torch.device, role: ddp.Role) -> torch.nn.Module:
-    model = build_detector(settings.cfg.get("Architecture")).to(device)
+    """On CUDA the weights are channels-last (tensor cores, cuDNN's NHWC kernels; images follow in the step);
+    on CPU that measured no faster for forward + backward, so the layout stays OpenOCR's."""
+    model = build_detector(settings.cfg.get("Architecture")).to(device, memory_format=memory_format(device))
     if role.distributed and settings.sync_bn:
         if device.type == "cuda":  # before the optimizer is built: conversion makes new BN modules
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         else:
             log.warning("SyncBatchNorm needs CUDA; training with per-process BatchNorm on %s", device)
     return model
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """The layout of the weights and the input images on `device`."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
 
 def load_pretrained(model: torch.nn.Module, weights: Optional[str]) -> None:
@@ -80,7 +88,28 @@ def build_optimizer(model: torch.nn.Module, settings: TrainSettings, lr: float) 
     opt = settings.optimizer
     groups = parameter_groups(model, opt["weight_decay"], opt["filter_bias_and_bn"])
     kind = torch.optim.AdamW if opt["name"] == "AdamW" else torch.optim.Adam
-    return kind(groups, lr=lr, betas=opt["betas"], eps=opt["eps"], amsgrad=opt["amsgrad"])
+    return kind(groups, lr=lr, betas=opt["betas"], eps=opt["eps"], amsgrad=opt["amsgrad"], **update_kernel(model))
+
+
+def update_kernel(model: torch.nn.Module) -> dict:
+    """`fused=True` where PyTorch has a fused Adam for every parameter (float on CPU or CUDA): one kernel over
+    all tensors instead of ~8 per tensor, about 5x faster on CPU, equal to the loop up to float rounding.
+    Elsewhere `foreach=True` (bit-identical to the loop, still batched)."""
+    params = list(model.parameters())
+    if params and all(p.device.type in ("cpu", "cuda") and p.dtype in FUSED_DTYPES for p in params):
+        return {"fused": True, "foreach": None}
+    return {"fused": None, "foreach": True}
+
+
+FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a saved optimizer state, keeping this optimizer's update kernel: a checkpoint written with the
+    per-tensor loop (older runs, OpenOCR) would otherwise switch the resumed run back to it."""
+    kernel = {k: optimizer.param_groups[0].get(k) for k in ("fused", "foreach")}
+    state = {**state, "param_groups": [{**group, **kernel} for group in state["param_groups"]]}
+    optimizer.load_state_dict(state)
 
 
 def steps_per_epoch(settings: TrainSettings, samples_per_rank: int) -> int:
@@ -100,14 +129,29 @@ def build_sampler(settings: TrainSettings, size: int, role: ddp.Role) -> Resumab
 
 def build_loader(samples: list[LabelSample], settings: TrainSettings, sampler: ResumableSampler,
                  device: torch.device) -> DataLoader:
+    """Workers persist across epochs (no re-fork and re-import each epoch): every sample is seeded from its
+    (epoch, position) key in `__getitem__`, and the sampler's epoch and resume offset are read in the main
+    process when each epoch's iterator starts, so worker lifetime changes no sample. Pinned memory on CUDA
+    only, where it lets the step's non_blocking copies overlap."""
     dataset = TrainDataset(samples, settings.transforms, settings.seed)
     return DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler, num_workers=settings.workers,
-                      pin_memory=device.type == "cuda", drop_last=settings.drop_last, persistent_workers=False,
-                      worker_init_fn=_ignore_stop_signals)
+                      pin_memory=device.type == "cuda", drop_last=settings.drop_last,
+                      persistent_workers=settings.workers > 0, worker_init_fn=_init_worker)
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    """Workers leave Ctrl-C to the main process, which finishes its step and shuts them down."""
+def release_workers(loader: DataLoader) -> None:
+    """Stop a loader's persistent worker processes now rather than at garbage collection (end of training)."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None
+
+
+def _init_worker(worker_id: int) -> None:
+    """Workers leave Ctrl-C to the main process, which finishes its step and shuts them down.
+
+    OpenCV's thread count is left alone: cv2.setNumThreads in a forked worker tears down the thread pool
+    inherited from the parent and can hang on its lock (seen here), so the data code owns that choice."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 

@@ -65,6 +65,7 @@ class Trainer:
         self.steps_per_epoch = builders.steps_per_epoch(settings, self.sampler.per_rank)
         self.eval_samples = data.eval
         self.model = builders.build_model(settings, device, role)
+        self.memory_format = builders.memory_format(device)
         self.loss_fn = builders.build_loss(settings)
         self.lr = builders.learning_rate(settings, role)
         self.optimizer = builders.build_optimizer(self.model, settings, self.lr)
@@ -88,7 +89,7 @@ class Trainer:
                             "so training cannot continue exactly from it. Resume from latest.pth, or start a new "
                             "run with --weights pointing at it.")
         self.model.load_state_dict({k.removeprefix("module."): v for k, v in ckpt["state_dict"].items()})
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        builders.load_optimizer_state(self.optimizer, ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler") and self.use_amp:
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -146,6 +147,7 @@ class Trainer:
     def _step(self, batch: list[torch.Tensor]) -> Optional[dict[str, float]]:
         """One optimizer step; None when the loss or the gradients are not finite (step skipped)."""
         images, *labels = [t.to(self.device, non_blocking=True) for t in batch]
+        images = images.contiguous(memory_format=self.memory_format)  # a no-op on CPU
         batch_norm_state = [b.clone() for b in self.batch_norm_buffers]
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
             preds = self.net(images)
@@ -167,7 +169,8 @@ class Trainer:
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        return {k: float(losses[k].detach()) for k in LOSS_KEYS}
+        values = torch.stack([losses[k].detach() for k in LOSS_KEYS]).tolist()  # one device sync, not four
+        return dict(zip(LOSS_KEYS, values))
 
     def _skip_step(self, batch_norm_state: list[torch.Tensor]) -> None:
         """Undo what the forward pass changed (BatchNorm statistics), drop the gradients, keep the schedule."""
@@ -247,14 +250,18 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         window: deque[dict[str, float]] = deque(maxlen=self.settings.log_window)
         with _deferred_interrupts() as stop:
-            while not self.finished:
-                self._run_epoch(window, stop, stop_after)
-                if stop.requested:
-                    raise TrainingInterrupted(self.output_dir / "latest.pth", self.state)
-                # an epoch-end evaluation may have asked for a stop on the main process: all ranks follow
-                asked = self._follow_stop(ddp.any_rank([self.stop_reason is not None], self.role, self.device)[0])
-                if asked or (stop_after is not None and self.state.global_step >= stop_after):
-                    break
+            try:
+                while not self.finished:
+                    self._run_epoch(window, stop, stop_after)
+                    if stop.requested:
+                        raise TrainingInterrupted(self.output_dir / "latest.pth", self.state)
+                    # an epoch-end evaluation may have asked for a stop on the main process: all ranks follow
+                    asked = self._follow_stop(ddp.any_rank([self.stop_reason is not None], self.role,
+                                                           self.device)[0])
+                    if asked or (stop_after is not None and self.state.global_step >= stop_after):
+                        break
+            finally:
+                builders.release_workers(self.loader)  # persistent workers end with the run, not at exit
         self._emit("on_train_end")
         return self.state.best
 
@@ -338,8 +345,10 @@ class _DataWait:
 
 
 def _gradients_finite(model: torch.nn.Module) -> bool:
+    """One reduction per gradient and one sync: a tensor's max-abs norm is NaN or inf exactly when the tensor
+    holds a NaN or an inf (a maximum cannot overflow, unlike a sum of squares)."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+    return not grads or bool(torch.stack(torch._foreach_norm(grads, float("inf"))).isfinite().all())
 
 
 def _nonfinite_tensors(ckpt: dict) -> list[str]:
