@@ -19,7 +19,7 @@ from openocr_cli.data.resize import ResizeSpec
 from openocr_cli.engine.predictor import Predictor
 from openocr_cli.errors import UserError
 from openocr_cli.evaluation import benchmark as bench
-from openocr_cli.evaluation.sizes import size_spec
+from openocr_cli.evaluation.sizes import parse_sizes, size_spec
 from openocr_cli.ui import console, err_console, progress, table, warn
 
 ONNX_NOTE = "--precisions applies to the torch backend; an ONNX model runs at the precision it was exported with"
@@ -40,8 +40,8 @@ def benchmark(
              "fp16 (CUDA autocast). One that cannot run here is skipped with a note.")] = "fp32",
     sizes_text: Annotated[Optional[str], typer.Option(
         "--sizes", metavar="N,N,...",
-        help="limit_side_len values, multiples of 32 (e.g. 640,960,1280): one row each (default: the config's, "
-             "960).")] = None,
+        help="limit_side_len values, at least 32, as eval --sizes (e.g. 640,960,1280): one row each "
+             "(default: the config's, 960).")] = None,
     images: Annotated[Optional[list[str]], typer.Option(
         "--images", metavar="DIR",
         help="Images to time: a folder, file or glob (repeatable). No hmean; use --label-file for that.")] = None,
@@ -91,7 +91,7 @@ printed fastest first.
       openocr-det benchmark --onnx-model fp32.onnx --onnx-model int8.onnx --images ./imgs --runs 5 --threads 2
     """
     wanted = bench.parse_precisions(precisions)
-    sides = bench.parse_bench_sizes(sizes_text) if sizes_text is not None else None
+    sides = parse_sizes(sizes_text) if sizes_text is not None else None
     base = InferenceSettings(
         weights=opt.DEFAULT_WEIGHTS, config=config, overrides=override, device=device, batch_size=batch_size,
         workers=workers, thresh=thresh, box_thresh=box_thresh, unclip_ratio=unclip_ratio, score_mode=score_mode,

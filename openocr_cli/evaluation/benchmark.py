@@ -49,22 +49,6 @@ def parse_precisions(text: str) -> list[str]:
     return out
 
 
-def parse_bench_sizes(text: str) -> list[int]:
-    """'640,960' -> [640, 960]: side lengths that are multiples of 32 (the network's stride), at least 32."""
-    out = []
-    for part in text.replace(" ", "").split(","):
-        if not part:
-            continue
-        if not part.isdigit() or int(part) < 32 or int(part) % 32:
-            raise UserError(f"--sizes {text}: '{part}' is not a multiple of 32 of at least 32 pixels "
-                            "(the network's stride; e.g. --sizes 640,960,1280).", exit_code=2)
-        if int(part) not in out:
-            out.append(int(part))
-    if not out:
-        raise UserError("--sizes needs at least one side length, for example --sizes 640,960,1280.", exit_code=2)
-    return out
-
-
 def onnx_precision(metadata: Mapping[str, str], op_types: Callable[[], Iterable[str]]) -> str:
     """fp32 / fp16 / int8 for an ONNX model: its metadata `precision` (what `export` writes), else int8 when
     the graph holds quantisation operators, else fp32. `op_types` is called only when the metadata is silent."""
