@@ -5,7 +5,8 @@ the commands interleaved run by run so that machine noise hits all of them alike
 ratios to OpenOCR's torch run are printed. Peak RSS is each process's own (os.wait4).
 
 Our side: predict with the torch backend (fp32), and with the ONNX backend on a float32 and an
-int8 export of the same checkpoint (`export --int8`, calibrated on the benchmark images).
+int8 export of the same checkpoint (`export --int8`, calibrated on the benchmark images), all
+with --no-vis: det_results.txt only, the work infer_det.py does by default.
 OpenOCR's side needs a copy of its source tree (--openocr); without one only ours run.
 
     .venv/bin/python benchmarks/bench_vs_openocr.py --openocr /path/to/OpenOCR [--weights best.pth]
@@ -78,11 +79,11 @@ def main() -> None:
                            check=True, capture_output=True)
         commands = {
             "openocr-det predict, torch fp32": [*ours, "predict", str(images), "-w", str(weights), "--device", "cpu",
-                                                "--output", str(tmp / "out_torch")],
+                                                "--output", str(tmp / "out_torch"), "--no-vis"],
             "openocr-det predict, onnx fp32": [*ours, "predict", str(images), "--onnx-model", str(tmp / "fp32.onnx"),
-                                               "--device", "cpu", "--output", str(tmp / "out_fp32")],
+                                               "--device", "cpu", "--output", str(tmp / "out_fp32"), "--no-vis"],
             "openocr-det predict, onnx int8": [*ours, "predict", str(images), "--onnx-model", str(tmp / "int8.onnx"),
-                                               "--device", "cpu", "--output", str(tmp / "out_int8")],
+                                               "--device", "cpu", "--output", str(tmp / "out_int8"), "--no-vis"],
         }
         if args.openocr is not None:
             infer = str(args.openocr.resolve() / "tools" / "infer_det.py")
