@@ -105,9 +105,9 @@ resumes from that checkpoint, as in OpenOCR.
 
       openocr-det train --weights none --device cpu --batch-size 4 -o Global.print_batch_step=10
     """
-    from openocr_cli.engine.omp import prefer_passive_waits
+    from openocr_cli.engine.allocator import keep_freed_memory
 
-    prefer_passive_waits()  # before torch loads (engine/omp.py)
+    keep_freed_memory()  # no page faults for every step's buffers (engine/allocator.py)
     from openocr_cli.data.run_data import run_data
     from openocr_cli.engine import distributed as ddp
 
@@ -339,9 +339,9 @@ continues when --patience allows it.
 
       openocr-det resume output/det_repvit_db --epochs 600 --device cuda:1
     """
-    from openocr_cli.engine.omp import prefer_passive_waits
+    from openocr_cli.engine.allocator import keep_freed_memory
 
-    prefer_passive_waits()  # before torch loads (engine/omp.py)
+    keep_freed_memory()  # no page faults for every step's buffers (engine/allocator.py)
     from openocr_cli.data.run_data import run_data
     from openocr_cli.engine import distributed as ddp
 
