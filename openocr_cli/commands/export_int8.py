@@ -83,7 +83,7 @@ class Scorer:
 def run_int8(float_path: Path, output: Path, calibration: Calibration, scorer: Scorer, max_drop: float) -> None:
     """Quantize, check, print the table and write the metadata; exit 1 (file kept) when accuracy cannot hold."""
     from openocr_cli.engine.onnx_metadata import read_metadata, write_metadata
-    from openocr_cli.engine.quantize import calibration_tensors, quantize_with_guard, quantized_node_count
+    from openocr_cli.engine.quantize import PERCENTILE, calibration_tensors, quantize_with_guard, quantized_node_count
 
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -101,7 +101,7 @@ def run_int8(float_path: Path, output: Path, calibration: Calibration, scorer: S
     result = quantize_with_guard(float_path, output, tensors, scorer, max_drop, on_attempt=report)
     final = result.final
     metadata = read_metadata(float_path)
-    summary = {"images": len(tensors), "source": str(calibration.source), "method": "MinMax",
+    summary = {"images": len(tensors), "source": str(calibration.source), "method": f"Percentile {PERCENTILE}",
                "format": "QDQ", "activations": "uint8", "weights": "int8, per channel",
                "float_nodes": list(final.float_nodes), "hmean_float32": result.float_hmean,
                "hmean_int8": final.hmean, "max_drop_points": max_drop}

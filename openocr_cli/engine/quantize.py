@@ -1,8 +1,8 @@
 """INT8 models with onnxruntime's own quantization tools, and a guard that keeps their accuracy.
 
 Static QDQ quantization: uint8 activations and per-channel int8 weights, the pairing onnxruntime
-recommends for x86 CPUs with VNNI, calibrated (MinMax) on images preprocessed exactly as predict
-feeds them. When a labelled set says the int8 model lost more than allowed, the tensors that
+recommends for x86 CPUs with VNNI, calibrated (99.999th percentile ranges) on images preprocessed
+exactly as predict feeds them. When a labelled set says the int8 model lost more than allowed, the tensors that
 quantization disturbs most (measured on the calibration images: signal-to-quantization-noise
 ratio of each activation, onnxruntime's qdq_loss_debug) are kept in float32, a few more each
 round, and the model is quantized again from the same calibration ranges.
@@ -32,6 +32,9 @@ from openocr_cli.errors import UserError
 
 # Tensors kept in float32 after each failed accuracy check, cumulative: 2, then 4, 8, 16.
 FLOAT_TENSORS_PER_ROUND = (2, 4, 8, 16)
+# Activation ranges cover this percentile of the calibration values: on the `make demo` model, calibrated on
+# one synthetic set and checked on another, hmean lost 0.34 points where MinMax ranges lost 0.85.
+PERCENTILE = 99.999
 SENSITIVITY_IMAGES = 4  # calibration images used to rank tensors (each keeps every activation in memory)
 
 
@@ -139,8 +142,9 @@ class Quantizer:
         with _quiet():
             quantize_static(str(self.prepared), str(output), reader, quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(float_nodes),
-                            calibration_cache_path=str(self.cache))
+                            calibrate_method=CalibrationMethod.Percentile, nodes_to_exclude=list(float_nodes),
+                            calibration_cache_path=str(self.cache),
+                            extra_options={"CalibPercentile": PERCENTILE, "CalibMaxIntermediateOutputs": 8})
         return Path(output)
 
     def sensitive_nodes(self, int8_path: Path) -> list[list[str]]:
