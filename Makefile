@@ -26,9 +26,15 @@ test: lint
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+# OPENOCR=/path/to/OpenOCR adds OpenOCR's own scripts to the data, training and whole-process runs.
+OPENOCR ?=
+WITH_OPENOCR := $(if $(OPENOCR),--openocr $(OPENOCR))
+
 bench: install
 	$(PY) benchmarks/bench_predict.py
-	$(PY) benchmarks/bench_data.py
+	$(PY) benchmarks/bench_vs_openocr.py $(WITH_OPENOCR)
+	$(PY) benchmarks/bench_data.py $(WITH_OPENOCR)
+	$(PY) benchmarks/bench_train.py $(WITH_OPENOCR)
 	$(PY) benchmarks/bench_tune.py
 
 # Offline demo: generate a synthetic text set, train from scratch on CPU, evaluate, predict.
