@@ -183,9 +183,11 @@ preprocessed exactly as predict feeds them; a table gives file size, hmean and m
         err_console.print(f"exporting {source} to {'float32, then int8, ' if int8 else ''}{path} ...")
         report = export_and_verify(model, float_path, options, metadata, normalizer, tolerance)
         _print(report, options, fuse, metadata["source_sha256"], kept=calibration is None)
-        if not report.ok and calibration is not None:  # keep the float32 file for inspection
-            shutil.copyfile(float_path, path.with_name(f"{path.stem}.float32.onnx"))
-        _check(report, path if calibration is None else path.with_name(f"{path.stem}.float32.onnx"))
+        kept = path if calibration is None else path.with_name(f"{path.stem}.float32.onnx")
+        if not report.ok and kept != float_path:  # the temporary float32 file is kept for inspection
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(float_path, kept)
+        _check(report, kept)
         if calibration is not None:
             # a static model takes exactly its size, as predict then resizes every image
             resize = ResizeSpec(image_shape=options.size) if not dynamic else \
