@@ -7,6 +7,7 @@ sample dict with `image` (HWC uint8 BGR), `polys` (K, P, 2), `ignore_tags` (K,) 
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
@@ -15,6 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from openocr_cli.data.jpeg_rows import TopRows
 from openocr_cli.data.planned import PlannedImage, Scale
 from openocr_cli.errors import UserError
 from openocr_cli.geometry import as_poly_array, is_poly_outside_rect, pad_vertices
@@ -25,6 +27,10 @@ if TYPE_CHECKING:  # imported where used: albumentations loads torch, and config
 # --------------------------------------------------------------------------------------------
 # CopyPaste
 # --------------------------------------------------------------------------------------------
+
+# Source rows below a crop's lowest corner that its bicubic warp reads (2), with float rounding to spare.
+CUBIC_REACH = 4
+
 
 def rectified_crop(image: np.ndarray, quad: np.ndarray) -> np.ndarray:
     """Warp a 4-point region to an upright rectangle; tall crops (h/w >= 1.5) are turned 90° CCW."""
@@ -88,8 +94,13 @@ class CopyPaste:
         candidates = [i for i, tag in enumerate(ext_ignores) if not tag]
         select_num = max(1, min(int(self.ratio * len(ext_polys)), 30))
         random.shuffle(candidates)
-        for idx in candidates[:select_num]:
-            box = self._paste(image, rectified_crop(ext["image"], ext_polys[idx]), polys_out)
+        chosen = candidates[:select_num]
+        ext_image = ext["image"]
+        if isinstance(ext_image, TopRows) and chosen:  # decoded down to the lowest crop only
+            lowest = max(float(np.max(ext_polys[i][:, 1])) for i in chosen)
+            ext_image = ext_image.rows(math.ceil(lowest) + CUBIC_REACH)
+        for idx in chosen:
+            box = self._paste(image, rectified_crop(ext_image, ext_polys[idx]), polys_out)
             if box is not None:
                 polys_out.append(pad_vertices(box.astype(np.float64), point_num))
                 texts.append(ext["texts"][idx])

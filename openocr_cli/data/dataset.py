@@ -147,9 +147,9 @@ class TrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _load(self, index: int) -> Optional[dict]:
+    def _load(self, index: int, decode_later: bool = False) -> Optional[dict]:
         sample = self.samples[index]
-        data = {"img_path": str(sample.image), "image": sample.image.read_bytes(),
+        data = {"img_path": str(sample.image), "image": sample.image.read_bytes(), "decode_later": decode_later,
                 "regions": [p.copy() for p in sample.polys], "region_texts": list(sample.texts),
                 "region_ignore": list(sample.ignore)}
         for op in self.load_ops:
@@ -163,7 +163,7 @@ class TrainDataset(Dataset):
         for _ in range(MAX_EXT_TRIES):
             if len(found) >= self.ext_data_num:
                 break
-            extra = self._load(int(np.random.randint(len(self.samples))))
+            extra = self._load(int(np.random.randint(len(self.samples))), decode_later=True)
             if extra is not None and extra["polys"].shape[1] == 4:
                 found.append(extra)
         return found

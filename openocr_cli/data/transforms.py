@@ -15,6 +15,7 @@ import numpy as np
 
 from openocr_cli.constants import IMAGENET_MEAN, IMAGENET_STD
 from openocr_cli.data.augment import CopyPaste, EastRandomCropData, IaaAugment
+from openocr_cli.data.jpeg_rows import TopRows
 from openocr_cli.data.resize import RESIZE_PARAMS, Normalizer
 from openocr_cli.data.targets import MakeBorderMap, MakeShrinkMap
 from openocr_cli.errors import UserError
@@ -30,11 +31,18 @@ class DecodeImage:
             raise UserError(f"DecodeImage.img_mode '{img_mode}' is not supported; use BGR, RGB or GRAY.")
         self.img_mode, self.channel_first = img_mode, channel_first
         self.flags = cv2.IMREAD_COLOR | (cv2.IMREAD_IGNORE_ORIENTATION if ignore_orientation else 0)
+        self.can_defer = img_mode == "BGR" and not channel_first and not ignore_orientation
 
     def __call__(self, data: dict) -> Optional[dict]:
         raw = data["image"]
         if not isinstance(raw, (bytes, bytearray)) or not raw:
             return None
+        # A sample marked `decode_later` (CopyPaste's extra image) may stay undecoded until its rows are known.
+        if data.pop("decode_later", False) and self.can_defer:
+            later = TopRows.parse(bytes(raw))
+            if later is not None:
+                data["image"] = later
+                return data
         image = cv2.imdecode(np.frombuffer(raw, np.uint8), self.flags)
         if image is None:
             return None

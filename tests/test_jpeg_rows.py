@@ -1,0 +1,142 @@
+"""Decoding only a JPEG's top rows: the rows asked for equal a full decode's, or the file is decoded whole."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from openocr_cli import config as cfgmod
+from openocr_cli.data.augment import CUBIC_REACH, rectified_crop
+from openocr_cli.data.dataset import TrainDataset, validate_training_labels
+from openocr_cli.data.jpeg_rows import TopRows
+from openocr_cli.data.synth import generate
+from openocr_cli.data.transforms import DecodeImage
+
+SAMPLING = {"4:2:0": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420, "4:2:2": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422,
+            "4:4:4": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444, "4:1:1": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_411}
+
+
+def photo(height: int, width: int, seed: int) -> np.ndarray:
+    """Smooth colour gradients with noise and sharp edges: every chroma row differs from its neighbours."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([(xx * 255 // width), (yy * 255 // height), ((xx + yy) % 97) * 2], -1)
+    return np.clip(base + rng.integers(-40, 40, (height, width, 3)), 0, 255).astype(np.uint8)
+
+
+def encode(image: np.ndarray, *params: int) -> bytes:
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92, *params])
+    assert ok
+    return data.tobytes()
+
+
+def full_decode(data: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+
+@pytest.mark.parametrize("sampling", sorted(SAMPLING))
+def test_top_rows_equal_the_full_decode(sampling, capfd):
+    assert threading.active_count() == 1  # the partial path runs only in a single-threaded process
+    data = encode(photo(203, 157, 1), cv2.IMWRITE_JPEG_SAMPLING_FACTOR, SAMPLING[sampling])
+    full, lazy = full_decode(data), TopRows.parse(data)
+    assert lazy is not None and lazy.shape == full.shape and lazy.dtype == full.dtype
+    partial_seen = False
+    for count in [1, 7, 8, 9, 15, 16, 17, 31, 33, 100, 150, 170, 186, 187, 188, 202, 203, 500]:
+        rows = lazy.rows(count)
+        partial_seen |= rows.shape[0] < full.shape[0]
+        assert rows.shape[0] >= min(count, full.shape[0]) and rows.shape[1:] == full.shape[1:]
+        np.testing.assert_array_equal(rows[:count], full[:count], err_msg=f"{sampling}, {count} rows")
+    assert partial_seen
+    np.testing.assert_array_equal(lazy.full(), full)
+    assert capfd.readouterr().err == ""  # the decoder's "extraneous bytes" warning is not shown
+
+
+def test_grey_jpeg_rows_come_out_as_bgr():
+    grey = photo(120, 90, 2)[:, :, 0]
+    data = encode(grey)
+    lazy = TopRows.parse(data)
+    assert lazy is not None and lazy.shape == (120, 90, 3)
+    rows = lazy.rows(40)
+    assert rows.shape[0] < 120
+    np.testing.assert_array_equal(rows[:40], full_decode(data)[:40])
+
+
+def exif_jpeg(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(photo(64, 48, 3)).save(buffer, "JPEG", exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def test_files_that_must_be_decoded_whole_are_recognised():
+    image = photo(64, 48, 4)
+    assert TopRows.parse(encode(image, cv2.IMWRITE_JPEG_PROGRESSIVE, 1)) is None
+    assert TopRows.parse(cv2.imencode(".png", image)[1].tobytes()) is None
+    assert TopRows.parse(b"") is None and TopRows.parse(b"\xff\xd8\xff") is None
+    assert TopRows.parse(encode(image)[:40]) is None  # cut before the frame header
+    assert TopRows.parse(exif_jpeg(1)) is not None  # upright: decoded as stored
+    for turned in (3, 6, 8):  # OpenCV turns these while decoding, so rows are not the file's rows
+        assert TopRows.parse(exif_jpeg(turned)) is None
+
+
+def test_decode_image_defers_only_marked_jpegs():
+    data = encode(photo(48, 40, 5))
+    op = DecodeImage()
+    assert isinstance(op({"image": data, "decode_later": True})["image"], TopRows)
+    assert isinstance(op({"image": data})["image"], np.ndarray)
+    png = cv2.imencode(".png", photo(48, 40, 5))[1].tobytes()
+    assert isinstance(op({"image": png, "decode_later": True})["image"], np.ndarray)
+    for other in (DecodeImage(img_mode="RGB"), DecodeImage(channel_first=True), DecodeImage(ignore_orientation=True)):
+        assert isinstance(other({"image": data, "decode_later": True})["image"], np.ndarray)
+
+
+def test_word_crops_from_top_rows_equal_crops_from_the_full_image():
+    data = encode(photo(240, 320, 6))
+    full, lazy = full_decode(data), TopRows.parse(data)
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        x, y = rng.uniform(-5, 300), rng.uniform(-5, 230)
+        w, h, angle = rng.uniform(4, 60), rng.uniform(4, 30), rng.uniform(-0.6, 0.6)
+        c, s = np.cos(angle), np.sin(angle)
+        quad = np.float32([[x, y], [x + w * c, y + w * s], [x + w * c - h * s, y + w * s + h * c],
+                           [x - h * s, y + h * c]])
+        rows = lazy.rows(int(np.ceil(quad[:, 1].max())) + CUBIC_REACH)
+        np.testing.assert_array_equal(rectified_crop(rows, quad), rectified_crop(full, quad))
+
+
+def test_training_samples_are_the_same_with_deferred_extra_images(tmp_path):
+    """CopyPaste's extra image decoded only down to its crops: every sample equal bit for bit."""
+    synth = generate(tmp_path, num_train=6, num_test=0, seed=3, size=(200, 280))
+    lines = []
+    for line in synth.train_label.read_text(encoding="utf-8").splitlines():
+        rel, _, regions = line.partition("\t")
+        jpg = rel.replace(".png", ".jpg")
+        cv2.imwrite(str(tmp_path / jpg), cv2.imread(str(tmp_path / rel)), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        lines.append(f"{jpg}\t{regions}\n")
+    label = tmp_path / "jpg_label.txt"
+    label.write_text("".join(lines), encoding="utf-8")
+    cfg = cfgmod.apply_overrides(cfgmod.load_config(), ["Train.dataset.transforms.4.EastRandomCropData.size=[96,96]"])
+    samples = validate_training_labels([label], tmp_path).samples
+    deferred = TrainDataset(samples, cfg["Train"]["dataset"]["transforms"], seed=5)
+    eager = TrainDataset(samples, cfg["Train"]["dataset"]["transforms"], seed=5)
+    for op in eager.load_ops:
+        if isinstance(op, DecodeImage):
+            op.can_defer = False
+    decoded_rows = []
+    original = TopRows.rows
+    TopRows.rows = lambda self, count: decoded_rows.append(original(self, count).shape[0] / self.shape[0]) or \
+        original(self, count)
+    try:
+        for position in range(24):
+            key = (1, position, position % len(samples))
+            for mine, theirs in zip(deferred[key], eager[key]):
+                np.testing.assert_array_equal(mine, theirs)
+    finally:
+        TopRows.rows = original
+    assert decoded_rows and min(decoded_rows) < 1.0  # some extra images were read only partly
