@@ -81,7 +81,8 @@ class CopyPaste:
         if not ext_list:
             return data
         ext = ext_list[0]
-        image = np.array(data["image"], np.uint8, copy=True)
+        image = data["image"]  # a TopRows records the pastes, painted once its rows are decoded
+        image = image if isinstance(image, TopRows) else np.array(image, np.uint8, copy=True)
         height, width = image.shape[:2]
         polys = as_poly_array(data["polys"])
         # A 4-point pasted box cannot be padded down: widen everything to >= 4 vertices.
@@ -112,7 +113,7 @@ class CopyPaste:
         data.update(image=image, polys=out, texts=texts, ignore_tags=np.array(ignores, bool))
         return data
 
-    def _paste(self, image: np.ndarray, crop: np.ndarray, polys: list) -> Optional[np.ndarray]:
+    def _paste(self, image: np.ndarray | TopRows, crop: np.ndarray, polys: list) -> Optional[np.ndarray]:
         """Rotate the crop randomly and paste it in place; returns its corners in image coords or None."""
         angle = np.random.randint(0, 360)
         if crop.size == 0:
@@ -127,8 +128,11 @@ class CopyPaste:
         if spot is None:
             return None
         px, py = spot
-        region = image[py:py + box_h, px:px + box_w]
-        region[mask] = pixels[mask]
+        if isinstance(image, TopRows):
+            image.paste(px, py, pixels, mask)
+        else:
+            region = image[py:py + box_h, px:px + box_w]
+            region[mask] = pixels[mask]
         return box + np.float32([px, py])
 
     def _place(self, box: np.ndarray, polys: list, max_x: int, max_y: int) -> Optional[tuple[int, int]]:
@@ -236,7 +240,8 @@ class IaaAugment:
                 transform.set_random_seed(_derive_seed(seed, i, j + 1))
 
     def __call__(self, data: dict) -> Optional[dict]:
-        planned = PlannedImage(np.asarray(data["image"]), [])
+        image = data["image"]  # a TopRows (JPEG decoded later) only when the pixels are deferred
+        planned = PlannedImage(image if isinstance(image, TopRows) else np.asarray(image), [])
         polys = as_poly_array(data["polys"])
         points = polys.reshape(-1, 2)
         for step in self.steps:
@@ -247,13 +252,19 @@ class IaaAugment:
             if planned.shape != planned.source.shape:  # albumentations reads the size from the image it gets
                 planned = PlannedImage(planned.full(), [])
             self._recorder.clear()
-            out = step(image=planned.source, keypoints=points)
+            out = step(image=_stand_in(planned.source), keypoints=points)
             points = np.asarray(out["keypoints"], np.float64).reshape(-1, 2)
             planned = PlannedImage(planned.source, [*planned.steps, *self._recorder])
         self._recorder.clear()
         data["image"] = planned if self.defer_pixels else planned.full()
         data["polys"] = points.reshape(polys.shape)
         return data
+
+
+def _stand_in(source: np.ndarray | TopRows) -> np.ndarray:
+    """What albumentations sees: the image, or for one not decoded yet a zero-byte array of its shape
+    (the recording transforms read only the shape)."""
+    return np.broadcast_to(np.zeros(1, source.dtype), source.shape) if isinstance(source, TopRows) else source
 
 
 def _derive_seed(seed: int, *path: int) -> int:

@@ -21,6 +21,7 @@ import shapely
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from openocr_cli.data.augment import CopyPaste, IaaAugment
 from openocr_cli.data.images import image_size
 from openocr_cli.data.labels import LabelProblem, LabelSample, LabelSet, read_label_files
 from openocr_cli.data.transforms import DecodeImage, DetLabelEncode, build_ops
@@ -132,6 +133,13 @@ class ResumableSampler(Sampler):
         return self.per_rank - self.start
 
 
+def _pixels_deferred(ops: list) -> bool:
+    """Whether the training image may stay undecoded until the crop knows its rows: the ops before
+    the crop (CopyPaste, then IaaAugment handing on a PlannedImage) record their pixel work."""
+    first = next((op for op in ops if not isinstance(op, CopyPaste)), None)
+    return isinstance(first, IaaAugment) and first.defer_pixels
+
+
 class TrainDataset(Dataset):
     """Labelled images through the configured transform chain, keyed by sampler (epoch, position, index)."""
 
@@ -143,6 +151,7 @@ class TrainDataset(Dataset):
         self.ops = [op for op in ops if not isinstance(op, (DecodeImage, DetLabelEncode))]
         self.ext_data_num = next((op.ext_data_num for op in self.ops if hasattr(op, "ext_data_num")), 0)
         self.reseedable = [op for op in self.ops if hasattr(op, "reseed")]
+        self.decode_later = _pixels_deferred(self.ops)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -179,7 +188,7 @@ class TrainDataset(Dataset):
         self._seed(sample_seed(self.seed, epoch, position))
         for _ in range(MAX_SAMPLE_RETRIES):
             try:
-                data = self._load(index)
+                data = self._load(index, decode_later=self.decode_later)
                 if data is not None:
                     data["ext_data"] = self._ext_data() if self.ext_data_num else []
                     for op in self.ops:

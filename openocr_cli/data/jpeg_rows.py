@@ -1,12 +1,14 @@
 """Decode only the top rows of a baseline JPEG: a training sample rarely needs the whole picture.
 
 CopyPaste takes a few word crops from a second image, and those crops decide how far down that
-image is read. A baseline JPEG is stored band by band from the top (one MCU row of 8 or 16 pixel
-rows per band), so writing a smaller height into a copy of the frame header makes OpenCV's decoder
-stop after that band and skip the rest of the file. Every row more than one MCU row above that new
-bottom comes out bit-identical to the full decode (chroma upsampling only looks one chroma row
-ahead; tests/test_jpeg_rows.py checks this on every subsampling). Progressive and arithmetic-coded
-files, rotated EXIF orientations and anything that is not a JPEG are decoded in full, as before.
+image is read; the training image itself is read down to the last row its crop window comes from
+(data.planned), with CopyPaste's pastes recorded and painted after decoding. A baseline JPEG is
+stored band by band from the top (one MCU row of 8 or 16 pixel rows per band), so writing a smaller
+height into a copy of the frame header makes OpenCV's decoder stop after that band and skip the
+rest of the file. Every row more than one MCU row above that new bottom comes out bit-identical to
+the full decode (chroma upsampling only looks one chroma row ahead; tests/test_jpeg_rows.py checks
+this on every subsampling). Progressive and arithmetic-coded files, rotated EXIF orientations and
+anything that is not a JPEG are decoded in full, as before.
 
 The decoder warns about the data it skipped on stderr ("extraneous bytes"); that warning is
 silenced by pointing file descriptor 2 at /dev/null for the call, which is only done while the
@@ -33,13 +35,19 @@ class TopRows:
     """A baseline JPEG whose pixels are decoded on demand, only down to the rows asked for.
 
     `shape` and `dtype` are known from the header; `rows(n)` returns at least the first n rows
-    (possibly all), exactly as `cv2.imdecode(data, IMREAD_COLOR)` gives them.
+    (possibly all), exactly as `cv2.imdecode(data, IMREAD_COLOR)` gives them with the recorded
+    `paste`s painted over in order.
     """
 
     def __init__(self, data: bytes, height: int, width: int, height_offset: int, mcu_rows: int):
         self.data, self.height_offset, self.mcu_rows = data, height_offset, mcu_rows
         self.shape = (height, width, 3)
         self.dtype = np.dtype(np.uint8)
+        self.pastes: list[tuple[int, int, np.ndarray, np.ndarray]] = []
+
+    def paste(self, x: int, y: int, pixels: np.ndarray, mask: np.ndarray) -> None:
+        """Paint `pixels` where `mask` is set, top-left at (x, y), once the rows are decoded."""
+        self.pastes.append((x, y, pixels, mask))
 
     @classmethod
     def parse(cls, data: bytes) -> Optional[TopRows]:
@@ -55,7 +63,7 @@ class TopRows:
         band = self.mcu_rows
         decoded_rows = -(-max(int(count), 1) // band) * band + band  # one band beyond the last row needed
         if decoded_rows >= self.shape[0] or threading.active_count() > 1:
-            return self._decode(self.data)
+            return self.full()
         data = bytearray(self.data)
         data[self.height_offset:self.height_offset + 2] = struct.pack(">H", decoded_rows)
         with _stderr_silenced():
@@ -68,6 +76,10 @@ class TopRows:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if image is None:
             raise ValueError("not a decodable image")
+        for x, y, pixels, mask in self.pastes:
+            region = image[y:y + pixels.shape[0], x:x + pixels.shape[1]]
+            inside = mask[:region.shape[0]]
+            region[inside] = pixels[:region.shape[0]][inside]
         return image
 
 

@@ -3,10 +3,11 @@
 IaaAugment draws its random parameters and maps the points at once, but can hand on its image as a
 PlannedImage: the source image plus the steps (flip, rotation, scale) that produce it.
 EastRandomCropData reads `shape`, chooses its window from the points, and asks for the top-left
-block down to the window's bottom-right corner. OpenCV computes every output row on its own - a
-flip row from its source row, a warp row from the matrix and the whole source, a resize row from
-two source rows at the given scale - so the first r rows come out exactly as the full-size call
-gives them; columns too, away from the right end of a row (COLUMN_MARGIN). tests/test_augment.py
+block down to the window's bottom-right corner, and the source is read (or decoded, data.jpeg_rows)
+only down to the last row that block comes from. OpenCV computes every output row on its own - a
+flip row from its source row, a warp row from the matrix and the source rows it maps back to, a
+resize row from two source rows at the given scale - so the first r rows come out exactly as the
+full-size call gives them; columns too, away from the right end of a row (COLUMN_MARGIN). tests/test_augment.py
 checks this on random cases. On the default chain that block is about a third of the up to 3x
 scaled image (the crop window itself about a sixth); the rest is never computed.
 """
@@ -20,6 +21,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+from openocr_cli.data.jpeg_rows import TopRows
 
 # Columns computed beyond the last one needed. OpenCV's vector loops finish a row with a shorter tail
 # whose rounding may differ, so a needed column must be this far from the right end of both the
@@ -52,7 +55,10 @@ class AlbuStep:
         return (int(np.round(height)), int(np.round(width))) + tuple(shape[2:])
 
     def source_window(self, rows: int, cols: int, shape: tuple) -> tuple[int, int]:
-        return (rows if self.row_local else shape[0]), shape[1]
+        if self.row_local:
+            return rows, shape[1]
+        width = _partial_width(cols, self.out_shape(shape)[1])
+        return _warp_source_rows(self.params["matrix"], rows, width, shape[0]), shape[1]
 
     def run(self, image: np.ndarray, shape: tuple, rows: int, cols: int) -> np.ndarray:
         if self.row_local:  # mirrored: output columns [0, cols) are source columns [W - cols, W)
@@ -68,6 +74,19 @@ class AlbuStep:
             image = cv2.cvtColor(image, cv2.COLOR_BGR2BGRA)
         out = self.apply(self.transform, image, **params)[:rows, :cols]
         return cv2.cvtColor(out, cv2.COLOR_BGRA2BGR) if bgra else out
+
+
+def _warp_source_rows(matrix: np.ndarray, rows: int, cols: int, height: int) -> int:
+    """Source rows an affine warp (matrix: source -> output) reads for its top-left rows x cols output.
+
+    The block's corners map back to the extremes of the source rows sampled; bilinear reads the row
+    below too, and +3 covers OpenCV's fixed-point coordinates. Rows below only feed other outputs.
+    """
+    if rows <= 0 or cols <= 0:
+        return min(height, 1)
+    corners = np.array([[0, 0, 1], [cols - 1, 0, 1], [0, rows - 1, 1], [cols - 1, rows - 1, 1]], np.float64)
+    lowest = (corners @ np.linalg.inv(np.asarray(matrix, np.float64)).T)[:, 1].max()
+    return int(min(height, max(1, math.ceil(lowest) + 3)))
 
 
 def _source_extent(count: int, size: int, out_size: int) -> int:
@@ -112,9 +131,12 @@ class Scale:
 
 
 class PlannedImage:
-    """An image given as a source and the steps that produce it: `shape` and `dtype` without any pixels."""
+    """An image given as a source and the steps that produce it: `shape` and `dtype` without any pixels.
 
-    def __init__(self, source: np.ndarray, steps: list):
+    The source may be a TopRows (a JPEG not decoded yet): it is then decoded down to the rows needed.
+    """
+
+    def __init__(self, source: np.ndarray | TopRows, steps: list):
         self.source, self.steps = source, list(steps)
         self.shapes = [tuple(source.shape)]
         for step in self.steps:
@@ -130,7 +152,8 @@ class PlannedImage:
         wanted = [(max(0, min(int(rows), self.shape[0])), max(0, min(int(cols), self.shape[1])))]
         for step, shape in zip(self.steps[::-1], self.shapes[-2::-1]):  # what each step needs, last step first
             wanted.append(step.source_window(*wanted[-1], shape))
-        image = self.source[:wanted[-1][0], :wanted[-1][1]]
+        source = self.source.rows(wanted[-1][0]) if isinstance(self.source, TopRows) else self.source
+        image = source[:wanted[-1][0], :wanted[-1][1]]
         for step, shape, (r, c) in zip(self.steps, self.shapes, wanted[-2::-1]):
             image = step.run(image, shape, r, c)
         return image
