@@ -8,6 +8,7 @@ import threading
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from openocr_cli import config as cfgmod
@@ -41,7 +42,7 @@ def full_decode(data: bytes) -> np.ndarray:
 
 @pytest.mark.parametrize("sampling", sorted(SAMPLING))
 def test_top_rows_equal_the_full_decode(sampling, capfd):
-    assert threading.active_count() == 1  # the partial path runs only in a single-threaded process
+    assert threading.active_count() == 1  # the partial path runs only where no other thread could print
     data = encode(photo(203, 157, 1), cv2.IMWRITE_JPEG_SAMPLING_FACTOR, SAMPLING[sampling])
     full, lazy = full_decode(data), TopRows.parse(data)
     assert lazy is not None and lazy.shape == full.shape and lazy.dtype == full.dtype
@@ -141,3 +142,29 @@ def test_training_samples_are_the_same_with_deferred_extra_images(tmp_path):
         TopRows.rows = original
     assert len(decoded_rows) > 60  # the training images were deferred too, not only the extra ones
     assert min(decoded_rows) < 1.0  # and some were read only partly
+
+
+class _RowsDecoded(torch.utils.data.Dataset):
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, index: int) -> int:
+        return TopRows.parse(self.data).rows(20).shape[0]
+
+
+def test_loader_workers_decode_only_the_top_rows_and_other_threads_do_not():
+    """A data-loader worker runs a queue feeder thread beside its main thread: partial decoding stays on."""
+    data = encode(photo(160, 64, 7))
+    loader = torch.utils.data.DataLoader(_RowsDecoded(data), batch_size=1, num_workers=1)
+    assert [int(batch) for batch in loader] == [48] * 6  # 20 rows: two 16-row bands and one beyond, not 160
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)  # e.g. a progress display in the main process
+    other.start()
+    try:
+        assert TopRows.parse(data).rows(20).shape[0] == 160
+    finally:
+        stop.set()
+        other.join()

@@ -11,8 +11,9 @@ this on every subsampling). Progressive and arithmetic-coded files, rotated EXIF
 anything that is not a JPEG are decoded in full, as before.
 
 The decoder warns about the data it skipped on stderr ("extraneous bytes"); that warning is
-silenced by pointing file descriptor 2 at /dev/null for the call, which is only done while the
-process runs a single Python thread (a data-loader worker), so no other thread's output is lost.
+silenced by pointing file descriptor 2 at /dev/null for the call, which is only done while no other
+Python thread could write there (a data-loader worker: its main thread and multiprocessing's helpers),
+so no other output is lost; elsewhere the file is decoded in full.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class TopRows:
         """At least the top `count` rows, bit-identical to the same rows of a full decode."""
         band = self.mcu_rows
         decoded_rows = -(-max(int(count), 1) // band) * band + band  # one band beyond the last row needed
-        if decoded_rows >= self.shape[0] or threading.active_count() > 1:
+        if decoded_rows >= self.shape[0] or not _alone():
             return self.full()
         data = bytearray(self.data)
         data[self.height_offset:self.height_offset + 2] = struct.pack(">H", decoded_rows)
@@ -124,6 +125,15 @@ def _rotated(tiff: bytes) -> bool:
     except Exception:  # an unreadable EXIF block: let the full decode decide what it means
         return True
     return exif.get(EXIF_ORIENTATION, 1) not in (0, 1)
+
+
+def _alone() -> bool:
+    """Whether no other Python thread could write to stderr meanwhile: this is the main thread, and any
+    other is one of multiprocessing's helpers a data-loader worker runs (the queue feeder sending its
+    batches, the resource sharer handing over tensor file descriptors)."""
+    main = threading.main_thread()
+    return threading.current_thread() is main and all(
+        t is main or t.name == "QueueFeederThread" or t.name.endswith("(_serve)") for t in threading.enumerate())
 
 
 class _stderr_silenced:
