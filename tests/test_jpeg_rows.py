@@ -19,7 +19,8 @@ from openocr_cli.data.synth import generate
 from openocr_cli.data.transforms import DecodeImage
 
 SAMPLING = {"4:2:0": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420, "4:2:2": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422,
-            "4:4:4": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444, "4:1:1": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_411}
+            "4:4:4": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444, "4:1:1": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_411,
+            "4:4:0": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_440}
 
 
 def photo(height: int, width: int, seed: int) -> np.ndarray:
@@ -41,9 +42,11 @@ def full_decode(data: bytes) -> np.ndarray:
 
 
 @pytest.mark.parametrize("sampling", sorted(SAMPLING))
-def test_top_rows_equal_the_full_decode(sampling, capfd):
+@pytest.mark.parametrize("extra", [(), (cv2.IMWRITE_JPEG_RST_INTERVAL, 3), (cv2.IMWRITE_JPEG_OPTIMIZE, 1)],
+                         ids=["plain", "restart-markers", "optimized-huffman"])
+def test_top_rows_equal_the_full_decode(sampling, extra, capfd):
     assert threading.active_count() == 1  # the partial path runs only where no other thread could print
-    data = encode(photo(203, 157, 1), cv2.IMWRITE_JPEG_SAMPLING_FACTOR, SAMPLING[sampling])
+    data = encode(photo(203, 157, 1), cv2.IMWRITE_JPEG_SAMPLING_FACTOR, SAMPLING[sampling], *extra)
     full, lazy = full_decode(data), TopRows.parse(data)
     assert lazy is not None and lazy.shape == full.shape and lazy.dtype == full.dtype
     partial_seen = False
