@@ -34,11 +34,11 @@ import torch
 
 from openocr_cli import config as cfgmod
 from openocr_cli.data.dataset import TrainDataset, select_by_ratio, validate_training_labels
-from openocr_cli.data.jpeg_rows import TopRows
+from openocr_cli.data.top_rows import TopRows
 from openocr_cli.errors import UserError
 from openocr_cli.settings import DataSource
 
-DEFERRED_DECODING = [0.0]  # seconds spent decoding JPEG rows inside later ops (data.jpeg_rows)
+DEFERRED_DECODING = [0.0]  # seconds spent decoding image rows inside later ops (data.top_rows)
 
 
 def _count_deferred_decoding(decode):
@@ -55,7 +55,7 @@ TopRows._decode = _count_deferred_decoding(TopRows._decode)
 
 
 class Timed:
-    """Wraps an op and adds its wall time to a shared table; JPEG rows it decodes count as DecodeImage."""
+    """Wraps an op and adds its wall time to a shared table; image rows it decodes count as DecodeImage."""
 
     def __init__(self, op, name: str, totals: dict):
         self.op, self.name, self.totals = op, name, totals

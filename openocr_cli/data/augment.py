@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from openocr_cli.data.jpeg_rows import TopRows
 from openocr_cli.data.planned import PlannedImage, Scale
+from openocr_cli.data.top_rows import TopRows
 from openocr_cli.errors import UserError
 from openocr_cli.geometry import as_poly_array, is_poly_outside_rect, pad_vertices
 

@@ -3,7 +3,7 @@
 IaaAugment draws its random parameters and maps the points at once, but can hand on its image as a
 PlannedImage: the source image plus the steps (flip, rotation, scale) that produce it.
 EastRandomCropData reads `shape`, chooses its window from the points, and asks for the top-left
-block down to the window's bottom-right corner, and the source is read (or decoded, data.jpeg_rows)
+block down to the window's bottom-right corner, and the source is read (or decoded, data.top_rows)
 only down to the last row that block comes from. OpenCV computes every output row on its own - a
 flip row from its source row, a warp row from the matrix and the source rows it maps back to, a
 resize row from two source rows at the given scale - so the first r rows come out exactly as the
@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from openocr_cli.data.jpeg_rows import TopRows
+from openocr_cli.data.top_rows import TopRows
 
 # Columns computed beyond the last one needed. OpenCV's vector loops finish a row with a shorter tail
 # whose rounding may differ, so a needed column must be this far from the right end of both the

@@ -15,9 +15,9 @@ import numpy as np
 
 from openocr_cli.constants import IMAGENET_MEAN, IMAGENET_STD
 from openocr_cli.data.augment import CopyPaste, EastRandomCropData, IaaAugment
-from openocr_cli.data.jpeg_rows import TopRows
 from openocr_cli.data.resize import RESIZE_PARAMS, Normalizer
 from openocr_cli.data.targets import MakeBorderMap, MakeShrinkMap
+from openocr_cli.data.top_rows import TopRows
 from openocr_cli.errors import UserError
 from openocr_cli.geometry import pad_vertices
 from openocr_cli.suggest import did_you_mean
@@ -37,7 +37,7 @@ class DecodeImage:
         raw = data["image"]
         if not isinstance(raw, (bytes, bytearray)) or not raw:
             return None
-        # A sample marked `decode_later` (CopyPaste's extra image) may stay undecoded until its rows are known.
+        # A sample marked `decode_later` stays undecoded until the rows it needs are known (data.top_rows).
         if data.pop("decode_later", False) and self.can_defer:
             later = TopRows.parse(bytes(raw))
             if later is not None:

@@ -1,9 +1,10 @@
-"""Decoding only a JPEG's top rows: the rows asked for equal a full decode's, or the file is decoded whole."""
+"""Decoding only an image's top rows: the rows asked for equal a full decode's, or the file is decoded whole."""
 
 from __future__ import annotations
 
 import io
 import threading
+import zlib
 
 import cv2
 import numpy as np
@@ -14,8 +15,8 @@ from PIL import Image
 from openocr_cli import config as cfgmod
 from openocr_cli.data.augment import CUBIC_REACH, rectified_crop
 from openocr_cli.data.dataset import TrainDataset, validate_training_labels
-from openocr_cli.data.jpeg_rows import TopRows
 from openocr_cli.data.synth import generate
+from openocr_cli.data.top_rows import TopRows
 from openocr_cli.data.transforms import DecodeImage
 
 SAMPLING = {"4:2:0": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420, "4:2:2": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422,
@@ -78,10 +79,37 @@ def exif_jpeg(orientation: int) -> bytes:
     return buffer.getvalue()
 
 
+def png(image: np.ndarray, mode: str | None = None, **options) -> bytes:
+    buffer = io.BytesIO()
+    picture = Image.fromarray(image[:, :, ::-1] if image.ndim == 3 else image)
+    (picture.quantize(32) if mode == "P" else picture.convert(mode) if mode else picture).save(buffer, "PNG", **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "RGBA"])
+def test_png_top_rows_equal_the_full_decode(mode):
+    data = png(photo(150, 97, 8), mode)
+    full, lazy = full_decode(data), TopRows.parse(data)
+    assert lazy is not None and lazy.shape == full.shape
+    for count in [1, 2, 57, 119, 120, 121, 150]:
+        rows = lazy.rows(count)
+        assert rows.shape[0] == (count if count <= 120 else 150)  # Pillow stops at the rows asked for
+        np.testing.assert_array_equal(rows[:count], full[:count], err_msg=f"{mode}, {count} rows")
+    np.testing.assert_array_equal(lazy.full(), full)
+
+
 def test_files_that_must_be_decoded_whole_are_recognised():
     image = photo(64, 48, 4)
     assert TopRows.parse(encode(image, cv2.IMWRITE_JPEG_PROGRESSIVE, 1)) is None
-    assert TopRows.parse(cv2.imencode(".png", image)[1].tobytes()) is None
+    assert TopRows.parse(cv2.imencode(".png", image)[1].tobytes()) is not None
+    assert TopRows.parse(cv2.imencode(".png", image.astype(np.uint16) * 257)[1].tobytes()) is None  # 16-bit
+    interlaced = bytearray(png(image))
+    interlaced[28] = 1  # IHDR interlace method: Adam7 stores the rows in seven passes
+    interlaced[29:33] = zlib.crc32(bytes(interlaced[12:29])).to_bytes(4, "big")
+    assert TopRows.parse(bytes(interlaced)) is None
+    assert TopRows.parse(png(image, transparency=(0, 0, 0))) is None
+    assert TopRows.parse(png(image, mode="LA")) is None
+    assert TopRows.parse(cv2.imencode(".bmp", image)[1].tobytes()) is None
     assert TopRows.parse(b"") is None and TopRows.parse(b"\xff\xd8\xff") is None
     assert TopRows.parse(encode(image)[:40]) is None  # cut before the frame header
     assert TopRows.parse(exif_jpeg(1)) is not None  # upright: decoded as stored
@@ -89,13 +117,13 @@ def test_files_that_must_be_decoded_whole_are_recognised():
         assert TopRows.parse(exif_jpeg(turned)) is None
 
 
-def test_decode_image_defers_only_marked_jpegs():
+def test_decode_image_defers_only_marked_samples():
     data = encode(photo(48, 40, 5))
     op = DecodeImage()
     assert isinstance(op({"image": data, "decode_later": True})["image"], TopRows)
     assert isinstance(op({"image": data})["image"], np.ndarray)
-    png = cv2.imencode(".png", photo(48, 40, 5))[1].tobytes()
-    assert isinstance(op({"image": png, "decode_later": True})["image"], np.ndarray)
+    progressive = encode(photo(48, 40, 5), cv2.IMWRITE_JPEG_PROGRESSIVE, 1)
+    assert isinstance(op({"image": progressive, "decode_later": True})["image"], np.ndarray)
     for other in (DecodeImage(img_mode="RGB"), DecodeImage(channel_first=True), DecodeImage(ignore_orientation=True)):
         assert isinstance(other({"image": data, "decode_later": True})["image"], np.ndarray)
 
@@ -114,17 +142,20 @@ def test_word_crops_from_top_rows_equal_crops_from_the_full_image():
         np.testing.assert_array_equal(rectified_crop(rows, quad), rectified_crop(full, quad))
 
 
-def test_training_samples_are_the_same_with_deferred_extra_images(tmp_path):
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_training_samples_are_the_same_with_deferred_decoding(tmp_path, suffix):
     """Training and extra images decoded only down to the rows used: every sample equal bit for bit."""
     synth = generate(tmp_path, num_train=6, num_test=0, seed=3, size=(200, 280))
-    lines = []
-    for line in synth.train_label.read_text(encoding="utf-8").splitlines():
-        rel, _, regions = line.partition("\t")
-        jpg = rel.replace(".png", ".jpg")
-        cv2.imwrite(str(tmp_path / jpg), cv2.imread(str(tmp_path / rel)), [cv2.IMWRITE_JPEG_QUALITY, 90])
-        lines.append(f"{jpg}\t{regions}\n")
-    label = tmp_path / "jpg_label.txt"
-    label.write_text("".join(lines), encoding="utf-8")
+    label = synth.train_label
+    if suffix == ".jpg":
+        lines = []
+        for line in synth.train_label.read_text(encoding="utf-8").splitlines():
+            rel, _, regions = line.partition("\t")
+            jpg = rel.replace(".png", ".jpg")
+            cv2.imwrite(str(tmp_path / jpg), cv2.imread(str(tmp_path / rel)), [cv2.IMWRITE_JPEG_QUALITY, 90])
+            lines.append(f"{jpg}\t{regions}\n")
+        label = tmp_path / "jpg_label.txt"
+        label.write_text("".join(lines), encoding="utf-8")
     cfg = cfgmod.apply_overrides(cfgmod.load_config(), ["Train.dataset.transforms.4.EastRandomCropData.size=[96,96]"])
     samples = validate_training_labels([label], tmp_path).samples
     deferred = TrainDataset(samples, cfg["Train"]["dataset"]["transforms"], seed=5)
