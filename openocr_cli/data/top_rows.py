@@ -94,16 +94,13 @@ class TopRows:
             region[inside] = pixels[:region.shape[0]][inside]
         return image
 
-
     def _with_height(self, height: int) -> bytes:
         """A copy of the file whose header says `height` rows (PNG: with the IHDR checksum redone)."""
-        copy = bytearray(self.data)
+        data, start = self.data, self.height_offset
         if self.kind == "jpeg":
-            copy[self.height_offset:self.height_offset + 2] = struct.pack(">H", height)
-        else:
-            copy[self.height_offset:self.height_offset + 4] = struct.pack(">I", height)
-            copy[29:33] = struct.pack(">I", zlib.crc32(bytes(copy[12:29])))
-        return bytes(copy)
+            return b"".join((data[:start], struct.pack(">H", height), memoryview(data)[start + 2:]))
+        ihdr = data[12:start] + struct.pack(">I", height) + data[start + 4:29]  # chunk type and fields
+        return b"".join((data[:12], ihdr, struct.pack(">I", zlib.crc32(ihdr)), memoryview(data)[33:]))
 
 
 PNG_HEIGHT_OFFSET = 20  # signature (8), IHDR length and type (8), width (4)
