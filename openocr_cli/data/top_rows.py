@@ -39,7 +39,8 @@ EXIF_ORIENTATION = 0x0112
 BASELINE_FRAMES = (0xC0, 0xC1)  # Huffman-coded sequential (8- or 12-bit); progressive/arithmetic excluded
 STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_COLOUR_TYPES = (0, 2, 3, 6)  # grey, RGB, palette, RGBA (grey + alpha would need its own check)
+PNG_COLOUR_TYPES = (0, 2, 3, 6)  # grey, RGB, palette, RGBA; grey + alpha is left to OpenCV
+PNG_HEIGHT_OFFSET = 20  # signature (8), IHDR length and type (8), width (4)
 PNG_PARTIAL_SHARE = 0.8
 
 
@@ -101,9 +102,6 @@ class TopRows:
             return b"".join((data[:start], struct.pack(">H", height), memoryview(data)[start + 2:]))
         ihdr = data[12:start] + struct.pack(">I", height) + data[start + 4:29]  # chunk type and fields
         return b"".join((data[:12], ihdr, struct.pack(">I", zlib.crc32(ihdr)), memoryview(data)[33:]))
-
-
-PNG_HEIGHT_OFFSET = 20  # signature (8), IHDR length and type (8), width (4)
 
 
 def _opencv(data: bytes) -> np.ndarray:
