@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 import threading
 import zlib
 
@@ -202,3 +203,23 @@ def test_loader_workers_decode_only_the_top_rows_and_other_threads_do_not():
     finally:
         stop.set()
         other.join()
+
+
+def test_copypaste_decodes_the_whole_extra_image_for_a_concave_word():
+    """A concave quad's perspective warp reads rows far below it: the crop must come from the full image."""
+    from openocr_cli.data.augment import CopyPaste, _convex
+
+    concave = np.float32([[10, 10], [60, 10], [30, 16], [10, 30]])
+    assert not _convex(concave) and _convex(np.float32([[10, 10], [60, 10], [60, 30], [10, 30]]))
+    data = encode(photo(240, 200, 9))
+    outputs = []
+    for extra_image in (TopRows.parse(data), full_decode(data)):
+        np.random.seed(0)
+        random.seed(0)
+        sample = {"image": np.zeros((120, 160, 3), np.uint8), "polys": np.zeros((0, 4, 2)), "texts": [],
+                  "ignore_tags": np.zeros(0, bool),
+                  "ext_data": [{"image": extra_image, "polys": concave[None], "texts": ["w"],
+                                "ignore_tags": np.zeros(1, bool)}]}
+        outputs.append(CopyPaste()(sample)["image"])
+    assert outputs[0].any()
+    np.testing.assert_array_equal(outputs[0], outputs[1])

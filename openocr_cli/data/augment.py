@@ -46,6 +46,13 @@ def rectified_crop(image: np.ndarray, quad: np.ndarray) -> np.ndarray:
     return np.rot90(crop) if height / width >= 1.5 else crop
 
 
+def _convex(quad: np.ndarray) -> bool:
+    """Whether every corner turns the same way: then the rectified crop reads only inside the quad."""
+    edges = np.roll(quad, -1, axis=0) - quad
+    turns = edges[:, 0] * np.roll(edges[:, 1], -1) - edges[:, 1] * np.roll(edges[:, 0], -1)
+    return bool(np.all(turns > 0) or np.all(turns < 0))
+
+
 def rotated_box(angle: int, width: int, height: int) -> np.ndarray:
     """Corners of a (width x height) box after rotating it by `angle`° CCW inside its expanded canvas."""
     rad = np.deg2rad(angle)
@@ -98,8 +105,11 @@ class CopyPaste:
         chosen = candidates[:select_num]
         ext_image = ext["image"]
         if isinstance(ext_image, TopRows) and chosen:  # decoded down to the lowest crop only
-            lowest = max(float(np.max(ext_polys[i][:, 1])) for i in chosen)
-            ext_image = ext_image.rows(math.ceil(lowest) + CUBIC_REACH)
+            quads = [np.asarray(ext_polys[i], np.float64) for i in chosen]
+            if all(_convex(q) for q in quads):
+                ext_image = ext_image.rows(math.ceil(max(q[:, 1].max() for q in quads)) + CUBIC_REACH)
+            else:  # a concave quad's perspective warp samples far outside it
+                ext_image = ext_image.full()
         for idx in chosen:
             box = self._paste(image, rectified_crop(ext_image, ext_polys[idx]), polys_out)
             if box is not None:
@@ -240,7 +250,7 @@ class IaaAugment:
                 transform.set_random_seed(_derive_seed(seed, i, j + 1))
 
     def __call__(self, data: dict) -> Optional[dict]:
-        image = data["image"]  # a TopRows (JPEG decoded later) only when the pixels are deferred
+        image = data["image"]  # a TopRows (decoded later) only when the pixels are deferred
         planned = PlannedImage(image if isinstance(image, TopRows) else np.asarray(image), [])
         polys = as_poly_array(data["polys"])
         points = polys.reshape(-1, 2)
