@@ -34,6 +34,7 @@ bench: install
 	$(PY) benchmarks/bench_predict.py
 	$(PY) benchmarks/bench_vs_openocr.py $(WITH_OPENOCR)
 	$(PY) benchmarks/bench_data.py $(WITH_OPENOCR)
+	$(PY) benchmarks/bench_data.py --jpeg $(WITH_OPENOCR)
 	$(PY) benchmarks/bench_train.py $(WITH_OPENOCR)
 	$(PY) benchmarks/bench_tune.py
 
