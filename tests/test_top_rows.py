@@ -87,29 +87,49 @@ def png(image: np.ndarray, mode: str | None = None, **options) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("mode", ["RGB", "L", "P", "RGBA"])
-def test_png_top_rows_equal_the_full_decode(mode):
-    data = png(photo(150, 97, 8), mode)
+PNG_KINDS = {
+    "RGB": lambda image: png(image),
+    "grey": lambda image: png(image, "L"),
+    "palette": lambda image: png(image, "P"),
+    "RGBA": lambda image: png(image, "RGBA"),
+    "grey+alpha": lambda image: png(image, "LA"),
+    "RGB+tRNS": lambda image: png(image, transparency=(0, 0, 0)),
+    "16-bit": lambda image: cv2.imencode(".png", image.astype(np.uint16) * 257 + 3)[1].tobytes(),
+    "1-bit": lambda image: png(image, "1"),
+    "OpenCV, level 9": lambda image: cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 9])[1].tobytes(),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PNG_KINDS))
+def test_png_top_rows_equal_the_full_decode(kind):
+    data = PNG_KINDS[kind](photo(150, 97, 8))
     full, lazy = full_decode(data), TopRows.parse(data)
     assert lazy is not None and lazy.shape == full.shape
-    for count in [1, 2, 57, 119, 120, 121, 150]:
+    for count in [1, 2, 57, 119, 149, 150, 400]:
         rows = lazy.rows(count)
-        assert rows.shape[0] == (count if count <= 120 else 150)  # Pillow stops at the rows asked for
-        np.testing.assert_array_equal(rows[:count], full[:count], err_msg=f"{mode}, {count} rows")
+        assert rows.shape[0] == min(count, 150)  # exactly the rows asked for
+        np.testing.assert_array_equal(rows, full[:count], err_msg=f"{kind}, {count} rows")
     np.testing.assert_array_equal(lazy.full(), full)
+
+
+def test_rows_past_the_end_of_a_truncated_png_are_an_error_as_in_opencv():
+    data = png(photo(150, 97, 8))
+    cut = data[:len(data) // 2]
+    assert full_decode(cut) is None
+    with pytest.raises(ValueError, match="not a decodable image"):
+        TopRows.parse(cut).rows(140)
 
 
 def test_files_that_must_be_decoded_whole_are_recognised():
     image = photo(64, 48, 4)
     assert TopRows.parse(encode(image, cv2.IMWRITE_JPEG_PROGRESSIVE, 1)) is None
-    assert TopRows.parse(cv2.imencode(".png", image)[1].tobytes()) is not None
-    assert TopRows.parse(cv2.imencode(".png", image.astype(np.uint16) * 257)[1].tobytes()) is None  # 16-bit
     interlaced = bytearray(png(image))
     interlaced[28] = 1  # IHDR interlace method: Adam7 stores the rows in seven passes
     interlaced[29:33] = zlib.crc32(bytes(interlaced[12:29])).to_bytes(4, "big")
     assert TopRows.parse(bytes(interlaced)) is None
-    assert TopRows.parse(png(image, transparency=(0, 0, 0))) is None
-    assert TopRows.parse(png(image, mode="LA")) is None
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    assert TopRows.parse(png(image, exif=exif.tobytes())) is None  # OpenCV may turn it
     assert TopRows.parse(cv2.imencode(".bmp", image)[1].tobytes()) is None
     assert TopRows.parse(b"") is None and TopRows.parse(b"\xff\xd8\xff") is None
     assert TopRows.parse(encode(image)[:40]) is None  # cut before the frame header
@@ -223,3 +243,13 @@ def test_copypaste_decodes_the_whole_extra_image_for_a_concave_word():
         outputs.append(CopyPaste()(sample)["image"])
     assert outputs[0].any()
     np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def test_without_isal_pngs_are_decoded_whole(monkeypatch):
+    from openocr_cli.data import top_rows
+
+    data = png(photo(40, 30, 10))
+    assert TopRows.parse(data) is not None
+    monkeypatch.setattr(top_rows, "_isal_zlib", lambda: None)
+    assert TopRows.parse(data) is None
+    assert isinstance(DecodeImage()({"image": data, "decode_later": True})["image"], np.ndarray)

@@ -3,33 +3,34 @@
 CopyPaste takes a few word crops from a second image, and those crops decide how far down that
 image is read; the training image itself is read down to the last row its crop window comes from
 (data.planned), with CopyPaste's pastes recorded and painted after decoding. On the default chain
-that is about two thirds of the rows. Both formats store rows top to bottom:
+that is about two thirds of the rows. Both formats store rows top to bottom, and in both the rows
+come out exactly as `cv2.imdecode(data, IMREAD_COLOR)` gives them (tests/test_top_rows.py):
 
 - Baseline JPEG, in bands of 8 or 16 rows (one MCU row). Writing a smaller height into a copy of
   the frame header makes OpenCV's decoder stop after that band and skip the rest of the file.
-  Every row more than one band above that new bottom comes out bit-identical to the full decode
-  (chroma upsampling only looks one chroma row ahead; tests/test_top_rows.py checks every
-  subsampling). The decoder warns about the skipped data on stderr ("extraneous bytes"); that is
-  silenced by pointing file descriptor 2 at /dev/null for the call, which is only done while no
-  other Python thread could write there (a data-loader worker: its main thread and
-  multiprocessing's helpers), so no other output is lost; elsewhere the file is decoded in full.
-- 8-bit, non-interlaced PNG, row by row. libpng would inflate the whole stream even when asked for
-  fewer rows, so a copy with a smaller IHDR height is read by Pillow, which stops inflating there.
-  PNG is lossless: the rows equal OpenCV's. Pillow decodes 10-15% slower per row than OpenCV,
-  so it is used only when at most PNG_PARTIAL_SHARE of the rows are needed.
+  Every row more than one band above that new bottom is bit-identical to the full decode (chroma
+  upsampling only looks one chroma row ahead). The decoder warns about the skipped data on stderr
+  ("extraneous bytes"); that is silenced by pointing file descriptor 2 at /dev/null for the call,
+  which is only done while no other Python thread could write there (a data-loader worker: its
+  main thread and multiprocessing's helpers), so no other output is lost; elsewhere the file is
+  decoded in full.
+- Non-interlaced PNG, row by row. Inflating is most of the cost and libpng inflates the whole
+  stream even when asked for fewer rows, so ISA-L (the `isal` package, about 2x zlib's speed)
+  inflates just the rows needed, and OpenCV unfilters them from a copy of the file holding only
+  those rows, stored uncompressed. This is faster than OpenCV's own decode even for every row.
 
-Progressive or arithmetic-coded JPEGs, rotated EXIF orientations, PNGs with transparency chunks or
-other bit depths, and every other format are decoded in full by OpenCV, as before.
+Progressive or arithmetic-coded JPEGs, rotated EXIF orientations, interlaced PNGs and every other
+format are decoded in full by OpenCV, as before.
 """
 
 from __future__ import annotations
 
-import io
+import functools
 import os
 import struct
 import threading
 import zlib
-from typing import Optional
+from typing import Optional, Protocol
 
 import cv2
 import numpy as np
@@ -39,9 +40,13 @@ EXIF_ORIENTATION = 0x0112
 BASELINE_FRAMES = (0xC0, 0xC1)  # Huffman-coded sequential (8- or 12-bit); progressive/arithmetic excluded
 STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_COLOUR_TYPES = (0, 2, 3, 6)  # grey, RGB, palette, RGBA; grey + alpha is left to OpenCV
-PNG_HEIGHT_OFFSET = 20  # signature (8), IHDR length and type (8), width (4)
-PNG_PARTIAL_SHARE = 0.8
+PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+STORED_BLOCK = 0xFFFF  # the largest uncompressed deflate block
+
+
+class _Rows(Protocol):
+    def decode(self, count: int) -> np.ndarray: ...
 
 
 class TopRows:
@@ -52,19 +57,17 @@ class TopRows:
     `paste`s painted over in order.
     """
 
-    def __init__(self, data: bytes, height: int, width: int, kind: str, band: int, height_offset: int):
-        self.data, self.kind, self.band, self.height_offset = data, kind, band, height_offset
+    def __init__(self, height: int, width: int, reader: _Rows):
         self.shape = (height, width, 3)
         self.dtype = np.dtype(np.uint8)
+        self.reader = reader
         self.pastes: list[tuple[int, int, np.ndarray, np.ndarray]] = []
 
     @classmethod
     def parse(cls, data: bytes) -> Optional[TopRows]:
         """A TopRows for a JPEG or PNG whose rows can be decoded from the top, else None (decode it in full)."""
-        header = _jpeg_frame(data) or _png_header(data)
-        if header is None:
-            return None
-        return cls(data, *header) if header[0] > 0 and header[1] > 0 else None
+        found = _JpegRows.parse(data) or _PngRows.parse(data)
+        return None if found is None else cls(*found)
 
     def paste(self, x: int, y: int, pixels: np.ndarray, mask: np.ndarray) -> None:
         """Paint `pixels` where `mask` is set, top-left at (x, y), once the rows are decoded."""
@@ -72,36 +75,18 @@ class TopRows:
 
     def rows(self, count: int) -> np.ndarray:
         """At least the top `count` rows, bit-identical to the same rows of a full decode."""
-        return self._painted(self._decode(max(int(count), 1)))
-
-    def full(self) -> np.ndarray:
-        return self._painted(self._decode(self.shape[0]))
-
-    def _decode(self, count: int) -> np.ndarray:
-        height = self.shape[0]
-        if self.kind == "jpeg":
-            decoded = -(-count // self.band) * self.band + self.band  # one band beyond the last row needed
-            if decoded < height and _alone():
-                with _stderr_silenced():
-                    return _opencv(self._with_height(decoded))
-        elif count <= PNG_PARTIAL_SHARE * height:
-            return _pillow(self._with_height(count))
-        return _opencv(self.data)
-
-    def _painted(self, image: np.ndarray) -> np.ndarray:
+        image = self._decode(min(max(int(count), 1), self.shape[0]))
         for x, y, pixels, mask in self.pastes:
             region = image[y:y + pixels.shape[0], x:x + pixels.shape[1]]
             inside = mask[:region.shape[0]]
             region[inside] = pixels[:region.shape[0]][inside]
         return image
 
-    def _with_height(self, height: int) -> bytes:
-        """A copy of the file whose header says `height` rows (PNG: with the IHDR checksum redone)."""
-        data, start = self.data, self.height_offset
-        if self.kind == "jpeg":
-            return b"".join((data[:start], struct.pack(">H", height), memoryview(data)[start + 2:]))
-        ihdr = data[12:start] + struct.pack(">I", height) + data[start + 4:29]  # chunk type and fields
-        return b"".join((data[:12], ihdr, struct.pack(">I", zlib.crc32(ihdr)), memoryview(data)[33:]))
+    def full(self) -> np.ndarray:
+        return self.rows(self.shape[0])
+
+    def _decode(self, count: int) -> np.ndarray:
+        return self.reader.decode(count)
 
 
 def _opencv(data: bytes) -> np.ndarray:
@@ -111,10 +96,37 @@ def _opencv(data: bytes) -> np.ndarray:
     return image
 
 
-def _pillow(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as image:
-        rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
-    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+# --------------------------------------------------------------------------------------------
+# JPEG
+# --------------------------------------------------------------------------------------------
+
+class _JpegRows:
+    def __init__(self, data: bytes, height: int, height_offset: int, band: int):
+        self.data, self.height, self.height_offset, self.band = data, height, height_offset, band
+
+    @classmethod
+    def parse(cls, data: bytes) -> Optional[tuple[int, int, _JpegRows]]:
+        """(height, width, reader) of a baseline JPEG OpenCV would not rotate, else None."""
+        for marker, pos, segment in _jpeg_segments(data):
+            if marker == 0xE1 and segment.startswith(b"Exif\x00\x00") and _rotated(segment[6:]):
+                return None
+            if marker in BASELINE_FRAMES and len(segment) >= 6:
+                height, width, components = struct.unpack_from(">HHB", segment, 1)
+                if components not in (1, 3) or len(segment) < 6 + 3 * components or not height or not width:
+                    return None
+                vertical = max(segment[7 + 3 * i] & 0x0F for i in range(components))
+                # the height field follows the marker, the length and the sample precision
+                return height, width, cls(data, height, pos + 5, 8 * max(vertical, 1))
+        return None  # progressive, arithmetic-coded, lossless, a scan before any frame, or not a JPEG
+
+    def decode(self, count: int) -> np.ndarray:
+        rows = -(-count // self.band) * self.band + self.band  # one band beyond the last row needed
+        if rows >= self.height or not _alone():
+            return _opencv(self.data)
+        start = self.height_offset
+        shortened = b"".join((self.data[:start], struct.pack(">H", rows), memoryview(self.data)[start + 2:]))
+        with _stderr_silenced():
+            return _opencv(shortened)
 
 
 def _jpeg_segments(data: bytes):
@@ -137,42 +149,6 @@ def _jpeg_segments(data: bytes):
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) or marker == 0xDA:  # SOFn, SOS
             return
         pos += 2 + length
-
-
-def _jpeg_frame(data: bytes) -> Optional[tuple[int, int, str, int, int]]:
-    """(height, width, "jpeg", MCU height, height field offset) of a baseline JPEG OpenCV would not
-    rotate, else None."""
-    for marker, pos, segment in _jpeg_segments(data):
-        if marker == 0xE1 and segment.startswith(b"Exif\x00\x00") and _rotated(segment[6:]):
-            return None
-        if marker in BASELINE_FRAMES and len(segment) >= 6:
-            height, width, components = struct.unpack_from(">HHB", segment, 1)
-            if components not in (1, 3) or len(segment) < 6 + 3 * components:
-                return None
-            vertical = max(segment[7 + 3 * i] & 0x0F for i in range(components))
-            return height, width, "jpeg", 8 * max(vertical, 1), pos + 5  # after marker, length, precision
-    return None  # progressive, arithmetic-coded, lossless, a scan before any frame, or not a JPEG
-
-
-def _png_header(data: bytes) -> Optional[tuple[int, int, str, int, int]]:
-    """(height, width, "png", 1, height field offset) of an 8-bit non-interlaced PNG without
-    transparency or EXIF chunks, else None."""
-    if not data.startswith(PNG_SIGNATURE) or len(data) < 33 or data[12:16] != b"IHDR":
-        return None
-    width, height, depth, colour, _, _, interlace = struct.unpack_from(">IIBBBBB", data, 16)
-    if depth != 8 or colour not in PNG_COLOUR_TYPES or interlace:
-        return None
-    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:  # Pillow would warn or refuse
-        return None
-    pos = 33
-    while pos + 8 <= len(data):  # the chunks before the image data
-        length, kind = struct.unpack_from(">I4s", data, pos)
-        if kind == b"IDAT":
-            return height, width, "png", 1, PNG_HEIGHT_OFFSET
-        if kind in (b"tRNS", b"eXIf"):
-            return None
-        pos += 12 + length
-    return None
 
 
 def _rotated(tiff: bytes) -> bool:
@@ -208,3 +184,79 @@ class _stderr_silenced:
     def __exit__(self, *exc) -> None:
         os.dup2(self.saved, 2)
         os.close(self.saved)
+
+
+# --------------------------------------------------------------------------------------------
+# PNG
+# --------------------------------------------------------------------------------------------
+
+class _PngRows:
+    def __init__(self, data: bytes, height: int, row_bytes: int, first_data: int):
+        self.data, self.height, self.row_bytes, self.first_data = data, height, row_bytes, first_data
+
+    @classmethod
+    def parse(cls, data: bytes) -> Optional[tuple[int, int, _PngRows]]:
+        """(height, width, reader) of a non-interlaced PNG without an EXIF chunk, else None."""
+        if not data.startswith(PNG_SIGNATURE) or len(data) < 33 or data[12:16] != b"IHDR" or _isal_zlib() is None:
+            return None
+        width, height, depth, colour, _, _, interlace = struct.unpack_from(">IIBBBBB", data, 16)
+        if colour not in PNG_CHANNELS or interlace or not width or not height:
+            return None
+        pos = 33
+        while pos + 8 <= len(data):  # the chunks before the image data
+            length, kind = struct.unpack_from(">I4s", data, pos)
+            if kind == b"IDAT":
+                row_bytes = 1 + (width * PNG_CHANNELS[colour] * depth + 7) // 8  # filter byte + samples
+                return height, width, cls(data, height, row_bytes, pos)
+            if kind == b"eXIf":  # OpenCV may turn the image
+                return None
+            pos += 12 + length
+        return None
+
+    def decode(self, count: int) -> np.ndarray:
+        raw = self._inflate(count * self.row_bytes)
+        if len(raw) < count * self.row_bytes:  # a truncated stream: OpenCV decides what it gives
+            return _opencv(self.data)
+        return _opencv(self._stored_copy(raw, count))
+
+    def _inflate(self, size: int) -> bytes:
+        """The first `size` bytes of the filtered rows; the rest of the stream is never read."""
+        inflater, parts, pos = _isal_zlib().decompressobj(), [], self.first_data
+        while size > 0 and pos + 8 <= len(self.data):
+            length, kind = struct.unpack_from(">I4s", self.data, pos)
+            if kind != b"IDAT":
+                break
+            part = inflater.decompress(memoryview(self.data)[pos + 8:pos + 8 + length], size)
+            parts.append(part)
+            size -= len(part)
+            pos += 12 + length
+        return b"".join(parts)
+
+    def _stored_copy(self, raw: bytes, count: int) -> bytes:
+        """This file with `count` rows in its header and those rows in one IDAT chunk, stored as is."""
+        isal_zlib = _isal_zlib()
+        view = memoryview(raw)
+        stream = [b"\x78\x01"]  # zlib header; then deflate blocks of type "stored"
+        for start in range(0, len(raw), STORED_BLOCK):
+            block = view[start:start + STORED_BLOCK]
+            stream.append(struct.pack("<BHH", start + STORED_BLOCK >= len(raw), len(block), len(block) ^ 0xFFFF))
+            stream.append(block)
+        stream.append(struct.pack(">I", isal_zlib.adler32(raw)))
+        checksum = isal_zlib.crc32(b"IDAT")
+        for part in stream:
+            checksum = isal_zlib.crc32(part, checksum)
+        header = bytearray(self.data[:self.first_data])  # signature, IHDR and the chunks before the data
+        header[20:24] = struct.pack(">I", count)
+        header[29:33] = struct.pack(">I", zlib.crc32(bytes(header[12:29])))
+        size = sum(len(part) for part in stream)
+        return b"".join((header, struct.pack(">I", size), b"IDAT", *stream, struct.pack(">I", checksum), PNG_END))
+
+
+@functools.cache
+def _isal_zlib():
+    """ISA-L's zlib interface, or None where the package is missing (PNGs are then decoded whole)."""
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return None
+    return isal_zlib
