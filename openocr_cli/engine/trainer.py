@@ -253,12 +253,14 @@ class Trainer:
             try:
                 while not self.finished:
                     self._run_epoch(window, stop, stop_after)
-                    if stop.requested:
+                    # All ranks decide together: a signal may have reached one rank only after the epoch's
+                    # last step (during its evaluation or save), and an epoch-end evaluation may have asked
+                    # for a stop on the main process.
+                    interrupted, asked = ddp.any_rank([stop.requested, self.stop_reason is not None], self.role,
+                                                      self.device)
+                    if interrupted:
                         raise TrainingInterrupted(self.output_dir / "latest.pth", self.state)
-                    # an epoch-end evaluation may have asked for a stop on the main process: all ranks follow
-                    asked = self._follow_stop(ddp.any_rank([self.stop_reason is not None], self.role,
-                                                           self.device)[0])
-                    if asked or (stop_after is not None and self.state.global_step >= stop_after):
+                    if self._follow_stop(asked) or (stop_after is not None and self.state.global_step >= stop_after):
                         break
             finally:
                 builders.release_workers(self.loader)  # persistent workers end with the run, not at exit
@@ -299,11 +301,13 @@ class Trainer:
                 self._evaluate_and_record()
             if s.save_every.due(state.global_step):
                 self.save("latest.pth")
-            # every rank stops at the same step: a signal or a subscriber's request on any rank counts
-            stop.requested, asked = ddp.any_rank([stop.requested, self.stop_reason is not None], self.role,
-                                                 self.device)
+            # every rank stops at the same step: a signal or a subscriber's request on any rank counts. The
+            # decision uses the reduced value, never the flag, which a signal may set right after the reduction.
+            interrupted, asked = ddp.any_rank([stop.requested, self.stop_reason is not None], self.role,
+                                              self.device)
+            stop.requested |= interrupted
             self._follow_stop(asked)
-            if stop.requested or asked or (stop_after is not None and state.global_step >= stop_after):
+            if interrupted or asked or (stop_after is not None and state.global_step >= stop_after):
                 break
             tick = time.perf_counter()  # evaluations and saves above are neither data wait nor step time
         self.epoch_data_wait = waits.epoch_share()
