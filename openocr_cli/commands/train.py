@@ -173,6 +173,7 @@ def run(settings: TrainSettings, data: RunData, resume: Optional[dict] = None,
     output_dir = settings.output_dir
     logger = logging.getLogger("openocr_det")
     handler = _setup_log(output_dir) if role.is_main else logging.NullHandler()
+    ended_together = False  # every rank reached the same end (not an error on this one)
     try:
         if settings.ignored:
             listed = ", ".join(settings.ignored)
@@ -185,6 +186,7 @@ def run(settings: TrainSettings, data: RunData, resume: Optional[dict] = None,
         trainer = Trainer(settings, data, device, role, resume=resume, callbacks=callbacks)
         if trainer.finished:
             _already_finished(trainer, resume_from or output_dir)
+            ended_together = True
             return
         batch = settings.batch_size
         logger.info("run with torch %s and device %s; world size %d, batch %d per process, effective batch %d, "
@@ -201,12 +203,14 @@ def run(settings: TrainSettings, data: RunData, resume: Optional[dict] = None,
             console.print(f"[yellow]Stopped after iteration {stop.state.global_step}; saved {stop.checkpoint}."
                           f"[/yellow]\nResume with: openocr-det resume {shlex.quote(str(output_dir))}")
             # under our own launcher a clean exit lets torchrun stop quietly; the launching command exits 130
+            ended_together = True
             raise typer.Exit(0 if ddp.launched_by_us() else 130) from None
         _summary(trainer, best, output_dir)
+        ended_together = True
     finally:
         logger.removeHandler(handler)
         handler.close()
-        ddp.shutdown()
+        ddp.shutdown(wait_for_all=ended_together)
 
 
 def _torch_version() -> str:

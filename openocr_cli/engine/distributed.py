@@ -65,9 +65,17 @@ def init(role: Role, device: torch.device) -> torch.device:
     return device
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(wait_for_all: bool = False) -> None:
+    """Leave the process group. After an end every rank reached together (finished, or stopped at
+    the same step), wait for the others first: rank 0 may still be saving, and a rank tearing down
+    its connections while another still holds them can make gloo abort the process. After an error
+    on this rank, leave at once (the others may never arrive)."""
+    if not dist.is_initialized():
+        return
+    if wait_for_all:
+        with contextlib.suppress(RuntimeError):  # a rank that died meanwhile: leave anyway
+            dist.barrier()
+    dist.destroy_process_group()
 
 
 def any_rank(flags: list[bool], role: Role, device: torch.device) -> list[bool]:
