@@ -164,7 +164,7 @@ def test_word_crops_from_top_rows_equal_crops_from_the_full_image():
 
 
 @pytest.mark.parametrize("suffix", [".jpg", ".png"])
-def test_training_samples_are_the_same_with_deferred_decoding(tmp_path, suffix):
+def test_training_samples_are_the_same_with_deferred_decoding(tmp_path, suffix, monkeypatch):
     """Training and extra images decoded only down to the rows used: every sample equal bit for bit."""
     synth = generate(tmp_path, num_train=6, num_test=0, seed=3, size=(200, 280))
     label = synth.train_label
@@ -186,15 +186,17 @@ def test_training_samples_are_the_same_with_deferred_decoding(tmp_path, suffix):
             op.can_defer = False
     decoded_rows = []
     original = TopRows.rows
-    TopRows.rows = lambda self, count: decoded_rows.append(original(self, count).shape[0] / self.shape[0]) or \
-        original(self, count)
-    try:
-        for position in range(60):
-            key = (1, position, position % len(samples))
-            for mine, theirs in zip(deferred[key], eager[key]):
-                np.testing.assert_array_equal(mine, theirs)
-    finally:
-        TopRows.rows = original
+
+    def recorded(self, count):
+        rows = original(self, count)
+        decoded_rows.append(rows.shape[0] / self.shape[0])
+        return rows
+
+    monkeypatch.setattr(TopRows, "rows", recorded)
+    for position in range(60):
+        key = (1, position, position % len(samples))
+        for mine, theirs in zip(deferred[key], eager[key]):
+            np.testing.assert_array_equal(mine, theirs)
     assert len(decoded_rows) > 60  # the training images were deferred too, not only the extra ones
     assert min(decoded_rows) < 1.0  # and some were read only partly
 
