@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import shapely
 
+from openocr_cli.errors import UserError
 from openocr_cli.geometry import offset_polygon
 
 SCORE_MODES = ("slow", "fast")
@@ -185,3 +186,11 @@ def _checked_map(pred: np.ndarray, src_h: float, src_w: float) -> np.ndarray:
     if not (src_h > 0 and src_w > 0):
         raise ValueError(f"source size must be positive, got {src_h} x {src_w}")
     return pred
+
+
+def make_postprocess(params: dict) -> DBPostProcess:
+    """DBPostProcess from keyword settings; settings it refuses are a usage error (exit 2)."""
+    try:
+        return DBPostProcess(**params)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"post-processing settings are invalid: {exc}", exit_code=2) from None

@@ -269,7 +269,7 @@ def _scheduler(cfg: dict) -> dict:
 def _check_inference(cfg: dict) -> None:
     """The evaluation settings are used only at the first evaluation: check them before training starts."""
     from openocr_cli.data.resize import ResizeSpec
-    from openocr_cli.engine.predictor import make_postprocess
+    from openocr_cli.postprocess import make_postprocess
 
     try:
         make_postprocess(cfgmod.postprocess_params(cfg))

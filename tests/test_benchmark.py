@@ -15,10 +15,11 @@ from onnx import TensorProto, helper
 from openocr_cli.data.resize import Normalizer, ResizeSpec
 from openocr_cli.engine.backends import TorchBackend, precision_problem
 from openocr_cli.engine.onnx_metadata import write_metadata
-from openocr_cli.engine.predictor import Predictor, make_postprocess
+from openocr_cli.engine.predictor import Predictor
 from openocr_cli.errors import UserError
 from openocr_cli.evaluation import benchmark as bench
 from openocr_cli.model import build_detector
+from openocr_cli.postprocess import make_postprocess
 from tests.conftest import write_image
 from tests.test_eval_tune import bar_set  # noqa: F401  (fixture)
 from tests.test_imports import heavy_modules_after

@@ -12,9 +12,9 @@ import typer
 
 from openocr_cli import config as cfgmod
 from openocr_cli.data.resize import Normalizer, ResizeSpec
-from openocr_cli.engine.predictor import Backend, Predictor, make_postprocess
+from openocr_cli.engine.predictor import Backend, Predictor
 from openocr_cli.errors import UserError
-from openocr_cli.postprocess import DBPostProcess
+from openocr_cli.postprocess import DBPostProcess, make_postprocess
 from openocr_cli.ui import err_console, warn
 
 

@@ -18,10 +18,10 @@ from openocr_cli.commands.common import DEFAULT_WEIGHTS, ConfigPath, NonStrict, 
 from openocr_cli.commands.export_int8 import INT8_NAME, Scorer, load_calibration, run_int8
 from openocr_cli.constants import DEFAULT_OPSET, INT8_OPSET
 from openocr_cli.data.resize import Normalizer, ResizeSpec
-from openocr_cli.engine.predictor import make_postprocess
 from openocr_cli.errors import UserError
 from openocr_cli.evaluation.postprocess_file import from_saved_config, layered_params, read_postprocess_file
 from openocr_cli.hub import sha256_file
+from openocr_cli.postprocess import make_postprocess
 from openocr_cli.ui import console, err_console, table
 
 if TYPE_CHECKING:  # torch and onnx are imported when an export runs, not by `--help`

@@ -18,8 +18,7 @@ import numpy as np
 from openocr_cli import config as cfgmod
 from openocr_cli.data.images import ImageReadError, read_image
 from openocr_cli.data.resize import Normalizer, ResizeSpec, resize_for_test
-from openocr_cli.errors import UserError
-from openocr_cli.postprocess import DBPostProcess
+from openocr_cli.postprocess import DBPostProcess, make_postprocess
 from openocr_cli.results import ImageResult, StageTimes
 
 
@@ -32,14 +31,6 @@ class Backend(Protocol):
     name: str
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
-
-
-def make_postprocess(params: dict) -> DBPostProcess:
-    """DBPostProcess from keyword settings; settings it refuses are a usage error (exit 2)."""
-    try:
-        return DBPostProcess(**params)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"post-processing settings are invalid: {exc}", exit_code=2) from None
 
 
 @dataclass
