@@ -13,17 +13,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from openocr_cli.errors import UserError
+from openocr_cli.errors import ImageReadError, UserError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2",
                               ".pbm", ".pgm", ".ppm", ".pnm", ".dib", ".jpe", ".sr", ".ras"})
 
 
 EXIF_ORIENTATION = 0x0112
-
-
-class ImageReadError(Exception):
-    """A file that exists but cannot be decoded as an image."""
 
 
 def is_image_name(name: str) -> bool:
