@@ -16,7 +16,7 @@ from typing import Any, Optional
 import yaml
 
 from openocr_cli.config_schema import check_config
-from openocr_cli.constants import IMAGENET_MEAN, IMAGENET_STD
+from openocr_cli.constants import IMAGENET_MEAN, IMAGENET_STD, POSTPROCESS_KEYS
 from openocr_cli.errors import UserError
 
 DEFAULT_CONFIG_NAME = "repvit_db.yml"
@@ -133,6 +133,5 @@ def normalize_params(cfg: dict) -> dict:
 
 def postprocess_params(cfg: dict) -> dict:
     """DBPostProcess keyword arguments from the PostProcess section (name and unknown keys dropped)."""
-    known = ("thresh", "box_thresh", "max_candidates", "unclip_ratio", "use_dilation", "score_mode", "box_type")
     section = cfg.get("PostProcess") or {}
-    return {k: section[k] for k in known if k in section}
+    return {k: section[k] for k in POSTPROCESS_KEYS if k in section}

@@ -9,3 +9,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_OPSET = 17
 # int8 exports: from opset 20 GELU is one node, which stays float between int8 convolutions.
 INT8_OPSET = 20
+
+# DBPostProcess's settings, as the config's PostProcess section names them.
+POSTPROCESS_KEYS = ("thresh", "box_thresh", "unclip_ratio", "max_candidates", "use_dilation", "score_mode", "box_type")

@@ -14,7 +14,9 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from openocr_cli.errors import UserError
+from openocr_cli.crops import crop_region
+from openocr_cli.data.images import read_image
+from openocr_cli.errors import ImageReadError, UserError
 from openocr_cli.postprocess import Detection
 
 BOX_COLOR_BGR = (255, 255, 0)
@@ -43,22 +45,43 @@ class StageTimes:
 
 
 @dataclass
-class ImageResult:
-    """What the predictor found in one image, or why it could not read it (`error`).
+class Result:
+    """What the detector found in one image, or why it could not read it (`error`).
 
-    `image` is the decoded BGR image when the run kept images; `times` are this image's stage times
-    (all zero for an unreadable image). `prob` is the (h, w) probability map when the run kept maps,
-    `src_hw` the source size post-processing scaled the boxes to.
+    `path` is the file (None for an in-memory image); `detections` hold the boxes in original-image
+    pixels, also as `polygons` and `scores`. `image` is the BGR image when it was kept (in-memory
+    inputs always are); `plot()` and `crops()` read the file again otherwise. `times` are this
+    image's stage times (all zero for an unreadable image). `prob_map` is the (h, w) float32
+    probability map post-processing received (network-input size), kept only when asked for;
+    `src_hw` is the source size the boxes were scaled to.
     """
 
     index: int
-    path: str
+    path: Optional[str]
     detections: list[Detection] = field(default_factory=list)
-    image: Optional[np.ndarray] = None
+    image: Optional[np.ndarray] = field(default=None, repr=False)
     error: Optional[str] = None
-    times: StageTimes = field(default_factory=StageTimes)
+    times: StageTimes = field(default_factory=StageTimes, repr=False)
     prob: Optional[np.ndarray] = field(default=None, repr=False)
     src_hw: Optional[tuple[int, int]] = None
+
+    @property
+    def name(self) -> str:
+        """The path, or `image<index>` for an in-memory image (what det_results.txt lines start with)."""
+        return self.path if self.path is not None else f"image{self.index}"
+
+    @property
+    def polygons(self) -> list[np.ndarray]:
+        """One int32 (P, 2) array per region, in original-image pixels (quads: TL, TR, BR, BL)."""
+        return [d.points for d in self.detections]
+
+    @property
+    def scores(self) -> list[float]:
+        return [float(d.score) for d in self.detections]
+
+    @property
+    def prob_map(self) -> Optional[np.ndarray]:
+        return self.prob
 
     def to_json(self) -> list[dict]:
         """The boxes as det_results.txt holds them: integer points, score rounded to 6 decimals."""
@@ -67,17 +90,38 @@ class ImageResult:
 
     def to_line(self) -> str:
         """This image's det_results.txt line, newline included."""
-        return f"{self.path}\t{json.dumps(self.to_json())}\n"
+        return f"{self.name}\t{json.dumps(self.to_json())}\n"
 
-    def draw(self) -> np.ndarray:
-        """The boxes as closed polylines in OpenOCR's colour (BGR 255,255,0), thickness 2, on a copy of the image."""
-        if self.image is None:
-            raise ValueError(f"{self.path}: the image was not kept; run the predictor with keep_images=True")
-        canvas = self.image.copy()
+    def load_image(self) -> np.ndarray:
+        """The BGR image: the one kept, else the file decoded again."""
+        if self.image is not None:
+            return self.image
+        try:
+            return read_image(self.path) if self.path is not None else _missing(self.name, "no file to read")
+        except ImageReadError as exc:
+            return _missing(self.name, str(exc))
+
+    def plot(self) -> np.ndarray:
+        """The boxes as closed polylines in OpenOCR's colour (BGR 255,255,0), thickness 2, on a copy of the
+        image: what predict writes to vis/."""
+        canvas = self.load_image().copy()
         polys = [np.asarray(d.points, dtype=np.int32).reshape(-1, 1, 2) for d in self.detections]
         if polys:
             cv2.polylines(canvas, polys, isClosed=True, color=BOX_COLOR_BGR, thickness=2)
         return canvas
+
+    def crops(self) -> list[np.ndarray]:
+        """One upright BGR crop per region, in detection order (see openocr_cli.crops): a recogniser's input."""
+        image = self.load_image()
+        return [crop_region(image, d.points) for d in self.detections]
+
+
+def _missing(name: str, why: str) -> np.ndarray:
+    raise ValueError(f"{name}: the image was not kept (predict with keep_images=True) and cannot be read "
+                     f"again ({why}).")
+
+
+ImageResult = Result  # the engine's name for it
 
 
 def read_predictions(file: Path) -> dict[str, list[np.ndarray]]:

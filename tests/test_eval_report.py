@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from openocr_cli import postprocess_sources as ppfile
 from openocr_cli.errors import UserError
-from openocr_cli.evaluation import postprocess_file as ppfile
 from tests.conftest import label_line, make_constant_checkpoint, write_image
 
 
@@ -135,8 +135,9 @@ def test_layer_order_config_model_file_override_flag():
     params, sources = ppfile.layered_params(cfg_o, ["PostProcess.unclip_ratio=1.53"], [model, file],
                                             {"thresh": None, "box_type": "poly"})
     assert (params["thresh"], params["box_thresh"], params["unclip_ratio"]) == (0.31, 0.62, 1.53)
-    assert sources == {"thresh": "metadata", "box_thresh": "file", "unclip_ratio": "-o"}
-    assert params["box_type"] == "poly"
+    # sources now cover every post-processing key (the resolver records all of them), not only the tunable three
+    assert {k: sources[k] for k in ppfile.TUNABLE} == {"thresh": "metadata", "box_thresh": "file", "unclip_ratio": "-o"}
+    assert params["box_type"] == "poly" and sources["box_type"] == "flag" and sources["max_candidates"] == "default"
     params, sources = ppfile.layered_params(cfg, [], [model, file], {"box_thresh": 0.7})
     assert params["box_thresh"] == 0.7 and sources["box_thresh"] == "flag"
     assert ppfile.from_metadata({"postprocess": '{"thresh": 0.2, "box_thresh": 7, "max_candidates": 9}'}) == \

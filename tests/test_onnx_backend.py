@@ -6,12 +6,12 @@ import pytest
 from onnx import TensorProto, helper
 
 from openocr_cli.checkpoint import load_weights
-from openocr_cli.commands.common import BackendName, InferenceSettings
 from openocr_cli.config import load_config
 from openocr_cli.engine import onnx_backend
 from openocr_cli.engine.exporter import ExportOptions, export_onnx
 from openocr_cli.engine.onnx_backend import OnnxBackend, onnx_providers
 from openocr_cli.engine.onnx_metadata import write_metadata
+from openocr_cli.engine.resolve import InferenceOptions, resolve_normalizer
 from openocr_cli.errors import UserError
 from openocr_cli.model import build_detector
 from tests.conftest import label_line, write_image
@@ -168,22 +168,23 @@ def test_providers_follow_the_device(monkeypatch):
 
 
 def test_normalisation_from_metadata_flags_and_defaults(tmp_path, random_onnx):
-    settings = InferenceSettings(weights="repvit", device="cpu", batch_size=1, workers=1, backend=BackendName.onnx,
-                                 onnx_model=str(random_onnx))
+    # the resolver replaced commands.common.InferenceSettings: same precedence, now with sources
+    settings = InferenceOptions(device="cpu", backend="onnx", onnx_model=str(random_onnx))
     cfg = load_config()
-    assert settings.build_normalizer(cfg, {}).mean.tolist() == pytest.approx([0.485, 0.456, 0.406])
+    assert resolve_normalizer(settings, cfg, {})[0].mean.tolist() == pytest.approx([0.485, 0.456, 0.406])
     copy = tmp_path / "half.onnx"
     copy.write_bytes(random_onnx.read_bytes())
     write_metadata(copy, {"mean": "[0.5, 0.5, 0.5]", "std": "[0.25, 0.25, 0.25]", "channel_order": "RGB"})
     meta = OnnxBackend.load(copy, "cpu").info.metadata
-    normalizer = settings.build_normalizer(cfg, meta)
+    normalizer, sources = resolve_normalizer(settings, cfg, meta)
+    assert sources["mean"].source == "the ONNX model's metadata" and sources["channel_order"].value == "RGB"
     assert normalizer.mean.tolist() == [0.5] * 3 and normalizer.std.tolist() == [0.25] * 3
     image = np.zeros((32, 32, 3), np.uint8)
     image[..., 0] = 255  # blue in BGR: an RGB model must see it in its last channel
     assert normalizer(image)[2].min() == pytest.approx(2.0) and normalizer(image)[0].max() == pytest.approx(-2.0)
-    settings.mean = (0.1, 0.2, 0.3)
-    assert settings.build_normalizer(cfg, meta).mean.tolist() == pytest.approx([0.1, 0.2, 0.3])
-    assert settings.build_normalizer(cfg, {"mean": "not json", "std": "[0, 1, 1]"}).std.tolist() == \
+    settings = settings.replace(mean=(0.1, 0.2, 0.3))
+    assert resolve_normalizer(settings, cfg, meta)[0].mean.tolist() == pytest.approx([0.1, 0.2, 0.3])
+    assert resolve_normalizer(settings, cfg, {"mean": "not json", "std": "[0, 1, 1]"})[0].std.tolist() == \
         pytest.approx([0.229, 0.224, 0.225])
 
 

@@ -82,11 +82,11 @@ def test_image_result_line_json_and_drawing():
     assert result.to_json() == [{"points": [[1, 2], [30, 2], [30, 20], [1, 20]], "score": 0.876543}]
     assert result.to_line() == 'imgs/a.png\t[{"points": [[1, 2], [30, 2], [30, 20], [1, 20]], "score": 0.876543}]\n'
     assert ImageResult(1, "b.png").to_line() == "b.png\t[]\n"
-    drawn = result.draw()
+    drawn = result.plot()
     assert tuple(drawn[2, 15]) == tuple(drawn[11, 30]) == BOX_COLOR_BGR  # on the top and right edges
     assert tuple(drawn[11, 15]) == (0, 0, 0) and not image.any()  # inside untouched; the input is not drawn on
     with pytest.raises(ValueError, match="keep_images"):
-        ImageResult(2, "c.png").draw()
+        ImageResult(2, "c.png").plot()
 
 
 def test_from_config_fills_only_the_stages_not_given(clock):

@@ -11,12 +11,13 @@ from typing import Annotated, Optional
 
 import typer
 
+from openocr_cli.api.detector import Detector
 from openocr_cli.commands import common as opt
-from openocr_cli.commands.common import BackendName, InferenceSettings
 from openocr_cli.data.images import collect_images
 from openocr_cli.data.labels import load_labels
 from openocr_cli.data.resize import ResizeSpec
 from openocr_cli.engine.predictor import Predictor
+from openocr_cli.engine.resolve import InferenceOptions
 from openocr_cli.errors import UserError
 from openocr_cli.evaluation import benchmark as bench
 from openocr_cli.evaluation.sizes import parse_sizes, size_spec
@@ -92,11 +93,7 @@ printed fastest first.
     """
     wanted = bench.parse_precisions(precisions)
     sides = parse_sizes(sizes_text) if sizes_text is not None else None
-    base = InferenceSettings(
-        weights=opt.DEFAULT_WEIGHTS, config=config, overrides=override, device=device, batch_size=batch_size,
-        workers=workers, thresh=thresh, box_thresh=box_thresh, unclip_ratio=unclip_ratio, score_mode=score_mode,
-        box_type=box_type, limit_type=limit_type, non_strict=non_strict, threads=threads, fuse=fuse,
-        postprocess_file=postprocess_file)
+    base = opt.inference_options(locals(), weights=opt.DEFAULT_WEIGHTS, onnx_model=None)
     cfg = base.load_config()
     paths, samples = _inputs(cfg, images, data_dir, label_file)
     if not weights and not onnx_model:
@@ -104,11 +101,11 @@ printed fastest first.
 
     cases: list[bench.Case] = []  # every model is loaded before any timing, so bad input fails fast
     for name in weights or []:
-        cases += _torch_cases(base, cfg, name, wanted, sides)
+        cases += _torch_cases(base, name, wanted, sides)
     if onnx_model and wanted != ["fp32"]:
         err_console.print(f"note: {ONNX_NOTE}.")
     for name in onnx_model or []:
-        cases += _onnx_cases(base, cfg, name, sides)
+        cases += _onnx_cases(base, name, sides)
     if not cases:
         raise UserError("nothing to benchmark: every precision asked for was skipped (see the notes above). "
                         "Pass --precisions fp32, or an --onnx-model.")
@@ -119,11 +116,7 @@ printed fastest first.
     _print(rows, runs)
     if json_out is not None:
         opt.write_json(json_out, {"rows": [row.as_dict() for row in rows], "machine": bench.machine(threads)})
-    if failures:
-        err_console.print(f"[red]{len(failures)} image(s) could not be read and were not timed:[/red]")
-        for failure in failures:
-            err_console.print(f"  {failure}")
-        raise typer.Exit(1)
+    opt.report_unreadable(failures, "could not be read and were not timed")
 
 
 def _inputs(cfg: dict, images: Optional[list[str]], data_dir: Optional[Path],
@@ -143,7 +136,7 @@ def _inputs(cfg: dict, images: Optional[list[str]], data_dir: Optional[Path],
     return [str(s.image) for s in samples], samples
 
 
-def _torch_cases(base: InferenceSettings, cfg: dict, weights: str, wanted: list[str],
+def _torch_cases(base: InferenceOptions, weights: str, wanted: list[str],
                  sides: Optional[list[int]]) -> list[bench.Case]:
     from openocr_cli.engine.backends import precision_problem, resolve_device  # torch: this branch only
 
@@ -159,26 +152,18 @@ def _torch_cases(base: InferenceSettings, cfg: dict, weights: str, wanted: list[
             err_console.print(f"note: skipped torch {precision} for {weights}: {problem}.")
     if not runnable:
         return []
-    settings = _variant(base, weights=weights, backend=BackendName.torch)
-    predictor = settings.build_predictor(cfg)
+    predictor = Detector.from_options(base.replace(weights=weights, backend="torch")).predictor
     return [bench.Case("torch", weights, precision, side, _with(predictor, predictor.backend.with_precision(precision),
                                                                 spec))
             for precision in runnable for side, spec in _specs(predictor.resize, sides, weights)]
 
 
-def _onnx_cases(base: InferenceSettings, cfg: dict, model: str, sides: Optional[list[int]]) -> list[bench.Case]:
-    settings = _variant(base, onnx_model=model, backend=BackendName.onnx)
-    predictor = settings.build_predictor(cfg)
+def _onnx_cases(base: InferenceOptions, model: str, sides: Optional[list[int]]) -> list[bench.Case]:
+    predictor = Detector.from_options(base.replace(onnx_model=model, backend="onnx")).predictor
     info = predictor.backend.info
     precision = bench.onnx_precision(info.metadata, lambda: bench.graph_op_types(info.path))
     return [bench.Case("onnx", model, precision, side, _with(predictor, predictor.backend, spec))
             for side, spec in _specs(predictor.resize, sides, model)]
-
-
-def _variant(base: InferenceSettings, **changes) -> InferenceSettings:
-    from dataclasses import replace
-
-    return replace(base, **changes)
 
 
 def _specs(resize: ResizeSpec, sides: Optional[list[int]], model: str) -> list[tuple[int, ResizeSpec]]:

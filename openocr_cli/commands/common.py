@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from openocr_cli import config as cfgmod
-from openocr_cli.data.resize import Normalizer, ResizeSpec
-from openocr_cli.engine.predictor import Backend, Predictor
+from openocr_cli.engine.resolve import DEFAULT_ONNX_MODEL, DEFAULT_WEIGHTS, InferenceOptions  # noqa: F401 (re-exported)
 from openocr_cli.errors import UserError
-from openocr_cli.postprocess import DBPostProcess, make_postprocess
-from openocr_cli.ui import err_console, warn
+from openocr_cli.fileio import atomic_write_text
+from openocr_cli.ui import err_console
 
 
 class ScoreMode(str, Enum):
@@ -39,8 +38,6 @@ class BackendName(str, Enum):
     onnx = "onnx"
 
 
-DEFAULT_WEIGHTS = "repvit"
-DEFAULT_ONNX_MODEL = "repvit-onnx"
 
 
 def _three_floats(value: Optional[str]) -> Optional[tuple[float, float, float]]:
@@ -129,158 +126,37 @@ def write_json(path: Path, data: dict) -> None:
     """The --json output of a command, with a clear error when the file cannot be written."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror}.") from None
 
-@dataclass(kw_only=True)
-class InferenceSettings:
-    """Everything the inference drivers take from flags and config, resolved once (None: not given)."""
 
-    weights: str
-    batch_size: int
-    workers: int
-    config: Optional[Path] = None
-    overrides: Optional[list[str]] = None
-    device: Optional[str] = None
-    thresh: Optional[float] = None
-    box_thresh: Optional[float] = None
-    unclip_ratio: Optional[float] = None
-    score_mode: Optional[ScoreMode] = None
-    box_type: Optional[BoxType] = None
-    limit_side_len: Optional[int] = None
-    limit_type: Optional[LimitType] = None
-    non_strict: bool = False
-    backend: Optional[BackendName] = None
-    onnx_model: Optional[str] = None
-    threads: Optional[int] = None
-    mean: Optional[tuple[float, float, float]] = None
-    std: Optional[tuple[float, float, float]] = None
-    fuse: bool = True
-    postprocess_file: Optional[Path] = None
-    # filled by build_predictor: where each tunable post-processing value came from
-    postprocess_sources: dict = field(default_factory=dict)
-
-    def load_config(self) -> dict:
-        return cfgmod.apply_overrides(cfgmod.load_config(self.config), self.overrides or [])
-
-    def build_postprocess(self, cfg: dict, model_values: Optional[tuple[str, dict]] = None) -> DBPostProcess:
-        """Config, then `model_values` (checkpoint or ONNX metadata), --postprocess, -o, flags (see
-        evaluation.postprocess_file); notes when the model's values replace the config's."""
-        from openocr_cli.evaluation import postprocess_file as ppfile
-
-        layers = [model_values] if model_values and model_values[1] else []
-        if self.postprocess_file is not None:
-            values = ppfile.read_postprocess_file(self.postprocess_file)
-            layers.append((f"--postprocess {self.postprocess_file}", values))
-        flags = {"thresh": self.thresh, "box_thresh": self.box_thresh, "unclip_ratio": self.unclip_ratio,
-                 "score_mode": self.score_mode.value if self.score_mode else None,
-                 "box_type": self.box_type.value if self.box_type else None}
-        params, sources = ppfile.layered_params(cfg, self.overrides or [], layers, flags)
-        postprocess = make_postprocess(params)
-        base = make_postprocess(cfgmod.postprocess_params(cfg))
-        changed = [f"{k} {getattr(postprocess, k):g}" for k, src in sources.items()
-                   if model_values and src == model_values[0] and getattr(postprocess, k) != getattr(base, k)]
-        if changed:
-            err_console.print(f"note: post-processing {', '.join(changed)} from {model_values[0]} (the config says "
-                              "otherwise; flags, -o or --postprocess override it).")
-        self.postprocess_sources = sources
-        return postprocess
-
-    def build_resize(self, cfg: dict) -> ResizeSpec:
-        params = cfgmod.resize_params(cfg)
-        if self.limit_side_len is not None or self.limit_type is not None:
-            params = {"limit_side_len": self.limit_side_len or int(params.get("limit_side_len", 960)),
-                      "limit_type": self.limit_type.value if self.limit_type else params.get("limit_type", "max")}
-        return ResizeSpec.from_params(params)
-
-    def backend_name(self) -> BackendName:
-        if self.backend is None:
-            return BackendName.onnx if self.onnx_model else BackendName.torch
-        if self.backend is BackendName.torch and self.onnx_model:
-            raise UserError("--onnx-model is used by the onnx backend only; drop it or pass --backend onnx.",
-                            exit_code=2)
-        return self.backend
-
-    def build_normalizer(self, cfg: dict, metadata: Optional[dict] = None) -> Normalizer:
-        """--mean/--std, else the ONNX model's metadata, else the config's NormalizeImage (ImageNet)."""
-        from openocr_cli.engine.onnx_metadata import CHANNEL_ORDERS, normalization
-
-        params = cfgmod.normalize_params(cfg)
-        meta_mean, meta_std, order = normalization(metadata or {})
-        mean = self.mean or meta_mean or params["mean"]
-        std = self.std or meta_std or params["std"]
-        if order is not None and order not in CHANNEL_ORDERS:
-            raise UserError(f"the ONNX model's metadata gives channel_order {order!r}; openocr-det feeds BGR "
-                            "or RGB only.")
-        return _RgbNormalizer(mean, std) if order == "RGB" else Normalizer(mean, std)
-
-    def build_predictor(self, cfg: dict) -> Predictor:
-        from openocr_cli.hub import resolve_weights
-
-        self.build_postprocess(cfg)  # settings are checked before the (slow) model load
-        resize = self.build_resize(cfg)
-        if self.backend_name() is BackendName.onnx:
-            from openocr_cli.evaluation.postprocess_file import from_metadata
-
-            backend, resize, normalizer = self._onnx_backend(cfg, resize)
-            model_values = ("the ONNX model's metadata", from_metadata(backend.info.metadata))
-        else:
-            if self.weights.lower().endswith(".onnx"):
-                raise UserError(f"--weights {self.weights} is an ONNX model; run it with --backend onnx "
-                                f"--onnx-model {self.weights}.", exit_code=2)
-            from openocr_cli.engine.backends import TorchBackend, resolve_device  # torch: this branch only
-
-            device = resolve_device(self.device)
-            if self.threads is not None:
-                import torch
-
-                torch.set_num_threads(self.threads)
-            weights = resolve_weights(self.weights)
-            backend = TorchBackend.from_checkpoint(weights, device, cfg.get("Architecture"), strict=not self.non_strict,
-                                                   fuse=self.fuse)
-            normalizer = self.build_normalizer(cfg)
-            from openocr_cli.evaluation.postprocess_file import from_saved_config
-
-            model_values = ("the checkpoint's saved config", from_saved_config(backend.saved_config))
-        if self.config is not None:  # an explicit --config outranks the values the model carries
-            model_values = None
-        postprocess = self.build_postprocess(cfg, model_values)
-        return Predictor.from_config(backend, cfg, resize=resize, normalizer=normalizer, postprocess=postprocess,
-                                     batch_size=self.batch_size, workers=self.workers)
-
-    def _onnx_backend(self, cfg: dict, resize: ResizeSpec) -> tuple[Backend, ResizeSpec, Normalizer]:
-        """Load the session once; a model with a fixed input size gets images resized to exactly that."""
-        from openocr_cli.engine.onnx_backend import OnnxBackend
-        from openocr_cli.hub import get_entry, resolve_weights
-
-        if self.weights != DEFAULT_WEIGHTS:
-            warn(f"--weights {self.weights} is not used by the onnx backend (it runs --onnx-model).")
-        name = self.onnx_model or DEFAULT_ONNX_MODEL
-        path = resolve_weights(name)
-        backend = OnnxBackend.load(path, self.device, self.threads)
-        info = backend.info
-        metadata, source = info.metadata, "the model's metadata"
-        entry = None if Path(name).expanduser().is_file() else get_entry(name)
-        if "mean" not in metadata:  # e.g. OpenOCR's released file, which states nothing
-            metadata = {**entry.preprocess.as_metadata(), **metadata} if entry else metadata
-            source = f"the model registry ({entry.name})" if entry else "the config (ImageNet)"
-        normalizer = self.build_normalizer(cfg, metadata)
-        if self.mean or self.std:
-            source = "--mean/--std"
-        err_console.print(f"onnx backend: {path} on {backend.providers[0]}, input '{info.input_name}', "
-                          f"output '{info.output_name}', normalisation from {source}.")
-        if info.fixed_hw is not None:
-            if self.limit_side_len is not None or self.limit_type is not None:
-                warn("--limit-side-len/--limit-type are ignored: the model's input size is fixed.")
-            err_console.print(f"note: the model takes a fixed {info.fixed_hw[0]}x{info.fixed_hw[1]} input, so every "
-                              "image is resized to exactly that size (aspect ratio not kept).")
-            resize = ResizeSpec(image_shape=info.fixed_hw)
-        return backend, resize, normalizer
+# command parameter -> InferenceOptions field, where the names differ
+_RENAMED = {"override": "overrides", "postprocess_file": "postprocess"}
 
 
-class _RgbNormalizer(Normalizer):
-    """For models trained on RGB input: flip our BGR image before normalising."""
+def inference_options(params: Mapping[str, Any], **changes: Any) -> InferenceOptions:
+    """The one options object for an inference command, from its parameters (pass `locals()`).
 
-    def __call__(self, image):
-        return super().__call__(image[..., ::-1])
+    Every parameter that names an InferenceOptions field is taken (Typer enums become their values), so
+    predict, eval and benchmark share one list of settings instead of repeating it.
+    """
+    names = {f.name for f in dataclasses.fields(InferenceOptions)}
+    values = {}
+    for key, value in {**params, **changes}.items():
+        key = _RENAMED.get(key, key)
+        if key not in names or value is None:
+            continue
+        values[key] = tuple(value) if key == "overrides" else value.value if isinstance(value, Enum) else value
+    return InferenceOptions(**values)
+
+
+def report_unreadable(failures: list[str], what: str = "could not be read") -> None:
+    """The closing list of images a command skipped, and exit 1 (every inference command ends this way)."""
+    if not failures:
+        return
+    err_console.print(f"[red]{len(failures)} image(s) {what}:[/red]")
+    for failure in failures:
+        err_console.print(f"  {failure}", markup=False)
+    raise typer.Exit(1)
+

@@ -12,9 +12,9 @@ from typing import Annotated, Optional
 import typer
 
 from openocr_cli.commands import common as opt
-from openocr_cli.commands.common import InferenceSettings
 from openocr_cli.data.labels import load_labels
 from openocr_cli.engine.evaluator import EvalResult, evaluate_model, evaluate_predictions
+from openocr_cli.engine.resolve import resolve_resize
 from openocr_cli.errors import UserError
 from openocr_cli.evaluation import details, display, sizes, tune
 from openocr_cli.evaluation.mapcache import MEMORY_ENV, MapCache
@@ -94,14 +94,10 @@ def evaluate(
 
       openocr-det eval -w best.pth --label-file test_label.txt --sizes 640,960,1280
     """
-    settings = InferenceSettings(
-        weights=weights, config=config, overrides=override, device=device, batch_size=batch_size, workers=workers,
-        thresh=thresh, box_thresh=box_thresh, unclip_ratio=unclip_ratio, score_mode=score_mode, box_type=box_type,
-        limit_side_len=limit_side_len, limit_type=limit_type, non_strict=non_strict, backend=backend,
-        onnx_model=onnx_model, threads=threads, mean=mean, std=std, fuse=fuse, postprocess_file=postprocess_file)
+    options = opt.inference_options(locals())
     grids = tune.parse_ranges(tune_ranges) if tune_flag or tune_ranges is not None else None
     size_list = sizes.parse_sizes(sizes_text) if sizes_text is not None else None
-    cfg = settings.load_config()
+    cfg = options.load_config()
     data_dir, files = opt.labelled_data(cfg, "Eval", data_dir, label_file)
 
     out: dict = {}
@@ -114,14 +110,17 @@ def evaluate(
             preds = read_predictions(predictions)
             samples = load_labels(files, data_dir, check_images=False)
             result = evaluate_predictions(preds, samples)
-            resize = settings.build_resize(cfg)
+            resize, _ = resolve_resize(options, cfg)
             shown = {"predictions": predictions}
             if result.unmatched:
                 warn(f"{len(result.unmatched)} labelled image(s) have no line in {predictions} and count as "
                      f"images with no detections (first: {', '.join(result.unmatched[:3])}).")
         else:
+            from openocr_cli.api.detector import Detector
+
             samples = load_labels(files, data_dir, check_images=True)
-            predictor = settings.build_predictor(cfg)
+            detector = Detector.from_options(options)
+            predictor = detector.predictor
             resize = predictor.resize
             if size_list is not None:
                 sizes.size_spec(resize, size_list[0])  # refuse a fixed-shape resize before the long pass
@@ -129,14 +128,13 @@ def evaluate(
                 task = bar.add_task("eval", total=len(samples))
                 result = evaluate_model(predictor, samples, lambda: bar.advance(task),
                                         on_map=cache.add if grids is not None else None)
-            shown = _settings_shown(settings, predictor)
+            shown = _settings_shown(detector)
 
         _print(result)
+        buckets = result.by_height = details.by_height(result.scored, resize)
         out.update(result.as_dict())
-        buckets = details.by_height(result.scored, resize)
         display.print_by_height(buckets)
         if buckets is not None:
-            out["by_height"] = buckets
             advice = details.tiny_text_warning(buckets, resize)
             if advice:
                 warn(advice)
@@ -155,26 +153,20 @@ def evaluate(
         console.print(f"Report: {report / 'index.html'} (errors per image in {report / 'errors.json'})")
     if json_out is not None:
         opt.write_json(json_out, out)
-    if result.failures:
-        err_console.print(f"[red]{len(result.failures)} image(s) could not be read and were not scored:[/red]")
-        for failure in result.failures:
-            err_console.print(f"  {failure}")
-        raise typer.Exit(1)
+    opt.report_unreadable(result.failures, "could not be read and were not scored")
 
 
 def _advance(bar, task):
     return lambda: bar.advance(task)
 
 
-def _settings_shown(settings: InferenceSettings, predictor) -> dict:
-    """What the report's header lists: the model and the settings that made these numbers."""
-    post, spec = predictor.postprocess, predictor.resize
-    model = (settings.onnx_model or opt.DEFAULT_ONNX_MODEL) if predictor.backend.name == "onnx" else settings.weights
-    shown = {"model": f"{model} ({predictor.backend.name})"}
+def _settings_shown(detector) -> dict:
+    """What the report's header lists: the model and the settings that made these numbers, with sources."""
+    settings, spec = detector.settings, detector.predictor.resize
+    shown = {"model": f"{detector.resolved.model} ({detector.backend})"}
     for key in ("thresh", "box_thresh", "unclip_ratio"):
-        source = settings.postprocess_sources.get(key, "config")
-        shown[key] = f"{getattr(post, key)!r} ({source})"
-    shown.update({"score_mode": post.score_mode, "box_type": post.box_type})
+        shown[key] = f"{settings[key].value!r} ({settings[key].source})"
+    shown.update({"score_mode": settings["score_mode"].value, "box_type": settings["box_type"].value})
     shown["resize"] = (f"image_shape {spec.image_shape}" if spec.image_shape is not None else
                        f"resize_long {spec.resize_long}" if spec.resize_long is not None else
                        f"limit_side_len {spec.limit_side_len}, limit_type {spec.limit_type}")

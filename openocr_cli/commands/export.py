@@ -17,11 +17,11 @@ from openocr_cli import config as cfgmod
 from openocr_cli.commands.common import DEFAULT_WEIGHTS, ConfigPath, NonStrict, Overrides, PostprocessFile, Weights
 from openocr_cli.commands.export_int8 import INT8_NAME, Scorer, load_calibration, run_int8
 from openocr_cli.constants import DEFAULT_OPSET, INT8_OPSET
-from openocr_cli.data.resize import Normalizer, ResizeSpec
+from openocr_cli.data.resize import ResizeSpec
+from openocr_cli.engine.resolve import CHECKPOINT_SOURCE, InferenceOptions, resolve_normalizer, resolve_postprocess
 from openocr_cli.errors import UserError
-from openocr_cli.evaluation.postprocess_file import from_saved_config, layered_params, read_postprocess_file
 from openocr_cli.hub import sha256_file
-from openocr_cli.postprocess import make_postprocess
+from openocr_cli.postprocess_sources import from_saved_config
 from openocr_cli.ui import console, err_console, table
 
 if TYPE_CHECKING:  # torch and onnx are imported when an export runs, not by `--help`
@@ -132,7 +132,7 @@ preprocessed exactly as predict feeds them; a table gives file size, hmean and m
     """
     if size is not None and dynamic:
         err_console.print(f"note: --size {size[0]}x{size[1]} is only the tracing example with --dynamic.")
-    from openocr_cli.checkpoint import load_weights
+    from openocr_cli.engine.backends import load_detector
     from openocr_cli.engine.exporter import ExportOptions, choose_exporter, export_and_verify
     from openocr_cli.engine.onnx_metadata import build_metadata
 
@@ -145,8 +145,10 @@ preprocessed exactly as predict feeds them; a table gives file size, hmean and m
         raise UserError("--calib-data and --data-dir are for --int8 only.", exit_code=2)
     opset = opset if opset is not None else (INT8_OPSET if int8 else DEFAULT_OPSET)
     choose_exporter(exporter.value, opset)  # refuse an impossible exporter/opset pair before any work
-    cfg = cfgmod.apply_overrides(cfgmod.load_config(config), override or [])
-    tuned = read_postprocess_file(postprocess_file) if postprocess_file is not None else {}
+    inference = InferenceOptions(weights=weights, config=config, overrides=tuple(override or ()),
+                                 postprocess=postprocess_file, non_strict=non_strict, fuse=fuse)
+    cfg = inference.load_config()
+    resolve_postprocess(inference, cfg, note_model_values=False)  # a bad --postprocess fails before the export
     options = ExportOptions(opset=opset, dynamic=dynamic, size=size or (960, 960), fp16=fp16, exporter=exporter.value)
     name = INT8_NAME if int8 else EXPORT_NAME
     path = output if output is not None else default_output(weights).with_name(name)
@@ -155,29 +157,22 @@ preprocessed exactly as predict feeds them; a table gives file size, hmean and m
     calibration = load_calibration(calib_data, data_dir, calib_images, cfg) if int8 else None
 
     from openocr_cli.hub import get_entry, resolve_weights
-    from openocr_cli.model import build_detector
 
     entry = get_entry(weights) if not Path(weights).expanduser().is_file() else None
     if (entry is not None and entry.format == "onnx") or weights.lower().endswith(".onnx"):
         raise UserError(f"--weights {weights} is already an ONNX model; export needs a PyTorch checkpoint (.pth).")
     source = resolve_weights(weights)
-    model = build_detector(cfg.get("Architecture"))
-    loaded = load_weights(model, source, strict=not non_strict)
-    model.eval()
-    if fuse:
-        model.fuse()
+    model, loaded = load_detector(source, cfg.get("Architecture"), strict=not non_strict, fuse=fuse)
 
-    norm = cfgmod.normalize_params(cfg)
     # the metadata carries the values predict/eval would use: config < checkpoint (unless --config is
     # explicit) < --postprocess < -o
-    saved = from_saved_config(loaded.saved_config) if config is None else {}
-    layers = [("checkpoint", saved), ("--postprocess", tuned)]
-    params, _ = layered_params(cfg, override or [], layers, {})
-    postprocess = dataclasses.asdict(make_postprocess(params))
-    metadata = build_metadata(mean=norm["mean"], std=norm["std"], postprocess=postprocess,
+    post, _ = resolve_postprocess(inference, cfg, (CHECKPOINT_SOURCE, from_saved_config(loaded.saved_config)),
+                                  note_model_values=False)
+    normalizer, norm = resolve_normalizer(inference, cfg)
+    postprocess = dataclasses.asdict(post)
+    metadata = build_metadata(mean=norm["mean"].value, std=norm["std"].value, postprocess=postprocess,
                               resize=cfgmod.resize_params(cfg), source_name=source.name,
                               source_sha256=sha256_file(source), version=__version__, fused=fuse, fp16=fp16)
-    normalizer = Normalizer(norm["mean"], norm["std"])
     with tempfile.TemporaryDirectory(prefix="openocr-det-export-") as tmp:
         float_path = Path(tmp) / EXPORT_NAME if int8 else path
         err_console.print(f"exporting {source} to {'float32, then int8, ' if int8 else ''}{path} ...")
@@ -192,7 +187,7 @@ preprocessed exactly as predict feeds them; a table gives file size, hmean and m
             # a static model takes exactly its size, as predict then resizes every image
             resize = ResizeSpec(image_shape=options.size) if not dynamic else \
                 ResizeSpec.from_params(cfgmod.resize_params(cfg))
-            scorer = Scorer(calibration, resize, normalizer, make_postprocess(params))
+            scorer = Scorer(calibration, resize, normalizer, post)
             run_int8(float_path, path, calibration, scorer, max_drop)
             return
     console.print(f"Exported and verified: {path}")

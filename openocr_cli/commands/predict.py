@@ -10,11 +10,10 @@ import cv2
 import typer
 
 from openocr_cli.commands import common as opt
-from openocr_cli.commands.common import InferenceSettings
 from openocr_cli.data.images import collect_images
 from openocr_cli.errors import UserError
 from openocr_cli.results import StageTimes
-from openocr_cli.ui import console, err_console, progress, table, warn
+from openocr_cli.ui import console, progress, table, warn
 
 RESULTS_NAME = "det_results.txt"
 
@@ -60,14 +59,10 @@ end (exit 1).
 
       openocr-det predict ./imgs --backend onnx --onnx-model output/det_repvit_db/export_det/det_model.onnx --threads 2
     """
-    settings = InferenceSettings(
-        weights=weights, config=config, overrides=override, device=device, batch_size=batch_size, workers=workers,
-        thresh=thresh, box_thresh=box_thresh, unclip_ratio=unclip_ratio, score_mode=score_mode, box_type=box_type,
-        limit_side_len=limit_side_len, limit_type=limit_type, non_strict=non_strict, backend=backend,
-        onnx_model=onnx_model, threads=threads, mean=mean, std=std, postprocess_file=postprocess_file)
+    from openocr_cli.api.detector import Detector
+
     paths = collect_images(sources, recursive)
-    cfg = settings.load_config()
-    predictor = settings.build_predictor(cfg)
+    detector = Detector.from_options(opt.inference_options(locals()))
     vis_dir = output / "vis"
     try:
         output.mkdir(parents=True, exist_ok=True)
@@ -83,7 +78,7 @@ end (exit 1).
     # line-buffered: each image's line is in the file as soon as the image is done
     with open(output / RESULTS_NAME, "w", encoding="utf-8", buffering=1) as results, progress() as bar:
         task = bar.add_task("predict", total=len(paths))
-        for result in predictor.run(paths, keep_images=not no_vis):
+        for result in detector.stream(paths, keep_images=not no_vis, on_error="skip"):
             bar.advance(task)
             times += result.times
             if result.error is not None:
@@ -93,7 +88,7 @@ end (exit 1).
             results.write(result.to_line())
             boxes += len(result.detections)
             if not no_vis:
-                _save_vis(vis_dir, result.path, result.draw(), vis_names)
+                _save_vis(vis_dir, result.path, result.plot(), vis_names)
 
     ms = times.ms_per_image()
     console.print(table("predict", ["metric", "value"], [
@@ -104,11 +99,7 @@ end (exit 1).
         ("postprocess ms/img", f"{ms['postprocess']:.1f}"),
     ]))
     console.print(f"Results saved to {output}")
-    if failures:
-        err_console.print(f"[red]{len(failures)} image(s) could not be read:[/red]")
-        for failure in failures:
-            err_console.print(f"  {failure}")
-        raise typer.Exit(1)
+    opt.report_unreadable(failures)
 
 
 def _save_vis(folder: Path, path: str, image, used: set[str]) -> None:

@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from openocr_cli.checkpoint import load_weights
+from openocr_cli.checkpoint import LoadReport, load_weights
 from openocr_cli.errors import UserError
 
 
@@ -36,6 +36,20 @@ def resolve_device(spec: Optional[str]) -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UserError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) are visible.")
     return device
+
+
+def load_detector(weights: Path, arch: Optional[dict] = None, strict: bool = True,
+                  fuse: bool = True) -> tuple[torch.nn.Module, LoadReport]:
+    """Checkpoint -> eval-mode DBDetector (re-parameterised when `fuse`): the one place export and the
+    torch backend build their model."""
+    from openocr_cli.model import build_detector
+
+    model = build_detector(arch)
+    report = load_weights(model, weights, strict=strict)
+    model.eval()
+    if fuse:
+        model.fuse()
+    return model, report
 
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -82,13 +96,7 @@ class TorchBackend:
     @classmethod
     def from_checkpoint(cls, weights: Path, device: torch.device, arch: Optional[dict] = None,
                         strict: bool = True, fuse: bool = True) -> TorchBackend:
-        from openocr_cli.model import build_detector
-
-        model = build_detector(arch)
-        report = load_weights(model, weights, strict=strict)
-        model.eval()
-        if fuse:
-            model.fuse()
+        model, report = load_detector(weights, arch, strict, fuse)
         backend = cls(model, device, channels_last=device.type == "cpu")
         backend.saved_config = report.saved_config
         return backend

@@ -37,6 +37,7 @@ class EvalResult:
     records: list[ImageRecord] = field(default_factory=list, repr=False)
     seconds: float = 0.0
     scored: list[ScoredImage] = field(default_factory=list, repr=False)
+    by_height: Optional[dict[str, dict]] = None  # recall per text-height bucket, when measured
 
     @classmethod
     def combine(cls, parts: Sequence[EvalResult]) -> EvalResult:
@@ -57,6 +58,8 @@ class EvalResult:
             out["unreadable_images"] = self.failures
         if self.unmatched:
             out["images_without_prediction"] = self.unmatched
+        if self.by_height is not None:
+            out["by_height"] = self.by_height
         return out
 
 

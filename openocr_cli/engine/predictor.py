@@ -6,20 +6,25 @@ the boxes single-image inference gives (no padding artefacts). Results come back
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import Any, Optional, Protocol, Union
 
 import numpy as np
 
 from openocr_cli import config as cfgmod
 from openocr_cli.data.images import ImageReadError, read_image
+from openocr_cli.data.pixels import as_bgr
 from openocr_cli.data.resize import Normalizer, ResizeSpec, resize_for_test
 from openocr_cli.postprocess import DBPostProcess, make_postprocess
 from openocr_cli.results import ImageResult, StageTimes
+
+# a file path, or pixels (a BGR uint8 ndarray, a PIL image)
+Input = Union[str, "os.PathLike[str]", Any]
 
 
 class Backend(Protocol):
@@ -36,7 +41,7 @@ class Backend(Protocol):
 @dataclass
 class _Prepared:
     index: int
-    path: str
+    path: Optional[str]
     tensor: Optional[np.ndarray] = None
     src_hw: tuple[int, int] = (0, 0)
     image: Optional[np.ndarray] = None
@@ -70,10 +75,14 @@ class Predictor:
             postprocess = make_postprocess(cfgmod.postprocess_params(cfg))
         return cls(backend, resize, normalizer, postprocess, batch_size=batch_size, workers=workers)
 
-    def _prepare(self, index: int, path: str, keep_image: bool) -> _Prepared:
+    def _prepare(self, index: int, item: Input, keep_image: bool) -> _Prepared:
         start = time.perf_counter()
+        path = str(item) if isinstance(item, (str, os.PathLike)) else None
         try:
-            image = read_image(path)
+            if path is not None:
+                image = read_image(path)
+            else:  # in-memory pixels are the caller's: kept, not copied
+                image, keep_image = as_bgr(item, f"image{index}"), True
         except ImageReadError as exc:
             return _Prepared(index, path, error=str(exc))
         resized, src_hw = resize_for_test(image, self.resize)
@@ -81,8 +90,11 @@ class Predictor:
         return _Prepared(index, path, tensor, src_hw, image if keep_image else None,
                          seconds=time.perf_counter() - start)
 
-    def run(self, paths: Iterable[str], keep_images: bool = False, keep_maps: bool = False) -> Iterator[ImageResult]:
-        """Yield one ImageResult per path, in input order (failed reads carry `error`).
+    def run(self, paths: Iterable[Input], keep_images: bool = False, keep_maps: bool = False) -> Iterator[ImageResult]:
+        """Yield one ImageResult per input, in input order (failed reads carry `error`).
+
+        An input is a file path, or in-memory pixels (a BGR uint8 ndarray or a PIL image; see
+        data.pixels), whose result has no path and always keeps its image.
 
         Each result carries its own stage times; add up one run's results for that run's totals.
         With `keep_maps` each result also holds its float32 probability map and source size, exactly

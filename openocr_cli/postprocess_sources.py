@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from openocr_cli import config as cfgmod
+from openocr_cli.constants import POSTPROCESS_KEYS
 from openocr_cli.errors import UserError
 
 TUNABLE = ("thresh", "box_thresh", "unclip_ratio")
+
 
 
 def _problem(key: str, value: Any) -> Optional[str]:
@@ -52,6 +54,15 @@ def read_postprocess_file(path: Path) -> dict[str, float]:
     if not isinstance(data, dict) or not any(k in data for k in TUNABLE):
         raise UserError(f"{where} has no post-processing values: expected an object with a \"tuned\" object (as "
                         "`eval --tune --json` writes) or with any of thresh, box_thresh, unclip_ratio.")
+    return check_values(data, where)
+
+
+def check_values(data: Mapping[str, Any], where: str) -> dict[str, float]:
+    """The tunable values of `data` as floats; an invalid one is a UserError naming `where` and the key."""
+    unknown = sorted(set(data) - set(TUNABLE))
+    if unknown and where == "postprocess=":
+        raise UserError(f"postprocess= takes {', '.join(TUNABLE)}; {', '.join(map(str, unknown))} is not one of them.",
+                        exit_code=2)
     values = {}
     for key in TUNABLE:
         if key in data:
@@ -96,10 +107,11 @@ def override_keys(overrides: Sequence[str]) -> set[str]:
 
 
 def layered_params(cfg: dict, overrides: Sequence[str], layers: Sequence[tuple[str, Mapping[str, float]]],
-                   flags: Mapping[str, Any]) -> tuple[dict, dict[str, str]]:
-    """DBPostProcess keyword arguments with every layer applied, and where each tunable value came from."""
+                   flags: Mapping[str, Any], explicit: str = "flag") -> tuple[dict, dict[str, str]]:
+    """DBPostProcess keyword arguments with every layer applied, and where each value came from (`explicit`
+    names the flags' layer; keys nothing sets keep DBPostProcess's defaults and the source "default")."""
     params = cfgmod.postprocess_params(cfg)
-    source = {k: "config" for k in TUNABLE}
+    source = {k: "config" if k in params else "default" for k in POSTPROCESS_KEYS}
     for name, values in layers:
         for key, value in values.items():
             params[key], source[key] = value, name
@@ -109,5 +121,5 @@ def layered_params(cfg: dict, overrides: Sequence[str], layers: Sequence[tuple[s
     for key, value in flags.items():
         if value is not None:
             params[key] = value
-            source[key] = "flag"
-    return params, {k: v for k, v in source.items() if k in TUNABLE}
+            source[key] = explicit
+    return params, source

@@ -1,0 +1,251 @@
+"""`Detector`: the text detector as a Python object. predict, eval and benchmark are thin layers over it.
+
+    from openocr_cli import Detector
+    det = Detector("best.pth")                    # a checkpoint, a registry name, or an .onnx file
+    for r in det.predict("scans/"):               # a file, folder, glob, ndarray (BGR), PIL image or a list
+        print(r.path, r.polygons, r.scores)
+
+Nothing here prints or imports torch for an ONNX model: notes and warnings go to the `openocr_cli`
+logger, progress is shown only when asked for (`progress=True` or a callback).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from openocr_cli.data.images import collect_images
+from openocr_cli.data.pixels import is_pil_image
+from openocr_cli.engine.evaluator import EvalResult, evaluate_model
+from openocr_cli.engine.predictor import Predictor
+from openocr_cli.engine.resolve import (
+    DEFAULT_WEIGHTS,
+    InferenceOptions,
+    Resolved,
+    Setting,
+    describe_settings,
+    override_texts,
+    resolve,
+)
+from openocr_cli.errors import ImageReadError, MissingFileError, UserError
+from openocr_cli.results import Result
+
+Source = Union[str, os.PathLike, Any]  # a path, folder or glob; a BGR ndarray; a PIL image
+Progress = Union[bool, Callable[[int, Optional[int]], None], None]
+ON_ERROR = ("raise", "skip")
+
+
+class Detector:
+    """A loaded detector: one model, one set of resolved settings, reused for every call.
+
+    `model` is a checkpoint (.pth, OpenOCR's or ours), a registry name ("repvit", "repvit-onnx";
+    downloaded to the cache on first use) or an ONNX file (run with onnxruntime; torch is never
+    imported). Keyword arguments override the config, the model's own settings and a
+    `postprocess=` file (a JSON path or a dict with thresh / box_thresh / unclip_ratio); `settings`
+    records each value and where it came from. `config` is an OpenOCR-style YAML path and
+    `overrides` a list of "Key.sub=value" strings (or a {"Key.sub": value} dict), as `-o` on the
+    command line. `fuse=False` runs the backbone unfused, as `eval` does by default.
+
+    Raises UserError (the message the command line prints) for a bad setting or checkpoint, and
+    MissingFileError (a FileNotFoundError) when the model file does not exist.
+    """
+
+    def __init__(self, model: Union[str, os.PathLike] = DEFAULT_WEIGHTS, *, device: Optional[str] = None,
+                 thresh: Optional[float] = None, box_thresh: Optional[float] = None,
+                 unclip_ratio: Optional[float] = None, limit_side_len: Optional[int] = None,
+                 limit_type: Optional[str] = None, score_mode: Optional[str] = None, box_type: Optional[str] = None,
+                 config: Union[str, os.PathLike, None] = None,
+                 overrides: Union[Sequence[str], Mapping[str, Any], None] = None,
+                 postprocess: Union[str, os.PathLike, Mapping[str, float], None] = None,
+                 backend: Optional[str] = None, threads: Optional[int] = None, batch_size: int = 1,
+                 workers: int = 2, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                 non_strict: bool = False, fuse: bool = True):
+        name = os.fspath(model)
+        is_onnx = backend == "onnx" or (backend is None and _is_onnx_name(name))
+        if isinstance(postprocess, (str, os.PathLike)):
+            postprocess = Path(postprocess)
+        options = InferenceOptions(
+            weights=DEFAULT_WEIGHTS if is_onnx else name, onnx_model=name if is_onnx else None, backend=backend,
+            config=Path(config) if config is not None else None, overrides=override_texts(overrides),
+            postprocess=postprocess, device=device, threads=threads, batch_size=batch_size, workers=workers,
+            thresh=thresh, box_thresh=box_thresh, unclip_ratio=unclip_ratio, score_mode=score_mode,
+            box_type=box_type, limit_side_len=limit_side_len, limit_type=limit_type,
+            mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None,
+            non_strict=non_strict, fuse=fuse, origin="argument")
+        _check_model_exists(name)
+        self._setup(options)
+
+    @classmethod
+    def from_options(cls, options: InferenceOptions) -> Detector:
+        """A detector from an InferenceOptions (how the commands build theirs)."""
+        det = cls.__new__(cls)
+        det._setup(options)
+        return det
+
+    def _setup(self, options: InferenceOptions) -> None:
+        self.options = options
+        self.resolved: Resolved = resolve(options)
+        self.predictor: Predictor = self.resolved.predictor(options.batch_size, options.workers)
+
+    # -- what it is -------------------------------------------------------------------------------
+    @property
+    def settings(self) -> dict[str, Setting]:
+        """Every resolved value and its source: {"thresh": Setting(0.3, "config"), ...}."""
+        return dict(self.resolved.settings)
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """`settings` as JSON-ready {key: {"value", "source"}}."""
+        return describe_settings(self.resolved.settings)
+
+    @property
+    def backend(self) -> str:
+        return self.predictor.backend.name
+
+    def __repr__(self) -> str:
+        return f"Detector({self.resolved.model!r}, backend={self.backend!r})"
+
+    # -- inference --------------------------------------------------------------------------------
+    def predict(self, source: Union[Source, Iterable[Source]], *, batch_size: Optional[int] = None,
+                return_maps: bool = False, keep_images: bool = False, on_error: str = "raise",
+                recursive: bool = False, progress: Progress = None) -> list[Result]:
+        """Detect text in every image of `source`; one Result per image, in input order.
+
+        `source` is a file, a folder (its images, sorted), a glob, a BGR uint8 ndarray, a PIL image
+        (RGB), or a list of these. Every named file and folder is checked before any work: a missing one
+        raises MissingFileError (a FileNotFoundError). An image that cannot be decoded raises ImageReadError
+        (a ValueError naming it), or with on_error="skip" gives a Result whose `error` says why.
+        `return_maps` keeps each probability map (`Result.prob_map`); `keep_images` keeps decoded files
+        (in-memory images are always kept), else `plot()` / `crops()` read the file again.
+        """
+        items = list(_expand_all(_as_list(source), recursive))
+        return list(self._run(items, len(items), batch_size, return_maps, keep_images, on_error, progress))
+
+    def stream(self, sources: Union[Source, Iterable[Source]], *, batch_size: Optional[int] = None,
+               return_maps: bool = False, keep_images: bool = False, on_error: str = "raise",
+               recursive: bool = False, progress: Progress = None) -> Iterator[Result]:
+        """Like predict, as a generator: results in input order while later images are still read, with
+        memory bounded by the batch, whatever the number of inputs (a generator of paths is read lazily;
+        a missing file is raised when the stream reaches it)."""
+        items = (item for source in _as_list(sources) for item in _expand(source, recursive))
+        return self._run(items, None, batch_size, return_maps, keep_images, on_error, progress)
+
+    def _run(self, items: Iterable, total: Optional[int], batch_size: Optional[int], return_maps: bool,
+             keep_images: bool, on_error: str, progress: Progress) -> Iterator[Result]:
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error={on_error!r}: use 'raise' or 'skip'")
+        predictor = self.predictor
+        if batch_size is not None and batch_size != predictor.batch_size:
+            predictor = Predictor(predictor.backend, predictor.resize, predictor.normalizer, predictor.postprocess,
+                                  batch_size=batch_size, workers=predictor.workers)
+        report = _progress_reporter(progress, total)
+        for done, result in enumerate(predictor.run(items, keep_images=keep_images, keep_maps=return_maps), 1):
+            if result.error is not None and on_error == "raise":
+                raise ImageReadError(result.error)
+            report(done)
+            yield result
+        report(None)
+
+    def evaluate(self, label_file: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
+                 data_dir: Union[str, os.PathLike, None] = None, *, progress: Progress = None) -> EvalResult:
+        """Precision / recall / hmean on a labelled set, exactly as `openocr-det eval` computes them.
+
+        `label_file` is one or more OpenOCR label files (path<TAB>JSON); image paths are relative to
+        `data_dir` (default: the config's Eval.dataset.data_dir, else the current folder). The result has
+        .precision .recall .hmean .images .fps, .by_height (recall per text-height bucket), .failures
+        (unreadable images) and .as_dict() (eval --json's numbers).
+        """
+        from openocr_cli.data.labels import load_labels
+        from openocr_cli.evaluation.details import by_height
+
+        files = [Path(label_file)] if isinstance(label_file, (str, os.PathLike)) else [Path(f) for f in label_file]
+        for file in files:
+            if not file.is_file():
+                raise MissingFileError(f"label file {file} does not exist.")
+        folder = Path(data_dir) if data_dir is not None else Path(str(
+            ((self.resolved.cfg.get("Eval") or {}).get("dataset") or {}).get("data_dir", ".")))
+        samples = load_labels(files, folder, check_images=True)
+        report = _progress_reporter(progress, len(samples))
+        count = iter(range(1, len(samples) + 1))
+        result = evaluate_model(self.predictor, samples, lambda: report(next(count)))
+        report(None)
+        result.by_height = by_height(result.scored, self.predictor.resize)
+        return result
+
+
+def _is_onnx_name(name: str) -> bool:
+    if name.lower().endswith(".onnx"):
+        return True
+    from openocr_cli.hub import get_entry
+
+    entry = None if Path(name).expanduser().exists() else get_entry(name)
+    return entry is not None and entry.format == "onnx"
+
+
+def _check_model_exists(name: str) -> None:
+    from openocr_cli.hub import get_entry, model_names
+
+    path = Path(name).expanduser()
+    if not path.exists() and get_entry(name) is None:
+        raise MissingFileError(f"model file {name} does not exist. Give the path of a .pth/.onnx file or a model "
+                               f"name: {model_names()} (see `openocr-det download --list`).")
+
+
+def _as_list(source: Any) -> list:
+    """One source or a list of them (a str, Path, ndarray or PIL image is one source)."""
+    if isinstance(source, (str, os.PathLike)) or is_pil_image(source) or hasattr(source, "__array_interface__"):
+        return [source]
+    try:
+        return list(source) if not isinstance(source, Iterator) else source  # type: ignore[return-value]
+    except TypeError:
+        return [source]  # not iterable: as_bgr names the type it got
+
+
+def _expand(source: Any, recursive: bool) -> Iterator[Any]:
+    """A path, folder or glob -> its image files; pixels pass through."""
+    if not isinstance(source, (str, os.PathLike)):
+        yield source
+        return
+    text = os.fspath(source)
+    if os.path.isfile(text):
+        yield text
+        return
+    if not os.path.isdir(text) and not glob.has_magic(text):
+        raise MissingFileError(f"{text} does not exist. Pass image files, folders or glob patterns.")
+    try:
+        yield from collect_images([text], recursive)
+    except UserError as exc:  # an empty folder, a glob matching nothing
+        raise MissingFileError(str(exc)) from None
+
+
+def _expand_all(sources: Iterable[Any], recursive: bool) -> Iterator[Any]:
+    expanded = [item for source in sources for item in _expand(source, recursive)]
+    return iter(expanded)
+
+
+def _progress_reporter(progress: Progress, total: Optional[int]) -> Callable[[Optional[int]], None]:
+    """`progress(done, total)` per image (done None once at the end), or a plain stderr line for True."""
+    if not progress:
+        return lambda done: None
+    if callable(progress):
+        return lambda done: progress(done, total) if done is not None else None
+    start, last = time.perf_counter(), [0.0]
+
+    def line(done: Optional[int]) -> None:
+        now = time.perf_counter()
+        if done is not None and now - last[0] < 0.2:
+            return
+        if done is None:
+            sys.stderr.write("\n")
+            return
+        last[0] = now
+        rate = done / max(now - start, 1e-9)
+        of = f"/{total}" if total is not None else ""
+        sys.stderr.write(f"\r{done}{of} images, {rate:.1f} images/s")
+        sys.stderr.flush()
+
+    return line
