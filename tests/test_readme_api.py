@@ -1,0 +1,40 @@
+"""The README's Python API examples run as written (in a folder holding the files they name)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import cv2
+
+from tests.conftest import REPO, label_line, make_constant_checkpoint
+from tests.test_api import page
+from tests.test_onnx_backend import tiny_model
+
+
+def readme_python_blocks() -> list[str]:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Python API", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+def test_readme_python_examples_run(tmp_path):
+    blocks = readme_python_blocks()
+    assert len(blocks) >= 5
+    make_constant_checkpoint(tmp_path / "best.pth")
+    tiny_model(tmp_path / "det.onnx")
+    (tmp_path / "scans").mkdir()
+    cv2.imwrite(str(tmp_path / "scans" / "a.png"), page(0))
+    cv2.imwrite(str(tmp_path / "scans" / "b.jpg"), page(1))
+    (tmp_path / "data").mkdir()
+    cv2.imwrite(str(tmp_path / "data" / "x.png"), page(2))
+    (tmp_path / "data" / "test_label.txt").write_text(
+        label_line("x.png", [{"transcription": "w", "points": [[10, 10], [250, 10], [250, 170], [10, 170]]}]))
+    env = dict(os.environ, MPLBACKEND="Agg", OPENOCR_DET_OFFLINE="1", PYTHONPATH=str(REPO))
+    for number, block in enumerate(blocks, 1):
+        proc = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, f"README Python example {number} failed:\n{block}\n{proc.stderr}"
+    assert (tmp_path / "detections.png").is_file() and (tmp_path / "crop_0.png").is_file()
