@@ -7,20 +7,22 @@ prefixes (DDP) are stripped, and nothing is ever unpickled beyond tensors and pl
 
 from __future__ import annotations
 
-import os
+import logging
 import pickle
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
 from openocr_cli.errors import UserError
-from openocr_cli.ui import err_console, table
+from openocr_cli.fileio import atomic_path
+
+log = logging.getLogger(__name__)
 
 MAX_LISTED_KEYS = 5
+MISMATCH_COLUMNS = ("problem", "key", "shapes")
 
 
 def read_checkpoint(path: Path) -> Any:
@@ -31,6 +33,10 @@ def read_checkpoint(path: Path) -> Any:
                         "such as 'repvit' (see `openocr-det download --list`).")
     if path.is_dir():
         raise UserError(f"weights path {path} is a folder; pass the .pth file inside it (for example {path}/best.pth).")
+    what = _not_a_torch_file(path)
+    if what is not None:
+        raise UserError(f"{path} is not a readable PyTorch checkpoint ({what}): pass a .pth file saved by "
+                        "OpenOCR or openocr-det training.")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -45,6 +51,55 @@ def read_checkpoint(path: Path) -> Any:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"{path} is not a readable PyTorch checkpoint ({reason}). "
                         "Pass a .pth file saved by OpenOCR or openocr-det.") from exc
+
+
+# torch.save's legacy (pre-1.6, or _use_new_zipfile_serialization=False) format pickles this number first.
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"GIF8", "a GIF image"),
+    (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"%PDF", "a PDF document"),
+    (b"\x1f\x8b", "a gzip file"), (b"7z\xbc\xaf", "a 7-Zip archive"), (b"Rar!", "a RAR archive"),
+)
+
+
+def _not_a_torch_file(path: Path) -> Optional[str]:
+    """What the file is when its first bytes show it is no torch.save file at all; None when it may be one.
+
+    torch.save writes a zip archive (PyTorch >= 1.6), or a pickle starting with a magic number (the legacy
+    format, or a tar archive before that). Anything else (an image, a text file, an empty file) would fail
+    inside the unpickler, where PyTorch blames weights_only for it.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return None  # torch.load reports it
+    if head.startswith(b"PK\x03\x04") or head[257:262] == b"ustar":
+        return None
+    if _LEGACY_MAGIC.to_bytes(10, "little") in head[:64] or str(_LEGACY_MAGIC).encode() in head[:64]:
+        return None
+    if not head:
+        return "the file is empty"
+    for signature, kind in _SIGNATURES:
+        if head.startswith(signature):
+            return f"it is {kind}"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "it is a WebP image"
+    if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "it is a Python pickle that torch.save did not write"
+    if _looks_like_text(head):
+        return "it is a text file"
+    return "it is neither a zip archive nor a pickle, the two forms torch.save writes"
+
+
+def _looks_like_text(head: bytes) -> bool:
+    for cut in range(4):  # the read may end inside a multi-byte character
+        try:
+            text = head[:len(head) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        return bool(text) and all(c.isprintable() or c in "\t\r\n\ufeff" for c in text)
+    return False
 
 
 def extract_state_dict(obj: Any, source: Path | str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -75,7 +130,8 @@ class LoadReport:
     def ok(self) -> bool:
         return not (self.missing or self.unexpected or self.wrong_shape)
 
-    def print_table(self, title: str) -> None:
+    def mismatch_rows(self) -> list[tuple[str, str, str]]:
+        """(problem, key, shapes) for up to MAX_LISTED_KEYS keys of each kind, then "... and N more"."""
         rows = []
         for kind, keys in (("missing from file", self.missing), ("unexpected in file", self.unexpected)):
             for key in keys[:MAX_LISTED_KEYS]:
@@ -86,7 +142,14 @@ class LoadReport:
             rows.append(("wrong shape", key, f"model {list(want)} / file {list(got)}"))
         if len(self.wrong_shape) > MAX_LISTED_KEYS:
             rows.append(("wrong shape", f"... and {len(self.wrong_shape) - MAX_LISTED_KEYS} more", ""))
-        err_console.print(table(title, ["problem", "key", "shapes"], rows))
+        return rows
+
+    def log_mismatch(self, title: str) -> None:
+        """Warn about the keys that did not line up: a table on the command line (the record's "table"),
+        the same as plain lines for other logging handlers."""
+        rows = self.mismatch_rows()
+        lines = [f"{title}:"] + [f"  {kind}: {key}" + (f" ({shapes})" if shapes else "") for kind, key, shapes in rows]
+        log.warning("%s", "\n".join(lines), extra={"table": (title, list(MISMATCH_COLUMNS), rows)})
 
 
 def compare_keys(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> LoadReport:
@@ -104,9 +167,9 @@ def compare_keys(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]) ->
 
 
 def load_weights(model: torch.nn.Module, path: Path, strict: bool = True) -> LoadReport:
-    """Load a checkpoint into `model`. Strict: any mismatch prints a table and raises UserError.
+    """Load a checkpoint into `model`. Strict: any mismatch logs a table of the keys and raises UserError.
 
-    Non-strict loads every key whose name and shape match and reports the rest as a warning.
+    Non-strict loads every key whose name and shape match and reports the rest as a warning (logged).
     """
     obj = read_checkpoint(path)
     weights = extract_state_dict(obj, path)
@@ -114,19 +177,19 @@ def load_weights(model: torch.nn.Module, path: Path, strict: bool = True) -> Loa
     if isinstance(obj, Mapping) and isinstance(obj.get("config"), Mapping):
         report.saved_config = obj["config"]
     if report.loaded == 0:
-        report.print_table(f"{path}: no key matches the RepViT-DB model")
+        report.log_mismatch(f"{path}: no key matches the RepViT-DB model")
         raise UserError(f"{path} is not a checkpoint of this model (RepViT-DB, {len(model.state_dict())} "
                         "tensors): none of its keys match. Was it exported from a different architecture?")
     if not report.ok:
         if strict:
-            report.print_table(f"{path}: keys that do not match the model")
+            report.log_mismatch(f"{path}: keys that do not match the model")
             raise UserError(
                 f"{path} does not match the RepViT-DB model: {len(report.missing)} missing, "
                 f"{len(report.unexpected)} unexpected and {len(report.wrong_shape)} wrong-shape keys "
                 f"({report.loaded} match). Use a checkpoint of this architecture, or --non-strict to "
                 "load only the matching tensors."
             )
-        report.print_table(f"{path}: loaded {report.loaded} tensors; these were skipped")
+        report.log_mismatch(f"{path}: loaded {report.loaded} tensors; these were skipped")
     bad = {key for key, _, _ in report.wrong_shape}
     model.load_state_dict({k: v for k, v in weights.items() if k in model.state_dict() and k not in bad},
                           strict=False)
@@ -134,21 +197,10 @@ def load_weights(model: torch.nn.Module, path: Path, strict: bool = True) -> Loa
 
 
 def save_checkpoint(obj: Mapping[str, Any], path: Path) -> None:
-    """torch.save atomically: temp file in the same folder, flush + fsync, rename over `path`."""
+    """torch.save atomically and durably: a temporary file in the same folder, fsynced, renamed over `path`,
+    then the folder fsynced (fileio.atomic_path); an interrupted save leaves the previous file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with atomic_path(path, durable=True) as tmp:
+        with open(tmp, "wb") as f:
             torch.save(dict(obj), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -12,7 +12,8 @@ import typer
 
 from openocr_cli import __version__
 from openocr_cli.errors import UserError
-from openocr_cli.ui import error
+from openocr_cli.hub import set_default_progress
+from openocr_cli.ui import DownloadBar, error, install_console_logging
 
 app = typer.Typer(
     name="openocr-det",
@@ -115,7 +116,10 @@ OPTIONAL_PACKAGES = {
 def main() -> None:
     """Run the app; a UserError becomes a one-paragraph message and its exit code, not a traceback
     (unless --debug / OPENOCR_DET_DEBUG=1 asks for it). Typer turns usage errors into exit code 2.
+    The library's log records (notes, warnings) and download progress are shown on stderr from here on.
     """
+    install_console_logging()
+    set_default_progress(DownloadBar)
     try:
         sys.argv[1:] = _optional_values(sys.argv[1:])
         app()

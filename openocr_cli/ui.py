@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Sequence
+from typing import Optional
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
+
+from openocr_cli.log import logger as library_logger
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -37,6 +45,31 @@ def progress(transient: bool = False) -> Progress:
     )
 
 
+class DownloadBar:
+    """The download bar on stderr (hub's DownloadProgress): the file name, bytes, speed and eta.
+
+    The CLI makes it the hub's default at start-up (hub.set_default_progress(DownloadBar)); the hub hides
+    it when OPENOCR_DET_NO_PROGRESS is set or the caller passes show_progress=False.
+    """
+
+    def __init__(self, description: str, total: Optional[int] = None):
+        self._bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            TextColumn("eta"), TimeRemainingColumn(), console=err_console,
+        )
+        self._task = self._bar.add_task(description, total=total, visible=False)
+
+    def __enter__(self) -> DownloadBar:
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._bar.__exit__(*exc_info)
+
+    def update(self, completed: int, total: Optional[int]) -> None:
+        self._bar.update(self._task, total=total, completed=completed, visible=True)
+
+
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Table:
     """A two-or-more column table; numbers are right-aligned."""
     t = Table(title=title, title_justify="left")
@@ -51,9 +84,53 @@ def warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/yellow] {message}")
 
 
+def _plain_warning(message: str) -> Text:
+    """What warn() prints, for plain text (no markup in `message`)."""
+    return Text.assemble(("warning:", "yellow"), " ", message)
+
+
 def error(message: str) -> None:
-    """Errors always reach stderr, even from a quiet (non-zero rank) process."""
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/bold red] {message}")
+    """Errors always reach stderr, even from a quiet (non-zero rank) process.
+
+    `message` is plain text (a UserError's), shown as written: `[u'c']` is not taken for markup.
+    """
+    Console(stderr=True, highlight=False).print(Text.assemble(("error:", "bold red"), " ", message))
+
+
+class ConsoleLogHandler(logging.Handler):
+    """Shows the library's log records (the "openocr_cli" logger) on stderr the way the commands print.
+
+    WARNING and above look like warn() ("warning: ..."), INFO is a plain line. Messages are plain text,
+    printed as written (no rich markup). A record may carry a table, `extra={"table": (title, columns,
+    rows)}`: it is shown as that table (ui.table) instead of its message, so the message should say the
+    same in plain text for other logging handlers. Printing goes through err_console, so a quiet
+    console (non-zero DDP ranks, quiet_unless_main) shows nothing.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            spec = getattr(record, "table", None)
+            if spec is not None:
+                title, columns, rows = spec
+                err_console.print(table(escape(str(title)), [escape(str(c)) for c in columns],
+                                        ([escape(str(c)) for c in row] for row in rows)))
+            elif record.levelno >= logging.WARNING:
+                err_console.print(_plain_warning(record.getMessage()))
+            else:
+                err_console.print(Text(record.getMessage()))
+        except Exception:
+            self.handleError(record)
+
+
+def install_console_logging() -> ConsoleLogHandler:
+    """Show the library's notes (INFO) and warnings on stderr; calling it again adds no second handler."""
+    library_logger.setLevel(logging.INFO)
+    for handler in library_logger.handlers:
+        if isinstance(handler, ConsoleLogHandler):
+            return handler
+    handler = ConsoleLogHandler()
+    library_logger.addHandler(handler)
+    return handler
 
 
 def quiet_unless_main(is_main: bool) -> None:

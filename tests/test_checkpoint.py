@@ -1,12 +1,26 @@
 import os
+import pickle
+import random
 from collections import OrderedDict
 
 import pytest
 import torch
 from torch import nn
 
+from openocr_cli import ui
 from openocr_cli.checkpoint import extract_state_dict, load_weights, read_checkpoint, save_checkpoint
 from openocr_cli.errors import UserError
+from tests.conftest import run_cli, write_image
+
+
+@pytest.fixture
+def cli_display():
+    """What the command line sets up at start-up: the library's log records (the mismatch tables) on stderr."""
+    before, level = list(ui.library_logger.handlers), ui.library_logger.level
+    ui.install_console_logging()
+    yield
+    ui.library_logger.handlers[:] = before
+    ui.library_logger.setLevel(level)
 
 
 def tiny() -> nn.Module:
@@ -35,7 +49,7 @@ def test_loads_bare_wrapped_and_ddp_checkpoints(tmp_path, layout):
     assert torch.all(model.conv.weight == 0.5)
 
 
-def test_strict_mismatch_prints_table_and_raises(tmp_path, capsys):
+def test_strict_mismatch_prints_table_and_raises(tmp_path, capsys, cli_display):
     weights = filled(tiny(), 1.0)
     weights["conv.weight"] = torch.zeros(8, 3, 3, 3)
     del weights["bn.bias"]
@@ -114,3 +128,69 @@ def test_save_is_atomic_when_interrupted(tmp_path, monkeypatch):
     restored = torch.load(path, weights_only=True)
     assert restored["epoch"] == 1 and torch.equal(restored["state_dict"]["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["latest.pth"]
+
+
+def test_strict_mismatch_is_logged_with_its_table(tmp_path, caplog):
+    """A Python caller gets the keys as a warning record (plain lines), the CLI its "table"."""
+    weights = filled(tiny(), 1.0)
+    del weights["bn.bias"]
+    path = tmp_path / "w.pth"
+    torch.save(weights, path)
+    with pytest.raises(UserError, match="1 missing"):
+        load_weights(tiny(), path)
+    [record] = [r for r in caplog.records if r.name == "openocr_cli.checkpoint"]
+    assert record.levelname == "WARNING" and "missing from file: bn.bias" in record.getMessage()
+    title, columns, rows = record.table
+    assert title == f"{path}: keys that do not match the model" and columns == ["problem", "key", "shapes"]
+    assert rows == [("missing from file", "bn.bias", "")]
+
+
+NOT_CHECKPOINTS = {
+    "random.pth": (random.Random(0).randbytes(4096),
+                   "it is neither a zip archive nor a pickle, the two forms torch.save writes"),
+    "notes.txt": ("weights: see the release page\nünï\n".encode(), "it is a text file"),
+    "empty.pth": (b"", "the file is empty"),
+    "plain.pkl": (pickle.dumps({"w": [1.0, 2.0]}, protocol=4), "it is a Python pickle that torch.save did not write"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_CHECKPOINTS))
+def test_files_that_are_no_checkpoint_at_all_are_named_so(tmp_path, name):
+    data, what = NOT_CHECKPOINTS[name]
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(UserError) as info:
+        read_checkpoint(path)
+    assert str(info.value) == (f"{path} is not a readable PyTorch checkpoint ({what}): pass a .pth file saved by "
+                               "OpenOCR or openocr-det training.")
+
+
+def test_legacy_torch_save_files_still_load(tmp_path):
+    path = tmp_path / "legacy.pth"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, path, _use_new_zipfile_serialization=False)
+    assert torch.equal(read_checkpoint(path)["state_dict"]["w"], torch.ones(2))
+
+
+def test_cli_predict_names_a_non_checkpoint_and_refuses_arbitrary_objects(tmp_path, image_dir, cli):
+    random_jpg = tmp_path / "random_bytes.jpg"
+    random_jpg.write_bytes(random.Random(1).randbytes(10_000))
+    proc = run_cli("predict", str(image_dir), "-w", str(random_jpg), "--device", "cpu", "--output", str(tmp_path / "o"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    text = " ".join(proc.stderr.split())
+    assert (f"error: {random_jpg} is not a readable PyTorch checkpoint (it is neither a zip archive nor a pickle, "
+            "the two forms torch.save writes): pass a .pth file saved by OpenOCR or openocr-det training.") in text
+    assert "arbitrary Python objects" not in text
+
+    photo = write_image(tmp_path / "photo.jpg")
+    code, _, err = cli("predict", image_dir, "-w", photo, "--device", "cpu", "--output", tmp_path / "o")
+    assert code == 1 and "Traceback" not in err
+    assert f"{photo} is not a readable PyTorch checkpoint (it is a JPEG image)" in " ".join(err.split())
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    torch.save({"state_dict": _Payload(marker)}, evil)
+    proc = run_cli("predict", str(image_dir), "-w", str(evil), "--device", "cpu", "--output", str(tmp_path / "o"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    text = " ".join(proc.stderr.split())
+    assert f"error: {evil} needs arbitrary Python objects to load, so it was refused" in text
+    assert not marker.exists() and not (tmp_path / "o").exists()

@@ -335,3 +335,13 @@ def test_check_runs_check_data_on_the_result(cli, tmp_path, quads_ppocr):
     code, stdout, err = convert(cli, quads_ppocr, "--from", "ppocr", "--to", "icdar2015", "--output", out, "--check")
     assert out.is_dir()  # the conversion is written whatever check-data finds
     assert code == 1 and "does not exist" in " ".join((stdout + err).split())  # the images are not there
+
+
+def test_bad_entries_are_reported_as_written(cli, tmp_path):
+    """The problem report is plain text: a path like `gt[u'c']` is not taken for console markup."""
+    gt = tmp_path / "gt[u'c'][bold]"
+    gt.mkdir()
+    (gt / "gt_a.txt").write_text("1,2,x,4,5,6,7,8,bad\n")
+    code, _, err = convert(cli, gt, "--from", "icdar2015", "--to", "ppocr", "--output", tmp_path / "out.txt")
+    assert code == 1 and "Traceback" not in err
+    assert f"{gt / 'gt_a.txt'}:1: coordinate 'x' is not a number" in " ".join(err.split())

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from openocr_cli import hub
+from openocr_cli import hub, ui
 from openocr_cli.constants import IMAGENET_MEAN, IMAGENET_STD
 from openocr_cli.errors import UserError
 from openocr_cli.hub import registry, transfer
@@ -127,6 +127,18 @@ def hub_env(monkeypatch, tmp_path):
         monkeypatch.delenv(var, raising=False)
         monkeypatch.delenv(var.upper(), raising=False)
     return tmp_path / "cache"
+
+
+@pytest.fixture(autouse=True)
+def cli_display(monkeypatch):
+    """What the command line sets up at start-up: the library's log records and the download bar on
+    stderr (a Python caller that does not ask sees neither; test_library_quiet checks that)."""
+    monkeypatch.setattr(transfer, "_default_progress", ui.DownloadBar)
+    before, level = list(ui.library_logger.handlers), ui.library_logger.level
+    ui.install_console_logging()
+    yield
+    ui.library_logger.handlers[:] = before
+    ui.library_logger.setLevel(level)
 
 
 def cache_files(cache: Path) -> dict[str, bytes]:

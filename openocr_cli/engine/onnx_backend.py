@@ -8,6 +8,7 @@ PaddleOCR's det models): one NCHW float image input and a probability map output
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,9 +126,8 @@ class OnnxBackend:
         session = _session(path, providers, threads)
         wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
         if wanted not in session.get_providers():
-            from openocr_cli.ui import warn
-
-            warn(f"onnxruntime could not start {wanted} (missing CUDA/cuDNN libraries?); running on the CPU.")
+            logging.getLogger(__name__).warning(
+                "onnxruntime could not start %s (missing CUDA/cuDNN libraries?); running on the CPU.", wanted)
         return cls(session, describe(session, path))
 
     @property

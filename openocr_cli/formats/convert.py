@@ -14,8 +14,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
-from rich.markup import escape
-
 from openocr_cli.data.labels import MAX_REPORTED_PROBLEMS
 from openocr_cli.errors import UserError
 from openocr_cli.formats import get_format, ppocr, writable_names
@@ -156,8 +154,8 @@ def _writable(images: list[ImageLabels], target: Format, request: Request,
 
 
 def _problem_report(problems: list[Problem], request: Request) -> str:
-    """Every bad entry (up to MAX_REPORTED_PROBLEMS), escaped so the console shows `[u'c']` literally."""
-    shown = "\n".join(f"  {escape(str(p))}" for p in problems[:MAX_REPORTED_PROBLEMS])
+    """Every bad entry (up to MAX_REPORTED_PROBLEMS), in plain text (the CLI shows `[u'c']` as written)."""
+    shown = "\n".join(f"  {p}" for p in problems[:MAX_REPORTED_PROBLEMS])
     more = len(problems) - MAX_REPORTED_PROBLEMS
     extra = f"\n  ... and {more} more" if more > 0 else ""
     hint = "every image was skipped" if request.skip_bad else "pass --skip-bad to convert the rest"

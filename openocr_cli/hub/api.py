@@ -7,6 +7,7 @@ concurrent runs (several processes, torchrun ranks) download it once.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -16,13 +17,13 @@ from pathlib import Path
 from typing import Optional
 
 from filelock import FileLock, Timeout
-from rich.markup import escape
 
 from openocr_cli.errors import UserError
 from openocr_cli.hub.cache import EntryFiles, check_cache, discard_partial, entry_files, record_download, sha256_file
 from openocr_cli.hub.registry import ModelEntry, get_entry, lookup, model_names
-from openocr_cli.hub.transfer import Download, env_number, is_offline, progress_bar
-from openocr_cli.ui import err_console, warn
+from openocr_cli.hub.transfer import Download, ProgressFactory, env_number, is_offline, make_progress
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,11 +73,15 @@ def _copy_to(source: Path, output: Path) -> Path:
 
 def fetch(name: str, url: Optional[str] = None, sha256: Optional[str] = None, force: bool = False,
           output: Optional[Path] = None, offline: Optional[bool] = None, show_progress: bool = True, *,
-          retries: Optional[int] = None, backoff: Optional[float] = None) -> Fetched:
+          retries: Optional[int] = None, backoff: Optional[float] = None,
+          progress: Optional[ProgressFactory] = None) -> Fetched:
     """`download`, also saying which mirror answered (None when the cache already had the file).
 
     retries/backoff default to OPENOCR_DET_RETRIES (3 extra attempts per mirror) and
     OPENOCR_DET_BACKOFF (1 s, doubling); OPENOCR_DET_TIMEOUT (30 s) bounds each socket wait.
+    `progress` makes the progress display (default: set_default_progress's, which shows nothing unless
+    the command line set its bar); `show_progress=False` or OPENOCR_DET_NO_PROGRESS hides it. Notes and
+    warnings go to the "openocr_cli" logger.
     """
     entry = lookup(name)
     expected = _normalize_sha(sha256)
@@ -114,25 +119,25 @@ def fetch(name: str, url: Optional[str] = None, sha256: Optional[str] = None, fo
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        err_console.print(f"waiting for another download of {entry.name} to finish ...")
+        log.info("waiting for another download of %s to finish ...", entry.name)
         lock.acquire()
         if not force:  # the other run has probably just fetched it
             path, problem = check_cache(entry, files, expected)
             if path is not None:
-                err_console.print(f"{entry.name} was downloaded by the other run; using it.")
+                log.info("%s was downloaded by the other run; using it.", entry.name)
                 return _release_then(lock, lambda: done(path))
     try:
         if problem:
-            warn(f"the cached {escape(str(files.final))} is corrupt ({escape(problem)}); downloading it again.")
+            log.warning("the cached %s is corrupt (%s); downloading it again.", files.final, problem)
         if force:
             discard_partial(files)
         mirrors = [(urllib.parse.urlsplit(url).netloc, url)] if url else entry.urls()
-        with progress_bar(show_progress) as bar:
+        with make_progress(entry.filename, entry.size, show_progress, progress) as bar:
             job = Download(entry, files, bar, retries, backoff, timeout)
             label, src = job.from_mirrors(mirrors, custom_url=url is not None)
             sha = _verify(entry, files, expected, label, may_retry=job.had_partial)
             if sha is None:  # an old partial may have been stale: start over once
-                warn("the resumed download failed verification; downloading it again from the start.")
+                log.warning("the resumed download failed verification; downloading it again from the start.")
                 label, src = job.from_mirrors(mirrors, custom_url=url is not None)
                 sha = _verify(entry, files, expected, label, may_retry=False)
         os.replace(files.part, files.final)
@@ -172,15 +177,16 @@ def _verify(entry: ModelEntry, files: EntryFiles, expected: Optional[str], label
 
 def download(name: str, url: Optional[str] = None, sha256: Optional[str] = None, force: bool = False,
              output: Optional[Path] = None, offline: Optional[bool] = None, show_progress: bool = True, *,
-             retries: Optional[int] = None, backoff: Optional[float] = None) -> Path:
+             retries: Optional[int] = None, backoff: Optional[float] = None,
+             progress: Optional[ProgressFactory] = None) -> Path:
     """Return the local file for a registry name, downloading it into the cache if needed.
 
     `url` replaces the built-in mirrors (the file is still cached under `name`); `sha256` is checked
     on top of the registry's; `force` downloads again; `output` also copies it there and returns that
-    path; `offline` (default: OPENOCR_DET_OFFLINE) never touches the network.
+    path; `offline` (default: OPENOCR_DET_OFFLINE) never touches the network; `progress`: see fetch.
     """
     return fetch(name, url, sha256, force, output, offline, show_progress, retries=retries,
-                 backoff=backoff).path
+                 backoff=backoff, progress=progress).path
 
 
 def resolve_weights(spec: str, offline: Optional[bool] = None) -> Path:

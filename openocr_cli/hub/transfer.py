@@ -4,12 +4,17 @@ Every way a mirror can fail is sorted into a kind (missing, denied, server, dns,
 message can say what to do about it rather than show a traceback. Only urllib is used; it honours
 HTTP(S)_PROXY / NO_PROXY and SSL_CERT_FILE like other tools. The environment variables that tune
 downloads (OPENOCR_DET_OFFLINE, _RETRIES, _BACKOFF, _TIMEOUT, _NO_PROGRESS) are read here too.
+
+Progress is shown through a small interface (DownloadProgress, made by a ProgressFactory) so this package
+needs no console: by default a download shows nothing; the command line sets a rich bar at start-up
+(set_default_progress), and a caller may pass its own factory to fetch/download.
 """
 
 from __future__ import annotations
 
 import errno
 import http.client
+import logging
 import os
 import re
 import socket
@@ -17,23 +22,15 @@ import ssl
 import time
 import urllib.error
 import urllib.request
-from typing import Optional
-
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from collections.abc import Callable
+from typing import Optional, Protocol
 
 from openocr_cli import __version__
 from openocr_cli.errors import UserError
 from openocr_cli.hub.cache import EntryFiles, discard_partial, read_json, write_json
 from openocr_cli.hub.registry import ModelEntry
-from openocr_cli.ui import err_console, warn
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1 << 16
 
@@ -60,6 +57,60 @@ def env_number(name: str, default: float, kind: type = float) -> float:
     if value < 0:
         raise UserError(f"{name} must not be negative (got {raw}).")
     return value
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+class DownloadProgress(Protocol):
+    """The progress display of one file's download, entered around the whole download (every mirror and
+    retry); `update` is called when a transfer starts (a resumed one at the bytes already there) and as
+    bytes arrive. `total` is None when the server does not say."""
+
+    def __enter__(self) -> DownloadProgress: ...
+
+    def __exit__(self, *exc_info: object) -> Optional[bool]: ...
+
+    def update(self, completed: int, total: Optional[int]) -> None: ...
+
+
+ProgressFactory = Callable[[str, Optional[int]], DownloadProgress]
+"""Makes the display of one download from (description: the file name, expected size in bytes or None)."""
+
+
+class NoProgress:
+    """Shows nothing: the default for a Python caller."""
+
+    def __init__(self, description: str = "", total: Optional[int] = None):
+        pass
+
+    def __enter__(self) -> NoProgress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def update(self, completed: int, total: Optional[int]) -> None:
+        pass
+
+
+_default_progress: ProgressFactory = NoProgress
+
+
+def set_default_progress(factory: Optional[ProgressFactory]) -> ProgressFactory:
+    """Use `factory` for downloads that pass none (None: show nothing); returns the previous default."""
+    global _default_progress
+    previous, _default_progress = _default_progress, factory or NoProgress
+    return previous
+
+
+def make_progress(description: str, total: Optional[int], show: bool = True,
+                  factory: Optional[ProgressFactory] = None) -> DownloadProgress:
+    """The display for one download: `factory`, else the default; nothing when `show` is False or
+    OPENOCR_DET_NO_PROGRESS is set."""
+    if not show or env_flag("OPENOCR_DET_NO_PROGRESS"):
+        return NoProgress()
+    return (factory or _default_progress)(description, total)
 
 
 # ----------------------------------------------------------------------------- failures
@@ -124,24 +175,23 @@ def _content_range(value: Optional[str]) -> tuple[Optional[int], Optional[int]]:
 class Download:
     """Fetch one entry into its .part file, resuming, retrying and trying mirrors in order."""
 
-    def __init__(self, entry: ModelEntry, files: EntryFiles, bar: Progress, retries: int, backoff: float,
+    def __init__(self, entry: ModelEntry, files: EntryFiles, bar: DownloadProgress, retries: int, backoff: float,
                  timeout: float):
         self.entry, self.files, self.bar = entry, files, bar
         self.retries, self.backoff, self.timeout = retries, backoff, timeout
-        self.task = bar.add_task(entry.filename, total=entry.size, visible=False)
         self.had_partial = files.part.exists()  # left by an earlier run: may be stale if verification fails
 
     def from_mirrors(self, mirrors: list[tuple[str, str]], custom_url: bool) -> tuple[str, str]:
         failures: list[tuple[str, str, _Failed]] = []
         for label, url in mirrors:
-            err_console.print(f"downloading {self.entry.name} from {escape(label)}: {escape(url)}")
+            log.info("downloading %s from %s: %s", self.entry.name, label, url)
             try:
                 self.with_retries(url, label)
                 return label, url
             except _Failed as exc:
                 failures.append((label, url, exc))
                 if len(mirrors) > 1:
-                    warn(f"{escape(label)}: {escape(str(exc))}")
+                    log.warning("%s: %s", label, str(exc))
         discard_partial(self.files)  # a clear failure leaves nothing behind in the cache
         raise UserError(self.explain(failures, custom_url))
 
@@ -157,8 +207,8 @@ class Download:
                         exc.args = (f"{exc} (gave up after {attempts} attempts)",)
                     raise
                 delay = min(self.backoff * 2 ** (attempt - 1), 60.0)
-                warn(f"{escape(label)}: {escape(str(exc))}; retrying in {delay:.1f} s "
-                     f"(attempt {attempt + 1} of {attempts})")
+                log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", label, str(exc), delay, attempt + 1,
+                            attempts)
                 time.sleep(delay)
 
     def once(self, url: str) -> None:
@@ -203,7 +253,7 @@ class Download:
             write_json(files.part_meta, {"url": url, "etag": response.headers.get("ETag"),
                                          "last_modified": response.headers.get("Last-Modified"),
                                          "total": total})
-            self.bar.update(self.task, total=total, completed=have, visible=True)
+            self.bar.update(have, total)
             got = have
             with open(files.part, mode) as out:
                 while True:
@@ -219,7 +269,7 @@ class Download:
                         raise UserError(f"cannot write to the model cache {files.part.parent}: "
                                         f"{exc.strerror}. Free some space or set OPENOCR_DET_HOME.") from None
                     got += len(chunk)
-                    self.bar.update(self.task, completed=got)
+                    self.bar.update(got, total)
         if total is not None and got < total:
             raise _Failed(f"the connection closed after {got:,} of {total:,} B", "network", True)
 
@@ -244,11 +294,3 @@ class Download:
         lines.append("No file was saved in the cache.")
         return "\n".join(lines)
 
-
-def progress_bar(show: bool) -> Progress:
-    """The download bar on stderr; OPENOCR_DET_NO_PROGRESS hides it whatever `show` says."""
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        TextColumn("eta"), TimeRemainingColumn(),
-        console=err_console, disable=not show or env_flag("OPENOCR_DET_NO_PROGRESS"),
-    )
