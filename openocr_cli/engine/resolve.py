@@ -161,12 +161,13 @@ def resolve_postprocess(options: InferenceOptions, cfg: dict, model_layer: Optio
 def resolve_resize(options: InferenceOptions, cfg: dict) -> tuple[ResizeSpec, dict[str, Setting]]:
     """DetResizeForTest from the config's Eval pipeline (or -o), replaced by explicit limit settings."""
     params = cfgmod.resize_params(cfg)
-    source = "-o" if any(text.lstrip().startswith("Eval.") for text in options.overrides) else "config"
-    sources = {"limit_side_len": source, "limit_type": source}
+    base = cfgmod.resize_params(cfgmod.load_config(options.config)) if options.overrides else params
+    sources = {key: "-o" if params.get(key) != base.get(key) else "config"
+               for key in ("limit_side_len", "limit_type", "image_shape", "resize_long")}
     if options.limit_side_len is not None or options.limit_type is not None:
         params = {"limit_side_len": options.limit_side_len or int(params.get("limit_side_len", 960)),
                   "limit_type": options.limit_type or params.get("limit_type", "max")}
-        for key in sources:
+        for key in ("limit_side_len", "limit_type"):
             if getattr(options, key) is not None:
                 sources[key] = options.origin
     spec = ResizeSpec.from_params(params)
@@ -175,9 +176,9 @@ def resolve_resize(options: InferenceOptions, cfg: dict) -> tuple[ResizeSpec, di
 
 def _resize_settings(spec: ResizeSpec, sources: dict[str, str]) -> dict[str, Setting]:
     if spec.image_shape is not None:
-        return {"image_shape": Setting(spec.image_shape, sources.get("image_shape", sources["limit_side_len"]))}
+        return {"image_shape": Setting(spec.image_shape, sources["image_shape"])}
     if spec.resize_long is not None:
-        return {"resize_long": Setting(spec.resize_long, sources["limit_side_len"])}
+        return {"resize_long": Setting(spec.resize_long, sources["resize_long"])}
     return {key: Setting(getattr(spec, key), sources[key]) for key in ("limit_side_len", "limit_type")}
 
 
