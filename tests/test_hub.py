@@ -240,6 +240,22 @@ def test_output_copy_and_force(server, tmp_path):
     assert len(server.requests) == 2
 
 
+def test_output_copy_that_fails_leaves_the_old_file(server, tmp_path, monkeypatch):
+    out_dir = tmp_path / "models"
+    out_dir.mkdir()
+    (out_dir / ONNX).write_bytes(b"old")
+
+    def broken_copy(source, target):
+        Path(target).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(hub.api.shutil, "copyfile", broken_copy)
+    with pytest.raises(UserError, match="cannot write .*No space left on device"):
+        hub.download("repvit-onnx", output=out_dir, show_progress=False)
+    assert [p.name for p in out_dir.iterdir()] == [ONNX] and (out_dir / ONNX).read_bytes() == b"old"
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.endswith(".tmp")]
+
+
 # ----------------------------------------------------------------------------- resume and retries
 
 

@@ -19,6 +19,7 @@ from typing import Optional
 from filelock import FileLock, Timeout
 
 from openocr_cli.errors import UserError
+from openocr_cli.fileio import atomic_path
 from openocr_cli.hub.cache import EntryFiles, check_cache, discard_partial, entry_files, record_download, sha256_file
 from openocr_cli.hub.registry import ModelEntry, get_entry, lookup, model_names
 from openocr_cli.hub.transfer import Download, ProgressFactory, env_number, is_offline, make_progress
@@ -63,9 +64,8 @@ def _copy_to(source: Path, output: Path) -> Path:
         if output.exists() and output.resolve() == source.resolve():
             return output
         output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, output)
+        with atomic_path(output) as tmp:
+            shutil.copyfile(source, tmp)
     except OSError as exc:
         raise UserError(f"cannot write {output}: {exc.strerror}. Choose another --output.") from None
     return output

@@ -18,6 +18,7 @@ from typing import Optional
 
 import platformdirs
 
+from openocr_cli.fileio import atomic_write_text
 from openocr_cli.hub.registry import ModelEntry, lookup
 
 APP_NAME = "openocr-det"
@@ -59,9 +60,7 @@ def read_json(path: Path) -> dict:
 
 def write_json(path: Path, data: dict) -> None:
     """Write atomically, so a reader never sees half a record."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def sha256_file(path: Path) -> str:
