@@ -15,7 +15,32 @@ from openocr_cli.errors import UserError
 from openocr_cli.hub import set_default_progress
 from openocr_cli.ui import DownloadBar, error, install_console_logging
 
+
+def _no_value_type(ctx: object = None) -> None:
+    return None
+
+
+def _flags_without_type(params: list) -> list:
+    """Typer's rich help prints a flag's type beside it (`--version <bool>`), but a flag takes no value:
+    its type column is left empty, as for --help in the plain help."""
+    for param in params:
+        if getattr(param, "is_flag", False) and not getattr(param, "count", False):
+            param.display_type_rich = _no_value_type
+    return params
+
+
+class _Command(typer.core.TyperCommand):
+    def get_params(self, ctx):
+        return _flags_without_type(super().get_params(ctx))
+
+
+class _Group(typer.core.TyperGroup):
+    def get_params(self, ctx):
+        return _flags_without_type(super().get_params(ctx))
+
+
 app = typer.Typer(
+    cls=_Group,
     name="openocr-det",
     help="Fine-tune, evaluate, run and export OpenOCR's RepViT-DB text detector.",
     no_args_is_help=True,
@@ -66,15 +91,15 @@ def _print_traceback(exc: BaseException) -> None:
 def _register() -> None:
     from openocr_cli.commands import benchmark, check_data, convert, download, evaluate, export, predict, train
 
-    app.command("download")(download.download)
-    app.command("train")(train.train)
-    app.command("resume")(train.resume)
-    app.command("eval")(evaluate.evaluate)
-    app.command("predict", no_args_is_help=True)(predict.predict)
-    app.command("export")(export.export)
-    app.command("check-data")(check_data.check_data_command)
-    app.command("convert", no_args_is_help=True)(convert.convert)
-    app.command("benchmark")(benchmark.benchmark)
+    app.command("download", cls=_Command)(download.download)
+    app.command("train", cls=_Command)(train.train)
+    app.command("resume", cls=_Command)(train.resume)
+    app.command("eval", cls=_Command)(evaluate.evaluate)
+    app.command("predict", cls=_Command, no_args_is_help=True)(predict.predict)
+    app.command("export", cls=_Command)(export.export)
+    app.command("check-data", cls=_Command)(check_data.check_data_command)
+    app.command("convert", cls=_Command, no_args_is_help=True)(convert.convert)
+    app.command("benchmark", cls=_Command)(benchmark.benchmark)
 
 
 _register()

@@ -228,3 +228,19 @@ def test_cuda_fallback_is_a_logged_warning(tmp_path, monkeypatch, caplog, python
     assert " ".join(capsys.readouterr().err.split()) == (
         "warning: onnxruntime could not start CUDAExecutionProvider (missing CUDA/cuDNN libraries?); "
         "running on the CPU.")
+
+
+# ----------------------------------------------------------------------------- the CLI's own help
+
+COMMANDS = ["download", "train", "resume", "eval", "predict", "export", "check-data", "convert", "benchmark"]
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_shows_no_type_beside_flags(cli, command):
+    """Flags take no value, so --help shows none beside them (Typer's rich help printed `--version <bool>`)."""
+    code, out, err = cli(*([command] if command else []), "--help")
+    assert code == 0 and "--help" in out and "Show this message and exit." in out, err
+    assert "<bool>" not in out
+    flag = {None: "--version", "predict": "--no-vis", "download": "--list"}.get(command, "--help")
+    line = next(line for line in out.splitlines() if f" {flag} " in line)
+    assert "<" not in line, line
