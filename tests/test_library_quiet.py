@@ -179,6 +179,28 @@ def test_download_warnings_reach_stderr_through_the_cli(hub_home):
     assert "error: could not download repvit" in text and proc.stdout == ""
 
 
+# ----------------------------------------------------------------------------- checkpoint
+
+
+def test_checkpoint_mismatch_table_reaches_stderr_through_the_cli(cli, tmp_path, image_dir, random_ckpt):
+    import torch
+
+    weights = torch.load(random_ckpt, weights_only=True)
+    weights.pop("head.thresh.conv3.bias")
+    weights["extra.weight"] = torch.zeros(1)
+    bad = tmp_path / "partial.pth"
+    torch.save(weights, bad)
+    code, out, err = cli("predict", image_dir, "-w", bad, "--device", "cpu", "--output", tmp_path / "o")
+    assert code == 1 and "Traceback" not in err
+    lines = err.splitlines()
+    title = "".join(lines[:lines.index(next(line for line in lines if line.startswith("┏")))])
+    assert title.replace(" ", "") == f"{bad}:keysthatdonotmatchthemodel"  # the table's title (wrapped)
+    assert any(line.startswith("┃ problem") and " key ┃" in line and " shapes ┃" in line for line in lines)
+    assert any("missing from file" in line and "head.thresh.conv3.bias" in line for line in lines)
+    assert any("unexpected in file" in line and "extra.weight" in line for line in lines)
+    assert "1 missing, 1 unexpected and 0 wrong-shape keys" in " ".join(err.split())
+
+
 # ----------------------------------------------------------------------------- imports
 
 
