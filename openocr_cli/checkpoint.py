@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import torch
 
-from openocr_cli.errors import UserError
+from openocr_cli.errors import MissingFileError, UserError
 from openocr_cli.fileio import atomic_path
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def read_checkpoint(path: Path) -> Any:
     """torch.load with weights_only=True; every failure becomes a UserError naming the file."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"weights file {path} does not exist. Check the path, or pass a model name "
+        raise MissingFileError(f"weights file {path} does not exist. Check the path, or pass a model name "
                         "such as 'repvit' (see `openocr-det download --list`).")
     if path.is_dir():
         raise UserError(f"weights path {path} is a folder; pass the .pth file inside it (for example {path}/best.pth).")

@@ -77,7 +77,6 @@ class Detector:
             box_type=box_type, limit_side_len=limit_side_len, limit_type=limit_type,
             mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None,
             non_strict=non_strict, fuse=fuse, origin="argument")
-        _check_model_exists(name)
         self._setup(options)
 
     @classmethod
@@ -184,15 +183,6 @@ def _is_onnx_name(name: str) -> bool:
 
     entry = None if Path(name).expanduser().exists() else get_entry(name)
     return entry is not None and entry.format == "onnx"
-
-
-def _check_model_exists(name: str) -> None:
-    from openocr_cli.hub import get_entry, model_names
-
-    path = Path(name).expanduser()
-    if not path.exists() and get_entry(name) is None:
-        raise MissingFileError(f"model file {name} does not exist. Give the path of a .pth/.onnx file or a model "
-                               f"name: {model_names()} (see `openocr-det download --list`).")
 
 
 def _as_list(source: Any) -> list:

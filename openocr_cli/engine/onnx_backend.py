@@ -17,7 +17,7 @@ from typing import Optional, Union
 import numpy as np
 import onnxruntime as ort
 
-from openocr_cli.errors import UserError
+from openocr_cli.errors import MissingFileError, UserError
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -119,7 +119,7 @@ class OnnxBackend:
     def load(cls, path: Path, device: Optional[str] = None, threads: Optional[int] = None) -> OnnxBackend:
         path = Path(path)
         if not path.is_file():
-            raise UserError(f"ONNX model {path} does not exist.")
+            raise MissingFileError(f"ONNX model {path} does not exist.")
         if threads is not None and threads < 1:
             raise UserError("--threads must be at least 1.", exit_code=2)
         providers = onnx_providers(device)

@@ -18,7 +18,7 @@ from typing import Optional
 
 from filelock import FileLock, Timeout
 
-from openocr_cli.errors import UserError
+from openocr_cli.errors import MissingFileError, UserError
 from openocr_cli.fileio import atomic_path
 from openocr_cli.hub.cache import EntryFiles, check_cache, discard_partial, entry_files, record_download, sha256_file
 from openocr_cli.hub.registry import ModelEntry, get_entry, lookup, model_names
@@ -200,5 +200,5 @@ def resolve_weights(spec: str, offline: Optional[bool] = None) -> Path:
     entry = get_entry(spec)
     if entry is not None:
         return download(entry.name, offline=offline)
-    raise UserError(f"weights file {spec} does not exist. Give the path of a .pth/.onnx file or a model "
+    raise MissingFileError(f"weights file {spec} does not exist. Give the path of a .pth/.onnx file or a model "
                     f"name: {model_names()} (see `openocr-det download --list`).")
