@@ -62,13 +62,18 @@ class Scorer:
         self.calibration = calibration
         self.resize, self.normalizer, self.postprocess = resize, normalizer, postprocess
 
-    def __call__(self, path: Path) -> tuple[Optional[float], float]:
-        from openocr_cli.engine.evaluator import evaluate_model
+    def predictor(self, path: Path):
+        """The Predictor that runs the ONNX file `path` (CPU) with this export's pre- and post-processing."""
         from openocr_cli.engine.onnx_backend import OnnxBackend
         from openocr_cli.engine.predictor import Predictor
+
+        return Predictor(OnnxBackend.load(path, device="cpu"), self.resize, self.normalizer, self.postprocess)
+
+    def __call__(self, path: Path) -> tuple[Optional[float], float]:
+        from openocr_cli.engine.evaluator import evaluate_model
         from openocr_cli.results import StageTimes
 
-        predictor = Predictor(OnnxBackend.load(path, device="cpu"), self.resize, self.normalizer, self.postprocess)
+        predictor = self.predictor(path)
         list(predictor.run(self.calibration.images[:1]))  # warm-up: the first run of a session is slower
         samples = self.calibration.samples
         if samples is not None:
@@ -90,7 +95,7 @@ def run_int8(float_path: Path, output: Path, calibration: Calibration, scorer: S
     except OSError as exc:
         raise UserError(f"cannot create the folder {output.parent}: {exc.strerror}. Choose another --output.") from exc
     err_console.print(f"calibrating on {len(calibration.images)} image(s) from {calibration.source} ...")
-    tensors = calibration_tensors(calibration.images, scorer.resize, scorer.normalizer)
+    tensors = calibration_tensors(calibration.images, scorer.predictor(float_path))  # predict's own preprocessing
     float_size = float_path.stat().st_size
 
     def report(attempt) -> None:

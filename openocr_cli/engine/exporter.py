@@ -6,8 +6,9 @@ OpenOCR's released file uses) and is the default. The torch.export-based one (`d
 cannot write below opset 18 and is slower; it is used when asked for, for opsets above the
 TorchScript limit, or once PyTorch drops the TorchScript path.
 
-The file is written to a temporary name and renamed into place only when export, metadata and
-`onnx.checker` succeeded; a file that fails numerical verification is kept for inspection.
+The file is written to a temporary name and renamed into place (fileio.atomic_path) only when
+export, metadata and `onnx.checker` succeeded; a file that fails numerical verification is kept for
+inspection.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import contextlib
 import copy
 import inspect
 import io
-import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -33,6 +33,7 @@ from openocr_cli.constants import DEFAULT_OPSET
 from openocr_cli.data.resize import Normalizer
 from openocr_cli.engine.onnx_metadata import write_metadata
 from openocr_cli.errors import UserError
+from openocr_cli.fileio import atomic_path
 
 DYNAMO_MIN_OPSET = 18
 TOLERANCE_FP32 = 1e-4
@@ -69,6 +70,7 @@ class ExportReport:
     seconds: float
     tolerance: float
     rows: list[CheckRow] = field(default_factory=list)
+    size: int = 0  # bytes of the file as written (it may be a temporary one, gone later)
 
     @property
     def max_abs(self) -> float:
@@ -168,23 +170,21 @@ def export_onnx(model: nn.Module, path: Path, options: ExportOptions, metadata: 
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create the folder {path.parent}: {exc.strerror}. Choose another --output.") from exc
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     start = time.perf_counter()
     try:
-        # Both exporters print deprecation notices and progress lines that mean nothing to a user.
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
-            warnings.simplefilter("ignore")
-            (_torchscript if exporter == "torchscript" else _dynamo)(net, example, tmp, options.opset, options.dynamic)
-        write_metadata(tmp, {**metadata, "opset": str(options.opset), "exporter": exporter})
-        check_model(tmp, shown=path)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:  # `path` is replaced only once the checker accepted the file
+            # Both exporters print deprecation notices and progress lines that mean nothing to a user.
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+                warnings.simplefilter("ignore")
+                (_torchscript if exporter == "torchscript" else _dynamo)(net, example, tmp, options.opset,
+                                                                          options.dynamic)
+            write_metadata(tmp, {**metadata, "opset": str(options.opset), "exporter": exporter})
+            check_model(tmp, shown=path)
     except UserError:
         raise
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"the {exporter} ONNX exporter failed (opset {options.opset}): {reason}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     return exporter, time.perf_counter() - start
 
 
@@ -231,6 +231,6 @@ def export_and_verify(model: nn.Module, path: Path, options: ExportOptions, meta
     if tolerance is None:
         tolerance = TOLERANCE_FP16 if options.fp16 else TOLERANCE_FP32
     cases = DYNAMIC_CASES if options.dynamic else ((1, *options.size), (2, *options.size))
-    report = ExportReport(path, exporter, options.opset, seconds, tolerance)
+    report = ExportReport(path, exporter, options.opset, seconds, tolerance, size=path.stat().st_size)
     report.rows = verify_onnx(model, path, cases, normalizer)
     return report

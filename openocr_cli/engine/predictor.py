@@ -75,18 +75,24 @@ class Predictor:
             postprocess = make_postprocess(cfgmod.postprocess_params(cfg))
         return cls(backend, resize, normalizer, postprocess, batch_size=batch_size, workers=workers)
 
+    def network_input(self, item: Input, name: str = "image") -> tuple[np.ndarray, tuple[int, int], np.ndarray]:
+        """One input as the backend receives it: (normalised CHW float32 tensor, source (h, w), BGR image).
+
+        A path is decoded (ImageReadError if it cannot be), pixels are converted (data.pixels, `name` in
+        errors); then resized and normalised. run() prepares every input with it; int8 calibration too.
+        """
+        image = read_image(str(item)) if isinstance(item, (str, os.PathLike)) else as_bgr(item, name)
+        resized, src_hw = resize_for_test(image, self.resize)
+        return self.normalizer(resized), src_hw, image
+
     def _prepare(self, index: int, item: Input, keep_image: bool) -> _Prepared:
         start = time.perf_counter()
         path = str(item) if isinstance(item, (str, os.PathLike)) else None
         try:
-            if path is not None:
-                image = read_image(path)
-            else:  # in-memory pixels are the caller's: kept, not copied
-                image, keep_image = as_bgr(item, f"image{index}"), True
+            tensor, src_hw, image = self.network_input(item, f"image{index}")
         except ImageReadError as exc:
             return _Prepared(index, path, error=str(exc))
-        resized, src_hw = resize_for_test(image, self.resize)
-        tensor = self.normalizer(resized)
+        keep_image = keep_image or path is None  # in-memory pixels are the caller's: kept, not copied
         return _Prepared(index, path, tensor, src_hw, image if keep_image else None,
                          seconds=time.perf_counter() - start)
 

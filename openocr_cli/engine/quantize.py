@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import onnx
 
-from openocr_cli.data.images import ImageReadError, read_image
-from openocr_cli.data.resize import Normalizer, ResizeSpec, resize_for_test
-from openocr_cli.errors import UserError
+from openocr_cli.errors import ImageReadError, UserError
+from openocr_cli.fileio import atomic_path
+
+if TYPE_CHECKING:
+    from openocr_cli.engine.predictor import Predictor
 
 # Tensors kept in float32 after each failed accuracy check, cumulative: 2, then 4, 8, 16.
 FLOAT_TENSORS_PER_ROUND = (2, 4, 8, 16)
@@ -69,20 +71,20 @@ def pick_evenly(paths: Sequence[str], count: int) -> list[str]:
     return [ordered[int(i * step)] for i in range(count)]
 
 
-def calibration_tensors(paths: Sequence[str], resize: ResizeSpec, normalizer: Normalizer) -> list[np.ndarray]:
-    """Each image decoded, resized and normalised as predict does it, as a batch of one.
+def calibration_tensors(paths: Sequence[str], predictor: Predictor) -> list[np.ndarray]:
+    """Each image as `predictor` feeds it to the network (Predictor.network_input: decoded, resized and
+    normalised exactly as predict does it), as a batch of one.
 
     Unreadable images are skipped; none readable is an error naming the first.
     """
     tensors, errors = [], []
     for path in paths:
         try:
-            image = read_image(path)
+            tensor, _, _ = predictor.network_input(path)
         except ImageReadError as exc:
             errors.append(str(exc))
             continue
-        resized, _ = resize_for_test(image, resize)
-        tensors.append(normalizer(resized)[None])
+        tensors.append(tensor[None])
     if not tensors:
         raise UserError(f"no calibration image could be read ({errors[0] if errors else 'none given'}).")
     return tensors
@@ -109,22 +111,27 @@ class _Reader:
 
 @contextlib.contextmanager
 def _quiet():
-    """onnxruntime's quantizer logs hints and warnings meant for its developers."""
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """onnxruntime's quantizer logs hints and warnings meant for its developers, on the root logger.
+
+    It also configures that logger: importing onnxruntime.quantization runs logging.basicConfig(level=INFO),
+    and its module-level logging.info() calls add a stderr handler when the root has none. Both would show
+    every later record of this library a second time (and to Python callers that configured nothing), so
+    the root logger's level and handlers are put back afterwards; import the quantizer inside this block.
+    """
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    root.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        root.setLevel(level)
+        root.handlers[:] = handlers
 
 
 class Quantizer:
     """Quantizes one float model repeatedly (different float-kept nodes), calibrating only once."""
 
     def __init__(self, float_path: Path, tensors: Sequence[np.ndarray], workdir: Path):
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
         self.float_path = Path(float_path)
         self.tensors = list(tensors)
         self.workdir = Path(workdir)
@@ -132,14 +139,16 @@ class Quantizer:
         self.cache = self.workdir / "calibration.json"
         self.input_name = onnx.load(str(float_path), load_external_data=False).graph.input[0].name
         with _quiet():
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
             # dynamic height/width defeat onnxruntime's symbolic shape inference; ONNX's own is enough here
             quant_pre_process(str(float_path), str(self.prepared), skip_symbolic_shape=True)
 
     def quantize(self, output: Path, float_nodes: Sequence[str] = ()) -> Path:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
         reader = None if self.cache.is_file() else _Reader(self.tensors, self.input_name)
         with _quiet():
+            from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
             quantize_static(str(self.prepared), str(output), reader, quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.Percentile, nodes_to_exclude=list(float_nodes),
@@ -152,16 +161,15 @@ class Quantizer:
 
         Keeping those nodes float removes that tensor's quantize/dequantize pair.
         """
-        from onnxruntime.quantization import qdq_loss_debug as dbg
-
         sample = self.tensors[:SENSITIVITY_IMAGES]
-        with tempfile.TemporaryDirectory(dir=self.workdir) as tmp:
+        with tempfile.TemporaryDirectory(dir=self.workdir) as tmp, _quiet():
+            from onnxruntime.quantization import qdq_loss_debug as dbg
+
             float_aug, int8_aug = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
-            with _quiet():
-                dbg.modify_model_output_intermediate_tensors(str(self.prepared), str(float_aug))
-                dbg.modify_model_output_intermediate_tensors(str(int8_path), str(int8_aug))
-                float_acts = dbg.collect_activations(str(float_aug), _Reader(sample, self.input_name))
-                int8_acts = dbg.collect_activations(str(int8_aug), _Reader(sample, self.input_name))
+            dbg.modify_model_output_intermediate_tensors(str(self.prepared), str(float_aug))
+            dbg.modify_model_output_intermediate_tensors(str(int8_path), str(int8_aug))
+            float_acts = dbg.collect_activations(str(float_aug), _Reader(sample, self.input_name))
+            int8_acts = dbg.collect_activations(str(int8_aug), _Reader(sample, self.input_name))
             matches = dbg.create_activation_matching(int8_acts, float_acts)
             errors = {name: dbg.compute_signal_to_quantization_noice_ratio(m["pre_qdq"], m["post_qdq"])
                       for name, m in matches.items()}
@@ -222,9 +230,8 @@ def _first_nodes(groups: Sequence[Sequence[str]], tensors: int) -> list[str]:
 
 def _copy(source: Path, target: Path) -> None:
     """Write through a temporary name in the target's folder, so `target` is never half-written."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(source.read_bytes())
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def quantized_node_count(path: Path) -> int:
