@@ -1,33 +1,25 @@
-"""`openocr-det export`: a checkpoint -> a verified ONNX file with self-describing metadata."""
+"""`openocr-det export`: a checkpoint -> a verified ONNX file with self-describing metadata.
+
+The run itself (checks, loading, metadata, export, verification, int8) is engine/export_run.py; this
+module turns the flags into an ExportRequest and prints the tables of the result.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import re
-import shutil
-import tempfile
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from openocr_cli import __version__
-from openocr_cli import config as cfgmod
 from openocr_cli.commands.common import DEFAULT_WEIGHTS, ConfigPath, NonStrict, Overrides, PostprocessFile, Weights
-from openocr_cli.commands.export_int8 import INT8_NAME, Scorer, load_calibration, run_int8
 from openocr_cli.constants import DEFAULT_OPSET, INT8_OPSET
-from openocr_cli.data.resize import ResizeSpec
-from openocr_cli.engine.resolve import CHECKPOINT_SOURCE, InferenceOptions, resolve_normalizer, resolve_postprocess
-from openocr_cli.errors import UserError
-from openocr_cli.hub import sha256_file
-from openocr_cli.postprocess_sources import from_saved_config
-from openocr_cli.ui import console, err_console, table
+from openocr_cli.engine.export_run import INT8_NAME, ExportFailed, ExportRequest, export_checkpoint
+from openocr_cli.ui import console, table
 
-if TYPE_CHECKING:  # torch and onnx are imported when an export runs, not by `--help`
-    from openocr_cli.engine.exporter import ExportOptions, ExportReport
-
-EXPORT_DIR, EXPORT_NAME = "export_det", "det_model.onnx"
+if TYPE_CHECKING:
+    from openocr_cli.engine.export_run import ExportResult, Int8Export
 
 
 class Exporter(str, Enum):
@@ -47,13 +39,6 @@ def _size(value: Optional[str]) -> Optional[tuple[int, int]]:
     if h < 32 or w < 32 or h % 32 or w % 32:
         raise typer.BadParameter(f"{h}x{w}: both sides must be multiples of 32 (the network's stride).")
     return h, w
-
-
-def default_output(weights: str) -> Path:
-    """OpenOCR's place: <folder of the weights file>/export_det/det_model.onnx; ./output/... for a model name."""
-    local = Path(weights).expanduser()
-    folder = local.parent if local.is_file() else Path("output")
-    return folder / EXPORT_DIR / EXPORT_NAME
 
 
 def export(
@@ -130,93 +115,57 @@ table of differences is printed; above --tolerance the command exits 1 and keeps
     With --int8, the float32 model is exported and verified first, then quantized with calibration images \
 preprocessed exactly as predict feeds them; a table gives file size, hmean and ms per image of both models.
     """
-    if size is not None and dynamic:
-        err_console.print(f"note: --size {size[0]}x{size[1]} is only the tracing example with --dynamic.")
-    from openocr_cli.engine.backends import load_detector
-    from openocr_cli.engine.exporter import ExportOptions, choose_exporter, export_and_verify
-    from openocr_cli.engine.onnx_metadata import build_metadata
-
-    if int8 and fp16:
-        raise UserError("--int8 and --fp16 are two different precisions; choose one.", exit_code=2)
-    if int8 and calib_data is None:
-        raise UserError("--int8 needs calibration images: --calib-data DIR (a folder of images like the ones you "
-                        "run) or --calib-data LABEL_FILE (also checks the accuracy).", exit_code=2)
-    if not int8 and (calib_data is not None or data_dir is not None):
-        raise UserError("--calib-data and --data-dir are for --int8 only.", exit_code=2)
-    opset = opset if opset is not None else (INT8_OPSET if int8 else DEFAULT_OPSET)
-    choose_exporter(exporter.value, opset)  # refuse an impossible exporter/opset pair before any work
-    inference = InferenceOptions(weights=weights, config=config, overrides=tuple(override or ()),
-                                 postprocess=postprocess_file, non_strict=non_strict, fuse=fuse)
-    cfg = inference.load_config()
-    resolve_postprocess(inference, cfg, note_model_values=False)  # a bad --postprocess fails before the export
-    options = ExportOptions(opset=opset, dynamic=dynamic, size=size or (960, 960), fp16=fp16, exporter=exporter.value)
-    name = INT8_NAME if int8 else EXPORT_NAME
-    path = output if output is not None else default_output(weights).with_name(name)
-    if path.suffix.lower() != ".onnx":
-        path = path / name if path.is_dir() else path
-    calibration = load_calibration(calib_data, data_dir, calib_images, cfg) if int8 else None
-
-    from openocr_cli.hub import get_entry, resolve_weights
-
-    entry = get_entry(weights) if not Path(weights).expanduser().is_file() else None
-    if (entry is not None and entry.format == "onnx") or weights.lower().endswith(".onnx"):
-        raise UserError(f"--weights {weights} is already an ONNX model; export needs a PyTorch checkpoint (.pth).")
-    source = resolve_weights(weights)
-    model, loaded = load_detector(source, cfg.get("Architecture"), strict=not non_strict, fuse=fuse)
-
-    # the metadata carries the values predict/eval would use: config < checkpoint (unless --config is
-    # explicit) < --postprocess < -o
-    post, _ = resolve_postprocess(inference, cfg, (CHECKPOINT_SOURCE, from_saved_config(loaded.saved_config)),
-                                  note_model_values=False)
-    normalizer, norm = resolve_normalizer(inference, cfg)
-    postprocess = dataclasses.asdict(post)
-    metadata = build_metadata(mean=norm["mean"].value, std=norm["std"].value, postprocess=postprocess,
-                              resize=cfgmod.resize_params(cfg), source_name=source.name,
-                              source_sha256=sha256_file(source), version=__version__, fused=fuse, fp16=fp16)
-    with tempfile.TemporaryDirectory(prefix="openocr-det-export-") as tmp:
-        float_path = Path(tmp) / EXPORT_NAME if int8 else path
-        err_console.print(f"exporting {source} to {'float32, then int8, ' if int8 else ''}{path} ...")
-        report = export_and_verify(model, float_path, options, metadata, normalizer, tolerance)
-        _print(report, options, fuse, metadata["source_sha256"], kept=calibration is None)
-        kept = path if calibration is None else path.with_name(f"{path.stem}.float32.onnx")
-        if not report.ok and kept != float_path:  # the temporary float32 file is kept for inspection
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(float_path, kept)
-        _check(report, kept)
-        if calibration is not None:
-            # a static model takes exactly its size, as predict then resizes every image
-            resize = ResizeSpec(image_shape=options.size) if not dynamic else \
-                ResizeSpec.from_params(cfgmod.resize_params(cfg))
-            scorer = Scorer(calibration, resize, normalizer, post)
-            run_int8(float_path, path, calibration, scorer, max_drop)
-            return
-    console.print(f"Exported and verified: {path}")
+    request = ExportRequest(
+        weights=weights, output=output, opset=opset, fuse=fuse, dynamic=dynamic, size=size, fp16=fp16,
+        exporter=exporter.value, tolerance=tolerance, int8=int8, calib_data=calib_data, data_dir=data_dir,
+        calib_images=calib_images, max_drop=max_drop, config=config, overrides=tuple(override or ()),
+        postprocess=postprocess_file, non_strict=non_strict)
+    try:
+        result = export_checkpoint(request, on_float=lambda partial: _print(partial, kept=not int8))
+    except ExportFailed as exc:
+        if exc.result.int8 is not None:
+            _print_int8(exc.result.int8)
+        raise
+    if result.int8 is not None:
+        _print_int8(result.int8)
+        console.print(f"Exported int8 model: {result.path}")
+    else:
+        console.print(f"Exported and verified: {result.path}")
 
 
-def _check(report: ExportReport, path: Path) -> None:
-    if not report.ok:
-        worst = max(report.rows, key=lambda r: r.max_abs)
-        raise UserError(f"verification failed: onnxruntime and PyTorch differ by up to {worst.max_abs:.3g} "
-                        f"(at {worst.batch}x3x{worst.height}x{worst.width}), more than the tolerance "
-                        f"{report.tolerance:g}. The exported file {path} was kept for inspection; do not use it "
-                        "as is (try another --opset, --no-fuse, or without --fp16).")
-
-
-def _print(report: ExportReport, options: ExportOptions, fused: bool, sha: str, kept: bool = True) -> None:
+def _print(result: ExportResult, kept: bool = True) -> None:
+    """The float32 export's tables; `kept` False for the temporary float32 model of an int8 run."""
+    report, options = result.report, result.options
     shape = "batch x 3 x height x width" if options.dynamic else f"batch x 3 x {options.size[0]} x {options.size[1]}"
     console.print(table("export" if kept else "float32 export (quantized next)", ["item", "value"], [
         ("file", report.path if kept else "temporary"),
-        ("size", f"{report.path.stat().st_size / 1e6:.1f} MB"),
+        ("size", f"{report.size / 1e6:.1f} MB"),
         ("exporter", f"{report.exporter} (torch.onnx.export, dynamo={report.exporter == 'dynamo'})"),
         ("opset", report.opset),
         ("input", f"input: float32 {shape}"),
         ("output", "output: float32 probability map, batch x 1 x H x W"),
-        ("fused", "yes" if fused else "no"),
+        ("fused", "yes" if result.fused else "no"),
         ("weights", "float16" if options.fp16 else "float32"),
-        ("source sha256", sha[:16] + "..."),
+        ("source sha256", result.metadata["source_sha256"][:16] + "..."),
         ("export time", f"{report.seconds:.1f} s"),
     ]))
     console.print(table(f"onnxruntime vs PyTorch (tolerance {report.tolerance:g})",
                         ["input", "max abs diff", "mean abs diff", "ok"],
                         [(f"{r.batch}x3x{r.height}x{r.width}", f"{r.max_abs:.2e}", f"{r.mean_abs:.2e}",
                           "yes" if r.max_abs <= report.tolerance else "NO") for r in report.rows]))
+
+
+def _print_int8(int8: Int8Export) -> None:
+    """The int8 table: file size, hmean and ms per image of the float32 model and of every int8 attempt."""
+    def hmean(value: Optional[float]) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    result = int8.quantize
+    rows = [("float32", f"{int8.float_size / 1e6:.1f} MB", hmean(result.float_hmean), f"{result.float_ms:.1f}")]
+    for attempt in result.attempts:
+        name = f"int8, {len(attempt.float_nodes)} float nodes" if attempt.float_nodes else "int8"
+        rows.append((name, f"{int8.size / 1e6:.1f} MB" if attempt is result.final else "",
+                     hmean(attempt.hmean), f"{attempt.ms_per_image:.1f}"))
+    title = "int8 accuracy check" if result.float_hmean is not None else \
+        "int8 (no labels given: accuracy not checked; pass a label file as --calib-data to check it)"
+    console.print(table(title, ["precision", "file size", "hmean", "ms/image"], rows))
