@@ -31,7 +31,7 @@ def test_static_export_from_python_prints_nothing_and_returns_the_report(tmp_pat
     caplog.set_level(logging.INFO, logger="openocr_cli")
     capfd.readouterr()
     path = tmp_path / "out" / "m.onnx"
-    result = export_checkpoint(ExportRequest(weights=str(random_ckpt), output=path, dynamic=False, size=(64, 96),
+    result = export_checkpoint(ExportRequest(weights=random_ckpt, output=path, dynamic=False, size=(64, 96),
                                              fuse=False))
     assert capfd.readouterr() == ("", "")
     report = result.report

@@ -154,7 +154,7 @@ def default_output(weights: str) -> Path:
 def output_path(request: ExportRequest) -> Path:
     """Where the model goes: `output` (a folder gets the default file name), else default_output."""
     name = INT8_NAME if request.int8 else EXPORT_NAME
-    path = Path(request.output) if request.output is not None else default_output(request.weights).with_name(name)
+    path = Path(request.output) if request.output is not None else default_output(str(request.weights)).with_name(name)
     if path.suffix.lower() != ".onnx":
         path = path / name if path.is_dir() else path
     return path
@@ -203,7 +203,8 @@ def export_checkpoint(request: ExportRequest,
     _check_int8_request(request)
     opset = request.opset if request.opset is not None else (INT8_OPSET if request.int8 else DEFAULT_OPSET)
     choose_exporter(request.exporter, opset)  # refuse an impossible exporter/opset pair before any work
-    inference = InferenceOptions(weights=request.weights, config=request.config, overrides=tuple(request.overrides),
+    weights = str(request.weights)  # a Path works too
+    inference = InferenceOptions(weights=weights, config=request.config, overrides=tuple(request.overrides),
                                  postprocess=request.postprocess, non_strict=request.non_strict, fuse=request.fuse,
                                  origin=request.origin)
     cfg = inference.load_config()
@@ -214,7 +215,6 @@ def export_checkpoint(request: ExportRequest,
     calibration = load_calibration(Path(request.calib_data), _path(request.data_dir), request.calib_images, cfg) \
         if request.int8 else None
 
-    weights = request.weights
     entry = get_entry(weights) if not Path(weights).expanduser().is_file() else None
     if (entry is not None and entry.format == "onnx") or weights.lower().endswith(".onnx"):
         raise UserError(f"--weights {weights} is already an ONNX model; export needs a PyTorch checkpoint (.pth).")
