@@ -19,10 +19,69 @@ from openocr_cli.suggest import did_you_mean
 USED, IGNORED = "used", "ignored"
 Node = Union[str, dict, Callable[[Any, str], None]]
 
+# The parameters each transform accepts (OpenOCR's names), for the `*.dataset.transforms` lists. The config check
+# needs them before anything is built, so they are listed here, below the data layer; data.transforms builds the
+# training ops under these names (a test checks every op's signature against its entry) and data.resize reads
+# DetResizeForTest's.
+TRANSFORM_PARAMS: dict[str, tuple[str, ...]] = {
+    "CopyPaste": ("limit_paste", "objects_paste_ratio"),
+    "DecodeImage": ("channel_first", "ignore_orientation", "img_mode"),
+    "DetLabelEncode": (),
+    "DetResizeForTest": ("image_shape", "keep_ratio", "limit_side_len", "limit_type", "resize_long"),
+    "EastRandomCropData": ("keep_ratio", "max_tries", "min_crop_side_ratio", "size"),
+    "IaaAugment": ("augmenter_args",),
+    "KeepKeys": ("keep_keys",),
+    "MakeBorderMap": ("epoch", "shrink_ratio", "thresh_max", "thresh_min", "total_epoch"),
+    "MakeShrinkMap": ("epoch", "min_text_size", "shrink_ratio", "total_epoch"),
+    "NormalizeImage": ("mean", "order", "scale", "std"),
+    "ToCHWImage": (),
+}
+KNOWN_OPS = tuple(sorted(TRANSFORM_PARAMS))
+
+# The learning-rate schedules OpenOCR ships (`LRScheduler.name`) and the keys each reads; engine.schedules
+# builds them under these names.
+SCHEDULE_PARAMS: dict[str, frozenset[str]] = {
+    "CosineAnnealingLR": frozenset({"warmup_epoch"}),
+    "ConstLR": frozenset({"warmup_epoch"}),
+    "LinearLR": frozenset({"warmup_epoch"}),
+    "StepLR": frozenset({"step_size", "gamma", "warmup_epoch"}),
+    "MultiStepLR": frozenset({"milestones", "gamma", "warmup_epoch"}),
+    "PolynomialLR": frozenset({"lr_end", "power", "warmup_epoch"}),
+    "CdistNetLR": frozenset({"n_warmup_steps", "step2_epoch"}),
+    "OneCycleLR": frozenset({"warmup_epoch", "cycle_momentum"}),
+    "WarmupCosineLR": frozenset({"warmup_steps", "eta_min"}),
+}
+
+
+def validate_ops(op_configs: list, where: str) -> None:
+    """Check a `- Name: {params}` transform list (names and parameter names only, nothing is built).
+
+    `where` is the list's key path, e.g. `Train.dataset.transforms`; every problem is a UserError
+    naming the full key path of the offending entry and, when one is close, the valid spelling.
+    """
+    if not isinstance(op_configs, (list, tuple)):
+        raise UserError(f"{where} must be a list of transforms like `- Name: {{params}}`, got {op_configs!r}.")
+    for i, entry in enumerate(op_configs):
+        path = f"{where}.{i}"
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise UserError(f"{path} must be one transform like `- Name: {{params}}`, got {entry!r}.")
+        (name, params), = entry.items()
+        if name not in KNOWN_OPS:
+            raise UserError(f"{path}.{name} is not a transform openocr-det knows"
+                            f"{did_you_mean(name, KNOWN_OPS, f'{path}.')}. Known: {', '.join(KNOWN_OPS)}.")
+        if params is None:
+            continue
+        if not isinstance(params, dict):
+            raise UserError(f"{path}.{name} must be a mapping of parameters (or empty), got {params!r}.")
+        accepted = TRANSFORM_PARAMS[name]
+        for key in params:
+            if key not in accepted:
+                hint = did_you_mean(key, accepted, f"{path}.{name}.")
+                listing = f"Its parameters: {', '.join(accepted)}." if accepted else f"{name} takes no parameters."
+                raise UserError(f"{path}.{name}.{key} is not a parameter of {name}{hint}. {listing}")
+
 
 def _transforms(value: Any, where: str) -> None:
-    from openocr_cli.data.transforms import validate_ops
-
     if value is not None:
         validate_ops(value, where)
 
@@ -137,15 +196,13 @@ def _walk(node: Any, schema: dict, prefix: str, source: str, code: int, report: 
 
 
 def _scheduler(section: Any, source: str, code: int) -> None:
-    from openocr_cli.engine.schedules import SCHEDULES
-
     if not isinstance(section, Mapping):
         raise UserError(f"{source}: LRScheduler must be a mapping of keys, got {section!r}.", exit_code=code)
     name = section.get("name", "CosineAnnealingLR")
-    if name not in SCHEDULES:
+    if name not in SCHEDULE_PARAMS:
         raise UserError(f"{source}: LRScheduler.name {name!r} is not one of OpenOCR's schedules"
-                        f"{did_you_mean(str(name), SCHEDULES)}: {', '.join(SCHEDULES)}.", exit_code=code)
-    known = {"name", *SCHEDULES[name].params}
+                        f"{did_you_mean(str(name), SCHEDULE_PARAMS)}: {', '.join(SCHEDULE_PARAMS)}.", exit_code=code)
+    known = {"name", *SCHEDULE_PARAMS[name]}
     for key in section:
         if key not in known:
             raise UserError(f"{source}: `LRScheduler.{key}` is not a parameter of {name}"

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 BALANCE_EPS = 1e-6  # BalanceLoss and its inner Dice use their own fixed eps in the original
+# The terms DBLoss returns, in order: what the trainer logs, metrics.jsonl records and results.png draws.
+LOSS_KEYS = ("loss", "loss_shrink_maps", "loss_threshold_maps", "loss_binary_maps")
 
 
 def dice_loss(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, eps: float) -> torch.Tensor:
@@ -88,9 +90,4 @@ class DBLoss(nn.Module):
             loss_binary = dice_loss(binary, shrink_gt, shrink_mask, self.eps)
             total = loss_shrink + loss_thresh + loss_binary
 
-        return OrderedDict([
-            ("loss", total),
-            ("loss_shrink_maps", loss_shrink),
-            ("loss_threshold_maps", loss_thresh),
-            ("loss_binary_maps", loss_binary),
-        ])
+        return OrderedDict(zip(LOSS_KEYS, (total, loss_shrink, loss_thresh, loss_binary)))

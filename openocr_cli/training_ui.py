@@ -43,6 +43,10 @@ class TrainDisplay(Callback):
                                                epoch=f"{state.epoch}/{trainer.settings.epochs}", eta="?", stats="")
             yield
 
+    def running(self, trainer) -> contextlib.AbstractContextManager[None]:
+        """The run's event around the loop: the live display (a caller of api.training.train may pass this)."""
+        return self.live(trainer)
+
     def on_step(self, trainer, report: StepReport) -> None:
         epochs = trainer.settings.epochs
         done = report.global_step - self.first_step

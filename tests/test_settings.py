@@ -128,6 +128,9 @@ def _lrs(name: str, params: dict, per_epoch: int = 4, epochs: int = 3, lr: float
 
 
 def test_every_openocr_schedule_builds_and_matches_its_formula():
+    from openocr_cli.config_schema import SCHEDULE_PARAMS
+
+    assert list(SCHEDULES) == list(SCHEDULE_PARAMS)  # the config check's names, each with a builder
     assert set(SCHEDULES) == {"CosineAnnealingLR", "ConstLR", "LinearLR", "StepLR", "MultiStepLR", "PolynomialLR",
                               "CdistNetLR", "OneCycleLR", "WarmupCosineLR"}
     assert _lrs("ConstLR", {"warmup_epoch": 1}) == pytest.approx([0, 0.025, 0.05, 0.075] + [0.1] * 8)

@@ -15,9 +15,9 @@ import torch
 import yaml
 
 from openocr_cli import config as cfgmod
-from openocr_cli.data.run_data import load_run_data
 from openocr_cli.data.synth import generate
 from openocr_cli.engine.callbacks import RunLog
+from openocr_cli.engine.run_data import load_run_data
 from openocr_cli.engine.schedules import cosine_factor
 from openocr_cli.engine.trainer import Trainer
 from openocr_cli.settings import TrainSettings, apply_flags

@@ -59,6 +59,15 @@ def test_openocr_parameter_names_are_exactly_the_accepted_ones():
         assert op_parameters(name) == tuple(sorted(params)), name
 
 
+def test_the_config_check_lists_every_op_with_the_parameters_it_takes():
+    """config_schema (below the data layer) keeps the names the ops are built under: they must not drift."""
+    from openocr_cli.config_schema import KNOWN_OPS, TRANSFORM_PARAMS
+    from openocr_cli.data.transforms import _TRAIN_OPS
+
+    assert set(TRANSFORM_PARAMS) == {*_TRAIN_OPS, "DetResizeForTest"} and KNOWN_OPS == tuple(sorted(TRANSFORM_PARAMS))
+    assert {name: op_parameters(name) for name in KNOWN_OPS} == TRANSFORM_PARAMS
+
+
 def test_default_train_and_eval_lists_are_valid(default_cfg):
     validate_ops(default_cfg["Train"]["dataset"]["transforms"], TRAIN)
     validate_ops(default_cfg["Eval"]["dataset"]["transforms"], "Eval.dataset.transforms")

@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from openocr_cli import config as cfgmod
 from openocr_cli.commands import common as opt
-from openocr_cli.data.doctor import check_data, print_report
+from openocr_cli.data.doctor import DataReport, check_data
+from openocr_cli.data.labels import MAX_REPORTED_PROBLEMS
 from openocr_cli.errors import UserError
-from openocr_cli.ui import console
+from openocr_cli.ui import console, err_console, table, warn
 
 
 def check_data_command(
@@ -61,3 +63,23 @@ def check_data_command(
         opt.write_json(json_out, report.to_json())
     if report.problems:
         raise typer.Exit(1)
+
+
+def print_report(report: DataReport, problems: bool = True, warnings: bool = True) -> None:
+    """The summary table, then (unless the caller shows them otherwise: train logs them) the warnings (yellow),
+    then (unless the caller lists them itself, as train does in its refusal) up to 20 problems as
+    `file:line: reason`."""
+    text = report.regions - report.ignored_regions
+    rows = [("usable images", report.images), ("background images", report.background_images),
+            ("regions", report.regions), ("do-not-care regions", report.ignored_regions), ("text regions", text)]
+    rows += [(f"  text height {name} px", count) for name, count in report.height_buckets.items()]
+    rows += [("empty training crops", f"{report.empty_crop_fraction:.1%}"), ("problem lines", len(report.problems))]
+    console.print(table("check-data", ["", "value"], rows))
+    for message in report.warnings if warnings else ():
+        warn(escape(message))
+    if problems and report.problems:
+        err_console.print(f"[red]{len(report.problems)} label line(s) train refuses:[/red]")
+        for problem in report.problems[:MAX_REPORTED_PROBLEMS]:
+            err_console.print(f"  {problem}", markup=False)
+        if len(report.problems) > MAX_REPORTED_PROBLEMS:
+            err_console.print(f"  ... and {len(report.problems) - MAX_REPORTED_PROBLEMS} more")

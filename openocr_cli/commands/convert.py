@@ -96,8 +96,9 @@ def _print(summary: Summary, request: Request) -> None:
 def _check(summary: Summary, request: Request) -> None:
     """check-data on the result: the written label files when they are ppocr without prefix, else a ppocr copy."""
     try:
+        from openocr_cli.commands.check_data import print_report
         from openocr_cli.config import load_config
-        from openocr_cli.data.doctor import check_data, print_report
+        from openocr_cli.data.doctor import check_data
     except ImportError:
         console.print("check-data is not available in this version; the conversion is done.")
         return

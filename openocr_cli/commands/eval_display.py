@@ -1,4 +1,7 @@
-"""The tables `eval` prints for recall by height, the size sweep and tuning (rich, via openocr_cli.ui)."""
+"""The tables `eval` prints for recall by height, the size sweep and tuning (rich, via openocr_cli.ui).
+
+The command layer's: the evaluation modules compute these results and print nothing.
+"""
 
 from __future__ import annotations
 

@@ -12,11 +12,12 @@ from typing import Annotated, Optional
 import typer
 
 from openocr_cli.commands import common as opt
+from openocr_cli.commands import eval_display as display
 from openocr_cli.data.labels import load_labels
 from openocr_cli.engine.evaluator import EvalResult, evaluate_model, evaluate_predictions
 from openocr_cli.engine.resolve import resolve_resize
 from openocr_cli.errors import UserError
-from openocr_cli.evaluation import details, display, sizes, tune
+from openocr_cli.evaluation import details, sizes, tune
 from openocr_cli.evaluation.mapcache import MEMORY_ENV, MapCache
 from openocr_cli.evaluation.report import write_report
 from openocr_cli.results import read_predictions

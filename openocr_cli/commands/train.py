@@ -1,25 +1,30 @@
-"""`openocr-det train` and `openocr-det resume`: the command lines; the work is in settings, data/ and engine/."""
+"""`openocr-det train` and `openocr-det resume`: the command lines and their display.
+
+The work is api.training's train() / resume(), the functions Python callers use; the command adds the
+rich display through the run's callbacks, and launches torchrun for multi-process runs.
+"""
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import shlex
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from openocr_cli import config as cfgmod
 from openocr_cli.errors import UserError
-from openocr_cli.settings import RESUME_FLAGS, TrainSettings, apply_flags
+from openocr_cli.settings import RESUME_FLAGS, TrainSettings
 from openocr_cli.ui import console, quiet_unless_main, table
 
 if TYPE_CHECKING:  # torch is imported by the commands that run, not by `--help`
-    from openocr_cli.data.run_data import RunData
+    from openocr_cli.api.training import TrainResult
+    from openocr_cli.engine.callbacks import Callback
     from openocr_cli.engine.distributed import LaunchPlan
-
-LOG_FORMAT = "[%(asctime)s] %(name)s %(levelname)s: %(message)s"
+    from openocr_cli.engine.run_data import RunData
 
 GpusOpt = Annotated[Optional[str], typer.Option(
     "--gpus", help="CUDA devices, e.g. 0,1,2,3: one process per device under torchrun (DDP).")]
@@ -105,142 +110,118 @@ resumes from that checkpoint, as in OpenOCR.
 
       openocr-det train --weights none --device cpu --batch-size 4 -o Global.print_batch_step=10
     """
+    from openocr_cli.api import training
     from openocr_cli.engine.allocator import keep_freed_memory
 
     keep_freed_memory()  # no page faults for every step's buffers (engine/allocator.py)
-    from openocr_cli.data.run_data import run_data
     from openocr_cli.engine import distributed as ddp
 
     plan, device = ddp.plan_launch(gpus, nproc_per_node, nnodes, node_rank, master_addr, master_port,
                                    rdzv_endpoint, device)
-    cfg = cfgmod.apply_overrides(cfgmod.load_config(config), override or [])
-    cfg = apply_flags(cfg, data_dir=data_dir, train_label=train_label, eval_label=eval_label, weights=weights,
-                      output=output, epochs=epochs, batch_size=batch_size, lr=lr, workers=workers, device=device,
-                      seed=seed, amp=amp, eval_every=eval_every, save_every=save_every, sync_bn=sync_bn or None,
-                      patience=patience, min_delta=min_delta, scale_lr=scale_lr or None)
-    settings = TrainSettings.from_config(cfg)
-    resume_ckpt = _read_resumable(settings.checkpoints) if settings.checkpoints else None
-    out = settings.output_dir
-    if not ddp.under_launcher():  # the launching process checks the run folder, once
-        if (out / "latest.pth").exists() and not overwrite and resume_ckpt is None:
-            raise UserError(f"{out} already holds a training run (latest.pth). Continue it with "
-                            f"`openocr-det resume {out}`, choose another --output, or pass --overwrite to start over.")
-        if overwrite:
-            for name in ("metrics.jsonl", "train.log"):
-                (out / name).unlink(missing_ok=True)
-    _launch_or_run(plan, settings, run_data(settings, skip_bad), resume_ckpt)
+    options = dict(config=config, overrides=override or [], data_dir=data_dir, train_label=train_label,
+                   eval_label=eval_label, weights=weights, output=output, epochs=epochs, batch_size=batch_size, lr=lr,
+                   workers=workers, device=device, seed=seed, amp=amp, eval_every=eval_every, save_every=save_every,
+                   sync_bn=sync_bn, patience=patience, min_delta=min_delta, scale_lr=scale_lr, skip_bad=skip_bad,
+                   overwrite=overwrite)
+    screen = _screen()
+    if plan is not None:
+        job = training.plan_train(**options)
+        raise typer.Exit(_launch(plan, job.settings, training.load_job_data(job, [screen])))
+    _finish(lambda: training.train(**options, callbacks=[screen]))
 
 
-def _launch_or_run(plan: Optional[LaunchPlan], settings: TrainSettings, data: RunData,
-                   resume: Optional[dict] = None, resume_from: Optional[Path] = None) -> None:
-    """Train here, or hand the validated data to the workers of a distributed launch and wait for them."""
-    from openocr_cli.data.run_data import VALIDATED_ENV
-    from openocr_cli.engine import distributed as ddp
-
-    if plan is None:
-        run(settings, data, resume=resume, resume_from=resume_from)
-        return
-    handed = data.save(settings.output_dir)
-    try:
-        code = ddp.launch(plan, sys.argv[1:], env={VALIDATED_ENV: str(handed.resolve())})
-    finally:
-        handed.unlink(missing_ok=True)
-    raise typer.Exit(code)
-
-
-def _setup_log(output_dir: Path) -> logging.Handler:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(output_dir / "train.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter(LOG_FORMAT, "%Y/%m/%d %H:%M:%S"))
-    logger = logging.getLogger("openocr_det")
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    return handler
-
-
-def run(settings: TrainSettings, data: RunData, resume: Optional[dict] = None,
-        resume_from: Optional[Path] = None) -> None:
-    """Build the trainer and run it with the live display; Ctrl-C ends with the resume command."""
-    from openocr_cli.engine import distributed as ddp
-    from openocr_cli.engine.backends import resolve_device
-    from openocr_cli.engine.callbacks import EarlyStopping, ResultsPlot, RunLog
-    from openocr_cli.engine.trainer import Trainer, TrainingInterrupted
+def _screen() -> Callback:
+    """The command's display of a run: the data check, the live training display, the DDP line."""
+    from openocr_cli.commands.check_data import print_report
     from openocr_cli.training_ui import TrainDisplay
 
-    role = ddp.role_from_env()
-    quiet_unless_main(role.is_main)
-    device = ddp.init(role, resolve_device(settings.device))
-    output_dir = settings.output_dir
-    logger = logging.getLogger("openocr_det")
-    handler = _setup_log(output_dir) if role.is_main else logging.NullHandler()
-    ended_together = False  # every rank reached the same end (not an error on this one)
+    class RunScreen(TrainDisplay):
+        role = None
+
+        def checking_data(self):
+            return console.status("checking the training labels and images ...")
+
+        def on_data_checked(self, report) -> None:
+            print_report(report, problems=False, warnings=False)  # train logs the warnings and lists the problems
+
+        def on_resume(self, checkpoint: Path, ckpt: dict) -> None:
+            console.print(f"Resuming {checkpoint} (epoch {ckpt.get('epoch')}, step {ckpt.get('global_step')})")
+
+        def on_run_start(self, settings: TrainSettings, role) -> None:
+            quiet_unless_main(role.is_main)
+            self.role, self.started = role, time.perf_counter()
+            if settings.ignored:
+                listed = ", ".join(settings.ignored)
+                console.print(f"[dim]ignored config keys (no effect in openocr-det): {listed}[/dim]")
+
+        @contextlib.contextmanager
+        def running(self, trainer):
+            role, settings = self.role, trainer.settings
+            if role is not None and role.distributed:
+                batch = settings.batch_size
+                scaled = f" (--scale-lr: {settings.optimizer['lr']:g} x {role.world_size})" if settings.scale_lr else ""
+                console.print(f"DDP: world size {role.world_size} ({trainer.device.type}), batch {batch} per process, "
+                              f"effective batch {batch * role.world_size}, learning rate {trainer.lr:g}{scaled}")
+            with self.live(trainer):
+                yield
+
+    return RunScreen(console)
+
+
+def _launch(plan: LaunchPlan, settings: TrainSettings, data: RunData) -> int:
+    """Hand the validated data to the workers of a distributed launch and wait for them (they run the
+    command again, without the launcher flags, and train through the same functions); their exit code."""
+    from openocr_cli.engine import distributed as ddp
+    from openocr_cli.engine.run_data import VALIDATED_ENV
+
+    handed = data.save(settings.output_dir)
     try:
-        if settings.ignored:
-            listed = ", ".join(settings.ignored)
-            logger.info("config keys OpenOCR defines but openocr-det does not use (ignored): %s", listed)
-            console.print(f"[dim]ignored config keys (no effect in openocr-det): {listed}[/dim]")
-        display = TrainDisplay(console)
-        callbacks = [RunLog(output_dir), ResultsPlot(output_dir), display]  # the log first: the plot reads it
-        if settings.patience:
-            callbacks.append(EarlyStopping(settings.patience, settings.min_delta))
-        trainer = Trainer(settings, data, device, role, resume=resume, callbacks=callbacks)
-        if trainer.finished:
-            _already_finished(trainer, resume_from or output_dir)
-            ended_together = True
-            return
-        batch = settings.batch_size
-        logger.info("run with torch %s and device %s; world size %d, batch %d per process, effective batch %d, "
-                    "lr %g; %d train / %d eval images", _torch_version(), device, role.world_size, batch,
-                    batch * role.world_size, trainer.lr, len(data.train), len(data.eval))
-        if role.distributed:
-            scaled = f" (--scale-lr: {settings.optimizer['lr']:g} x {role.world_size})" if settings.scale_lr else ""
-            console.print(f"DDP: world size {role.world_size} ({device.type}), batch {batch} per process, "
-                          f"effective batch {batch * role.world_size}, learning rate {trainer.lr:g}{scaled}")
-        try:
-            with display.live(trainer):
-                best = trainer.train()
-        except TrainingInterrupted as stop:
-            console.print(f"[yellow]Stopped after iteration {stop.state.global_step}; saved {stop.checkpoint}."
-                          f"[/yellow]\nResume with: openocr-det resume {shlex.quote(str(output_dir))}")
-            # under our own launcher a clean exit lets torchrun stop quietly; the launching command exits 130
-            ended_together = True
-            raise typer.Exit(0 if ddp.launched_by_us() else 130) from None
-        _summary(trainer, best, output_dir)
-        ended_together = True
+        return ddp.launch(plan, sys.argv[1:], env={VALIDATED_ENV: str(handed.resolve())})
     finally:
-        logger.removeHandler(handler)
-        handler.close()
-        ddp.shutdown(wait_for_all=ended_together)
+        handed.unlink(missing_ok=True)
 
 
-def _torch_version() -> str:
-    import torch
+def _finish(run: Callable[[], TrainResult]) -> None:
+    """Train, then show how the run ended; Ctrl-C ends with the resume command."""
+    from openocr_cli.engine import distributed as ddp
+    from openocr_cli.engine.trainer import TrainingInterrupted
 
-    return torch.__version__
+    try:
+        result = run()
+    except TrainingInterrupted as stop:
+        console.print(f"[yellow]Stopped after iteration {stop.state.global_step}; saved {stop.checkpoint}."
+                      f"[/yellow]\nResume with: openocr-det resume {shlex.quote(str(stop.checkpoint.parent))}")
+        # under our own launcher a clean exit lets torchrun stop quietly; the launching command exits 130
+        raise typer.Exit(0 if ddp.launched_by_us() else 130) from None
+    if result.already_finished:
+        _already_finished(result)
+    else:
+        _summary(result)
 
 
-def _already_finished(trainer, run: Path) -> None:
-    state, epochs = trainer.state, trainer.settings.epochs
-    best = f"best hmean {float(state.best.get('hmean', 0)):.4f}"
-    if state.stopped:
-        console.print(f"Training already finished: {state.stopped}. To continue: "
-                      f"openocr-det resume {shlex.quote(str(run))} --patience N (more than {state.stale_evals}, "
+def _already_finished(result: TrainResult) -> None:
+    run, epochs = result.run_dir, result.epochs
+    best = f"best hmean {result.best_hmean:.4f}"
+    if result.stopped:
+        console.print(f"Training already finished: {result.stopped}. To continue: "
+                      f"openocr-det resume {shlex.quote(str(run))} --patience N (more than {result.stale_evals}, "
                       "or 0 to turn early stopping off)")
         return
     console.print(f"Training already finished: {epochs} of {epochs} epochs done ({best}). To train longer: "
                   f"openocr-det resume {shlex.quote(str(run))} --epochs N")
 
 
-def _summary(trainer, best: dict, output_dir: Path) -> None:
-    rows = [("epochs", trainer.settings.epochs), ("iterations", trainer.state.global_step)]
-    if trainer.stop_reason:
-        rows.append(("stopped", trainer.stop_reason))
+def _summary(result: TrainResult) -> None:
+    best, output_dir = result.metrics, result.run_dir
+    rows = [("epochs", result.epochs), ("iterations", result.global_step)]
+    if result.stopped:
+        rows.append(("stopped", result.stopped))
     if best.get("best_epoch"):
         rows += [("best hmean", f"{best['hmean']:.4f}"), ("precision", f"{best['precision']:.4f}"),
                  ("recall", f"{best['recall']:.4f}"), ("best epoch", best["best_epoch"])]
     names = ("latest.pth", "best.pth", "config.yml", "train.log", "metrics.jsonl", "results.png")
     files = [p for p in names if (output_dir / p).exists()]
-    console.print("training finished (early stop)" if trainer.stop_reason else "training finished")
+    console.print("training finished (early stop)" if result.stopped else "training finished")
     console.print(table("", ["", "value"], rows))
     if best.get("best_epoch") == 0:
         console.print(f"[yellow]fine-tuning did not improve on the starting weights: hmean {best['hmean']:.4f} "
@@ -270,36 +251,6 @@ def _refuse(value, param: typer.CallbackParam):
 
 def _hidden(*names: str):
     return typer.Option(*names, hidden=True, callback=_refuse)
-
-
-def find_checkpoint(target: Optional[Path]) -> Path:
-    """RUN_DIR -> RUN_DIR/latest.pth; a file as is; nothing -> the newest latest.pth under ./output."""
-    if target is None:
-        runs = sorted(Path("output").glob("**/latest.pth"), key=lambda p: p.stat().st_mtime)
-        if not runs:
-            raise UserError("no run to resume: ./output holds no latest.pth. Pass the run folder or checkpoint, "
-                            "e.g. `openocr-det resume output/det_repvit_db`.")
-        return runs[-1]
-    if target.is_dir():
-        if not (target / "latest.pth").exists():
-            raise UserError(f"{target} holds no latest.pth, so there is nothing to resume there.")
-        return target / "latest.pth"
-    if not target.exists():
-        raise UserError(f"{target} does not exist. Pass a run folder or a latest.pth.")
-    return target
-
-
-def _read_resumable(path: Path) -> dict:
-    """A training checkpoint (OpenOCR's layout or ours); anything else is a clear error."""
-    if not path.is_file():
-        raise UserError(f"Global.checkpoints is {path}, which does not exist. Point it at a latest.pth to resume, "
-                        "or leave it empty to start a new run.")
-    from openocr_cli.checkpoint import read_checkpoint
-
-    ckpt = read_checkpoint(path)
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), dict) or "state_dict" not in ckpt:
-        raise UserError(f"{path} is not a training checkpoint (no config/state_dict); it cannot be resumed.")
-    return ckpt
 
 
 def resume(
@@ -343,20 +294,19 @@ continues when --patience allows it.
 
       openocr-det resume output/det_repvit_db --epochs 600 --device cuda:1
     """
+    from openocr_cli.api import training
     from openocr_cli.engine.allocator import keep_freed_memory
 
     keep_freed_memory()  # no page faults for every step's buffers (engine/allocator.py)
-    from openocr_cli.data.run_data import run_data
     from openocr_cli.engine import distributed as ddp
 
     plan, device = ddp.plan_launch(gpus, nproc_per_node, nnodes, node_rank, master_addr, master_port,
                                    rdzv_endpoint, device)
     quiet_unless_main(ddp.role_from_env().is_main)
-    path = find_checkpoint(target)
-    ckpt = _read_resumable(path)
     changes = {"epochs": epochs, "device": device, "workers": workers, "eval_every": eval_every,
                "save_every": save_every, "patience": patience, "min_delta": min_delta}
-    cfg = apply_flags(ckpt["config"], output=path.parent, **changes)
-    settings = TrainSettings.from_config(cfg)
-    console.print(f"Resuming {path} (epoch {ckpt.get('epoch')}, step {ckpt.get('global_step')})")
-    _launch_or_run(plan, settings, run_data(settings, skip_bad=False), ckpt, resume_from=path.parent)
+    screen = _screen()
+    if plan is not None:
+        job = training.plan_resume(target, **changes)
+        raise typer.Exit(_launch(plan, job.settings, training.load_job_data(job, [screen])))
+    _finish(lambda: training.resume(target, **changes, callbacks=[screen]))

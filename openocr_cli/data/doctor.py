@@ -14,22 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import cv2
 import numpy as np
-from rich.markup import escape
 
 from openocr_cli.config import find_transform, resize_params
-from openocr_cli.data.images import image_size
-from openocr_cli.data.labels import MAX_REPORTED_PROBLEMS, LabelProblem, LabelSample, LabelSet
-from openocr_cli.data.resize import ResizeSpec, target_size
+from openocr_cli.data.labels import LabelProblem, LabelSample, LabelSet
+from openocr_cli.data.resize import ResizeSpec
+from openocr_cli.data.text_heights import HEIGHT_BUCKETS, MAX_TINY_SHARE, TINY_HEIGHT, bucket_of, image_hw, text_heights
 from openocr_cli.errors import UserError
-from openocr_cli.ui import console, err_console, table, warn
 
-HEIGHT_BUCKETS = (("0-8", 8.0), ("8-16", 16.0), ("16-32", 32.0), ("32+", float("inf")))
 MAX_IGNORED_SHARE = 0.2
 MAX_EMPTY_CROP_SHARE = 0.2
-MAX_TINY_SHARE = 0.05
-TINY_HEIGHT = 8.0
 MAX_EXAMPLES = 3
 
 
@@ -68,36 +62,13 @@ def check_data(label_files: list[Path], data_dir: Path, cfg: dict, crops: int = 
     buckets = dict.fromkeys((name for name, _ in HEIGHT_BUCKETS), 0)
     for sample in samples:
         for height in text_heights(sample, spec):
-            buckets[next(name for name, upper in HEIGHT_BUCKETS if height < upper)] += 1
+            buckets[bucket_of(height)] += 1
     empty = _empty_crop_fraction(samples, cfg, crops, seed)
     report = DataReport(images=len(samples), background_images=sum(not s.polys for s in samples), regions=regions,
                         ignored_regions=ignored, problems=sorted(checked.problems, key=lambda p: (p.file, p.line)),
                         height_buckets=buckets, empty_crop_fraction=empty, warnings=[])
     report.warnings = _warnings(report, samples, crops, spec)
     return report
-
-
-def image_hw(sample: LabelSample) -> tuple[int, int]:
-    """(height, width): validation stores it; samples from elsewhere are read here."""
-    size = sample.size if sample.size is not None else image_size(sample.image)
-    if size is None:
-        raise UserError(f"{sample.source}:{sample.line}: image {sample.image} cannot be decoded.")
-    return size
-
-
-def text_heights(sample: LabelSample, spec: ResizeSpec) -> list[float]:
-    """Shorter side of each text region's minimum-area rectangle, in network-input pixels.
-
-    As resize_for_test: an image with h + w < 64 is padded to at least 32 x 32 first, and the
-    coordinates scale by target size / padded size.
-    """
-    h, w = image_hw(sample)
-    if h + w < 64:
-        h, w = max(32, h), max(32, w)
-    th, tw = target_size(h, w, spec)
-    scale = np.array([tw / w, th / h], dtype=np.float32)
-    return [float(min(cv2.minAreaRect((poly * scale).astype(np.float32))[1]))
-            for poly, ignored in zip(sample.polys, sample.ignore) if not ignored]
 
 
 def _empty_crop_fraction(samples: list[LabelSample], cfg: dict, crops: int, seed: int) -> float:
@@ -187,22 +158,3 @@ def _outside(poly: np.ndarray, size: tuple[int, int]) -> bool:
 def _examples(items: list[str]) -> str:
     more = len(items) - MAX_EXAMPLES
     return "; ".join(items[:MAX_EXAMPLES]) + (f"; and {more} more" if more > 0 else "")
-
-
-def print_report(report: DataReport, problems: bool = True) -> None:
-    """The summary table, then warnings (yellow), then (unless the caller lists them itself, as train
-    does in its refusal) up to 20 problems as `file:line: reason`."""
-    text = report.regions - report.ignored_regions
-    rows = [("usable images", report.images), ("background images", report.background_images),
-            ("regions", report.regions), ("do-not-care regions", report.ignored_regions), ("text regions", text)]
-    rows += [(f"  text height {name} px", count) for name, count in report.height_buckets.items()]
-    rows += [("empty training crops", f"{report.empty_crop_fraction:.1%}"), ("problem lines", len(report.problems))]
-    console.print(table("check-data", ["", "value"], rows))
-    for message in report.warnings:
-        warn(escape(message))
-    if problems and report.problems:
-        err_console.print(f"[red]{len(report.problems)} label line(s) train refuses:[/red]")
-        for problem in report.problems[:MAX_REPORTED_PROBLEMS]:
-            err_console.print(f"  {problem}", markup=False)
-        if len(report.problems) > MAX_REPORTED_PROBLEMS:
-            err_console.print(f"  ... and {len(report.problems) - MAX_REPORTED_PROBLEMS} more")

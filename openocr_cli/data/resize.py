@@ -14,12 +14,13 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from openocr_cli.config_schema import TRANSFORM_PARAMS
 from openocr_cli.constants import IMAGENET_MEAN, IMAGENET_STD
 from openocr_cli.errors import UserError
 
 LIMIT_TYPES = ("max", "min", "resize_long")
 # The DetResizeForTest parameters ResizeSpec.from_params reads (config checks accept exactly these).
-RESIZE_PARAMS = ("image_shape", "keep_ratio", "limit_side_len", "limit_type", "resize_long")
+RESIZE_PARAMS = TRANSFORM_PARAMS["DetResizeForTest"]
 
 
 @dataclass(frozen=True)

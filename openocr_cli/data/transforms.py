@@ -13,6 +13,7 @@ from typing import Any, Optional
 import cv2
 import numpy as np
 
+from openocr_cli.config_schema import validate_ops  # the list check lives with the other config checks
 from openocr_cli.constants import IMAGENET_MEAN, IMAGENET_STD
 from openocr_cli.data.augment import CopyPaste, EastRandomCropData, IaaAugment
 from openocr_cli.data.resize import RESIZE_PARAMS, Normalizer
@@ -20,7 +21,6 @@ from openocr_cli.data.targets import MakeBorderMap, MakeShrinkMap
 from openocr_cli.data.top_rows import TopRows
 from openocr_cli.errors import UserError
 from openocr_cli.geometry import pad_vertices
-from openocr_cli.suggest import did_you_mean
 
 
 class DecodeImage:
@@ -120,42 +120,16 @@ _TRAIN_OPS: dict[str, type] = {cls.__name__: cls for cls in (
 
 # Test-time ops: only their parameters are checked here (data.resize applies them).
 _TEST_OPS = {"DetResizeForTest": RESIZE_PARAMS}
-KNOWN_OPS = tuple(sorted([*_TRAIN_OPS, *_TEST_OPS]))
 
 
 def op_parameters(name: str) -> tuple[str, ...]:
-    """The parameter names transform `name` accepts, sorted (a training op's from its signature)."""
+    """The parameter names transform `name` takes, sorted (a training op's from its signature).
+
+    The config check (config_schema.TRANSFORM_PARAMS, which cannot import this layer) lists the same names.
+    """
     if name in _TEST_OPS:
         return tuple(sorted(_TEST_OPS[name]))
     return tuple(sorted(inspect.signature(_TRAIN_OPS[name]).parameters))
-
-
-def validate_ops(op_configs: list, where: str) -> None:
-    """Check a `- Name: {params}` transform list (names and parameter names only, nothing is built).
-
-    `where` is the list's key path, e.g. `Train.dataset.transforms`; every problem is a UserError
-    naming the full key path of the offending entry and, when one is close, the valid spelling.
-    """
-    if not isinstance(op_configs, (list, tuple)):
-        raise UserError(f"{where} must be a list of transforms like `- Name: {{params}}`, got {op_configs!r}.")
-    for i, entry in enumerate(op_configs):
-        path = f"{where}.{i}"
-        if not isinstance(entry, dict) or len(entry) != 1:
-            raise UserError(f"{path} must be one transform like `- Name: {{params}}`, got {entry!r}.")
-        (name, params), = entry.items()
-        if name not in KNOWN_OPS:
-            raise UserError(f"{path}.{name} is not a transform openocr-det knows"
-                            f"{did_you_mean(name, KNOWN_OPS, f'{path}.')}. Known: {', '.join(KNOWN_OPS)}.")
-        if params is None:
-            continue
-        if not isinstance(params, dict):
-            raise UserError(f"{path}.{name} must be a mapping of parameters (or empty), got {params!r}.")
-        accepted = op_parameters(name)
-        for key in params:
-            if key not in accepted:
-                hint = did_you_mean(key, accepted, f"{path}.{name}.")
-                listing = f"Its parameters: {', '.join(accepted)}." if accepted else f"{name} takes no parameters."
-                raise UserError(f"{path}.{name}.{key} is not a parameter of {name}{hint}. {listing}")
 
 
 def build_ops(op_configs: list, epoch: Optional[int] = None) -> list:

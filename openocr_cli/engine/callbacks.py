@@ -4,17 +4,34 @@ The trainer emits four events on the main process: `on_step` (every optimizer st
 is set on logging steps), `on_eval`, `on_epoch_end` and `on_train_end`. The live display, the log
 writers and later guards (early stopping, curves, NaN checks) subscribe instead of adding
 branches to the loop; a subscriber may call `trainer.request_stop(reason)`.
+
+Before and around the loop, the run itself (engine.run_data, api.training) tells the same subscribers,
+on every process, what it is doing: `checking_data()` (a context manager around the label and image
+check), `on_data_checked(report)`, `on_resume(checkpoint, ckpt)`, `on_run_start(settings, role)` (the
+settings are final and train.log is open; the trainer is built next) and `running(trainer)` (a context
+manager around the loop, not entered when the run had already finished). This is how the command line
+shows its spinner, tables and live display while the library itself prints nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-LOSS_KEYS = ("loss", "loss_shrink_maps", "loss_threshold_maps", "loss_binary_maps")
+from openocr_cli.loss import LOSS_KEYS
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from openocr_cli.data.doctor import DataReport
+    from openocr_cli.engine.distributed import Role
+    from openocr_cli.settings import TrainSettings
+
 log = logging.getLogger("openocr_det")
 
 
@@ -45,9 +62,45 @@ class EvalReport:
     baseline: bool = False  # the starting weights, evaluated before the first step
 
 
+def notify(callbacks: Sequence[Any], event: str, *args: Any) -> None:
+    """Call the run event `event` on every subscriber that has it (a plain object may have only some)."""
+    for callback in callbacks:
+        method = getattr(callback, event, None)
+        if method is not None:
+            method(*args)
+
+
+@contextlib.contextmanager
+def within(callbacks: Sequence[Any], event: str, *args: Any) -> Iterator[None]:
+    """Enter the context manager every subscriber that has `event` returns for it, for the block's duration."""
+    with contextlib.ExitStack() as stack:
+        for callback in callbacks:
+            method = getattr(callback, event, None)
+            if method is not None:
+                stack.enter_context(method(*args))
+        yield
+
+
 class Callback:
     """Override the events you need; every method is a no-op by default."""
 
+    # ------------------------------------------------- the run's events (every process)
+    def checking_data(self) -> AbstractContextManager[None]:
+        """Entered while the training labels and images are checked (this can take a while)."""
+        return contextlib.nullcontext()
+
+    def on_data_checked(self, report: DataReport) -> None: ...
+
+    def on_resume(self, checkpoint: Path, ckpt: dict) -> None:
+        """The run continues from `checkpoint` (read into `ckpt`); its data is checked next."""
+
+    def on_run_start(self, settings: TrainSettings, role: Role) -> None: ...
+
+    def running(self, trainer: Any) -> AbstractContextManager[None]:
+        """Entered around the training loop."""
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------- the trainer's events (main process)
     def on_step(self, trainer: Any, report: StepReport) -> None: ...
 
     def on_eval(self, trainer: Any, report: EvalReport) -> None: ...

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from openocr_cli.engine.callbacks import LOSS_KEYS
+from openocr_cli.fileio import atomic_path
+from openocr_cli.loss import LOSS_KEYS
 
 EVAL_KEYS = ("precision", "recall", "hmean")
 
@@ -50,8 +51,9 @@ def plot_results(metrics: Path, out: Path) -> Path:
     losses.legend()
     quality.legend()
     quality.set_ylim(0, 1)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        with atomic_path(out) as tmp:  # the temporary name has no .png suffix: the format is given
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return out

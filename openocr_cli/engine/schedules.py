@@ -13,9 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from openocr_cli.config_schema import SCHEDULE_PARAMS
 from openocr_cli.errors import UserError
 
-if TYPE_CHECKING:  # the config check reads SCHEDULES without importing torch
+if TYPE_CHECKING:  # torch is imported when a schedule is built
     import torch
     from torch.optim.lr_scheduler import LRScheduler as Scheduler
 
@@ -118,17 +119,13 @@ def _warmup_cosine(opt, p: dict, per_epoch: int, total: int, lr: float) -> Sched
     return SequentialLR(opt, [ramp, cosine], milestones=[warmup])
 
 
-SCHEDULES: dict[str, Schedule] = {
-    "CosineAnnealingLR": Schedule(frozenset({"warmup_epoch"}), _lambda(_cosine)),
-    "ConstLR": Schedule(frozenset({"warmup_epoch"}), _lambda(_const)),
-    "LinearLR": Schedule(frozenset({"warmup_epoch"}), _lambda(_linear)),
-    "StepLR": Schedule(frozenset({"step_size", "gamma", "warmup_epoch"}), _lambda(_step)),
-    "MultiStepLR": Schedule(frozenset({"milestones", "gamma", "warmup_epoch"}), _lambda(_multistep)),
-    "PolynomialLR": Schedule(frozenset({"lr_end", "power", "warmup_epoch"}), _lambda(_polynomial)),
-    "CdistNetLR": Schedule(frozenset({"n_warmup_steps", "step2_epoch"}), _lambda(_cdistnet)),
-    "OneCycleLR": Schedule(frozenset({"warmup_epoch", "cycle_momentum"}), _one_cycle),
-    "WarmupCosineLR": Schedule(frozenset({"warmup_steps", "eta_min"}), _warmup_cosine),
+_BUILDERS = {
+    "CosineAnnealingLR": _lambda(_cosine), "ConstLR": _lambda(_const), "LinearLR": _lambda(_linear),
+    "StepLR": _lambda(_step), "MultiStepLR": _lambda(_multistep), "PolynomialLR": _lambda(_polynomial),
+    "CdistNetLR": _lambda(_cdistnet), "OneCycleLR": _one_cycle, "WarmupCosineLR": _warmup_cosine,
 }
+# every schedule the config check accepts (config_schema.SCHEDULE_PARAMS: names and keys), with its builder
+SCHEDULES: dict[str, Schedule] = {name: Schedule(params, _BUILDERS[name]) for name, params in SCHEDULE_PARAMS.items()}
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, params: dict, steps_per_epoch: int, epochs: int,

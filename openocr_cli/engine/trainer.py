@@ -24,13 +24,14 @@ import torch
 import yaml
 
 from openocr_cli.checkpoint import save_checkpoint
-from openocr_cli.data.run_data import RunData
 from openocr_cli.engine import builders
 from openocr_cli.engine import distributed as ddp
-from openocr_cli.engine.callbacks import LOSS_KEYS, Callback, EvalReport, StepReport
+from openocr_cli.engine.callbacks import Callback, EvalReport, StepReport
 from openocr_cli.engine.evaluator import EvalResult, evaluate_model
+from openocr_cli.engine.run_data import RunData
 from openocr_cli.engine.state import TrainState, seed_everything, set_rng_state
 from openocr_cli.errors import UserError
+from openocr_cli.loss import LOSS_KEYS
 from openocr_cli.settings import TrainSettings
 
 log = logging.getLogger("openocr_det")

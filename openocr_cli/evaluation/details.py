@@ -12,8 +12,8 @@ from typing import Optional
 
 import numpy as np
 
-from openocr_cli.data.doctor import HEIGHT_BUCKETS, MAX_TINY_SHARE, TINY_HEIGHT, text_heights
 from openocr_cli.data.resize import ResizeSpec
+from openocr_cli.data.text_heights import HEIGHT_BUCKETS, MAX_TINY_SHARE, TINY_HEIGHT, bucket_of, text_heights
 from openocr_cli.engine.evaluator import ScoredImage
 from openocr_cli.errors import UserError
 from openocr_cli.metrics import DONT_CARE, FALSE_POSITIVE, MATCHED, MISSED
@@ -88,7 +88,7 @@ def by_height(scored: Sequence[ScoredImage], spec: ResizeSpec) -> Optional[dict[
                 continue
             height = next(heights)
             if state in (MATCHED, MISSED):  # invalid polygons are not in the metric either
-                bucket = counts[next(name for name, upper in HEIGHT_BUCKETS if height < upper)]
+                bucket = counts[bucket_of(height)]
                 bucket[0] += 1
                 bucket[1] += state == MATCHED
     return {name: {"gt": gt, "matched": hit, "recall": hit / gt if gt else 0.0} for name, (gt, hit) in counts.items()}
