@@ -17,8 +17,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
+# ruff, then the import contracts in pyproject.toml (layers, no cycles, rich/typer only in the command layer)
 lint: install
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
