@@ -25,14 +25,18 @@ _PUBLIC = {
     "ImageReadError": "openocr_cli.errors",
     "train": "openocr_cli.api.training",
     "resume": "openocr_cli.api.training",
+    "TrainResult": "openocr_cli.api.training",
+    "TrainingInterrupted": "openocr_cli.engine.trainer",
 }
 __all__ = ["Detector", "EvalResult", "ImageReadError", "InferenceOptions", "MissingFileError", "Result", "Setting",
-           "UserError", "__version__", "resume", "train"]
+           "TrainResult", "TrainingInterrupted", "UserError", "__version__", "resume", "train"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on demand
     from openocr_cli.api.detector import Detector
+    from openocr_cli.api.training import TrainResult, resume, train
     from openocr_cli.engine.evaluator import EvalResult
     from openocr_cli.engine.resolve import InferenceOptions, Setting
+    from openocr_cli.engine.trainer import TrainingInterrupted
     from openocr_cli.errors import ImageReadError, MissingFileError, UserError
     from openocr_cli.results import Result
 

@@ -38,7 +38,8 @@ def records(run: Path, kind: str) -> list[dict]:
 
 def test_import_is_cheap_and_train_is_lazy():
     code = ("import sys, openocr_cli\nassert openocr_cli.train is openocr_cli.api.training.train\n"
-            "assert openocr_cli.resume is openocr_cli.api.training.resume\nprint('torch' in sys.modules)")
+            "assert openocr_cli.resume is openocr_cli.api.training.resume\n"
+            "assert openocr_cli.TrainResult is openocr_cli.api.training.TrainResult\nprint('torch' in sys.modules)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.split() == ["False"], res.stderr
 
