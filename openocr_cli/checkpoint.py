@@ -30,24 +30,24 @@ def read_checkpoint(path: Path) -> Any:
     path = Path(path)
     if not path.exists():
         raise MissingFileError(f"weights file {path} does not exist. Check the path, or pass a model name "
-                        "such as 'repvit' (see `openocr-det download --list`).")
+                               "such as 'repvit' (see `openocr-det download --list`).")
     if path.is_dir():
         raise UserError(f"weights path {path} is a folder; pass the .pth file inside it (for example {path}/best.pth).")
-    what = _not_a_torch_file(path)
-    if what is not None:
-        raise UserError(f"{path} is not a readable PyTorch checkpoint ({what}): pass a .pth file saved by "
-                        "OpenOCR or openocr-det training.")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise UserError(
-                f"{path} needs arbitrary Python objects to load, so it was refused: loading it could run "
-                "code hidden in the file. Only checkpoints made of tensors and plain values are accepted "
-                "(OpenOCR's and ours are). If you trust the file, re-save just its state_dict with PyTorch."
-            ) from exc
-        raise UserError(f"{path} is not a PyTorch checkpoint ({exc}).") from exc
     except Exception as exc:  # a damaged file can make the unpickler fail in many ways
+        what = _not_a_torch_file(path)  # torch blames weights_only for files that are no checkpoint at all
+        if what is not None:
+            raise UserError(f"{path} is not a readable PyTorch checkpoint ({what}): pass a .pth file saved by "
+                            "OpenOCR or openocr-det training.") from exc
+        if isinstance(exc, pickle.UnpicklingError):
+            if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+                raise UserError(
+                    f"{path} needs arbitrary Python objects to load, so it was refused: loading it could run "
+                    "code hidden in the file. Only checkpoints made of tensors and plain values are accepted "
+                    "(OpenOCR's and ours are). If you trust the file, re-save just its state_dict with PyTorch."
+                ) from exc
+            raise UserError(f"{path} is not a PyTorch checkpoint ({exc}).") from exc
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"{path} is not a readable PyTorch checkpoint ({reason}). "
                         "Pass a .pth file saved by OpenOCR or openocr-det.") from exc
