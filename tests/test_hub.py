@@ -193,7 +193,7 @@ def test_registry_has_release_files_and_mirrors_in_order():
                     f"https://huggingface.co/topdu/OpenOCR/resolve/main/{PTH}",
                     f"https://www.modelscope.cn/models/topdktu/OpenOCR/resolve/master/{PTH}"]
     # both released files expect OpenOCR's repvit_db.yml preprocessing
-    expected = hub.Preprocess(IMAGENET_MEAN, IMAGENET_STD, channel_order="BGR", limit_side_len=960, limit_type="max")
+    expected = hub.Preprocess(IMAGENET_MEAN, IMAGENET_STD, channel_order="BGR")  # the resize is the config's
     assert all(entry.preprocess == expected for entry in hub.MODELS.values())
 
 

@@ -158,15 +158,12 @@ class Detector:
         .precision .recall .hmean .images .fps, .by_height (recall per text-height bucket), .failures
         (unreadable images) and .as_dict() (eval --json's numbers).
         """
-        from openocr_cli.data.labels import load_labels
+        from openocr_cli.data.labels import labelled_data, load_labels
         from openocr_cli.evaluation.details import by_height
 
         files = [Path(label_file)] if isinstance(label_file, (str, os.PathLike)) else [Path(f) for f in label_file]
-        for file in files:
-            if not file.is_file():
-                raise MissingFileError(f"label file {file} does not exist.")
-        folder = Path(data_dir) if data_dir is not None else Path(str(
-            ((self.resolved.cfg.get("Eval") or {}).get("dataset") or {}).get("data_dir", ".")))
+        folder, files = labelled_data(self.resolved.cfg, "Eval", Path(data_dir) if data_dir is not None else None,
+                                      files)
         samples = load_labels(files, folder, check_images=True)
         report = _progress_reporter(progress, len(samples))
         count = iter(range(1, len(samples) + 1))

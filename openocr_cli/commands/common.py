@@ -11,6 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from openocr_cli.data.labels import labelled_data  # noqa: F401 (the commands' name for it)
 from openocr_cli.engine.resolve import DEFAULT_ONNX_MODEL, DEFAULT_WEIGHTS, InferenceOptions  # noqa: F401 (re-exported)
 from openocr_cli.errors import UserError
 from openocr_cli.fileio import atomic_write_text
@@ -108,18 +109,6 @@ Std = Annotated[Optional[str], typer.Option(
     "--std", callback=_three_floats, metavar="C1,C2,C3",
     help="Normalisation std, three comma-separated values (default: as --mean).")]
 
-
-
-def labelled_data(cfg: dict, section: str, data_dir: Optional[Path],
-                  label_files: Optional[list[Path]]) -> tuple[Path, list[Path]]:
-    """--data-dir / --label-file, else the config's `<section>.dataset` values; no label file is a usage error."""
-    dataset = (cfg.get(section) or {}).get("dataset") or {}
-    data_dir = data_dir if data_dir is not None else Path(str(dataset.get("data_dir", ".")))
-    files = label_files or [Path(str(p)) for p in dataset.get("label_file_list") or []]
-    if not files:
-        raise UserError(f"no label file: pass --label-file FILE (or set {section}.dataset.label_file_list in the "
-                        "config).", exit_code=2)
-    return data_dir, files
 
 
 def write_json(path: Path, data: dict) -> None:

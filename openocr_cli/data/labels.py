@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from openocr_cli.errors import UserError
+from openocr_cli.errors import MissingFileError, UserError
 
 IGNORE_TRANSCRIPTIONS = frozenset({"###", "*"})
 MAX_REPORTED_PROBLEMS = 20
@@ -115,7 +115,7 @@ def read_label_files(files: Iterable[Path], data_dir: Path, check_images: bool =
     for file in files:
         file = Path(file)
         if not file.is_file():
-            raise UserError(f"label file {file} does not exist. Pass an existing file to --label-file.")
+            raise MissingFileError(f"label file {file} does not exist. Pass an existing file to --label-file.")
         with open(file, "rb") as f:
             for number, raw_bytes in enumerate(f, 1):
                 raw = raw_bytes.decode("utf-8", errors="replace").rstrip("\n").rstrip("\r")
@@ -155,3 +155,14 @@ def load_labels(files: Iterable[Path], data_dir: Path, check_images: bool = True
         raise UserError(f"no labelled images in {', '.join(map(str, files))}: the file(s) are empty.")
     return result.samples
 
+
+def labelled_data(cfg: dict, section: str, data_dir: Optional[Path],
+                  label_files: Optional[list[Path]]) -> tuple[Path, list[Path]]:
+    """--data-dir / --label-file, else the config's `<section>.dataset` values; no label file is a usage error."""
+    dataset = (cfg.get(section) or {}).get("dataset") or {}
+    data_dir = data_dir if data_dir is not None else Path(str(dataset.get("data_dir", ".")))
+    files = label_files or [Path(str(p)) for p in dataset.get("label_file_list") or []]
+    if not files:
+        raise UserError(f"no label file: pass --label-file FILE (or set {section}.dataset.label_file_list in the "
+                        "config).", exit_code=2)
+    return data_dir, files

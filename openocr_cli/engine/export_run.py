@@ -285,7 +285,7 @@ def load_calibration(calib_data: Path, data_dir: Optional[Path], count: int, cfg
     """A folder of images, or a label file whose images (under `data_dir`, as eval resolves them) are both
     the calibration pool and the accuracy-check set."""
     from openocr_cli.data.images import collect_images, is_image_name
-    from openocr_cli.data.labels import load_labels
+    from openocr_cli.data.labels import labelled_data, load_labels
     from openocr_cli.engine.quantize import pick_evenly
 
     if calib_data.is_dir():
@@ -298,10 +298,8 @@ def load_calibration(calib_data: Path, data_dir: Optional[Path], count: int, cfg
     if is_image_name(calib_data.name):
         raise UserError(f"--calib-data {calib_data} is one image; pass the folder that holds the calibration "
                         "images (64 or more work best), or a label file.", exit_code=2)
-    if data_dir is None:  # as eval: the config's Eval.dataset.data_dir
-        dataset = (cfg.get("Eval") or {}).get("dataset") or {}
-        data_dir = Path(str(dataset.get("data_dir", ".")))
-    samples = load_labels([calib_data], data_dir)
+    data_dir, files = labelled_data(cfg, "Eval", data_dir, [calib_data])  # as eval resolves label paths
+    samples = load_labels(files, data_dir)
     if not samples:
         raise UserError(f"--calib-data {calib_data} lists no images.")
     return Calibration(calib_data, pick_evenly([str(s.image) for s in samples], count), samples)

@@ -27,15 +27,13 @@ MIRRORS: list[tuple[str, str]] = [
 class Preprocess:
     """The input a set of weights was trained on, so it travels with the file rather than with a config.
 
-    mean[i]/std[i] apply to the i-th channel as the pixels arrive, in channel_order; limit_side_len and
-    limit_type are the test-time resize (see openocr_cli.data.resize).
+    mean[i]/std[i] apply to the i-th channel as the pixels arrive, in channel_order (the test-time resize is
+    the config's: released weights use repvit_db.yml's).
     """
 
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     channel_order: str = "BGR"
-    limit_side_len: int = 960
-    limit_type: str = "max"
 
     def as_metadata(self) -> dict[str, str]:
         """The normalisation in the form an exported ONNX model states it (engine/onnx_metadata.py)."""
