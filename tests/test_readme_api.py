@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -34,8 +35,11 @@ def test_readme_python_examples_run(tmp_path):
     (tmp_path / "data" / "test_label.txt").write_text(
         label_line("x.png", [{"transcription": "w", "points": [[10, 10], [250, 10], [250, 170], [10, 170]]}]))
     env = dict(os.environ, MPLBACKEND="Agg", OPENOCR_DET_OFFLINE="1", PYTHONPATH=str(REPO))
-    for number, block in enumerate(blocks, 1):
-        proc = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=300)
-        assert proc.returncode == 0, f"README Python example {number} failed:\n{block}\n{proc.stderr}"
+    # one interpreter, each example in a namespace of its own (as if pasted into a fresh session)
+    runner = "import json, sys, traceback\nfor n, code in enumerate(json.load(sys.stdin), 1):\n" \
+             "    try:\n        exec(compile(code, f'README example {n}', 'exec'), {'__name__': '__main__'})\n" \
+             "    except Exception:\n        traceback.print_exc()\n        sys.exit(n)\n"
+    proc = subprocess.run([sys.executable, "-c", runner], input=json.dumps(blocks), cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"README Python example {proc.returncode} failed:\n{proc.stderr}"
     assert (tmp_path / "detections.png").is_file() and (tmp_path / "crop_0.png").is_file()
