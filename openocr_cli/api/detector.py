@@ -121,7 +121,7 @@ class Detector:
         `return_maps` keeps each probability map (`Result.prob_map`); `keep_images` keeps decoded files
         (in-memory images are always kept), else `plot()` / `crops()` read the file again.
         """
-        items = list(_expand_all(_as_list(source), recursive))
+        items = [item for one in _as_list(source) for item in _expand(one, recursive)]  # every file checked first
         return list(self._run(items, len(items), batch_size, return_maps, keep_images, on_error, progress))
 
     def stream(self, sources: Union[Source, Iterable[Source]], *, batch_size: Optional[int] = None,
@@ -207,11 +207,6 @@ def _expand(source: Any, recursive: bool) -> Iterator[Any]:
         yield from collect_images([text], recursive)
     except UserError as exc:  # an empty folder, a glob matching nothing
         raise MissingFileError(str(exc)) from None
-
-
-def _expand_all(sources: Iterable[Any], recursive: bool) -> Iterator[Any]:
-    expanded = [item for source in sources for item in _expand(source, recursive)]
-    return iter(expanded)
 
 
 def _progress_reporter(progress: Progress, total: Optional[int]) -> Callable[[Optional[int]], None]:
