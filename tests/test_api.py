@@ -162,6 +162,10 @@ def test_errors_are_public_types(cli, tmp_path, pages, bright_onnx, det):
     assert isinstance(info.value, ImageReadError)
     skipped = det.predict([pages / "p0.png", bad, pages / "p1.png"], on_error="skip")
     assert [r.error is None for r in skipped] == [True, False, True] and "bad.png" in skipped[1].error
+    streamed = list(det.stream([pages / "p0.png", tmp_path / "gone.png"], on_error="skip"))  # deleted mid-run
+    assert streamed[0].error is None and "gone.png" in streamed[1].error
+    with pytest.raises(FileNotFoundError, match="gone.png"):
+        list(det.stream([pages / "p0.png", tmp_path / "gone.png"]))
     with pytest.raises(ImageReadError, match="float64"):
         det.predict(np.zeros((8, 8, 3)))
     with pytest.raises(UserError, match="thresh"):

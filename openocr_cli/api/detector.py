@@ -129,8 +129,10 @@ class Detector:
                recursive: bool = False, progress: Progress = None) -> Iterator[Result]:
         """Like predict, as a generator: results in input order while later images are still read, with
         memory bounded by the batch, whatever the number of inputs (a generator of paths is read lazily;
-        a missing file is raised when the stream reaches it)."""
-        items = (item for source in _as_list(sources) for item in _expand(source, recursive))
+        a missing file is raised when the stream reaches it, or with on_error="skip" becomes a Result whose
+        `error` says so: a file deleted while a long stream runs does not end it)."""
+        strict = on_error != "skip"
+        items = (item for source in _as_list(sources) for item in _expand(source, recursive, strict))
         return self._run(items, None, batch_size, return_maps, keep_images, on_error, progress)
 
     def _run(self, items: Iterable, total: Optional[int], batch_size: Optional[int], return_maps: bool,
@@ -192,13 +194,14 @@ def _as_list(source: Any) -> list:
         return [source]  # not iterable: as_bgr names the type it got
 
 
-def _expand(source: Any, recursive: bool) -> Iterator[Any]:
-    """A path, folder or glob -> its image files; pixels pass through."""
+def _expand(source: Any, recursive: bool, strict: bool = True) -> Iterator[Any]:
+    """A path, folder or glob -> its image files; pixels pass through. Not `strict`: a missing file is passed
+    on, for the predictor to report as unreadable."""
     if not isinstance(source, (str, os.PathLike)):
         yield source
         return
     text = os.fspath(source)
-    if os.path.isfile(text):
+    if os.path.isfile(text) or (not strict and not os.path.isdir(text) and not glob.has_magic(text)):
         yield text
         return
     if not os.path.isdir(text) and not glob.has_magic(text):
