@@ -194,6 +194,14 @@ def test_settings_record_every_value_and_its_source(bright_onnx):
     assert det.describe()["mean"]["value"] == [0.485, 0.456, 0.406]
 
 
+def test_a_pickled_detector_loads_again_with_the_same_settings(pages, det):
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(det))  # what Spark, Ray or multiprocessing do to send it to a worker
+    assert copy is not det and copy.settings == det.settings
+    assert [r.to_line() for r in copy.predict(pages)] == [r.to_line() for r in det.predict(pages)]
+
+
 def test_stream_reads_lazily_in_input_order(pages, det):
     files = sorted(str(p) for p in pages.iterdir()) * 10
     pulled = []

@@ -105,6 +105,11 @@ class Detector:
     def backend(self) -> str:
         return self.predictor.backend.name
 
+    def __reduce__(self):
+        """Pickled as its options, loaded again on the other side (Spark / Ray / multiprocessing workers get a
+        detector of their own; onnxruntime sessions and torch models are not sent)."""
+        return (Detector.from_options, (self.options,))
+
     def __repr__(self) -> str:
         return f"Detector({self.resolved.model!r}, backend={self.backend!r})"
 
