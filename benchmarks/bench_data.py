@@ -10,8 +10,15 @@ With --openocr PATH (an OpenOCR source tree holding opendet/ and tools/) OpenOCR
 is built from the same config and data and timed in the same process, rounds interleaved with ours;
 the ratio is taken round by round and its median printed.
 
+With --cache ram|disk our dataset reads through the decode cache (data.decode_cache; disk: a fresh
+folder in the temporary directory). The pass that fills it (prepare, then one sample per image) is
+timed on its own and printed as the first epoch; the rounds are the steady state after it.
+--size HxW sets the generated images' size (e.g. 480x640); --compare-eager adds our chain with
+IaaAugment computing its whole image (no data.planned) to the same interleaved rounds.
+
     .venv/bin/python benchmarks/bench_data.py [--samples 100] [--rounds 3] [--json out.json]
     .venv/bin/python benchmarks/bench_data.py --config my.yml --samples 200 --openocr ~/OpenOCR
+    .venv/bin/python benchmarks/bench_data.py --jpeg --cache disk --size 480x640 --openocr ~/OpenOCR
 """
 
 from __future__ import annotations
@@ -33,29 +40,14 @@ import cv2
 import torch
 
 from openocr_cli import config as cfgmod
+from openocr_cli.data.augment import IaaAugment
 from openocr_cli.data.dataset import TrainDataset, select_by_ratio, validate_training_labels
-from openocr_cli.data.top_rows import TopRows
 from openocr_cli.errors import UserError
 from openocr_cli.settings import DataSource
 
-DEFERRED_DECODING = [0.0]  # seconds spent decoding image rows inside later ops (data.top_rows)
-
-
-def _count_deferred_decoding(decode):
-    def timed(self, data):
-        start = time.perf_counter()
-        try:
-            return decode(self, data)
-        finally:
-            DEFERRED_DECODING[0] += time.perf_counter() - start
-    return timed
-
-
-TopRows._decode = _count_deferred_decoding(TopRows._decode)
-
 
 class Timed:
-    """Wraps an op and adds its wall time to a shared table; image rows it decodes count as DecodeImage."""
+    """Wraps an op and adds its wall time to a shared table."""
 
     def __init__(self, op, name: str, totals: dict):
         self.op, self.name, self.totals = op, name, totals
@@ -64,12 +56,20 @@ class Timed:
                 setattr(self, attr, getattr(op, attr))
 
     def __call__(self, data):
-        start, decoding = time.perf_counter(), DEFERRED_DECODING[0]
+        start = time.perf_counter()
         out = self.op(data)
-        decoded = DEFERRED_DECODING[0] - decoding
-        self.totals[self.name] += time.perf_counter() - start - decoded
-        self.totals["DecodeImage"] += decoded
+        self.totals[self.name] += time.perf_counter() - start
         return out
+
+
+def timed_function(function, name: str, totals: dict):
+    def timed(*args):
+        start = time.perf_counter()
+        try:
+            return function(*args)
+        finally:
+            totals[name] += time.perf_counter() - start
+    return timed
 
 
 class Pipeline:
@@ -96,8 +96,13 @@ class Pipeline:
         return count / wall
 
 
-def ours(cfg: dict) -> Pipeline:
-    """Our TrainDataset on the config's training data, resolved as the train command does."""
+def ours(cfg: dict, cache: str = "none", cache_folder: Optional[Path] = None, eager: bool = False,
+         name: str = "openocr-det") -> Pipeline:
+    """Our TrainDataset on the config's training data, resolved as the train command does.
+
+    `cache`: the decode cache (the disk one in `cache_folder`); `eager`: IaaAugment computes its whole
+    image instead of only the block the crop keeps (data.planned), for the A/B comparison.
+    """
     source = DataSource.read(cfg, "Train")
     checked = validate_training_labels(source.label_files, source.data_dir)
     if checked.problems:
@@ -105,12 +110,35 @@ def ours(cfg: dict) -> Pipeline:
     per_file = [[s for s in checked.samples if s.source == str(f)] for f in source.label_files]
     seed = int(cfg.get("Global", {}).get("seed") or 0)
     samples = select_by_ratio(per_file, source.ratios, seed)
-    dataset = TrainDataset(samples, cfg["Train"]["dataset"]["transforms"], seed=seed)
+    dataset = TrainDataset(samples, cfg["Train"]["dataset"]["transforms"], seed=seed, cache=cache,
+                           cache_folder=cache_folder)
+    if eager:
+        for op in dataset.ops:
+            if isinstance(op, IaaAugment):
+                op.defer_pixels = False
     totals: dict[str, float] = defaultdict(float)
     dataset.load_ops = [Timed(op, type(op).__name__, totals) for op in dataset.load_ops]
     dataset.ops = [Timed(op, type(op).__name__, totals) for op in dataset.ops]
     dataset.reseedable = [op for op in dataset.ops if hasattr(op, "reseed")]
-    return Pipeline("openocr-det", lambda epoch, pos, idx: dataset[(epoch, pos, idx)], totals, len(dataset))
+    pipe = Pipeline(name, lambda epoch, pos, idx: dataset[(epoch, pos, idx)], totals, len(dataset))
+    pipe.dataset = dataset
+    if dataset.cache is not None:  # the file read, or the cached array's lookup (its pages are read by the ops)
+        dataset.cache.image = timed_function(dataset.cache.image, "cache read", totals)
+    return pipe
+
+
+def fill_cache(pipe: Pipeline) -> dict:
+    """The first epoch with an empty cache: prepare (ram: decode everything) + one pass over every image."""
+    start = time.perf_counter()
+    summary = pipe.dataset.prepare_cache()
+    prepared = time.perf_counter() - start
+    for i in range(pipe.size):
+        pipe.fetch(9999, i, i)
+    wall = time.perf_counter() - start
+    pipe.totals.clear()
+    return {"images": pipe.size, "prepare_s": round(prepared, 3), "first_epoch_s": round(wall, 3),
+            "first_epoch_samples_per_s": round(pipe.size / wall, 2), "cache_bytes": summary.size,
+            "described": summary.describe()}
 
 
 def openocr(cfg: dict, source_tree: Path) -> Pipeline:
@@ -137,11 +165,11 @@ def openocr(cfg: dict, source_tree: Path) -> Pipeline:
     return Pipeline("OpenOCR", lambda epoch, pos, idx: dataset[idx], totals, len(dataset))
 
 
-def synthetic_config(folder: Path, images: int, jpeg: bool) -> dict:
-    """The packaged config pointed at `images` generated 720x1280 training images in `folder`."""
+def synthetic_config(folder: Path, images: int, jpeg: bool, size: tuple[int, int] = (720, 1280)) -> dict:
+    """The packaged config pointed at `images` generated (height, width) training images in `folder`."""
     from openocr_cli.data.synth import generate
 
-    synth = generate(folder, num_train=images, num_test=0, seed=0, size=(720, 1280))
+    synth = generate(folder, num_train=images, num_test=0, seed=0, size=size)
     label = synth.train_label
     if jpeg:  # same pictures and regions, JPEG files (quality 95), as real scene-text sets ship
         lines = []
@@ -171,10 +199,21 @@ def table(pipe: Pipeline) -> list[str]:
     return rows
 
 
-def measure(cfg: dict, args: argparse.Namespace) -> dict:
-    pipes = [ours(cfg)]
+def measure(cfg: dict, args: argparse.Namespace, cache_folder: Optional[Path] = None) -> dict:
+    pipes = [ours(cfg, args.cache, cache_folder)]
     if args.openocr:
         pipes.append(openocr(cfg, Path(args.openocr)))
+    if args.compare_eager:
+        pipes.append(ours(cfg, args.cache, cache_folder, eager=True, name="openocr-det, whole-image IaaAugment"))
+    first = None
+    if args.cache != "none":  # the pass that fills the cache is timed on its own and left out of the rounds
+        first = fill_cache(pipes[0])
+        for pipe in pipes[1:]:
+            if getattr(pipe, "dataset", None) is not None:
+                pipe.dataset.prepare_cache()
+        print(f"cache {args.cache}: {first['described']}; first epoch ({first['images']} images, cache filled) "
+              f"{first['first_epoch_s']:.2f} s = {first['first_epoch_samples_per_s']:.1f} samples/s"
+              + (f", of which prepare {first['prepare_s']:.2f} s" if args.cache == "ram" else ""))
     for pipe in pipes:  # warm-up: imports, caches, first allocations
         pipe.run(min(5, args.samples), epoch=1000)
         pipe.op_seconds.clear()
@@ -183,7 +222,8 @@ def measure(cfg: dict, args: argparse.Namespace) -> dict:
     for r in range(args.rounds):
         for pipe in pipes if r % 2 == 0 else pipes[::-1]:  # alternate who goes first
             pipe.run(args.samples, epoch=r)
-    result = {"samples_per_s": statistics.median(pipes[0].rates), "rounds": args.rounds,
+    result = {"samples_per_s": statistics.median(pipes[0].rates), "rounds": args.rounds, "cache": args.cache,
+              "first_epoch": first, "image_size": list(args.size),
               "samples_per_round": args.samples, "rates": [round(x, 2) for x in pipes[0].rates],
               "ms_per_op": {k: 1000 * v / pipes[0].samples for k, v in pipes[0].op_seconds.items() if k != "(wall)"}}
     if args.openocr:
@@ -192,15 +232,30 @@ def measure(cfg: dict, args: argparse.Namespace) -> dict:
                       openocr_rates=[round(x, 2) for x in pipes[1].rates], ratios=[round(x, 3) for x in ratios],
                       openocr_ms_per_op={k: 1000 * v / pipes[1].samples for k, v in pipes[1].op_seconds.items()
                                          if k != "(wall)"})
+    if args.compare_eager:
+        eager = pipes[-1]
+        result.update(eager_samples_per_s=statistics.median(eager.rates),
+                      planned_over_eager=statistics.median([a / b for a, b in zip(pipes[0].rates, eager.rates)]),
+                      eager_ms_per_op={k: 1000 * v / eager.samples for k, v in eager.op_seconds.items()
+                                       if k != "(wall)"})
     for pipe in pipes:
         print(f"{pipe.name}: median {statistics.median(pipe.rates):.1f} samples/s over {args.rounds} round(s) of "
               f"{args.samples} (rounds: {', '.join(f'{x:.1f}' for x in pipe.rates)})")
     if args.openocr:
         print(f"ratio openocr-det / OpenOCR, median of rounds: x{result['ratio']:.2f} "
               f"(rounds: {', '.join(f'{x:.2f}' for x in result['ratios'])})")
+    if args.compare_eager:
+        print(f"ratio planned / whole-image IaaAugment, median of rounds: x{result['planned_over_eager']:.2f}")
     for pipe in pipes:
         print("\n" + "\n".join(table(pipe)))
     return result
+
+
+def _size(text: str) -> tuple[int, int]:
+    height, sep, width = text.lower().partition("x")
+    if not sep or not height.isdigit() or not width.isdigit() or int(height) < 32 or int(width) < 32:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HEIGHTxWIDTH, e.g. 480x640 (each at least 32)")
+    return int(height), int(width)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -209,6 +264,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--synthetic", action="store_true", help="generated 720x1280 images (the default)")
     parser.add_argument("--images", type=int, default=32, help="synthetic training images (default 32)")
     parser.add_argument("--jpeg", action="store_true", help="synthetic images as JPEG instead of PNG")
+    parser.add_argument("--size", type=_size, default=(720, 1280), metavar="HxW",
+                        help="synthetic image size, height x width (default 720x1280; e.g. 480x640)")
+    parser.add_argument("--cache", choices=("none", "ram", "disk"), default="none",
+                        help="our decode cache (Train.dataset.cache); its filling pass is timed apart, as the first "
+                             "epoch, and left out of the rounds (disk: a fresh folder in a temporary directory)")
+    parser.add_argument("--compare-eager", action="store_true",
+                        help="also time our chain with IaaAugment computing its whole image (no data.planned)")
     parser.add_argument("--samples", type=int, default=100, help="samples per round (default 100)")
     parser.add_argument("--rounds", type=int, default=1, help="timed rounds, interleaved with --openocr")
     parser.add_argument("--openocr", help="OpenOCR source tree: time its SimpleDataSet on the same data too")
@@ -222,8 +284,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             synthetic = args.synthetic or args.config is None
-            cfg = synthetic_config(Path(tmp), args.images, args.jpeg) if synthetic else cfgmod.load_config(args.config)
-            result = measure(cfg, args)
+            cfg = (synthetic_config(Path(tmp), args.images, args.jpeg, args.size) if synthetic
+                   else cfgmod.load_config(args.config))
+            result = measure(cfg, args, Path(tmp) / "decode-cache")
     except UserError as exc:
         sys.exit(f"error: {exc}")
     if args.json:

@@ -91,6 +91,15 @@ def _dataset() -> dict:
             "ext_op_transform_idx": USED, "transforms": _transforms}
 
 
+CACHE_MODES = ("none", "ram", "disk")
+
+
+def _cache_mode(value: Any, where: str) -> None:
+    """openocr-det's decode cache (data.decode_cache): none (also empty/false), ram or disk."""
+    if value is not None and value is not False and str(value).strip().lower() not in CACHE_MODES:
+        raise UserError(f"{where} is {value!r}; it must be one of {', '.join(CACHE_MODES)}.")
+
+
 _LOADER = {"shuffle": USED, "drop_last": USED, "batch_size_per_card": USED, "num_workers": USED,
            "pin_memory": IGNORED, "use_shared_memory": IGNORED}
 
@@ -119,7 +128,7 @@ SCHEMA: dict[str, Node] = {
     "PostProcess": dict.fromkeys(("name", "thresh", "box_thresh", "max_candidates", "unclip_ratio", "use_dilation",
                                   "score_mode", "box_type"), USED),
     "Metric": {"name": USED, "main_indicator": USED},
-    "Train": {"dataset": _dataset(), "loader": _LOADER},
+    "Train": {"dataset": {**_dataset(), "cache": _cache_mode}, "loader": _LOADER},
     "Eval": {"dataset": _dataset(), "loader": _LOADER},
     # the config file's stem (both tools store it), then OpenOCR's own command-line flags
     "filename": USED, "config": IGNORED, "local_rank": IGNORED, "eval": IGNORED, "profiler_options": IGNORED,

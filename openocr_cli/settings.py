@@ -38,7 +38,7 @@ TRAIN_FLAGS: dict[str, tuple[str, ...]] = {
     "device": ("Global.device",), "seed": ("Global.seed",), "amp": ("Global.use_amp",),
     "sync_bn": ("Global.use_sync_bn",), "eval_every": ("Global.eval_batch_step",),
     "save_every": ("Global.save_iter_step",), "patience": ("Global.patience",),
-    "min_delta": ("Global.min_delta",), "scale_lr": ("Global.scale_lr",),
+    "min_delta": ("Global.min_delta",), "scale_lr": ("Global.scale_lr",), "cache": ("Train.dataset.cache",),
 }
 # what may change when a run is resumed: nothing that would make it a different run
 RESUME_FLAGS = ("epochs", "device", "workers", "eval_every", "save_every", "patience", "min_delta")
@@ -202,6 +202,7 @@ class TrainSettings:
     train_data: DataSource
     eval_data: DataSource
     ignored: list[str] = field(default_factory=list)
+    cache: str = "none"  # the decode cache of the training images: none, ram or disk (data.decode_cache)
 
     @classmethod
     def from_config(cls, cfg: dict) -> TrainSettings:
@@ -242,8 +243,14 @@ class TrainSettings:
             min_delta=_float(cfg, "Global.min_delta", 0.0),
             max_nonfinite_steps=_int(cfg, "Global.max_nonfinite_steps", 20, 1),
             train_data=train_data, eval_data=DataSource.read(cfg, "Eval", train_data.data_dir),
-            ignored=report.ignored,
+            ignored=report.ignored, cache=_cache(cfg),
         )
+
+
+def _cache(cfg: dict) -> str:
+    """Train.dataset.cache: none (the default; also empty or false), ram or disk."""
+    value = _get(cfg, "Train.dataset.cache", "none")
+    return "none" if value is False else str(value).strip().lower()
 
 
 def _optimizer(cfg: dict) -> dict:

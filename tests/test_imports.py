@@ -14,7 +14,7 @@ COMMANDS = ["download", "check-data", "train", "resume", "eval", "predict", "exp
 
 
 # A deployment machine with the lean install (README) has none of these.
-TRAINING_ONLY = ("torch", "torchvision", "onnx", "albumentations", "matplotlib", "isal")
+TRAINING_ONLY = ("torch", "torchvision", "onnx", "albumentations", "matplotlib")
 BLOCKER = ("import importlib.abc, sys\n"
            "class Blocker(importlib.abc.MetaPathFinder):\n"
            "    def find_spec(self, name, path=None, target=None):\n"

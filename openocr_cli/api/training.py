@@ -94,7 +94,7 @@ def plan_train(*, config: Optional[PathLike] = None, overrides: Overrides = None
                seed: Optional[int] = None, amp: Optional[bool] = None, eval_every: Optional[int] = None,
                save_every: Optional[int] = None, patience: Optional[int] = None, min_delta: Optional[float] = None,
                scale_lr: bool = False, sync_bn: bool = False, skip_bad: bool = False,
-               overwrite: bool = False) -> TrainJob:
+               overwrite: bool = False, cache: Optional[str] = None) -> TrainJob:
     """Config, overrides and options -> checked settings; refuses an --output folder that holds a run.
 
     `Global.checkpoints` in the config continues from that checkpoint, as in OpenOCR.
@@ -107,7 +107,7 @@ def plan_train(*, config: Optional[PathLike] = None, overrides: Overrides = None
                       weights="none" if weights is False else weights, output=output, epochs=epochs,
                       batch_size=batch_size, lr=lr, workers=workers, device=device, seed=seed, amp=amp,
                       eval_every=eval_every, save_every=save_every, sync_bn=sync_bn or None, patience=patience,
-                      min_delta=min_delta, scale_lr=scale_lr or None)
+                      min_delta=min_delta, scale_lr=scale_lr or None, cache=cache)
     settings = TrainSettings.from_config(cfg)
     checkpoint = read_resumable(settings.checkpoints) if settings.checkpoints else None
     out = settings.output_dir
@@ -195,7 +195,7 @@ def train(data_dir: Optional[PathLike] = None, train_label: Optional[Paths] = No
           save_every: Optional[int] = None, patience: Optional[int] = None, min_delta: Optional[float] = None,
           scale_lr: bool = False, sync_bn: bool = False, config: Optional[PathLike] = None,
           overrides: Overrides = None, skip_bad: bool = False, overwrite: bool = False, progress: bool = False,
-          callbacks: Sequence[Callback] = ()) -> TrainResult:
+          callbacks: Sequence[Callback] = (), cache: Optional[str] = None) -> TrainResult:
     """Fine-tune the detector, as `openocr-det train` does; returns where the run ended.
 
     `train_label` / `eval_label` take one label file or a list; `weights` a .pth, a model name
@@ -203,7 +203,8 @@ def train(data_dir: Optional[PathLike] = None, train_label: Optional[Paths] = No
     OpenOCR-style YAML (default: the packaged repvit_db.yml), `overrides` a list of "Key.sub=value"
     strings or a {"Key.sub": value} mapping (the command's -o). Unset options keep the config's values.
     `skip_bad` trains on the usable label lines (the others are logged); `overwrite` starts over in an
-    `output` folder that holds a run. `progress=True` shows train.log's lines on stderr.
+    `output` folder that holds a run. `progress=True` shows train.log's lines on stderr. `cache` is the
+    decode cache of the training images ("none", "ram" or "disk"; None keeps Train.dataset.cache).
 
     Like the command, this keeps the memory a step frees for the next one (engine.allocator: glibc's
     allocator is told so for this whole process).
@@ -212,7 +213,7 @@ def train(data_dir: Optional[PathLike] = None, train_label: Optional[Paths] = No
                      eval_label=eval_label, weights=weights, output=output, epochs=epochs, lr=lr,
                      batch_size=batch_size, workers=workers, device=device, seed=seed, amp=amp,
                      eval_every=eval_every, save_every=save_every, patience=patience, min_delta=min_delta,
-                     scale_lr=scale_lr, sync_bn=sync_bn, skip_bad=skip_bad, overwrite=overwrite)
+                     scale_lr=scale_lr, sync_bn=sync_bn, skip_bad=skip_bad, overwrite=overwrite, cache=cache)
     return run_job(job, callbacks, progress)
 
 

@@ -31,6 +31,9 @@ def check_data_command(
         "--crops", min=0,
         help="Training samples drawn through the training transforms to measure crops without text (0 skips).")] = 200,
     seed: Annotated[int, typer.Option("--seed", help="Seed of those samples (same seed, same result).")] = 0,
+    cache: Annotated[Optional[str], typer.Option(
+        "--cache", help="Decode cache the crops read the images through: none, ram or disk (disk also fills the "
+        "cache train --cache disk reads) (config default: Train.dataset.cache, else none).")] = None,
 ) -> None:
     """Check a training set: the lines train refuses (file:line: reason), counts, text heights, empty crops.
 
@@ -57,12 +60,22 @@ def check_data_command(
                         "with --data-dir.")
 
     with console.status("checking labels, images and training crops ..."):
-        report = check_data(files, data_dir, cfg, crops=crops, seed=seed)
+        report = check_data(files, data_dir, cfg, crops=crops, seed=seed, cache=_cache_mode(cfg, cache))
     print_report(report)
     if json_out is not None:
         opt.write_json(json_out, report.to_json())
     if report.problems:
         raise typer.Exit(1)
+
+
+def _cache_mode(cfg: dict, flag: Optional[str]) -> str:
+    from openocr_cli.config_schema import check_config
+
+    value = flag if flag is not None else ((cfg.get("Train") or {}).get("dataset") or {}).get("cache")
+    if value is None or value is False:
+        return "none"
+    check_config({"Train": {"dataset": {"cache": value}}}, "--cache" if flag is not None else "config")
+    return str(value).strip().lower()
 
 
 def print_report(report: DataReport, problems: bool = True, warnings: bool = True) -> None:

@@ -89,6 +89,10 @@ def train(
     min_delta: MinDeltaOpt = None,
     scale_lr: Annotated[bool, typer.Option(
         "--scale-lr", help="Multiply the learning rate by the number of processes (config: Global.scale_lr).")] = False,
+    cache: Annotated[Optional[str], typer.Option(
+        "--cache", help="Decode cache for the training images: none, ram (decoded once into memory, size checked) or "
+        "disk (.npy files in the user cache, read memory-mapped) (config: Train.dataset.cache; default none).")
+    ] = None,
     gpus: GpusOpt = None,
     nproc_per_node: NprocOpt = None,
     nnodes: NnodesOpt = 1,
@@ -122,7 +126,7 @@ resumes from that checkpoint, as in OpenOCR.
                    eval_label=eval_label, weights=weights, output=output, epochs=epochs, batch_size=batch_size, lr=lr,
                    workers=workers, device=device, seed=seed, amp=amp, eval_every=eval_every, save_every=save_every,
                    sync_bn=sync_bn, patience=patience, min_delta=min_delta, scale_lr=scale_lr, skip_bad=skip_bad,
-                   overwrite=overwrite)
+                   overwrite=overwrite, cache=cache)
     screen = _screen()
     if plan is not None:
         job = training.plan_train(**options)

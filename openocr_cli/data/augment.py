@@ -7,7 +7,6 @@ sample dict with `image` (HWC uint8 BGR), `polys` (K, P, 2), `ignore_tags` (K,) 
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
@@ -17,7 +16,6 @@ import numpy as np
 from PIL import Image
 
 from openocr_cli.data.planned import PlannedImage, Scale
-from openocr_cli.data.top_rows import TopRows
 from openocr_cli.errors import UserError
 from openocr_cli.geometry import as_poly_array, is_poly_outside_rect, pad_vertices
 
@@ -27,10 +25,6 @@ if TYPE_CHECKING:  # imported where used: albumentations loads torch, and config
 # --------------------------------------------------------------------------------------------
 # CopyPaste
 # --------------------------------------------------------------------------------------------
-
-# Source rows below a crop's lowest corner that its bicubic warp reads (2), with float rounding to spare.
-CUBIC_REACH = 4
-
 
 def rectified_crop(image: np.ndarray, quad: np.ndarray) -> np.ndarray:
     """Warp a 4-point region to an upright rectangle; tall crops (h/w >= 1.5) are turned 90° CCW."""
@@ -44,13 +38,6 @@ def rectified_crop(image: np.ndarray, quad: np.ndarray) -> np.ndarray:
     crop = cv2.warpPerspective(image, matrix, (width, height), flags=cv2.INTER_CUBIC,
                                borderMode=cv2.BORDER_REPLICATE)
     return np.rot90(crop) if height / width >= 1.5 else crop
-
-
-def _convex(quad: np.ndarray) -> bool:
-    """Whether every corner turns the same way: then the rectified crop reads only inside the quad."""
-    edges = np.roll(quad, -1, axis=0) - quad
-    turns = edges[:, 0] * np.roll(edges[:, 1], -1) - edges[:, 1] * np.roll(edges[:, 0], -1)
-    return bool(np.all(turns > 0) or np.all(turns < 0))
 
 
 def rotated_box(angle: int, width: int, height: int) -> np.ndarray:
@@ -88,8 +75,7 @@ class CopyPaste:
         if not ext_list:
             return data
         ext = ext_list[0]
-        image = data["image"]  # a TopRows records the pastes, painted once its rows are decoded
-        image = image if isinstance(image, TopRows) else np.array(image, np.uint8, copy=True)
+        image = np.array(data["image"], np.uint8, copy=True)
         height, width = image.shape[:2]
         polys = as_poly_array(data["polys"])
         # A 4-point pasted box cannot be padded down: widen everything to >= 4 vertices.
@@ -104,12 +90,6 @@ class CopyPaste:
         random.shuffle(candidates)
         chosen = candidates[:select_num]
         ext_image = ext["image"]
-        if isinstance(ext_image, TopRows) and chosen:  # decoded down to the lowest crop only
-            quads = [np.asarray(ext_polys[i], np.float64) for i in chosen]
-            if all(_convex(q) for q in quads):
-                ext_image = ext_image.rows(math.ceil(max(q[:, 1].max() for q in quads)) + CUBIC_REACH)
-            else:  # a concave quad's perspective warp samples far outside it
-                ext_image = ext_image.full()
         for idx in chosen:
             box = self._paste(image, rectified_crop(ext_image, ext_polys[idx]), polys_out)
             if box is not None:
@@ -123,7 +103,7 @@ class CopyPaste:
         data.update(image=image, polys=out, texts=texts, ignore_tags=np.array(ignores, bool))
         return data
 
-    def _paste(self, image: np.ndarray | TopRows, crop: np.ndarray, polys: list) -> Optional[np.ndarray]:
+    def _paste(self, image: np.ndarray, crop: np.ndarray, polys: list) -> Optional[np.ndarray]:
         """Rotate the crop randomly and paste it in place; returns its corners in image coords or None."""
         angle = np.random.randint(0, 360)
         if crop.size == 0:
@@ -138,11 +118,8 @@ class CopyPaste:
         if spot is None:
             return None
         px, py = spot
-        if isinstance(image, TopRows):
-            image.paste(px, py, pixels, mask)
-        else:
-            region = image[py:py + box_h, px:px + box_w]
-            region[mask] = pixels[mask]
+        region = image[py:py + box_h, px:px + box_w]
+        region[mask] = pixels[mask]
         return box + np.float32([px, py])
 
     def _place(self, box: np.ndarray, polys: list, max_x: int, max_y: int) -> Optional[tuple[int, int]]:
@@ -250,8 +227,7 @@ class IaaAugment:
                 transform.set_random_seed(_derive_seed(seed, i, j + 1))
 
     def __call__(self, data: dict) -> Optional[dict]:
-        image = data["image"]  # a TopRows (decoded later) only when the pixels are deferred
-        planned = PlannedImage(image if isinstance(image, TopRows) else np.asarray(image), [])
+        planned = PlannedImage(np.asarray(data["image"]), [])
         polys = as_poly_array(data["polys"])
         points = polys.reshape(-1, 2)
         for step in self.steps:
@@ -262,19 +238,13 @@ class IaaAugment:
             if planned.shape != planned.source.shape:  # albumentations reads the size from the image it gets
                 planned = PlannedImage(planned.full(), [])
             self._recorder.clear()
-            out = step(image=_stand_in(planned.source), keypoints=points)
+            out = step(image=planned.source, keypoints=points)
             points = np.asarray(out["keypoints"], np.float64).reshape(-1, 2)
             planned = PlannedImage(planned.source, [*planned.steps, *self._recorder])
         self._recorder.clear()
         data["image"] = planned if self.defer_pixels else planned.full()
         data["polys"] = points.reshape(polys.shape)
         return data
-
-
-def _stand_in(source: np.ndarray | TopRows) -> np.ndarray:
-    """What albumentations sees: the image, or for one not decoded yet a zero-byte array of its shape
-    (the recording transforms read only the shape)."""
-    return np.broadcast_to(np.zeros(1, source.dtype), source.shape) if isinstance(source, TopRows) else source
 
 
 def _derive_seed(seed: int, *path: int) -> int:

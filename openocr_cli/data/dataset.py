@@ -21,7 +21,7 @@ import shapely
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from openocr_cli.data.augment import CopyPaste, IaaAugment
+from openocr_cli.data.decode_cache import CacheSummary, DecodeCache, check_mode
 from openocr_cli.data.images import image_size
 from openocr_cli.data.labels import LabelProblem, LabelSample, LabelSet, read_label_files
 from openocr_cli.data.transforms import DecodeImage, DetLabelEncode, build_ops
@@ -133,17 +133,11 @@ class ResumableSampler(Sampler):
         return self.per_rank - self.start
 
 
-def _pixels_deferred(ops: list) -> bool:
-    """Whether the training image may stay undecoded until the crop knows its rows: the ops before
-    the crop (CopyPaste, then IaaAugment handing on a PlannedImage) record their pixel work."""
-    first = next((op for op in ops if not isinstance(op, CopyPaste)), None)
-    return isinstance(first, IaaAugment) and first.defer_pixels
-
-
 class TrainDataset(Dataset):
     """Labelled images through the configured transform chain, keyed by sampler (epoch, position, index)."""
 
-    def __init__(self, samples: Sequence[LabelSample], transforms: list, seed: int):
+    def __init__(self, samples: Sequence[LabelSample], transforms: list, seed: int, cache: str = "none",
+                 cache_folder: Optional[Path] = None):
         self.samples = list(samples)
         self.seed = seed
         ops = build_ops(transforms, epoch=0)
@@ -151,14 +145,24 @@ class TrainDataset(Dataset):
         self.ops = [op for op in ops if not isinstance(op, (DecodeImage, DetLabelEncode))]
         self.ext_data_num = next((op.ext_data_num for op in self.ops if hasattr(op, "ext_data_num")), 0)
         self.reseedable = [op for op in self.ops if hasattr(op, "reseed")]
-        self.decode_later = _pixels_deferred(self.ops)
+        decoder = next((op for op in self.load_ops if isinstance(op, DecodeImage)), None)
+        # the cache holds DecodeImage's own decode; without that op the chain reads bytes, as it always did
+        self.cache = (DecodeCache(cache, decoder.decode, decoder.flags, cache_folder)
+                      if decoder is not None and check_mode(cache) != "none" else None)
+
+    def prepare_cache(self, workers: int = 0) -> Optional[CacheSummary]:
+        """Check (and for ram, fill) the decode cache before the loader starts its workers; None without one."""
+        if self.cache is None:
+            return None
+        return self.cache.prepare([s.image for s in self.samples], [s.size for s in self.samples], workers)
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _load(self, index: int, decode_later: bool = False) -> Optional[dict]:
+    def _load(self, index: int) -> Optional[dict]:
         sample = self.samples[index]
-        data = {"img_path": str(sample.image), "image": sample.image.read_bytes(), "decode_later": decode_later,
+        pixels = self.cache.image(sample.image) if self.cache is not None else sample.image.read_bytes()
+        data = {"img_path": str(sample.image), "image": pixels,
                 "regions": [p.copy() for p in sample.polys], "region_texts": list(sample.texts),
                 "region_ignore": list(sample.ignore)}
         for op in self.load_ops:
@@ -172,7 +176,7 @@ class TrainDataset(Dataset):
         for _ in range(MAX_EXT_TRIES):
             if len(found) >= self.ext_data_num:
                 break
-            extra = self._load(int(np.random.randint(len(self.samples))), decode_later=True)
+            extra = self._load(int(np.random.randint(len(self.samples))))
             if extra is not None and extra["polys"].shape[1] == 4:
                 found.append(extra)
         return found
@@ -188,7 +192,7 @@ class TrainDataset(Dataset):
         self._seed(sample_seed(self.seed, epoch, position))
         for _ in range(MAX_SAMPLE_RETRIES):
             try:
-                data = self._load(index, decode_later=self.decode_later)
+                data = self._load(index)
                 if data is not None:
                     data["ext_data"] = self._ext_data() if self.ext_data_num else []
                     for op in self.ops:

@@ -7,6 +7,7 @@ the real training transform chain for the share of crops with no text to learn f
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from collections import defaultdict
@@ -21,6 +22,8 @@ from openocr_cli.data.labels import LabelProblem, LabelSample, LabelSet
 from openocr_cli.data.resize import ResizeSpec
 from openocr_cli.data.text_heights import HEIGHT_BUCKETS, MAX_TINY_SHARE, TINY_HEIGHT, bucket_of, image_hw, text_heights
 from openocr_cli.errors import UserError
+
+log = logging.getLogger(__name__)
 
 MAX_IGNORED_SHARE = 0.2
 MAX_EMPTY_CROP_SHARE = 0.2
@@ -50,8 +53,11 @@ class DataReport:
 
 
 def check_data(label_files: list[Path], data_dir: Path, cfg: dict, crops: int = 200, seed: int = 0,
-               checked: Optional[LabelSet] = None) -> DataReport:
-    """Validate (unless `checked` is the LabelSet train already validated), count, sample crops, advise."""
+               checked: Optional[LabelSet] = None, cache: str = "none") -> DataReport:
+    """Validate (unless `checked` is the LabelSet train already validated), count, sample crops, advise.
+
+    `cache` is the decode cache the crops read the images through (data.decode_cache; disk fills it for train).
+    """
     from openocr_cli.data.dataset import validate_training_labels
 
     checked = checked if checked is not None else validate_training_labels(label_files, data_dir)
@@ -63,7 +69,7 @@ def check_data(label_files: list[Path], data_dir: Path, cfg: dict, crops: int = 
     for sample in samples:
         for height in text_heights(sample, spec):
             buckets[bucket_of(height)] += 1
-    empty = _empty_crop_fraction(samples, cfg, crops, seed)
+    empty = _empty_crop_fraction(samples, cfg, crops, seed, cache)
     report = DataReport(images=len(samples), background_images=sum(not s.polys for s in samples), regions=regions,
                         ignored_regions=ignored, problems=sorted(checked.problems, key=lambda p: (p.file, p.line)),
                         height_buckets=buckets, empty_crop_fraction=empty, warnings=[])
@@ -71,7 +77,7 @@ def check_data(label_files: list[Path], data_dir: Path, cfg: dict, crops: int = 
     return report
 
 
-def _empty_crop_fraction(samples: list[LabelSample], cfg: dict, crops: int, seed: int) -> float:
+def _empty_crop_fraction(samples: list[LabelSample], cfg: dict, crops: int, seed: int, cache: str = "none") -> float:
     """Share of `crops` seeded training samples (real transform chain) whose shrink map is all zero."""
     if not samples or crops <= 0:
         return 0.0
@@ -83,7 +89,10 @@ def _empty_crop_fraction(samples: list[LabelSample], cfg: dict, crops: int, seed
                         "shrink_mask]}` at the end of the list.")
     from openocr_cli.data.dataset import TrainDataset  # torch: only when crops are drawn
 
-    dataset, where = TrainDataset(samples, transforms, seed), keep.index("shrink_map")
+    dataset, where = TrainDataset(samples, transforms, seed, cache=cache), keep.index("shrink_map")
+    summary = dataset.prepare_cache()
+    if summary is not None:
+        log.info("%s", summary.describe())
     rng = random.Random(seed)
     try:
         empty = sum(not np.any(dataset[(0, position, rng.randrange(len(samples)))][where] > 0)

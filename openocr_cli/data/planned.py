@@ -3,13 +3,13 @@
 IaaAugment draws its random parameters and maps the points at once, but can hand on its image as a
 PlannedImage: the source image plus the steps (flip, rotation, scale) that produce it.
 EastRandomCropData reads `shape`, chooses its window from the points, and asks for the top-left
-block down to the window's bottom-right corner, and the source is read (or decoded, data.top_rows)
-only down to the last row that block comes from. OpenCV computes every output row on its own - a
-flip row from its source row, a warp row from the matrix and the source rows it maps back to, a
-resize row from two source rows at the given scale - so the first r rows come out exactly as the
-full-size call gives them; columns too, away from the right end of a row (COLUMN_MARGIN). tests/test_augment.py
-checks this on random cases. On the default chain that block is about a third of the up to 3x
-scaled image (the crop window itself about a sixth); the rest is never computed.
+block down to the window's bottom-right corner, computed from the source rows that block comes
+from. OpenCV computes every output row on its own - a flip row from its source row, a warp row from
+the matrix and the source rows it maps back to, a resize row from two source rows at the given
+scale - so the first r rows come out exactly as the full-size call gives them; columns too, away
+from the right end of a row (COLUMN_MARGIN). tests/test_augment.py checks this on random cases.
+On the default chain that block is about a third of the up to 3x scaled image (the crop window
+itself about a sixth); the rest is never computed.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-
-from openocr_cli.data.top_rows import TopRows
 
 # Columns computed beyond the last one needed. OpenCV's vector loops finish a row with a shorter tail
 # whose rounding may differ, so a needed column must be this far from the right end of both the
@@ -131,12 +129,9 @@ class Scale:
 
 
 class PlannedImage:
-    """An image given as a source and the steps that produce it: `shape` and `dtype` without any pixels.
+    """An image given as a source and the steps that produce it: `shape` and `dtype` without any pixels."""
 
-    The source may be a TopRows (a JPEG not decoded yet): it is then decoded down to the rows needed.
-    """
-
-    def __init__(self, source: np.ndarray | TopRows, steps: list):
+    def __init__(self, source: np.ndarray, steps: list):
         self.source, self.steps = source, list(steps)
         self.shapes = [tuple(source.shape)]
         for step in self.steps:
@@ -152,8 +147,7 @@ class PlannedImage:
         wanted = [(max(0, min(int(rows), self.shape[0])), max(0, min(int(cols), self.shape[1])))]
         for step, shape in zip(self.steps[::-1], self.shapes[-2::-1]):  # what each step needs, last step first
             wanted.append(step.source_window(*wanted[-1], shape))
-        source = self.source.rows(wanted[-1][0]) if isinstance(self.source, TopRows) else self.source
-        image = source[:wanted[-1][0], :wanted[-1][1]]
+        image = self.source[:wanted[-1][0], :wanted[-1][1]]
         for step, shape, (r, c) in zip(self.steps, self.shapes, wanted[-2::-1]):
             image = step.run(image, shape, r, c)
         return image

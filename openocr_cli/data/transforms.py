@@ -18,32 +18,35 @@ from openocr_cli.constants import IMAGENET_MEAN, IMAGENET_STD
 from openocr_cli.data.augment import CopyPaste, EastRandomCropData, IaaAugment
 from openocr_cli.data.resize import RESIZE_PARAMS, Normalizer
 from openocr_cli.data.targets import MakeBorderMap, MakeShrinkMap
-from openocr_cli.data.top_rows import TopRows
 from openocr_cli.errors import UserError
 from openocr_cli.geometry import pad_vertices
 
 
 class DecodeImage:
-    """Raw file bytes -> HWC uint8 BGR (3 channels, EXIF orientation applied)."""
+    """Raw file bytes -> HWC uint8 BGR (3 channels, EXIF orientation applied).
+
+    `image` may also hold the pixels `decode` already gave (from the decode cache, data.decode_cache):
+    then only the colour mode and layout are applied.
+    """
 
     def __init__(self, img_mode: str = "BGR", channel_first: bool = False, ignore_orientation: bool = False):
         if img_mode not in ("BGR", "RGB", "GRAY"):
             raise UserError(f"DecodeImage.img_mode '{img_mode}' is not supported; use BGR, RGB or GRAY.")
         self.img_mode, self.channel_first = img_mode, channel_first
         self.flags = cv2.IMREAD_COLOR | (cv2.IMREAD_IGNORE_ORIENTATION if ignore_orientation else 0)
-        self.can_defer = img_mode == "BGR" and not channel_first and not ignore_orientation
+
+    def decode(self, raw: bytes) -> Optional[np.ndarray]:
+        """The file's pixels as OpenCV decodes them with this op's flags, None if they do not decode."""
+        return cv2.imdecode(np.frombuffer(raw, np.uint8), self.flags)
 
     def __call__(self, data: dict) -> Optional[dict]:
         raw = data["image"]
-        if not isinstance(raw, (bytes, bytearray)) or not raw:
+        if isinstance(raw, np.ndarray):
+            image = raw
+        elif not isinstance(raw, (bytes, bytearray)) or not raw:
             return None
-        # A sample marked `decode_later` stays undecoded until the rows it needs are known (data.top_rows).
-        if data.pop("decode_later", False) and self.can_defer:
-            later = TopRows.parse(bytes(raw))
-            if later is not None:
-                data["image"] = later
-                return data
-        image = cv2.imdecode(np.frombuffer(raw, np.uint8), self.flags)
+        else:
+            image = self.decode(raw)
         if image is None:
             return None
         if self.img_mode == "GRAY":

@@ -133,7 +133,10 @@ def build_loader(samples: list[LabelSample], settings: TrainSettings, sampler: R
     (epoch, position) key in `__getitem__`, and the sampler's epoch and resume offset are read in the main
     process when each epoch's iterator starts, so worker lifetime changes no sample. Pinned memory on CUDA
     only, where it lets the step's non_blocking copies overlap."""
-    dataset = TrainDataset(samples, settings.transforms, settings.seed)
+    dataset = TrainDataset(samples, settings.transforms, settings.seed, cache=settings.cache)
+    summary = dataset.prepare_cache(settings.workers)  # ram: decoded here, before the workers fork
+    if summary is not None:
+        log.info("%s", summary.describe())
     return DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler, num_workers=settings.workers,
                       pin_memory=device.type == "cuda", drop_last=settings.drop_last,
                       persistent_workers=settings.workers > 0, worker_init_fn=_init_worker)
