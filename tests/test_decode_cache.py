@@ -149,7 +149,7 @@ def test_ram_cache_refuses_with_the_numbers_when_it_does_not_fit(synth):
     with pytest.raises(UserError) as err:
         dataset.prepare_cache()
     text = str(err.value)
-    assert f"{need / 1e9:.2f} GB for {len(synth)} decoded images" in text and "0.00 GB of memory is available" in text
+    assert f"{need / 1e6:.1f} MB for {len(synth)} decoded images" in text and "only 0.1 MB of memory" in text
     assert "--cache disk" in text
     assert not dataset.cache.ram  # nothing was decoded
 
@@ -183,7 +183,7 @@ def test_disk_cache_refuses_when_the_disk_is_too_small(synth, tmp_path, monkeypa
 
     monkeypatch.setattr(module.shutil, "disk_usage", lambda path: type("U", (), {"free": 10})())
     dataset = TrainDataset(synth, transforms(), seed=0, cache="disk", cache_folder=tmp_path / "cache")
-    with pytest.raises(UserError, match="that disk has 0.00 GB free"):
+    with pytest.raises(UserError, match="that disk has 0.0 MB free"):
         dataset.prepare_cache()
 
 
@@ -251,3 +251,17 @@ def test_check_data_reads_through_the_cache(synth, tmp_path, cli, monkeypatch):
     code, out, err = cli("check-data", "--data-dir", data_dir, "--label-file", label, "--crops", "1",
                          "--cache", "memory")
     assert code == 1 and "--cache" in err and "memory" in err
+
+
+def test_train_reports_the_cache_in_train_log(tmp_path, monkeypatch):
+    import openocr_cli
+
+    monkeypatch.setenv("OPENOCR_DET_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("OPENOCR_DET_OFFLINE", "1")
+    paths = generate(tmp_path / "data", num_train=4, num_test=1, seed=1, size=(128, 160))
+    openocr_cli.train(paths.data_dir, paths.train_label, paths.test_label, weights="none", device="cpu", epochs=1, batch_size=2,
+                      workers=0, output=tmp_path / "run", cache="disk",
+                      overrides=["Train.dataset.transforms.4.EastRandomCropData.size=[128,128]"])
+    log_text = (tmp_path / "run" / "train.log").read_text(encoding="utf-8")
+    assert f"decode cache disk at {tmp_path / 'home' / 'decoded'}: 4 images" in log_text
+    assert len(list((tmp_path / "home" / "decoded").rglob("*.npy"))) == 4

@@ -92,7 +92,8 @@ def available_memory() -> int:
 
 
 def _gb(size: float) -> str:
-    return f"{size / 1e9:.2f} GB"
+    """Bytes as GB, or MB below 1 GB."""
+    return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
 
 
 @dataclass
