@@ -111,6 +111,7 @@ SCHEMA: dict[str, Node] = {
                          "use_amp", "grad_clip_val", "accumulation_steps", "use_sync_bn"), USED),
         # openocr-det's own training guards (saved with the config, so resume keeps them)
         **dict.fromkeys(("patience", "min_delta", "max_nonfinite_steps", "scale_lr"), USED),
+        "use_mlflow": USED,  # openocr-det's MLflow tracker (`--log mlflow`), beside OpenOCR's use_tensorboard
         # read by OpenOCR's inference/export tools, its recognition models or its wandb logger: no effect here
         **dict.fromkeys(("distributed", "model_type", "infer_img", "save_res_path", "save_inference_dir",
                          "character_dict_path", "max_text_length", "use_space_char", "use_visualdl", "export_dir",
@@ -141,8 +142,6 @@ def _one_of(*allowed: Any) -> Callable[[Any], bool]:
 
 # key -> (accepted values, why anything else is refused)
 REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "Global.use_tensorboard": (_one_of(False), "openocr-det logs to train.log and metrics.jsonl, not to "
-                               "TensorBoard/wandb; set it to false"),
     "Global.cal_metric_during_train": (_one_of(False), "openocr-det measures the metric on the Eval set only; "
                                        "set it to false"),
     "Loss.name": (_one_of("DBLoss"), "openocr-det trains DBNet with DBLoss"),

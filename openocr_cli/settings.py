@@ -40,8 +40,12 @@ TRAIN_FLAGS: dict[str, tuple[str, ...]] = {
     "save_every": ("Global.save_iter_step",), "patience": ("Global.patience",),
     "min_delta": ("Global.min_delta",), "scale_lr": ("Global.scale_lr",), "cache": ("Train.dataset.cache",),
 }
-# what may change when a run is resumed: nothing that would make it a different run
-RESUME_FLAGS = ("epochs", "device", "workers", "eval_every", "save_every", "patience", "min_delta")
+# experiment trackers (`--log NAME`, repeatable) -> the config key that turns each on (engine.tracking)
+TRACKERS: dict[str, str] = {"tensorboard": "Global.use_tensorboard", "mlflow": "Global.use_mlflow"}
+TRAIN_FLAGS["log"] = tuple(TRACKERS.values())
+# what may change when a run is resumed: nothing that would make it a different run (a tracker may be added)
+RESUME_FLAGS = ("epochs", "device", "workers", "eval_every", "save_every", "patience", "min_delta", "log")
+_KEEP = object()  # a flag's value that leaves its key as the config has it
 
 
 def _flag_values(name: str, value: Any) -> tuple:
@@ -55,6 +59,13 @@ def _flag_values(name: str, value: Any) -> tuple:
         return ([0, int(value)],)
     if name == "data_dir":
         return (str(value), str(value))
+    if name == "log":  # turns the named trackers on; the others keep the config's setting
+        value = [value] if isinstance(value, str) else list(value)
+        unknown = sorted(set(value) - set(TRACKERS))
+        if unknown:
+            raise UserError(f"--log {unknown[0]} is not a tracker openocr-det knows; choose from "
+                            f"{', '.join(TRACKERS)} (repeat --log for more than one).", exit_code=2)
+        return tuple(True if tracker in value else _KEEP for tracker in TRACKERS)
     return (str(value) if isinstance(value, Path) else value,)
 
 
@@ -65,7 +76,8 @@ def apply_flags(cfg: dict, **flags: Any) -> dict:
         if value is None or (isinstance(value, (list, tuple)) and not value):
             continue
         for key, converted in zip(TRAIN_FLAGS[name], _flag_values(name, value)):
-            _set(cfg, key, converted)
+            if converted is not _KEEP:
+                _set(cfg, key, converted)
     return cfg
 
 
@@ -203,6 +215,7 @@ class TrainSettings:
     eval_data: DataSource
     ignored: list[str] = field(default_factory=list)
     cache: str = "none"  # the decode cache of the training images: none, ram or disk (data.decode_cache)
+    trackers: tuple[str, ...] = ()  # experiment trackers turned on (TRACKERS' names), e.g. ("tensorboard",)
 
     @classmethod
     def from_config(cls, cfg: dict) -> TrainSettings:
@@ -244,6 +257,7 @@ class TrainSettings:
             max_nonfinite_steps=_int(cfg, "Global.max_nonfinite_steps", 20, 1),
             train_data=train_data, eval_data=DataSource.read(cfg, "Eval", train_data.data_dir),
             ignored=report.ignored, cache=_cache(cfg),
+            trackers=tuple(name for name, key in TRACKERS.items() if _bool(cfg, key, False)),
         )
 
 

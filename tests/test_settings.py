@@ -86,7 +86,6 @@ def test_openocr_keys_without_effect_are_listed_as_ignored():
 
 
 @pytest.mark.parametrize("override, why", [
-    ("Global.use_tensorboard=true", "TensorBoard"),
     ("Metric.main_indicator=precision", "hmean"),
     ("Optimizer.name=SGD", "Adam"),
     ("Loss.main_loss_type=BCELoss", "DiceLoss"),

@@ -94,7 +94,8 @@ def plan_train(*, config: Optional[PathLike] = None, overrides: Overrides = None
                seed: Optional[int] = None, amp: Optional[bool] = None, eval_every: Optional[int] = None,
                save_every: Optional[int] = None, patience: Optional[int] = None, min_delta: Optional[float] = None,
                scale_lr: bool = False, sync_bn: bool = False, skip_bad: bool = False,
-               overwrite: bool = False, cache: Optional[str] = None) -> TrainJob:
+               overwrite: bool = False, cache: Optional[str] = None, log: Union[str, Sequence[str], None] = None
+               ) -> TrainJob:
     """Config, overrides and options -> checked settings; refuses an --output folder that holds a run.
 
     `Global.checkpoints` in the config continues from that checkpoint, as in OpenOCR.
@@ -107,8 +108,9 @@ def plan_train(*, config: Optional[PathLike] = None, overrides: Overrides = None
                       weights="none" if weights is False else weights, output=output, epochs=epochs,
                       batch_size=batch_size, lr=lr, workers=workers, device=device, seed=seed, amp=amp,
                       eval_every=eval_every, save_every=save_every, sync_bn=sync_bn or None, patience=patience,
-                      min_delta=min_delta, scale_lr=scale_lr or None, cache=cache)
+                      min_delta=min_delta, scale_lr=scale_lr or None, cache=cache, log=log)
     settings = TrainSettings.from_config(cfg)
+    _require_trackers(settings)
     checkpoint = read_resumable(settings.checkpoints) if settings.checkpoints else None
     out = settings.output_dir
     if not ddp.under_launcher():  # the launching process checks the run folder, once
@@ -118,20 +120,33 @@ def plan_train(*, config: Optional[PathLike] = None, overrides: Overrides = None
         if overwrite:
             for name in ("metrics.jsonl", "train.log"):
                 (out / name).unlink(missing_ok=True)
+            for events in (out / "tensorboard").glob("events.out.tfevents.*"):  # --log tensorboard's records
+                events.unlink()
     return TrainJob(settings, checkpoint, skip_bad=skip_bad)
 
 
 def plan_resume(target: Optional[PathLike] = None, *, epochs: Optional[int] = None, device: Optional[str] = None,
                 workers: Optional[int] = None, eval_every: Optional[int] = None, save_every: Optional[int] = None,
-                patience: Optional[int] = None, min_delta: Optional[float] = None) -> TrainJob:
+                patience: Optional[int] = None, min_delta: Optional[float] = None,
+                log: Union[str, Sequence[str], None] = None) -> TrainJob:
     """The run in `target` (a run folder or its latest.pth; None: the newest under ./output), with only the
-    settings that keep it the same run changed (settings.RESUME_FLAGS)."""
+    settings that keep it the same run changed (settings.RESUME_FLAGS); `log` adds experiment trackers."""
     path = find_checkpoint(Path(target) if target is not None else None)
     ckpt = read_resumable(path)
     changes = {"epochs": epochs, "device": device, "workers": workers, "eval_every": eval_every,
-               "save_every": save_every, "patience": patience, "min_delta": min_delta}
+               "save_every": save_every, "patience": patience, "min_delta": min_delta, "log": log}
     cfg = apply_flags(ckpt["config"], output=path.parent, **changes)
-    return TrainJob(TrainSettings.from_config(cfg), ckpt, checkpoint_path=path)
+    settings = TrainSettings.from_config(cfg)
+    _require_trackers(settings)
+    return TrainJob(settings, ckpt, checkpoint_path=path)
+
+
+def _require_trackers(settings: TrainSettings) -> None:
+    """A tracker whose package is missing is refused before the data is read (engine.tracking)."""
+    if settings.trackers:
+        from openocr_cli.engine.tracking import require
+
+        require(settings.trackers)
 
 
 def find_checkpoint(target: Optional[Path]) -> Path:
@@ -195,7 +210,8 @@ def train(data_dir: Optional[PathLike] = None, train_label: Optional[Paths] = No
           save_every: Optional[int] = None, patience: Optional[int] = None, min_delta: Optional[float] = None,
           scale_lr: bool = False, sync_bn: bool = False, config: Optional[PathLike] = None,
           overrides: Overrides = None, skip_bad: bool = False, overwrite: bool = False, progress: bool = False,
-          callbacks: Sequence[Callback] = (), cache: Optional[str] = None) -> TrainResult:
+          callbacks: Sequence[Callback] = (), cache: Optional[str] = None,
+          log: Union[str, Sequence[str], None] = None) -> TrainResult:
     """Fine-tune the detector, as `openocr-det train` does; returns where the run ended.
 
     `train_label` / `eval_label` take one label file or a list; `weights` a .pth, a model name
@@ -205,6 +221,8 @@ def train(data_dir: Optional[PathLike] = None, train_label: Optional[Paths] = No
     `skip_bad` trains on the usable label lines (the others are logged); `overwrite` starts over in an
     `output` folder that holds a run. `progress=True` shows train.log's lines on stderr. `cache` is the
     decode cache of the training images ("none", "ram" or "disk"; None keeps Train.dataset.cache).
+    `log` turns experiment trackers on: "tensorboard", "mlflow" or both in a list (the command's --log;
+    engine.tracking says what they record and where); a resumed run keeps logging to the same records.
 
     Like the command, this keeps the memory a step frees for the next one (engine.allocator: glibc's
     allocator is told so for this whole process).
@@ -213,22 +231,24 @@ def train(data_dir: Optional[PathLike] = None, train_label: Optional[Paths] = No
                      eval_label=eval_label, weights=weights, output=output, epochs=epochs, lr=lr,
                      batch_size=batch_size, workers=workers, device=device, seed=seed, amp=amp,
                      eval_every=eval_every, save_every=save_every, patience=patience, min_delta=min_delta,
-                     scale_lr=scale_lr, sync_bn=sync_bn, skip_bad=skip_bad, overwrite=overwrite, cache=cache)
+                     scale_lr=scale_lr, sync_bn=sync_bn, skip_bad=skip_bad, overwrite=overwrite, cache=cache,
+                     log=log)
     return run_job(job, callbacks, progress)
 
 
 def resume(target: Optional[PathLike] = None, *, epochs: Optional[int] = None, device: Optional[str] = None,
            workers: Optional[int] = None, eval_every: Optional[int] = None, save_every: Optional[int] = None,
            patience: Optional[int] = None, min_delta: Optional[float] = None, progress: bool = False,
-           callbacks: Sequence[Callback] = ()) -> TrainResult:
+           callbacks: Sequence[Callback] = (), log: Union[str, Sequence[str], None] = None) -> TrainResult:
     """Continue a stopped run exactly where it stopped, as `openocr-det resume` does.
 
     `target` is the run folder or its latest.pth (None: the newest run under ./output). Only `epochs`,
-    `device`, `workers`, `eval_every`, `save_every`, `patience` and `min_delta` may change. A run that
-    had already finished returns at once with `already_finished` set.
+    `device`, `workers`, `eval_every`, `save_every`, `patience` and `min_delta` may change, and `log` may add
+    a tracker (the run's own trackers go on logging to the same records). A run that had already finished
+    returns at once with `already_finished` set.
     """
     job = plan_resume(target, epochs=epochs, device=device, workers=workers, eval_every=eval_every,
-                      save_every=save_every, patience=patience, min_delta=min_delta)
+                      save_every=save_every, patience=patience, min_delta=min_delta, log=log)
     return run_job(job, callbacks, progress)
 
 

@@ -49,6 +49,10 @@ SaveEveryOpt = Annotated[Optional[int], typer.Option(
 PatienceOpt = Annotated[Optional[int], typer.Option(
     "--patience", min=0, help="Stop after N evaluations without an hmean gain of at least --min-delta "
     "(0 = never; config: Global.patience).")]
+LogOpt = Annotated[Optional[list[str]], typer.Option(
+    "--log", "--tracker", metavar="TRACKER", help="Experiment tracking: tensorboard (events in OUTPUT/tensorboard; "
+    "config Global.use_tensorboard) or mlflow (MLFLOW_TRACKING_URI, default ./mlruns); repeatable. Needs the "
+    "package (pip install tensorboard / mlflow-skinny). Under an external torchrun spell it --tracker.")]
 MinDeltaOpt = Annotated[Optional[float], typer.Option(
     "--min-delta", min=0.0, help="Smallest hmean gain that counts as an improvement for --patience (default 0).")]
 
@@ -87,6 +91,7 @@ def train(
     sync_bn: Annotated[bool, typer.Option("--sync-bn", help="SyncBatchNorm across GPUs in distributed runs.")] = False,
     patience: PatienceOpt = None,
     min_delta: MinDeltaOpt = None,
+    log: LogOpt = None,
     scale_lr: Annotated[bool, typer.Option(
         "--scale-lr", help="Multiply the learning rate by the number of processes (config: Global.scale_lr).")] = False,
     cache: Annotated[Optional[str], typer.Option(
@@ -126,7 +131,7 @@ resumes from that checkpoint, as in OpenOCR.
                    eval_label=eval_label, weights=weights, output=output, epochs=epochs, batch_size=batch_size, lr=lr,
                    workers=workers, device=device, seed=seed, amp=amp, eval_every=eval_every, save_every=save_every,
                    sync_bn=sync_bn, patience=patience, min_delta=min_delta, scale_lr=scale_lr, skip_bad=skip_bad,
-                   overwrite=overwrite, cache=cache)
+                   overwrite=overwrite, cache=cache, log=log)
     screen = _screen()
     if plan is not None:
         job = training.plan_train(**options)
@@ -179,8 +184,11 @@ def _launch(plan: LaunchPlan, settings: TrainSettings, data: RunData) -> int:
     from openocr_cli.engine.run_data import VALIDATED_ENV
 
     handed = data.save(settings.output_dir)
+    # torchrun's own parser takes `--log` for an ambiguous abbreviation of its --log-dir/--logs-specs: the
+    # workers get the option's other name
+    argv = ["--tracker" + arg[5:] if arg == "--log" or arg.startswith("--log=") else arg for arg in sys.argv[1:]]
     try:
-        return ddp.launch(plan, sys.argv[1:], env={VALIDATED_ENV: str(handed.resolve())})
+        return ddp.launch(plan, argv, env={VALIDATED_ENV: str(handed.resolve())})
     finally:
         handed.unlink(missing_ok=True)
 
@@ -223,7 +231,7 @@ def _summary(result: TrainResult) -> None:
     if best.get("best_epoch"):
         rows += [("best hmean", f"{best['hmean']:.4f}"), ("precision", f"{best['precision']:.4f}"),
                  ("recall", f"{best['recall']:.4f}"), ("best epoch", best["best_epoch"])]
-    names = ("latest.pth", "best.pth", "config.yml", "train.log", "metrics.jsonl", "results.png")
+    names = ("latest.pth", "best.pth", "config.yml", "train.log", "metrics.jsonl", "results.png", "tensorboard")
     files = [p for p in names if (output_dir / p).exists()]
     console.print("training finished (early stop)" if result.stopped else "training finished")
     console.print(table("", ["", "value"], rows))
@@ -267,6 +275,7 @@ def resume(
     save_every: SaveEveryOpt = None,
     patience: PatienceOpt = None,
     min_delta: MinDeltaOpt = None,
+    log: LogOpt = None,
     gpus: GpusOpt = None,
     nproc_per_node: NprocOpt = None,
     nnodes: NnodesOpt = 1,
@@ -289,7 +298,8 @@ def resume(
 
     Restores model, optimizer, scheduler, AMP scaler, epoch, iteration, RNG states, sampler position and best \
 metric. Also resumes OpenOCR's own latest.pth (at the next epoch, as OpenOCR does). Only --epochs, --device, \
---workers, --eval-every, --save-every, --patience and --min-delta may change; a run that stopped early \
+--workers, --eval-every, --save-every, --patience and --min-delta may change, and --log may add a tracker (the \
+run's own go on logging to the same TensorBoard folder and MLflow run); a run that stopped early \
 continues when --patience allows it.
 
     Examples:
@@ -308,7 +318,7 @@ continues when --patience allows it.
                                    rdzv_endpoint, device)
     quiet_unless_main(ddp.role_from_env().is_main)
     changes = {"epochs": epochs, "device": device, "workers": workers, "eval_every": eval_every,
-               "save_every": save_every, "patience": patience, "min_delta": min_delta}
+               "save_every": save_every, "patience": patience, "min_delta": min_delta, "log": log}
     screen = _screen()
     if plan is not None:
         job = training.plan_resume(target, **changes)

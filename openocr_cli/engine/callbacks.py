@@ -19,7 +19,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from openocr_cli.data.doctor import DataReport
     from openocr_cli.engine.distributed import Role
+    from openocr_cli.engine.evaluator import ScoredImage
     from openocr_cli.settings import TrainSettings
 
 log = logging.getLogger("openocr_det")
@@ -60,6 +61,9 @@ class EvalReport:
     improved: bool  # a strict gain over the best so far: best.pth was written
     gain: float = 0.0  # hmean minus the best before this evaluation
     baseline: bool = False  # the starting weights, evaluated before the first step
+    # the first evaluation images of the main process, with their labels and detections (for the trackers'
+    # drawn previews; not written to metrics.jsonl)
+    previews: list[ScoredImage] = field(default_factory=list, repr=False)
 
 
 def notify(callbacks: Sequence[Any], event: str, *args: Any) -> None:
@@ -136,7 +140,7 @@ class RunLog(Callback):
                  100 * (report.data_wait or 0))
 
     def on_eval(self, trainer: Any, report: EvalReport) -> None:
-        record = asdict(report)
+        record = {f.name: getattr(report, f.name) for f in fields(report) if f.name != "previews"}
         self._write({"type": "eval", "epoch": record.pop("epoch"), "global_step": record.pop("global_step"),
                      **record})
         log.info("%s metric, precision: %.6f, recall: %.6f, hmean: %.6f, fps: %.2f; best hmean: %.6f",

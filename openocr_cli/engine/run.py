@@ -59,15 +59,22 @@ def run_training(settings: TrainSettings, data: RunData, resume: Optional[dict] 
     """Train `settings` on `data` (continuing from the checkpoint dict `resume`) in this process.
 
     The run writes metrics.jsonl, results.png and train.log besides the checkpoints, and stops early
-    with `Global.patience`; `callbacks` see every event (after the log writers, before early stopping).
+    with `Global.patience`; `callbacks` see every event (after the log writers, before the experiment
+    trackers of `settings.trackers` (engine.tracking, main process only) and early stopping).
     Under torchrun this process is one rank of the run (roles from the launcher's environment). Ctrl-C
     or SIGTERM ends the current step, saves latest.pth and raises TrainingInterrupted.
     """
     out = settings.output_dir
     callbacks = [RunLog(out), ResultsPlot(out), *callbacks]  # the log first: the plot reads it
+    role = ddp.role_from_env()
+    if settings.trackers:  # a missing package is refused on every rank, before the process group exists
+        from openocr_cli.engine.tracking import build_trackers
+
+        trackers = build_trackers(settings)
+        if role.is_main:
+            callbacks.extend(trackers)
     if settings.patience:
         callbacks.append(EarlyStopping(settings.patience, settings.min_delta))
-    role = ddp.role_from_env()
     device = ddp.init(role, resolve_device(settings.device))
     logger = logging.getLogger(RUN_LOGGER)
     ended_together = False  # every rank reached the same end (not an error on this one)

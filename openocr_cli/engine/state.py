@@ -26,6 +26,8 @@ class TrainState:
     last_eval_step: int = -1
     stale_evals: int = 0  # evaluations since hmean last rose by at least min_delta (early stopping)
     stopped: Optional[str] = None  # why the run ended before its last epoch (it counts as finished)
+    skipped_steps: int = 0  # steps skipped for a non-finite loss or gradients, over the whole run
+    tracking: dict = field(default_factory=dict)  # experiment trackers' ids (engine.tracking), e.g. the MLflow run
 
     def to_checkpoint(self, full: bool, steps_per_epoch: int, batch_size: int, world_size: int) -> dict:
         """The position keys of a checkpoint; `full` adds what an exact resume needs (latest.pth)."""
@@ -33,7 +35,10 @@ class TrainState:
         if full:
             out.update(epoch_step=self.epoch_step, steps_per_epoch=steps_per_epoch, world_size=world_size,
                        epoch_samples=self.epoch_step * batch_size * world_size, rng=rng_state(),
-                       last_eval_step=self.last_eval_step, stale_evals=self.stale_evals, stopped=self.stopped)
+                       last_eval_step=self.last_eval_step, stale_evals=self.stale_evals, stopped=self.stopped,
+                       skipped_steps=self.skipped_steps)
+            if self.tracking:
+                out["tracking"] = dict(self.tracking)
         return out
 
     @classmethod
@@ -47,7 +52,8 @@ class TrainState:
             # another process count: continue after the same number of samples, in whole batches
             done = int(ckpt.get("epoch_samples", 0)) // (batch_size * world_size)
         state = cls(best=best, last_eval_step=int(ckpt.get("last_eval_step", -1)),
-                    stale_evals=int(ckpt.get("stale_evals", 0)), stopped=ckpt.get("stopped"))
+                    stale_evals=int(ckpt.get("stale_evals", 0)), stopped=ckpt.get("stopped"),
+                    skipped_steps=int(ckpt.get("skipped_steps", 0)), tracking=dict(ckpt.get("tracking") or {}))
         if done is None or int(done) >= steps_per_epoch:
             state.epoch, state.global_step = epoch + 1, step
         else:

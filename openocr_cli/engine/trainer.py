@@ -35,6 +35,7 @@ from openocr_cli.loss import LOSS_KEYS
 from openocr_cli.settings import TrainSettings
 
 log = logging.getLogger("openocr_det")
+EVAL_PREVIEWS = 3  # evaluation images (with their detections) each EvalReport carries, for the trackers to draw
 
 
 class TrainingDiverged(UserError):
@@ -209,7 +210,9 @@ class Trainer:
         finally:
             self.model.train()
         self.state.last_eval_step = self.state.global_step
-        return EvalResult.combine(ddp.gather_objects(result, self.role))
+        merged = EvalResult.combine(ddp.gather_objects(result, self.role))
+        merged.scored = result.scored[:EVAL_PREVIEWS]  # this rank's first images, not all of them
+        return merged
 
     def _evaluate_and_record(self, baseline: bool = False) -> None:
         """Record the metric; best.pth only when hmean beats the best so far (the starting weights'
@@ -228,7 +231,7 @@ class Trainer:
             self.save("best.pth", full=False)
         self._emit("on_eval", EvalReport(epoch, 0 if baseline else self.state.global_step, result.precision,
                                          result.recall, result.hmean, result.fps, best["hmean"], improved, gain,
-                                         baseline))
+                                         baseline, previews=list(getattr(result, "scored", ()))))
 
     def _prepare_output(self) -> None:
         if self.role.is_main:
@@ -289,6 +292,7 @@ class Trainer:
             report = StepReport(state.epoch, state.epoch_step, state.global_step, self.scheduler.get_last_lr()[0],
                                 len(batch[0]) / max(now - tick, 1e-9), losses or {})
             if losses is None:
+                state.skipped_steps += 1
                 first = (state.epoch_step - 1) * s.batch_size
                 report.nonfinite_images = [str(self.data.train[i].image)
                                            for i in self.sampler.indices(first, len(batch[0]))]
