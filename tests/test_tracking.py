@@ -229,3 +229,39 @@ def test_a_two_process_run_logs_once(synth, tmp_path):
     assert steps(client, run.info.run_id, "train/loss") == [1, 2, 3, 4]
     assert steps(client, run.info.run_id, "eval/hmean") == [2, 4]
     assert not (tmp_path / "mlruns").exists()  # MLFLOW_TRACKING_URI was honoured
+
+
+def test_skipped_steps_and_previews_reach_every_tracker(tmp_path):
+    """The shared part of the trackers, without a package: what a step and an evaluation turn into."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from openocr_cli.data.labels import LabelSample
+    from openocr_cli.engine.callbacks import EvalReport, StepReport
+    from openocr_cli.engine.evaluator import _score
+    from tests.conftest import write_image
+
+    class Recorder(tracking.Tracker):
+        def __init__(self):
+            super().__init__()
+            self.active, self.seen = True, []
+
+        def scalars(self, values, step):
+            self.seen.append((step, values))
+
+        def image(self, tag, name, rgb, step):
+            self.seen.append((step, tag, name, rgb.shape))
+
+    trainer = SimpleNamespace(state=SimpleNamespace(skipped_steps=1), output_dir=tmp_path)
+    recorder = Recorder()
+    recorder.on_step(trainer, StepReport(1, 1, 1, 0.0, 1.0, {}, nonfinite_images=["a.png"]))
+    recorder.on_step(trainer, StepReport(1, 2, 2, 0.0, 1.0, {}))  # neither a logging step nor a skipped one
+    assert recorder.seen == [(1, {"train/skipped_steps": 1})]
+    image = write_image(tmp_path / "big.png", 720, 1280)
+    box = np.array([[10, 10], [300, 10], [300, 80], [10, 80]], dtype=np.float32)
+    sample = LabelSample("big.png", image, [box], ["x"], [False])
+    report = EvalReport(1, 2, 1.0, 1.0, 1.0, None, 1.0, False, previews=[_score(sample, [box])])
+    recorder.on_eval(trainer, report)
+    assert recorder.seen[-1] == (2, "eval_images/0", "big", (360, 640, 3))  # drawn, RGB, at most 640 px
+    assert recorder.seen[-2][1]["eval/hmean"] == 1.0 and recorder.seen[-2][1]["eval/fps"] == 0.0
