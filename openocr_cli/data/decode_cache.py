@@ -174,10 +174,12 @@ class DecodeCache:
         return summary
 
     def _check_ram(self, need: int, images: int, workers: int) -> None:
-        if workers > 0 and multiprocessing.get_start_method() != "fork":
+        # the start method in force, or the platform's default (the first listed), without fixing it
+        method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+        if workers > 0 and method != "fork":
             raise UserError(f"--cache ram with {workers} loader workers needs forked workers (which share the "
-                            f"decoded images), but this platform starts them with "
-                            f"'{multiprocessing.get_start_method()}', so each would hold its own copy. "
+                            f"decoded images), but this platform starts them with '{method}', so each would hold "
+                            "its own copy. "
                             "Use --cache disk (the OS page cache shares it), or --workers 0.")
         ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))  # torchrun: one copy per local rank
         available = int(self.available())
