@@ -17,6 +17,7 @@ HEAD~1`), for before/after figures.
 
     .venv/bin/python benchmarks/bench_train.py [--steps 12] [--warmup 3] [--rounds 2] [--json out.json]
     .venv/bin/python benchmarks/bench_train.py --openocr ~/OpenOCR --rounds 3 --json train.json
+    .venv/bin/python benchmarks/bench_train.py --openocr ~/OpenOCR --rounds 3 --cache disk
 """
 
 from __future__ import annotations
@@ -64,7 +65,10 @@ class Ours:
                "--epochs", "1", "--batch-size", str(a.batch_size), "--workers", str(a.workers), "--output", str(out),
                "--overwrite", "-o", f"{CROP_KEY}=[{a.crop}, {a.crop}]", "-o", "Global.print_batch_step=1",
                "-o", "Eval.dataset.label_file_list=[]"]
-        env = {**os.environ, "PYTHONPATH": str(self.checkout), "OPENOCR_DET_NO_PROGRESS": "1"}
+        if a.cache != "none":
+            cmd += ["--cache", a.cache]
+        env = {**os.environ, "PYTHONPATH": str(self.checkout), "OPENOCR_DET_NO_PROGRESS": "1",
+               "OPENOCR_DET_HOME": str(self.work / "home")}  # disk: the cache filled before the rounds
         _run(cmd, env, out.with_suffix(".log"))
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         return [(r["global_step"], a.batch_size / r["samples_per_s"], a.batch_size) for r in rows
@@ -107,6 +111,21 @@ class OpenOCR:
         log = out.with_suffix(".log")
         _run(cmd, {**os.environ, "PYTHONPATH": str(REPO)}, log)
         return [(int(m[1]), float(m[2]), int(float(m[3]))) for m in OPENOCR_STEP.finditer(log.read_text())]
+
+
+def fill_disk_cache(data: Path, home: Path) -> float:
+    """Decode every training image into the disk cache under `home` (as the first epoch would); seconds taken."""
+    os.environ["OPENOCR_DET_HOME"] = str(home)
+    from openocr_cli import config as cfgmod
+    from openocr_cli.data.dataset import TrainDataset, validate_training_labels
+
+    start = time.perf_counter()
+    samples = validate_training_labels([data / "train_label.txt"], data).samples
+    dataset = TrainDataset(samples, cfgmod.load_config()["Train"]["dataset"]["transforms"], seed=0, cache="disk")
+    dataset.prepare_cache()
+    for sample in samples:
+        dataset.cache.image(sample.image)
+    return time.perf_counter() - start
 
 
 def _run(cmd: list[str], env: dict, log: Path) -> None:
@@ -162,6 +181,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--crop", type=int, default=480)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--cache", choices=("none", "ram", "disk"), default="none",
+                   help="our decode cache (train --cache); disk is filled before the rounds and timed apart")
     p.add_argument("--image-size", default="720x1280", help="synthetic image size HxW")
     p.add_argument("--openocr", type=Path, help="OpenOCR source tree: also time its train_det.py")
     p.add_argument("--against", type=Path, help="another openocr-det checkout to time in the same rounds")
@@ -184,6 +205,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     if a.openocr:
         contenders.append(OpenOCR(a.openocr.resolve(), a, data, work))
 
+    fill_s = fill_disk_cache(data, work / "home") if a.cache == "disk" else None
+    if fill_s is not None:
+        print(f"disk cache filled before the rounds: {fill_s:.1f} s for {a.steps * a.batch_size} images", flush=True)
     rates: dict[str, list[float]] = {c.name: [] for c in contenders}
     for r in range(a.rounds):
         order = contenders if r % 2 == 0 else contenders[::-1]  # alternate who runs first
@@ -195,7 +219,8 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     ours = rates["openocr-det"]
     result = {"samples_per_s": statistics.median(ours), "rounds": rates, "steps": a.steps, "warmup": a.warmup,
-              "batch_size": a.batch_size, "crop": a.crop, "workers": a.workers, "image_size": a.image_size}
+              "batch_size": a.batch_size, "crop": a.crop, "workers": a.workers, "image_size": a.image_size,
+              "cache": a.cache, "cache_fill_s": fill_s}
     print(f"openocr-det: median {result['samples_per_s']:.2f} samples/s over {a.rounds} round(s)")
     for other, key in (("OpenOCR", "ratio_vs_openocr"), ("against", "ratio_vs_against")):
         if other in rates:

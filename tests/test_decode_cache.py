@@ -259,8 +259,8 @@ def test_train_reports_the_cache_in_train_log(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENOCR_DET_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("OPENOCR_DET_OFFLINE", "1")
     paths = generate(tmp_path / "data", num_train=4, num_test=1, seed=1, size=(128, 160))
-    openocr_cli.train(paths.data_dir, paths.train_label, paths.test_label, weights="none", device="cpu", epochs=1, batch_size=2,
-                      workers=0, output=tmp_path / "run", cache="disk",
+    openocr_cli.train(paths.data_dir, paths.train_label, paths.test_label, weights="none", device="cpu", epochs=1,
+                      batch_size=2, workers=0, output=tmp_path / "run", cache="disk",
                       overrides=["Train.dataset.transforms.4.EastRandomCropData.size=[128,128]"])
     log_text = (tmp_path / "run" / "train.log").read_text(encoding="utf-8")
     assert f"decode cache disk at {tmp_path / 'home' / 'decoded'}: 4 images" in log_text
