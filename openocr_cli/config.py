@@ -8,10 +8,11 @@ drivers need, with OpenOCR's defaults where a key is absent.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import yaml
 
@@ -73,6 +74,19 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
         _apply_one(cfg, text)
         check_config(cfg, f"-o {text}", exit_code=2)
     return cfg
+
+
+def override_texts(overrides: Union[Sequence[str], Mapping[str, Any], None]) -> tuple[str, ...]:
+    """-o texts from a list of `Key.sub=value` strings or a mapping {"Key.sub": value} (the Python API's forms;
+    a non-string value is written as JSON, which YAML reads back as the same value)."""
+    if overrides is None:
+        return ()
+    if isinstance(overrides, Mapping):
+        return tuple(f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+                     for key, value in overrides.items())
+    if isinstance(overrides, str):
+        return (overrides,)
+    return tuple(overrides)
 
 
 def _apply_one(cfg: dict, text: str) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from openocr_cli.config import override_texts
 from openocr_cli.data.images import collect_images
 from openocr_cli.data.pixels import is_pil_image
 from openocr_cli.engine.evaluator import EvalResult, evaluate_model
@@ -29,7 +30,6 @@ from openocr_cli.engine.resolve import (
     Resolved,
     Setting,
     describe_settings,
-    override_texts,
     resolve,
 )
 from openocr_cli.errors import ImageReadError, MissingFileError, UserError

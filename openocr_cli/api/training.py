@@ -79,13 +79,6 @@ def _paths(value: Optional[Paths]) -> Optional[list[Path]]:
     return [Path(v) for v in value]
 
 
-def _override_texts(overrides: Overrides) -> list[str]:
-    """`-o` texts from a list of "Key.sub=value" strings or a {"Key.sub": value} mapping."""
-    from openocr_cli.engine.resolve import override_texts
-
-    return list(override_texts(overrides))
-
-
 def plan_train(*, config: Optional[PathLike] = None, overrides: Overrides = None,
                data_dir: Optional[PathLike] = None, train_label: Optional[Paths] = None,
                eval_label: Optional[Paths] = None, weights: Union[str, os.PathLike, bool, None] = None,
@@ -103,7 +96,7 @@ def plan_train(*, config: Optional[PathLike] = None, overrides: Overrides = None
     from openocr_cli.engine import distributed as ddp
 
     cfg = cfgmod.apply_overrides(cfgmod.load_config(Path(config) if config is not None else None),
-                                 _override_texts(overrides))
+                                 cfgmod.override_texts(overrides))
     cfg = apply_flags(cfg, data_dir=data_dir, train_label=_paths(train_label), eval_label=_paths(eval_label),
                       weights="none" if weights is False else weights, output=output, epochs=epochs,
                       batch_size=batch_size, lr=lr, workers=workers, device=device, seed=seed, amp=amp,

@@ -18,14 +18,11 @@ to the logger, the commands show them.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
-
-import yaml
 
 from openocr_cli import config as cfgmod
 from openocr_cli import postprocess_sources as ppfile
@@ -129,7 +126,11 @@ class Resolved:
     normalizer: Normalizer
     postprocess: DBPostProcess
     settings: dict[str, Setting]
-    model: str
+
+    @property
+    def model(self) -> str:
+        """The model as the caller named it (settings["model"])."""
+        return self.settings["model"].value
 
     def predictor(self, batch_size: int = 1, workers: int = 2) -> Predictor:
         return Predictor(self.backend, self.resize, self.normalizer, self.postprocess, batch_size=batch_size,
@@ -234,7 +235,7 @@ def resolve(options: InferenceOptions) -> Resolved:
         "device": Setting(device, explicit if options.device else "default"),
         **resize_settings, **norm_settings, **post_settings,
     }
-    return Resolved(cfg, backend, resize, normalizer, postprocess, settings, options.model_name())
+    return Resolved(cfg, backend, resize, normalizer, postprocess, settings)
 
 
 def _named(options: InferenceOptions) -> bool:
@@ -293,23 +294,6 @@ def _onnx_backend(options: InferenceOptions, resize: ResizeSpec, resize_settings
         resize = ResizeSpec(image_shape=info.fixed_hw)
         resize_settings = {"image_shape": Setting(info.fixed_hw, "the ONNX model's fixed input size")}
     return backend, resize, resize_settings, metadata, source
-
-
-def override_texts(overrides: Union[Sequence[str], Mapping[str, Any], None]) -> tuple[str, ...]:
-    """-o texts from a list of `Key.sub=value` strings or a mapping {"Key.sub": value} (values as YAML)."""
-    if overrides is None:
-        return ()
-    if isinstance(overrides, Mapping):
-        return tuple(f"{key}={_yaml_value(value)}" for key, value in overrides.items())
-    if isinstance(overrides, str):
-        return (overrides,)
-    return tuple(overrides)
-
-
-def _yaml_value(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return json.dumps(value) if isinstance(value, (list, dict)) else yaml.safe_dump(value).strip().removesuffix("...")
 
 
 def describe_settings(settings: Mapping[str, Setting]) -> dict[str, dict[str, Any]]:
