@@ -206,14 +206,12 @@ def _expand(source: Any, recursive: bool, strict: bool = True) -> Iterator[Any]:
         yield source
         return
     text = os.fspath(source)
-    if os.path.isfile(text) or (not strict and not os.path.isdir(text) and not glob.has_magic(text)):
+    if not strict and not os.path.exists(text) and not glob.has_magic(text):
         yield text
         return
-    if not os.path.isdir(text) and not glob.has_magic(text):
-        raise MissingFileError(f"{text} does not exist. Pass image files, folders or glob patterns.")
-    try:
+    try:  # the command line's own expansion: a file as is, a folder's images sorted, a glob's matches
         yield from collect_images([text], recursive)
-    except UserError as exc:  # an empty folder, a glob matching nothing
+    except UserError as exc:  # missing, an empty folder, a glob matching nothing
         raise MissingFileError(str(exc)) from None
 
 
