@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 import onnxruntime as ort
 
+from openocr_cli.engine.model_info import ModelInfo, as_probability_map, check_graph, run_in_fixed_batches, unsupported
 from openocr_cli.errors import MissingFileError, UserError
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
@@ -45,48 +45,21 @@ def onnx_providers(spec: Optional[str]) -> list[Provider]:
     return [(CUDA, {"device_id": int(match.group(1) or 0)}), CPU]
 
 
-def _fixed(dim) -> Optional[int]:
-    return dim if isinstance(dim, int) and dim > 0 else None
+OnnxModelInfo = ModelInfo  # the name callers knew before OpenVINO read the same files
 
 
-@dataclass(frozen=True)
-class OnnxModelInfo:
-    """What the graph declares: names, input type, fixed sizes (None = dynamic), metadata."""
-
-    path: Path
-    input_name: str
-    output_name: str
-    input_dtype: type
-    fixed_batch: Optional[int]
-    fixed_hw: Optional[tuple[int, int]]
-    metadata: dict[str, str] = field(default_factory=dict)
-
-
-def _unsupported(path: Path, why: str) -> UserError:
-    return UserError(f"{path} is not a DB text detector openocr-det can run: {why}. Expected one float "
-                     "NCHW image input (3 channels) and a probability-map output shaped (N, 1, H, W) or (N, H, W).")
-
-
-def describe(session: ort.InferenceSession, path: Path) -> OnnxModelInfo:
+def describe(session: ort.InferenceSession, path: Path) -> ModelInfo:
     """Check the session's inputs and outputs against what a DB detector looks like."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1:
-        raise _unsupported(path, f"it takes {len(inputs)} inputs ({', '.join(i.name for i in inputs)})")
+        raise unsupported(path, f"it takes {len(inputs)} inputs ({', '.join(i.name for i in inputs)})")
     if not outputs:
-        raise _unsupported(path, "it has no output")
+        raise unsupported(path, "it has no output")
     inp, out = inputs[0], outputs[0]
     if inp.type not in INPUT_TYPES:
-        raise _unsupported(path, f"its input '{inp.name}' is {inp.type}")
-    if len(inp.shape) != 4 or _fixed(inp.shape[1]) not in (None, 3):
-        raise _unsupported(path, f"its input '{inp.name}' has shape {list(inp.shape)}")
-    if len(out.shape) not in (3, 4) or (len(out.shape) == 4 and _fixed(out.shape[1]) not in (None, 1)):
-        raise _unsupported(path, f"its output '{out.name}' has shape {list(out.shape)}")
-    h, w = _fixed(inp.shape[2]), _fixed(inp.shape[3])
-    if (h is None) != (w is None):
-        raise _unsupported(path, f"its input '{inp.name}' fixes only one side ({list(inp.shape)})")
+        raise unsupported(path, f"its input '{inp.name}' is {inp.type}")
     metadata = dict(session.get_modelmeta().custom_metadata_map or {})
-    return OnnxModelInfo(path, inp.name, out.name, INPUT_TYPES[inp.type], _fixed(inp.shape[0]),
-                         (h, w) if h is not None else None, metadata)
+    return check_graph(path, inp.name, inp.shape, out.name, out.shape, INPUT_TYPES[inp.type], metadata)
 
 
 def _session(path: Path, providers: list[Provider], threads: Optional[int]) -> ort.InferenceSession:
@@ -136,17 +109,7 @@ class OnnxBackend:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """(N, 3, H, W) float32 -> (N, 1, H, W) float32; split into the model's batch size if it is fixed."""
-        step = self.info.fixed_batch
-        if step is None or step == len(batch):
-            return self._run(batch)
-        parts = []
-        for start in range(0, len(batch), step):
-            chunk = batch[start:start + step]
-            real = len(chunk)
-            if real < step:  # a fixed batch size needs padding; the padded maps are dropped
-                chunk = np.concatenate([chunk, np.zeros((step - real, *chunk.shape[1:]), chunk.dtype)])
-            parts.append(self._run(chunk)[:real])
-        return np.concatenate(parts)
+        return run_in_fixed_batches(self._run, batch, self.info.fixed_batch)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         feed = {self.info.input_name: np.ascontiguousarray(batch, dtype=self.info.input_dtype)}
@@ -156,9 +119,4 @@ class OnnxBackend:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"onnxruntime failed on {self.info.path} with an input of shape "
                             f"{list(batch.shape)}: {reason}") from exc
-        out = np.asarray(out)
-        if out.ndim == 3:
-            out = out[:, None]
-        if out.ndim != 4 or out.shape[1] != 1 or out.shape[0] != len(batch):
-            raise _unsupported(self.info.path, f"for input {list(batch.shape)} it returned shape {list(out.shape)}")
-        return out.astype(np.float32, copy=False)
+        return as_probability_map(out, len(batch), self.info, batch.shape)
