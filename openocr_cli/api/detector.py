@@ -1,11 +1,11 @@
 """`Detector`: the text detector as a Python object. predict, eval and benchmark are thin layers over it.
 
     from openocr_cli import Detector
-    det = Detector("best.pth")                    # a checkpoint, a registry name, or an .onnx file
+    det = Detector("best.pth")                    # a checkpoint, a registry name, an .onnx or OpenVINO .xml file
     for r in det.predict("scans/"):               # a file, folder, glob, ndarray (BGR), PIL image or a list
         print(r.path, r.polygons, r.scores)
 
-Nothing here prints or imports torch for an ONNX model: notes and warnings go to the `openocr_cli`
+Nothing here prints or imports torch for an ONNX or OpenVINO model: notes and warnings go to the `openocr_cli`
 logger, progress is shown only when asked for (`progress=True` or a callback).
 """
 
@@ -44,8 +44,9 @@ class Detector:
     """A loaded detector: one model, one set of resolved settings, reused for every call.
 
     `model` is a checkpoint (.pth, OpenOCR's or ours), a registry name ("repvit", "repvit-onnx";
-    downloaded to the cache on first use) or an ONNX file (run with onnxruntime; torch is never
-    imported). Keyword arguments override the config, the model's own settings and a
+    downloaded to the cache on first use), an ONNX file (run with onnxruntime, or with OpenVINO when
+    `backend="openvino"`) or an OpenVINO IR .xml with its .bin beside it (run with OpenVINO); torch is
+    never imported for a model file. Keyword arguments override the config, the model's own settings and a
     `postprocess=` file (a JSON path or a dict with thresh / box_thresh / unclip_ratio); `settings`
     records each value and where it came from. `config` is an OpenOCR-style YAML path and
     `overrides` a list of "Key.sub=value" strings (or a {"Key.sub": value} dict), as `-o` on the
@@ -66,11 +67,12 @@ class Detector:
                  workers: int = 2, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                  non_strict: bool = False, fuse: bool = True):
         name = os.fspath(model)
-        is_onnx = backend == "onnx" or (backend is None and _is_onnx_name(name))
+        kind = backend or _backend_for(name)
         if isinstance(postprocess, (str, os.PathLike)):
             postprocess = Path(postprocess)
         options = InferenceOptions(
-            weights=DEFAULT_WEIGHTS if is_onnx else name, onnx_model=name if is_onnx else None, backend=backend,
+            weights=name if kind == "torch" else DEFAULT_WEIGHTS, onnx_model=name if kind == "onnx" else None,
+            openvino_model=name if kind == "openvino" else None, backend=backend,
             config=Path(config) if config is not None else None, overrides=override_texts(overrides),
             postprocess=postprocess, device=device, threads=threads, batch_size=batch_size, workers=workers,
             thresh=thresh, box_thresh=box_thresh, unclip_ratio=unclip_ratio, score_mode=score_mode,
@@ -180,13 +182,17 @@ class Detector:
         return result
 
 
-def _is_onnx_name(name: str) -> bool:
+def _backend_for(name: str) -> str:
+    """The backend a model name implies when backend= is not given: openvino for an .xml, onnx for an .onnx
+    (or an ONNX registry name), else torch."""
+    if name.lower().endswith(".xml"):
+        return "openvino"
     if name.lower().endswith(".onnx"):
-        return True
+        return "onnx"
     from openocr_cli.hub import get_entry
 
     entry = None if Path(name).expanduser().exists() else get_entry(name)
-    return entry is not None and entry.format == "onnx"
+    return "onnx" if entry is not None and entry.format == "onnx" else "torch"
 
 
 def _as_list(source: Any) -> list:

@@ -1,4 +1,4 @@
-"""Options and set-up shared by the inference-side subcommands (predict, eval)."""
+"""Options and set-up shared by the inference-side subcommands (predict, eval, benchmark)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class LimitType(str, Enum):
 class BackendName(str, Enum):
     torch = "torch"
     onnx = "onnx"
-
+    openvino = "openvino"
 
 
 
@@ -61,7 +61,9 @@ ConfigPath = Annotated[Optional[Path], typer.Option(
 Overrides = Annotated[Optional[list[str]], typer.Option(
     "--override", "-o",
     help="Config override Key.sub=value (repeatable), e.g. -o PostProcess.box_thresh=0.5.")]
-Device = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: cuda if available).")]
+Device = Annotated[Optional[str], typer.Option(
+    "--device", help="cpu, cuda or cuda:N (default: cuda if available); the openvino backend takes cpu (default) or "
+                     "gpu / gpu:N (Intel GPUs).")]
 BatchSize = Annotated[int, typer.Option(
     "--batch-size", "-b", min=1, help="Images per forward pass (same-size images are batched).")]
 Workers = Annotated[int, typer.Option("--workers", min=1, help="Threads decoding and resizing images.")]
@@ -86,20 +88,25 @@ NonStrict = Annotated[bool, typer.Option(
     "--non-strict", help="Load only the tensors that match the model and report the rest.")]
 BackendOpt = Annotated[Optional[BackendName], typer.Option(
     "--backend", case_sensitive=False,
-    help="torch runs the --weights checkpoint with PyTorch; onnx runs the --onnx-model file with onnxruntime "
-         "(same pre- and post-processing). Default: onnx when --onnx-model is given, else torch.")]
+    help="torch runs the --weights checkpoint with PyTorch; onnx runs the --onnx-model file with onnxruntime; "
+         "openvino runs the --openvino-model file with OpenVINO (same pre- and post-processing). Default: onnx "
+         "when --onnx-model is given, openvino when --openvino-model is, else torch.")]
 OnnxModel = Annotated[Optional[str], typer.Option(
     "--onnx-model",
     help="ONNX detector for --backend onnx: a file (ours, OpenOCR's openocr_det_model.onnx, a PaddleOCR det model) "
          "or the name repvit-onnx (the default).")]
+OpenVinoModel = Annotated[Optional[str], typer.Option(
+    "--openvino-model",
+    help="Detector for --backend openvino (implies it): an OpenVINO IR .xml (its .bin beside it, as `export "
+         "--format openvino` writes) or an .onnx file, run with OpenVINO (pip install 'openocr-det[openvino]').")]
 Threads = Annotated[Optional[int], typer.Option(
     "--threads", min=1,
-    help="Threads per forward pass: onnxruntime's intra-op threads, or PyTorch's with the torch backend "
-         "(default: the runtime's choice).")]
+    help="Threads per forward pass: onnxruntime's intra-op threads, OpenVINO's inference threads (CPU), or "
+         "PyTorch's with the torch backend (default: the runtime's choice).")]
 Mean = Annotated[Optional[str], typer.Option(
     "--mean", callback=_three_floats, metavar="C1,C2,C3",
     help="Normalisation mean, three comma-separated values in the model's channel order "
-         "(default: the ONNX model's metadata, else the config's ImageNet values).")]
+         "(default: the ONNX / OpenVINO model's metadata, else the config's ImageNet values).")]
 PostprocessFile = Annotated[Optional[Path], typer.Option(
     "--postprocess", metavar="FILE",
     help="thresh / box_thresh / unclip_ratio from a JSON file: the `tuned` object `eval --tune --json` writes, "

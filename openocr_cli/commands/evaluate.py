@@ -55,6 +55,7 @@ def evaluate(
              "Default: unfused, as OpenOCR's eval_det, for identical numbers.")] = False,
     backend: opt.BackendOpt = None,
     onnx_model: opt.OnnxModel = None,
+    openvino_model: opt.OpenVinoModel = None,
     threads: opt.Threads = None,
     mean: opt.Mean = None,
     std: opt.Std = None,
@@ -91,6 +92,9 @@ def evaluate(
       openocr-det eval --backend onnx --onnx-model det_model.onnx --data-dir icdar2015/text_localization \
 --label-file icdar2015/text_localization/test_icdar2015_label.txt
 
+      openocr-det eval --openvino-model det_model.xml --data-dir icdar2015/text_localization \
+--label-file icdar2015/text_localization/test_icdar2015_label.txt
+
       openocr-det eval -w best.pth --label-file test_label.txt --tune --report eval_report --json tuned.json
 
       openocr-det eval -w best.pth --label-file test_label.txt --sizes 640,960,1280
@@ -107,7 +111,7 @@ def evaluate(
             for flag, given in (("--tune", grids is not None), ("--sizes", size_list is not None)):
                 if given:
                     raise UserError(f"{flag} runs the model, so it cannot be combined with --predictions; pass "
-                                    "--weights (or --onnx-model) instead.", exit_code=2)
+                                    "--weights (or --onnx-model / --openvino-model) instead.", exit_code=2)
             preds = read_predictions(predictions)
             samples = load_labels(files, data_dir, check_images=False)
             result = evaluate_predictions(preds, samples)

@@ -40,6 +40,7 @@ def predict(
     non_strict: opt.NonStrict = False,
     backend: opt.BackendOpt = None,
     onnx_model: opt.OnnxModel = None,
+    openvino_model: opt.OpenVinoModel = None,
     threads: opt.Threads = None,
     mean: opt.Mean = None,
     std: opt.Std = None,
@@ -58,6 +59,8 @@ end (exit 1).
       openocr-det predict "scans/**/*.png" --recursive --device cpu --box-type poly --no-vis
 
       openocr-det predict ./imgs --backend onnx --onnx-model output/det_repvit_db/export_det/det_model.onnx --threads 2
+
+      openocr-det predict ./imgs --openvino-model det_model.xml --device cpu --threads 2
     """
     from openocr_cli.api.detector import Detector
 

@@ -4,14 +4,14 @@ predict, eval, benchmark, export and the Python `Detector` all resolve through h
 precedence holds everywhere. Per value, lowest first:
 
 1. the config: the packaged repvit_db.yml, or `config=` / --config (its `-o` edits count as "-o");
-2. the model: a checkpoint's saved config (`PostProcess`) or an ONNX model's metadata (post-processing,
+2. the model: a checkpoint's saved config (`PostProcess`) or an ONNX / OpenVINO model's metadata (post-processing,
    mean/std, channel order), the model registry for released files that state nothing; an explicit
    --config replaces the model's post-processing values;
 3. a post-processing file (`postprocess=` / --postprocess: the `tuned` object `eval --tune --json` writes);
 4. `-o PostProcess.KEY=...` overrides;
 5. explicit arguments (the command's flags, the Detector's keyword arguments).
 
-An ONNX model with a fixed input size outranks every resize setting. Nothing here prints: notes go
+An ONNX or OpenVINO model with a fixed input size outranks every resize setting. Nothing here prints: notes go
 to the logger, the commands show them.
 """
 
@@ -37,9 +37,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WEIGHTS = "repvit"
 DEFAULT_ONNX_MODEL = "repvit-onnx"
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "openvino")
+FILE_BACKENDS = ("onnx", "openvino")  # a model file run by a runtime, never torch
 CHECKPOINT_SOURCE = "the checkpoint's saved config"
-METADATA_SOURCE = "the ONNX model's metadata"
+METADATA_SOURCE = "the ONNX model's metadata"  # an .onnx file's, whichever runtime reads it
+IR_METADATA_SOURCE = "the OpenVINO IR's metadata"  # an .xml file's rt_info
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +54,7 @@ class InferenceOptions:
 
     weights: str = DEFAULT_WEIGHTS
     onnx_model: Optional[str] = None
+    openvino_model: Optional[str] = None
     backend: Optional[str] = None
     config: Optional[Path] = None
     overrides: tuple[str, ...] = ()
@@ -81,19 +84,29 @@ class InferenceOptions:
         return cfgmod.apply_overrides(cfgmod.load_config(self.config), self.overrides)
 
     def backend_name(self) -> str:
-        """onnx when an ONNX model is given, else torch; an explicit backend must agree with the model."""
+        """openvino / onnx when that model is given, else torch; an explicit backend must agree with the model."""
+        if self.onnx_model and self.openvino_model:
+            raise UserError("--onnx-model and --openvino-model both name a model; pass one (OpenVINO reads .onnx "
+                            "files too: --openvino-model FILE.onnx).", exit_code=2)
         if self.backend is None:
-            return "onnx" if self.onnx_model else "torch"
+            return "openvino" if self.openvino_model else "onnx" if self.onnx_model else "torch"
         if self.backend not in BACKENDS:
             raise UserError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}.", exit_code=2)
-        if self.backend == "torch" and self.onnx_model:
-            raise UserError("--onnx-model is used by the onnx backend only; drop it or pass --backend onnx.",
-                            exit_code=2)
+        if self.backend != "onnx" and self.onnx_model:
+            instead = ("pass the file as --openvino-model (OpenVINO reads .onnx files)" if self.backend == "openvino"
+                       else "pass --backend onnx")
+            raise UserError(f"--onnx-model is used by the onnx backend only; drop it or {instead}.", exit_code=2)
+        if self.backend != "openvino" and self.openvino_model:
+            raise UserError("--openvino-model is used by the openvino backend only; drop it or pass --backend "
+                            "openvino.", exit_code=2)
         return self.backend
 
     def model_name(self) -> str:
-        """The model as the caller named it (the .pth / .onnx path or registry name this run uses)."""
-        return (self.onnx_model or DEFAULT_ONNX_MODEL) if self.backend_name() == "onnx" else self.weights
+        """The model as the caller named it (the .pth / .onnx / .xml path or registry name this run uses)."""
+        backend = self.backend_name()
+        if backend == "torch":
+            return self.weights
+        return (self.onnx_model if backend == "onnx" else self.openvino_model) or DEFAULT_ONNX_MODEL
 
     def _explicit_postprocess(self) -> dict[str, Any]:
         return {"thresh": self.thresh, "box_thresh": self.box_thresh, "unclip_ratio": self.unclip_ratio,
@@ -196,7 +209,7 @@ def resolve_normalizer(options: InferenceOptions, cfg: dict, metadata: Optional[
     params = cfgmod.normalize_params(cfg)
     meta_mean, meta_std, order = normalization(metadata or {})
     if order is not None and order not in CHANNEL_ORDERS:
-        raise UserError(f"the ONNX model's metadata gives channel_order {order!r}; openocr-det feeds BGR "
+        raise UserError(f"the model's metadata gives channel_order {order!r}; openocr-det feeds BGR "
                         "or RGB only.")
     chosen = {}
     for key, explicit, meta in (("mean", options.mean, meta_mean), ("std", options.std, meta_std)):
@@ -215,12 +228,13 @@ def resolve(options: InferenceOptions) -> Resolved:
     backend_name = options.backend_name()
     resolve_postprocess(options, cfg, note_model_values=False)  # fail fast on bad values
     resize, resize_settings = resolve_resize(options, cfg)
-    if backend_name == "onnx":
-        backend, resize, resize_settings, metadata, meta_source = _onnx_backend(options, resize, resize_settings)
+    if backend_name in FILE_BACKENDS:
+        backend, resize, resize_settings, metadata, meta_source = _file_backend(options, resize, resize_settings)
         normalizer, norm_settings = resolve_normalizer(options, cfg, metadata, meta_source)
-        log.info(f"onnx backend: {backend.info.path} on {backend.providers[0]}, input '{backend.info.input_name}', "
-                 f"output '{backend.info.output_name}', normalisation from {_norm_source(norm_settings)}.")
-        model_layer = (METADATA_SOURCE, ppfile.from_metadata(backend.info.metadata))
+        log.info(f"{backend_name} backend: {backend.info.path} on {backend.providers[0]}, input "
+                 f"'{backend.info.input_name}', output '{backend.info.output_name}', normalisation from "
+                 f"{_norm_source(norm_settings)}.")
+        model_layer = (_metadata_source(backend.info.path), ppfile.from_metadata(backend.info.metadata))
         device = backend.providers[0]
     else:
         backend = _torch_backend(options, cfg)
@@ -239,9 +253,10 @@ def resolve(options: InferenceOptions) -> Resolved:
 
 
 def _named(options: InferenceOptions) -> bool:
-    if options.backend_name() == "onnx":
-        return options.onnx_model is not None
-    return options.weights != DEFAULT_WEIGHTS
+    backend = options.backend_name()
+    if backend == "torch":
+        return options.weights != DEFAULT_WEIGHTS
+    return (options.onnx_model if backend == "onnx" else options.openvino_model) is not None
 
 
 def _norm_source(settings: dict[str, Setting]) -> str:
@@ -250,7 +265,7 @@ def _norm_source(settings: dict[str, Setting]) -> str:
         return "the config (ImageNet)"
     if source in ("flag", "argument"):
         return "--mean/--std" if source == "flag" else "mean=/std="
-    return "the model's metadata" if source == METADATA_SOURCE else source
+    return "the model's metadata" if source in (METADATA_SOURCE, IR_METADATA_SOURCE) else source
 
 
 def _torch_backend(options: InferenceOptions, cfg: dict) -> Backend:
@@ -259,6 +274,9 @@ def _torch_backend(options: InferenceOptions, cfg: dict) -> Backend:
     if options.weights.lower().endswith(".onnx"):
         raise UserError(f"--weights {options.weights} is an ONNX model; run it with --backend onnx "
                         f"--onnx-model {options.weights}.", exit_code=2)
+    if options.weights.lower().endswith(".xml"):
+        raise UserError(f"--weights {options.weights} is an OpenVINO model; run it with --openvino-model "
+                        f"{options.weights}.", exit_code=2)
     from openocr_cli.engine.backends import TorchBackend, resolve_device  # torch: this branch only
 
     device = resolve_device(options.device)
@@ -271,18 +289,37 @@ def _torch_backend(options: InferenceOptions, cfg: dict) -> Backend:
                                         fuse=options.fuse)
 
 
-def _onnx_backend(options: InferenceOptions, resize: ResizeSpec, resize_settings: dict[str, Setting]):
-    """Load the session once; a model with a fixed input size gets images resized to exactly that."""
-    from openocr_cli.engine.onnx_backend import OnnxBackend
-    from openocr_cli.hub import get_entry, resolve_weights
+def _metadata_source(path: Path) -> str:
+    return IR_METADATA_SOURCE if Path(path).suffix.lower() == ".xml" else METADATA_SOURCE
 
+
+def _load_file_backend(options: InferenceOptions, name: str):
+    """The runtime for the chosen file backend (imported here: neither runtime loads before it is used)."""
+    from openocr_cli.hub import resolve_weights
+
+    if options.backend_name() == "onnx":
+        from openocr_cli.engine.onnx_backend import OnnxBackend
+
+        return OnnxBackend.load(resolve_weights(name), options.device, options.threads)
+    from openocr_cli.engine.openvino_backend import OpenVinoBackend
+
+    # no .xml is in the registry: the loader's own message names a missing IR and its .bin
+    path = Path(name).expanduser() if name.lower().endswith(".xml") else resolve_weights(name)
+    return OpenVinoBackend.load(path, options.device, options.threads)
+
+
+def _file_backend(options: InferenceOptions, resize: ResizeSpec, resize_settings: dict[str, Setting]):
+    """Load the model file once (onnxruntime or OpenVINO); a fixed input size gets images resized to exactly it."""
+    from openocr_cli.hub import get_entry
+
+    backend_name = options.backend_name()
     if options.weights != DEFAULT_WEIGHTS:
-        log.warning(f"--weights {options.weights} is not used by the onnx backend (it runs --onnx-model).")
-    name = options.onnx_model or DEFAULT_ONNX_MODEL
-    path = resolve_weights(name)
-    backend = OnnxBackend.load(path, options.device, options.threads)
+        flag = "--onnx-model" if backend_name == "onnx" else "--openvino-model"
+        log.warning(f"--weights {options.weights} is not used by the {backend_name} backend (it runs {flag}).")
+    name = options.model_name()
+    backend = _load_file_backend(options, name)
     info = backend.info
-    metadata, source = info.metadata, METADATA_SOURCE
+    metadata, source = info.metadata, _metadata_source(info.path)
     entry = None if Path(name).expanduser().is_file() else get_entry(name)
     if "mean" not in metadata and entry is not None:  # e.g. OpenOCR's released file, which states nothing
         metadata, source = {**entry.preprocess.as_metadata(), **metadata}, f"the model registry ({entry.name})"
@@ -292,7 +329,7 @@ def _onnx_backend(options: InferenceOptions, resize: ResizeSpec, resize_settings
         log.info(f"note: the model takes a fixed {info.fixed_hw[0]}x{info.fixed_hw[1]} input, so every image is "
                  "resized to exactly that size (aspect ratio not kept).")
         resize = ResizeSpec(image_shape=info.fixed_hw)
-        resize_settings = {"image_shape": Setting(info.fixed_hw, "the ONNX model's fixed input size")}
+        resize_settings = {"image_shape": Setting(info.fixed_hw, "the model's fixed input size")}
     return backend, resize, resize_settings, metadata, source
 
 
