@@ -22,6 +22,11 @@ if TYPE_CHECKING:
     from openocr_cli.engine.export_run import ExportResult, Int8Export
 
 
+class Format(str, Enum):
+    onnx = "onnx"
+    openvino = "openvino"
+
+
 class Exporter(str, Enum):
     auto = "auto"
     torchscript = "torchscript"
@@ -45,8 +50,12 @@ def export(
     weights: Weights = DEFAULT_WEIGHTS,
     output: Annotated[Optional[Path], typer.Option(
         "--output",
-        help="ONNX file to write (default: export_det/det_model.onnx in the folder of the weights file, "
-             "or ./output/export_det/det_model.onnx for a model name).", show_default=False)] = None,
+        help="File to write (default: export_det/det_model.onnx, or det_model.xml with --format openvino, in the "
+             "folder of the weights file, or in ./output/export_det for a model name).", show_default=False)] = None,
+    format: Annotated[Format, typer.Option(
+        "--format", case_sensitive=False,
+        help="onnx: one .onnx file (onnxruntime, OpenVINO, any ONNX runtime); openvino: an OpenVINO IR, .xml "
+             "with its .bin beside it (predict --backend openvino), needs the openvino extra.")] = Format.onnx,
     opset: Annotated[Optional[int], typer.Option(
         "--opset", min=7, help=f"ONNX opset to write (default {DEFAULT_OPSET}; {INT8_OPSET} with --int8, where GELU "
                                "is one node that stays float between int8 convolutions).", show_default=False)] = None,
@@ -70,22 +79,33 @@ def export(
         help="Largest accepted difference between onnxruntime and PyTorch probabilities "
              "(default 1e-4, 2e-2 with --fp16).", show_default=False)] = None,
     int8: Annotated[bool, typer.Option(
-        "--int8", help="Also quantize to int8 (static QDQ, per-channel weights, onnxruntime's tools) and write that "
-                       f"model instead (default name {INT8_NAME}); needs --calib-data.")] = False,
+        "--int8", help="Also quantize to int8 and write that model instead (default name "
+                       f"{INT8_NAME}, .xml with --format openvino): onnxruntime's static QDQ, or NNCF with "
+                       "--format openvino; needs --calib-data. The int8 model is checked against float32 on the "
+                       "check images (README: int8 accuracy guard).")] = False,
     calib_data: Annotated[Optional[Path], typer.Option(
         "--calib-data", metavar="DIR|LABEL_FILE",
-        help="Calibration images for --int8: a folder, or a label file (then the int8 and float32 hmean on it are "
-             "compared, and --max-drop applies).", show_default=False)] = None,
+        help="Calibration images for --int8: a folder, or a label file (then also the default --check-data).",
+        show_default=False)] = None,
     data_dir: Annotated[Optional[Path], typer.Option(
         "--data-dir", help="Folder the --calib-data label paths are relative to (config default: "
                            "Eval.dataset.data_dir).", show_default=False)] = None,
     calib_images: Annotated[int, typer.Option(
         "--calib-images", min=1, help="Calibration images used, spread evenly over --calib-data.")] = 64,
+    check_data: Annotated[Optional[Path], typer.Option(
+        "--check-data", metavar="LABEL_FILE|DIR",
+        help="Images the int8 model is checked on against float32: a label file (agreement and the hmean drop "
+             "with a bootstrap interval) or a folder (agreement only). Default: --calib-data.",
+        show_default=False)] = None,
     max_drop: Annotated[float, typer.Option(
         "--max-drop", min=0.0,
-        help="Largest accepted hmean loss of the int8 model, in points (0.5 = 0.005 hmean). Above it the nodes "
-             "quantization disturbs most are kept in float32, a few more each round (4 rounds at most), "
-             "then exit 1 keeping the last file.")] = 0.5,
+        help="Largest accepted hmean loss of the int8 model on labelled check images, in points (0.5 = 0.005 "
+             "hmean). A failed check keeps stages of the network in float32, measured one by one, until it "
+             "passes; else exit 1 keeping the closest attempt.")] = 0.5,
+    min_agreement: Annotated[Optional[float], typer.Option(
+        "--min-agreement", min=0.0, max=1.0,
+        help="Agreement (hmean of int8 boxes against float32 boxes) an int8 model needs when labels cannot decide: "
+             "no labels, or too few to resolve --max-drop (default 0.95).", show_default=False)] = None,
     config: ConfigPath = None,
     override: Overrides = None,
     non_strict: NonStrict = False,
@@ -112,14 +132,17 @@ table of differences is printed; above --tolerance the command exits 1 and keeps
 
       openocr-det export -w best.pth --int8 --calib-data val_label.txt --data-dir data/ --output det_int8.onnx
 
+      openocr-det export -w best.pth --format openvino --int8 --calib-data calib_imgs/ --check-data val_label.txt
+
     With --int8, the float32 model is exported and verified first, then quantized with calibration images \
-preprocessed exactly as predict feeds them; a table gives file size, hmean and ms per image of both models.
+preprocessed exactly as predict feeds them, and checked against float32 on the check images; a table gives \
+file size, agreement, hmean drop, ms per image and the decision of every attempt.
     """
     request = ExportRequest(
-        weights=weights, output=output, opset=opset, fuse=fuse, dynamic=dynamic, size=size, fp16=fp16,
-        exporter=exporter.value, tolerance=tolerance, int8=int8, calib_data=calib_data, data_dir=data_dir,
-        calib_images=calib_images, max_drop=max_drop, config=config, overrides=tuple(override or ()),
-        postprocess=postprocess_file, non_strict=non_strict)
+        weights=weights, output=output, format=format.value, opset=opset, fuse=fuse, dynamic=dynamic, size=size,
+        fp16=fp16, exporter=exporter.value, tolerance=tolerance, int8=int8, calib_data=calib_data, data_dir=data_dir,
+        calib_images=calib_images, check_data=check_data, max_drop=max_drop, min_agreement=min_agreement,
+        config=config, overrides=tuple(override or ()), postprocess=postprocess_file, non_strict=non_strict)
     try:
         result = export_checkpoint(request, on_float=lambda partial: _print(partial, kept=not int8))
     except ExportFailed as exc:
@@ -149,23 +172,30 @@ def _print(result: ExportResult, kept: bool = True) -> None:
         ("source sha256", result.metadata["source_sha256"][:16] + "..."),
         ("export time", f"{report.seconds:.1f} s"),
     ]))
-    console.print(table(f"onnxruntime vs PyTorch (tolerance {report.tolerance:g})",
+    console.print(table(f"{report.runtime} vs PyTorch (tolerance {report.tolerance:g})",
                         ["input", "max abs diff", "mean abs diff", "ok"],
                         [(f"{r.batch}x3x{r.height}x{r.width}", f"{r.max_abs:.2e}", f"{r.mean_abs:.2e}",
                           "yes" if r.max_abs <= report.tolerance else "NO") for r in report.rows]))
 
 
 def _print_int8(int8: Int8Export) -> None:
-    """The int8 table: file size, hmean and ms per image of the float32 model and of every int8 attempt."""
-    def hmean(value: Optional[float]) -> str:
-        return "-" if value is None else f"{value:.4f}"
+    """One row per model: float32, then every int8 attempt with what it kept float, measured and decided."""
+    def number(value: Optional[float], digits: int = 4) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
 
-    result = int8.quantize
-    rows = [("float32", f"{int8.float_size / 1e6:.1f} MB", hmean(result.float_hmean), f"{result.float_ms:.1f}")]
-    for attempt in result.attempts:
-        name = f"int8, {len(attempt.float_nodes)} float nodes" if attempt.float_nodes else "int8"
-        rows.append((name, f"{int8.size / 1e6:.1f} MB" if attempt is result.final else "",
-                     hmean(attempt.hmean), f"{attempt.ms_per_image:.1f}"))
-    title = "int8 accuracy check" if result.float_hmean is not None else \
-        "int8 (no labels given: accuracy not checked; pass a label file as --calib-data to check it)"
-    console.print(table(title, ["precision", "file size", "hmean", "ms/image"], rows))
+    reference = int8.reference
+    rows = [("float32", f"{int8.float_size / 1e6:.1f} MB", number(reference.hmean), "", "1.0000", "",
+             f"{reference.ms_per_image:.1f}", "")]
+    for attempt in int8.attempts:
+        v = attempt.verdict
+        drop = "-" if v.drop is None else f"{v.drop:.2f} [{v.interval[0]:.2f}, {v.interval[1]:.2f}]"
+        kept = attempt is int8.chosen
+        rows.append((attempt.label + (" (kept)" if kept else ""), f"{int8.size / 1e6:.1f} MB" if kept else "",
+                     number(v.hmean), drop, number(v.agreement["hmean"]), f"{v.max_prob_diff:.3f}",
+                     f"{v.ms_per_image:.1f}", v.decision))
+    labels = "labelled" if int8.check.samples is not None else "unlabelled"
+    title = (f"int8 accuracy check: {len(int8.check.images)} {labels} image(s) from {int8.check.source}, "
+             f"--max-drop {int8.max_drop:g}, --min-agreement {int8.min_agreement:g}")
+    console.print(table(title, ["model", "size", "hmean", "drop [95% CI]", "agreement", "max |dp|", "ms/img",
+                                "decision"], rows))
+    console.print(f"decision: {int8.chosen.verdict.reason}.", markup=False)

@@ -1,4 +1,4 @@
-"""An export run: a checkpoint -> a verified float32 ONNX file, optionally quantized to int8 after that.
+"""An export run: a checkpoint -> a verified float32 ONNX file or OpenVINO IR, optionally quantized to int8 after that.
 
 What `openocr-det export` does, for any caller: plain values in (ExportRequest), result objects out
 (ExportResult, with the verification report and the int8 attempts), nothing printed. Notes go to the
@@ -7,7 +7,8 @@ that carries what was written and measured (`result`), so a caller can still sho
 
 The float32 model of an int8 run is written to a temporary folder, verified, quantized with
 calibration images that the float model's own Predictor preprocesses (so they are exactly what predict
-feeds the network), and scored as `eval` would score it.
+feeds the network), and checked against the float32 model on the check images (engine/int8_guard.py),
+keeping stages in float32 while the check fails (engine/int8_search.py).
 
 torch and onnx are imported when an export runs, not with this module (the CLI imports it for --help).
 """
@@ -41,14 +42,16 @@ from openocr_cli.fileio import atomic_path
 if TYPE_CHECKING:
     from openocr_cli.data.labels import LabelSample
     from openocr_cli.engine.exporter import ExportOptions, ExportReport
+    from openocr_cli.engine.int8_guard import Run, Verdict
+    from openocr_cli.engine.int8_search import Attempt
     from openocr_cli.engine.predictor import Predictor
-    from openocr_cli.engine.quantize import Attempt, QuantizeResult
     from openocr_cli.postprocess import DBPostProcess
 
 log = logging.getLogger(__name__)
 
 EXPORT_DIR, EXPORT_NAME = "export_det", "det_model.onnx"
 INT8_NAME = "det_model_int8.onnx"
+FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
 DEFAULT_SIZE = (960, 960)
 
 
@@ -57,13 +60,16 @@ class ExportRequest:
     """What to export and how; None means "the default" (as for the command's flags of the same names).
 
     `size` is the static input size (default 960x960), or only the tracing example when `dynamic`.
-    `opset` defaults to DEFAULT_OPSET, INT8_OPSET with `int8`. `calib_data` is a folder of images or a
-    label file (then the int8 and float32 hmean are compared and `max_drop`, in points, applies);
-    `data_dir` is the folder its label paths are relative to (default: the config's Eval.dataset.data_dir).
+    `format` is onnx (a .onnx file) or openvino (an IR .xml + .bin). `opset` defaults to DEFAULT_OPSET,
+    INT8_OPSET with `int8`. `calib_data` is a folder of images or a label file; `check_data` (default: the
+    calibration label file, else its images) is where the int8 model is checked against float32 (with labels
+    the hmean drop too, and `max_drop`, in points, applies; see engine/int8_guard.py for the rule);
+    `data_dir` is the folder label paths are relative to (default: the config's Eval.dataset.data_dir).
     """
 
     weights: str = DEFAULT_WEIGHTS
     output: Optional[Path] = None
+    format: str = "onnx"
     opset: Optional[int] = None
     fuse: bool = True
     dynamic: bool = True
@@ -75,7 +81,9 @@ class ExportRequest:
     calib_data: Optional[Path] = None
     data_dir: Optional[Path] = None
     calib_images: int = 64
+    check_data: Optional[Path] = None
     max_drop: float = 0.5
+    min_agreement: Optional[float] = None  # default int8_guard.DEFAULT_MIN_AGREEMENT
     config: Optional[Path] = None
     overrides: tuple[str, ...] = ()
     postprocess: Union[Path, Mapping[str, float], None] = None
@@ -85,7 +93,16 @@ class ExportRequest:
 
 @dataclass
 class Calibration:
-    """Where the calibration images come from; `samples` are the labels for the accuracy check (or None)."""
+    """Where the calibration images come from; `samples` are the source's labels (None for a folder)."""
+
+    source: Path
+    images: list[str]
+    samples: Optional[list[LabelSample]]
+
+
+@dataclass
+class CheckSet:
+    """The images the int8 model is checked on against float32, and their labels (None: agreement only)."""
 
     source: Path
     images: list[str]
@@ -94,20 +111,24 @@ class Calibration:
 
 @dataclass
 class Int8Export:
-    """The int8 step: every attempt and its scores (`quantize`), the file left at `path` and its sizes."""
+    """The int8 step: the float32 run on the check images, every attempt with its verdict, the one kept at `path`."""
 
     path: Path
     calibration: Calibration
-    quantize: QuantizeResult
+    check: CheckSet
+    reference: Run
+    attempts: list[Attempt]
+    chosen: Attempt
     images: int  # calibration images read
     float_size: int  # bytes of the float32 model it was quantized from
-    size: int  # bytes of the int8 file
-    quantized_nodes: int  # QuantizeLinear/DequantizeLinear nodes: 0 means onnxruntime quantized nothing
+    size: int  # bytes of the int8 model (an IR's .xml and .bin together)
+    quantized_nodes: int  # quantize/dequantize (ONNX) or FakeQuantize (IR) operations: 0 means nothing quantized
     max_drop: float
+    min_agreement: float
 
     @property
     def ok(self) -> bool:
-        return self.quantized_nodes > 0 and self.quantize.ok
+        return self.quantized_nodes > 0 and self.chosen.verdict.ok
 
 
 @dataclass
@@ -152,20 +173,28 @@ def default_output(weights: str) -> Path:
 
 
 def output_path(request: ExportRequest) -> Path:
-    """Where the model goes: `output` (a folder gets the default file name), else default_output."""
-    name = INT8_NAME if request.int8 else EXPORT_NAME
+    """Where the model goes: `output` (a folder gets the default file name), else default_output; the name ends
+    in the format's suffix (.onnx, or .xml for an OpenVINO IR, whose .bin goes beside it)."""
+    ext = FORMATS[request.format]
+    name = str(Path(INT8_NAME if request.int8 else EXPORT_NAME).with_suffix(ext))
     path = Path(request.output) if request.output is not None else default_output(str(request.weights)).with_name(name)
-    if path.suffix.lower() != ".onnx":
+    if path.suffix.lower() in FORMATS.values() and path.suffix.lower() != ext:
+        other = "onnx" if ext == ".xml" else "openvino"
+        raise UserError(f"--output {path} is a {path.suffix} file, but --format {request.format} writes {ext}; "
+                        f"name it {path.with_suffix(ext).name} or pass --format {other}.", exit_code=2)
+    if path.suffix.lower() != ext:
         path = path / name if path.is_dir() else path
     return path
 
 
 def float_kept_path(path: Path) -> Path:
-    """Where an int8 run keeps its float32 model when verification failed: <stem>.float32.onnx beside `path`."""
-    return path.with_name(f"{path.stem}.float32.onnx")
+    """Where an int8 run keeps its float32 model when verification failed: <stem>.float32<suffix> beside `path`."""
+    return path.with_name(f"{path.stem}.float32{path.suffix}")
 
 
 def _check_request(request: ExportRequest) -> None:
+    if request.format not in FORMATS:
+        raise UserError(f"--format {request.format!r}: use onnx or openvino.", exit_code=2)
     if request.size is not None:
         h, w = request.size
         if h < 32 or w < 32 or h % 32 or w % 32:
@@ -180,8 +209,10 @@ def _check_int8_request(request: ExportRequest) -> None:
     if request.int8 and request.calib_data is None:
         raise UserError("--int8 needs calibration images: --calib-data DIR (a folder of images like the ones you "
                         "run) or --calib-data LABEL_FILE (also checks the accuracy).", exit_code=2)
-    if not request.int8 and (request.calib_data is not None or request.data_dir is not None):
-        raise UserError("--calib-data and --data-dir are for --int8 only.", exit_code=2)
+    if not request.int8 and (request.calib_data is not None or request.data_dir is not None or
+                             request.check_data is not None or request.min_agreement is not None):
+        raise UserError("--calib-data, --check-data, --data-dir and --min-agreement are for --int8 only.",
+                        exit_code=2)
 
 
 def export_checkpoint(request: ExportRequest,
@@ -212,8 +243,10 @@ def export_checkpoint(request: ExportRequest,
     options = ExportOptions(opset=opset, dynamic=request.dynamic, size=request.size or DEFAULT_SIZE,
                             fp16=request.fp16, exporter=request.exporter)
     path = output_path(request)
-    calibration = load_calibration(Path(request.calib_data), _path(request.data_dir), request.calib_images, cfg) \
-        if request.int8 else None
+    calibration = check = None
+    if request.int8:
+        calibration = load_calibration(Path(request.calib_data), _path(request.data_dir), request.calib_images, cfg)
+        check = load_check_set(_path(request.check_data), calibration, _path(request.data_dir), cfg)
 
     entry = get_entry(weights) if not Path(weights).expanduser().is_file() else None
     if (entry is not None and entry.format == "onnx") or weights.lower().endswith(".onnx"):
@@ -231,7 +264,7 @@ def export_checkpoint(request: ExportRequest,
                               source_sha256=sha256_file(source), version=__version__, fused=request.fuse,
                               fp16=request.fp16)
     with tempfile.TemporaryDirectory(prefix="openocr-det-export-") as tmp:
-        float_path = Path(tmp) / EXPORT_NAME if calibration is not None else path
+        float_path = Path(tmp) / path.with_stem("float32").name if calibration is not None else path
         log.info(f"exporting {source} to {'float32, then int8, ' if calibration is not None else ''}{path} ...")
         report = export_and_verify(model, float_path, options, metadata, normalizer, request.tolerance)
         result = ExportResult(path, source, options, request.fuse, metadata, report,
@@ -248,8 +281,11 @@ def export_checkpoint(request: ExportRequest,
             # a static model takes exactly its size, as predict then resizes every image
             resize = ResizeSpec(image_shape=options.size) if not request.dynamic else \
                 ResizeSpec.from_params(cfgmod.resize_params(cfg))
-            scorer = Scorer(calibration, resize, normalizer, post)
-            result.int8 = quantize_export(float_path, path, calibration, scorer, request.max_drop)
+            from openocr_cli.engine.int8_guard import DEFAULT_MIN_AGREEMENT
+
+            min_agreement = DEFAULT_MIN_AGREEMENT if request.min_agreement is None else request.min_agreement
+            checker = Checker(check, resize, normalizer, post, request.max_drop, min_agreement)
+            result.int8 = quantize_export(float_path, path, calibration, checker)
             message = int8_failure(result.int8)
             if message is not None:
                 raise ExportFailed(message, result)
@@ -266,13 +302,18 @@ def _keep_copy(source: Path, target: Path) -> None:
     except OSError as exc:
         raise UserError(f"cannot create the folder {target.parent}: {exc.strerror}. Choose another --output.") \
             from exc
+    if target.suffix.lower() == ".xml":
+        from openocr_cli.engine.openvino_export import copy_ir
+
+        copy_ir(source, target)
+        return
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
 
 
 def _verification_message(report: ExportReport, kept: Path) -> str:
     worst = max(report.rows, key=lambda r: r.max_abs)
-    return (f"verification failed: onnxruntime and PyTorch differ by up to {worst.max_abs:.3g} "
+    return (f"verification failed: {report.runtime} and PyTorch differ by up to {worst.max_abs:.3g} "
             f"(at {worst.batch}x3x{worst.height}x{worst.width}), more than the tolerance "
             f"{report.tolerance:g}. The exported file {kept} was kept for inspection; do not use it "
             "as is (try another --opset, --no-fuse, or without --fp16).")
@@ -282,107 +323,179 @@ def _verification_message(report: ExportReport, kept: Path) -> str:
 
 
 def load_calibration(calib_data: Path, data_dir: Optional[Path], count: int, cfg: dict) -> Calibration:
-    """A folder of images, or a label file whose images (under `data_dir`, as eval resolves them) are both
-    the calibration pool and the accuracy-check set."""
-    from openocr_cli.data.images import collect_images, is_image_name
-    from openocr_cli.data.labels import labelled_data, load_labels
+    """A folder of images, or a label file whose images (under `data_dir`, as eval resolves them) are the
+    calibration pool; `samples` are its labels (all of them), the default check set."""
+    from openocr_cli.data.images import is_image_name
     from openocr_cli.engine.quantize import pick_evenly
 
-    if calib_data.is_dir():
-        if data_dir is not None:
-            log.info("note: --data-dir is only used with a label file as --calib-data.")
-        return Calibration(calib_data, pick_evenly(collect_images([str(calib_data)]), count), None)
-    if not calib_data.is_file():
-        raise UserError(f"--calib-data {calib_data} does not exist: pass a folder of images or a label file.",
-                        exit_code=2)
-    if is_image_name(calib_data.name):
+    if calib_data.is_file() and is_image_name(calib_data.name):
         raise UserError(f"--calib-data {calib_data} is one image; pass the folder that holds the calibration "
                         "images (64 or more work best), or a label file.", exit_code=2)
-    data_dir, files = labelled_data(cfg, "Eval", data_dir, [calib_data])  # as eval resolves label paths
+    images, samples = _image_set(calib_data, data_dir, cfg, "--calib-data")
+    return Calibration(calib_data, pick_evenly(images, count), samples)
+
+
+def load_check_set(check_data: Optional[Path], calibration: Calibration, data_dir: Optional[Path],
+                   cfg: dict) -> CheckSet:
+    """--check-data (a label file or a folder), else the calibration label file's samples, else its images."""
+    if check_data is None:
+        if calibration.samples is not None:
+            return CheckSet(calibration.source, [str(s.image) for s in calibration.samples], calibration.samples)
+        return CheckSet(calibration.source, list(calibration.images), None)
+    images, samples = _image_set(Path(check_data), data_dir, cfg, "--check-data")
+    return CheckSet(Path(check_data), sorted(images) if samples is None else images, samples)
+
+
+def _image_set(source: Path, data_dir: Optional[Path], cfg: dict, flag: str):
+    """(image paths, labels or None) of a folder of images or a label file."""
+    from openocr_cli.data.images import collect_images
+    from openocr_cli.data.labels import labelled_data, load_labels
+
+    if source.is_dir():
+        return collect_images([str(source)]), None
+    if not source.is_file():
+        raise UserError(f"{flag} {source} does not exist: pass a folder of images or a label file.", exit_code=2)
+    data_dir, files = labelled_data(cfg, "Eval", data_dir, [source])  # as eval resolves label paths
     samples = load_labels(files, data_dir)
     if not samples:
-        raise UserError(f"--calib-data {calib_data} lists no images.")
-    return Calibration(calib_data, pick_evenly([str(s.image) for s in samples], count), samples)
+        raise UserError(f"{flag} {source} lists no images.")
+    return [str(s.image) for s in samples], samples
 
 
-class Scorer:
-    """hmean (with labels) and inference ms per image of an ONNX file, through the same Predictor as eval."""
+class Checker:
+    """Runs a candidate model file on the check images through the Predictor eval uses, and judges it."""
 
-    def __init__(self, calibration: Calibration, resize: ResizeSpec, normalizer: Normalizer,
-                 postprocess: DBPostProcess):
-        self.calibration = calibration
+    def __init__(self, check: CheckSet, resize: ResizeSpec, normalizer: Normalizer, postprocess: DBPostProcess,
+                 max_drop: float, min_agreement: float):
+        self.check = check
         self.resize, self.normalizer, self.postprocess = resize, normalizer, postprocess
+        self.max_drop, self.min_agreement = max_drop, min_agreement
+        self.reference: Optional[Run] = None
 
     def predictor(self, path: Path) -> Predictor:
-        """The Predictor that runs the ONNX file `path` (CPU) with this export's preprocessing and post-processing."""
-        from openocr_cli.engine.onnx_backend import OnnxBackend
+        """The Predictor that runs `path` (CPU, float32 arithmetic for float models): .xml on OpenVINO, else
+        onnxruntime, with this export's preprocessing and post-processing."""
         from openocr_cli.engine.predictor import Predictor
 
-        return Predictor(OnnxBackend.load(path, device="cpu"), self.resize, self.normalizer, self.postprocess)
+        if path.suffix.lower() == ".xml":
+            from openocr_cli.engine.openvino_backend import OpenVinoBackend
 
-    def __call__(self, path: Path) -> tuple[Optional[float], float]:
-        from openocr_cli.engine.evaluator import evaluate_model
-        from openocr_cli.results import StageTimes
+            backend = OpenVinoBackend.load(path, device="cpu")
+        else:
+            from openocr_cli.engine.onnx_backend import OnnxBackend
 
-        predictor = self.predictor(path)
-        list(predictor.run(self.calibration.images[:1]))  # warm-up: the first run of a session is slower
-        samples = self.calibration.samples
-        if samples is not None:
-            result = evaluate_model(predictor, samples)
-            return result.hmean, 1000.0 * result.seconds / max(result.images, 1)
-        times = StageTimes()
-        for item in predictor.run(self.calibration.images):
-            times += item.times
-        return None, times.ms_per_image()["inference"]
+            backend = OnnxBackend.load(path, device="cpu")
+        return Predictor(backend, self.resize, self.normalizer, self.postprocess)
+
+    def run(self, path: Path) -> Run:
+        from openocr_cli.engine.int8_guard import run_model
+
+        try:
+            return run_model(self.predictor(path), self.check.images, self.check.samples)
+        except ValueError as exc:  # an unreadable check image
+            raise UserError(f"a check image could not be read: {exc}") from None
+
+    def __call__(self, path: Path) -> Verdict:
+        from openocr_cli.engine.int8_guard import judge
+
+        assert self.reference is not None, "run the float32 model first (Checker.reference)"
+        return judge(self.reference, self.run(path), self.max_drop, self.min_agreement)
 
 
 def _log_attempt(attempt: Attempt) -> None:
-    kept = f", {len(attempt.float_nodes)} node(s) kept float" if attempt.float_nodes else ""
-    hmean = "" if attempt.hmean is None else f": hmean {attempt.hmean:.4f}"
-    log.info(f"int8 model{kept}{hmean}")
+    verdict = attempt.verdict
+    hmean = "" if verdict.hmean is None else f", hmean {verdict.hmean:.4f}"
+    log.info(f"{attempt.label}: agreement {verdict.agreement['hmean']:.4f}{hmean}, "
+             f"{verdict.ms_per_image:.1f} ms/image: {verdict.decision}")
 
 
-def quantize_export(float_path: Path, output: Path, calibration: Calibration, scorer: Scorer,
-                    max_drop: float) -> Int8Export:
-    """Quantize the verified float32 model into `output` (the accuracy guard of engine.quantize) and write its
-    metadata: the float model's plus precision and a calibration summary. The checks are int8_failure's."""
-    from openocr_cli.engine.onnx_metadata import read_metadata, write_metadata
-    from openocr_cli.engine.quantize import PERCENTILE, calibration_tensors, quantize_with_guard, quantized_node_count
+def quantize_export(float_path: Path, output: Path, calibration: Calibration, checker: Checker) -> Int8Export:
+    """Quantize the verified float32 model (ONNX or IR, by suffix) into `output`, searching for the stages to keep
+    in float32 until the guard passes (engine/int8_search.py); the attempt kept carries the float model's metadata
+    plus precision and a calibration summary. The checks are int8_failure's."""
+    from openocr_cli.engine.int8_search import best, search
+    from openocr_cli.engine.quantize import PERCENTILE, calibration_tensors
 
+    openvino = output.suffix.lower() == ".xml"
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create the folder {output.parent}: {exc.strerror}. Choose another --output.") from exc
     log.info(f"calibrating on {len(calibration.images)} image(s) from {calibration.source} ...")
     # preprocessed by the Predictor that runs the float model: exactly what predict feeds the network
-    tensors = calibration_tensors(calibration.images, scorer.predictor(float_path))
-    float_size = float_path.stat().st_size
-    result = quantize_with_guard(float_path, output, tensors, scorer, max_drop, on_attempt=_log_attempt)
-    final = result.final
-    summary = {"images": len(tensors), "source": str(calibration.source), "method": f"Percentile {PERCENTILE}",
-               "format": "QDQ", "activations": "uint8", "weights": "int8, per channel",
-               "float_nodes": list(final.float_nodes), "hmean_float32": result.float_hmean,
-               "hmean_int8": final.hmean, "max_drop_points": max_drop}
-    metadata = {**read_metadata(float_path), "precision": "int8", "calibration": json.dumps(summary, sort_keys=True)}
-    with atomic_path(output) as tmp:  # never a half-rewritten model at `output`
-        shutil.copyfile(output, tmp)
+    tensors = calibration_tensors(calibration.images, checker.predictor(float_path))
+    checker.reference = checker.run(float_path)
+    float_size = _size(float_path)
+    with tempfile.TemporaryDirectory(prefix="openocr-det-int8-") as tmp:
+        if openvino:
+            from openocr_cli.engine.openvino_export import NncfQuantizer, read_ir_metadata
+
+            metadata = read_ir_metadata(float_path)
+            quantizer = NncfQuantizer(float_path, tensors, metadata)
+            method = "NNCF static, MinMax ranges, symmetric int8 activations, per-channel int8 weights"
+        else:
+            from openocr_cli.engine.onnx_metadata import read_metadata
+            from openocr_cli.engine.quantize import Quantizer
+
+            metadata = read_metadata(float_path)
+            quantizer = Quantizer(float_path, tensors, Path(tmp))
+            method = f"onnxruntime QDQ, Percentile {PERCENTILE}, uint8 activations, per-channel int8 weights"
+        attempts = search(quantizer.quantize, checker, Path(tmp), output.suffix, on_attempt=_log_attempt)
+        chosen = best(attempts)
+        reference, verdict = checker.reference, chosen.verdict
+        summary = {"images": len(tensors), "source": str(calibration.source), "method": method,
+                   "float_stages": list(chosen.float_stages), "check_data": str(checker.check.source),
+                   "check_images": len(checker.check.images), "hmean_float32": reference.hmean,
+                   "hmean_int8": verdict.hmean, "agreement_hmean": verdict.agreement["hmean"],
+                   "drop_interval_points": list(verdict.interval) if verdict.interval else None,
+                   "decision": verdict.decision, "basis": verdict.basis, "max_drop_points": checker.max_drop,
+                   "min_agreement": checker.min_agreement}
+        final = {**metadata, "precision": "int8", "calibration": json.dumps(summary, sort_keys=True)}
+        _write_int8(chosen.path, output, final, openvino)
+    return Int8Export(output, calibration, checker.check, reference, attempts, chosen, len(tensors), float_size,
+                      _size(output), _quantized_ops(output), checker.max_drop, checker.min_agreement)
+
+
+def _size(path: Path) -> int:
+    """Bytes of a model file (an IR's .xml and .bin together)."""
+    files = [path, path.with_suffix(".bin")] if path.suffix.lower() == ".xml" else [path]
+    return sum(f.stat().st_size for f in files if f.is_file())
+
+
+def _quantized_ops(path: Path) -> int:
+    if path.suffix.lower() == ".xml":
+        from openocr_cli.engine.openvino_export import fake_quantize_count
+
+        return fake_quantize_count(path)
+    from openocr_cli.engine.quantize import quantized_node_count
+
+    return quantized_node_count(path)
+
+
+def _write_int8(source: Path, output: Path, metadata: dict[str, str], openvino: bool) -> None:
+    """The chosen attempt at `output` with its final metadata; never a half-written model there."""
+    if openvino:
+        from openocr_cli.engine.openvino_backend import import_openvino
+        from openocr_cli.engine.openvino_export import save_ir
+
+        save_ir(import_openvino().Core().read_model(str(source)), output, metadata)
+        return
+    from openocr_cli.engine.onnx_metadata import write_metadata
+
+    with atomic_path(output) as tmp:
+        shutil.copyfile(source, tmp)
         write_metadata(tmp, metadata)
-    return Int8Export(output, calibration, result, len(tensors), float_size, output.stat().st_size,
-                      quantized_node_count(output), max_drop)
 
 
 def int8_failure(int8: Int8Export) -> Optional[str]:
     """Why the int8 model must not be used as is (None when it passed): nothing quantized, or accuracy lost."""
     if int8.quantized_nodes == 0:
-        return (f"onnxruntime quantized no node of {int8.path}; the file is float32. Report this with the "
-                "model's opset (--opset) and onnxruntime version.")
-    result = int8.quantize
-    if not result.ok:
-        final = result.final
-        drop = 100 * (result.float_hmean - final.hmean)
-        return (f"the int8 model loses {drop:.2f} hmean points on {int8.calibration.source}, more than "
-                f"--max-drop {int8.max_drop:g}, even with {len(final.float_nodes)} nodes kept in float32. "
-                f"The last attempt was kept as {int8.path}; calibrate on images like the ones you run "
-                "(--calib-data, more --calib-images), raise --max-drop, or use the float32 export.")
+        return (f"the quantizer quantized no node of {int8.path}; the file is float32. Report this with the "
+                "model's opset (--opset) and the runtime's version.")
+    if not int8.chosen.verdict.ok:
+        tried = f" after {len(int8.attempts)} attempts keeping stages in float32" if len(int8.attempts) > 1 else ""
+        return (f"the int8 model fails the accuracy check{tried}: {int8.chosen.verdict.reason}. The closest attempt "
+                f"({int8.chosen.label}) was kept as {int8.path}; calibrate on images like the ones you run "
+                "(--calib-data, more --calib-images), check on more labelled images (--check-data), or use the "
+                "float32 export.")
     return None
-

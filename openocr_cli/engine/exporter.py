@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import inspect
 import io
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -70,7 +72,8 @@ class ExportReport:
     seconds: float
     tolerance: float
     rows: list[CheckRow] = field(default_factory=list)
-    size: int = 0  # bytes of the file as written (it may be a temporary one, gone later)
+    size: int = 0  # bytes of the file as written (it may be a temporary one, gone later); an IR's .xml + .bin
+    runtime: str = "onnxruntime"  # what ran the file for the comparison with PyTorch
 
     @property
     def max_abs(self) -> float:
@@ -204,12 +207,18 @@ def sample_batches(cases: Sequence[tuple[int, int, int]], normalizer: Normalizer
         yield (batch, h, w), np.stack([normalizer(image) for image in images])
 
 
-def verify_onnx(model: nn.Module, path: Path, cases: Sequence[tuple[int, int, int]], normalizer: Normalizer,
+def verify_file(model: nn.Module, path: Path, cases: Sequence[tuple[int, int, int]], normalizer: Normalizer,
                 threads: Optional[int] = None) -> list[CheckRow]:
-    """Run onnxruntime (CPU) and `model` on the same tensors; max/mean absolute differences per case."""
-    from openocr_cli.engine.onnx_backend import OnnxBackend
+    """Run the file (an .xml IR on OpenVINO at float32, else onnxruntime; CPU) and `model` on the same tensors;
+    max/mean absolute differences per case."""
+    if path.suffix.lower() == ".xml":
+        from openocr_cli.engine.openvino_backend import OpenVinoBackend
 
-    runtime = OnnxBackend.load(path, device="cpu", threads=threads)
+        runtime = OpenVinoBackend.load(path, device="cpu", threads=threads)
+    else:
+        from openocr_cli.engine.onnx_backend import OnnxBackend
+
+        runtime = OnnxBackend.load(path, device="cpu", threads=threads)
     model = model.cpu().eval()
     rows = []
     for (batch, h, w), tensor in sample_batches(cases, normalizer):
@@ -226,11 +235,28 @@ def verify_onnx(model: nn.Module, path: Path, cases: Sequence[tuple[int, int, in
 
 def export_and_verify(model: nn.Module, path: Path, options: ExportOptions, metadata: dict[str, str],
                       normalizer: Normalizer, tolerance: Optional[float] = None) -> ExportReport:
-    """Export, check, and compare against PyTorch at several sizes (the static size when static)."""
-    exporter, seconds = export_onnx(model, path, options, metadata)
+    """Export, check, and compare against PyTorch at several sizes (the static size when static).
+
+    A `path` ending in .xml is an OpenVINO IR: the ONNX model is exported to a temporary file first and
+    converted (float16 weights with `fp16`, OpenVINO's own compression), and the IR is what is verified.
+    """
+    openvino = path.suffix.lower() == ".xml"
+    if openvino:
+        from openocr_cli.engine.onnx_metadata import read_metadata
+        from openocr_cli.engine.openvino_export import convert_onnx, ir_files
+
+        with tempfile.TemporaryDirectory(prefix="openocr-det-ir-") as tmp:
+            onnx_path = Path(tmp) / "model.onnx"
+            exporter, seconds = export_onnx(model, onnx_path, dataclasses.replace(options, fp16=False), metadata)
+            convert_onnx(onnx_path, path, read_metadata(onnx_path), fp16=options.fp16)
+        size = sum(f.stat().st_size for f in ir_files(path))
+    else:
+        exporter, seconds = export_onnx(model, path, options, metadata)
+        size = path.stat().st_size
     if tolerance is None:
         tolerance = TOLERANCE_FP16 if options.fp16 else TOLERANCE_FP32
     cases = DYNAMIC_CASES if options.dynamic else ((1, *options.size), (2, *options.size))
-    report = ExportReport(path, exporter, options.opset, seconds, tolerance, size=path.stat().st_size)
-    report.rows = verify_onnx(model, path, cases, normalizer)
+    report = ExportReport(path, exporter, options.opset, seconds, tolerance, size=size,
+                          runtime="OpenVINO" if openvino else "onnxruntime")
+    report.rows = verify_file(model, path, cases, normalizer)
     return report

@@ -1,11 +1,9 @@
-"""INT8 models with onnxruntime's own quantization tools, and a guard that keeps their accuracy.
+"""INT8 models with onnxruntime's own quantization tools.
 
 Static QDQ quantization: uint8 activations and per-channel int8 weights, the pairing onnxruntime
 recommends for x86 CPUs with VNNI, calibrated (99.999th percentile ranges) on images preprocessed
-exactly as predict feeds them. When a labelled set says the int8 model lost more than allowed, the tensors that
-quantization disturbs most (measured on the calibration images: signal-to-quantization-noise
-ratio of each activation, onnxruntime's qdq_loss_debug) are kept in float32, a few more each
-round, and the model is quantized again from the same calibration ranges.
+exactly as predict feeds them. Calibration runs once; each later attempt of the accuracy search
+(engine/int8_search.py) re-quantizes from the cached ranges with some stages kept in float32.
 
 GELU matters for speed: exported below opset 20 it is five nodes, which the quantizer splits
 into a chain of quantize/dequantize pairs; from opset 20 it is one Gelu node that stays float
@@ -15,11 +13,10 @@ between int8 convolutions (the export command exports int8 models at opset 20 by
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -27,39 +24,13 @@ import numpy as np
 import onnx
 
 from openocr_cli.errors import ImageReadError, UserError
-from openocr_cli.fileio import atomic_path
 
 if TYPE_CHECKING:
     from openocr_cli.engine.predictor import Predictor
 
-# Tensors kept in float32 after each failed accuracy check, cumulative: 2, then 4, 8, 16.
-FLOAT_TENSORS_PER_ROUND = (2, 4, 8, 16)
 # Activation ranges cover this percentile of the calibration values: on the `make demo` model, calibrated on
 # one synthetic set and checked on another, hmean lost 0.34 points where MinMax ranges lost 0.85.
 PERCENTILE = 99.999
-SENSITIVITY_IMAGES = 4  # calibration images used to rank tensors (each keeps every activation in memory)
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """One quantized model and what it scored: `hmean` None without labels."""
-
-    float_nodes: tuple[str, ...]
-    path: Path
-    hmean: Optional[float]
-    ms_per_image: float
-
-
-@dataclass
-class QuantizeResult:
-    float_hmean: Optional[float]
-    float_ms: float
-    attempts: list[Attempt] = field(default_factory=list)
-    ok: bool = True
-
-    @property
-    def final(self) -> Attempt:
-        return self.attempts[-1]
 
 
 def pick_evenly(paths: Sequence[str], count: int) -> list[str]:
@@ -111,7 +82,7 @@ class _Reader:
 
 @contextlib.contextmanager
 def _quiet():
-    """onnxruntime's quantizer logs hints and warnings meant for its developers, on the root logger.
+    """onnxruntime's quantizer logs hints and warnings meant for its developers, on the root logger, and prints.
 
     It also configures that logger: importing onnxruntime.quantization runs logging.basicConfig(level=INFO),
     and its module-level logging.info() calls add a stderr handler when the root has none. Both would show
@@ -122,7 +93,8 @@ def _quiet():
     level, handlers = root.level, list(root.handlers)
     root.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):  # its calibrator also prints progress lines
+            yield
     finally:
         root.setLevel(level)
         root.handlers[:] = handlers
@@ -144,7 +116,11 @@ class Quantizer:
             # dynamic height/width defeat onnxruntime's symbolic shape inference; ONNX's own is enough here
             quant_pre_process(str(float_path), str(self.prepared), skip_symbolic_shape=True)
 
-    def quantize(self, output: Path, float_nodes: Sequence[str] = ()) -> Path:
+    def quantize(self, output: Path, float_stages: Sequence[str] = ()) -> Path:
+        """Write an int8 model to `output`, keeping the named stages (int8_search.STAGES) in float32."""
+        from openocr_cli.engine.int8_search import patterns
+
+        float_nodes = self.nodes_in(patterns(float_stages)) if float_stages else []
         reader = None if self.cache.is_file() else _Reader(self.tensors, self.input_name)
         with _quiet():
             from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -156,82 +132,11 @@ class Quantizer:
                             extra_options={"CalibPercentile": PERCENTILE, "CalibMaxIntermediateOutputs": 8})
         return Path(output)
 
-    def sensitive_nodes(self, int8_path: Path) -> list[list[str]]:
-        """Groups of node names, most disturbed tensor first: the tensor's producer and every consumer.
-
-        Keeping those nodes float removes that tensor's quantize/dequantize pair.
-        """
-        sample = self.tensors[:SENSITIVITY_IMAGES]
-        with tempfile.TemporaryDirectory(dir=self.workdir) as tmp, _quiet():
-            from onnxruntime.quantization import qdq_loss_debug as dbg
-
-            float_aug, int8_aug = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
-            dbg.modify_model_output_intermediate_tensors(str(self.prepared), str(float_aug))
-            dbg.modify_model_output_intermediate_tensors(str(int8_path), str(int8_aug))
-            float_acts = dbg.collect_activations(str(float_aug), _Reader(sample, self.input_name))
-            int8_acts = dbg.collect_activations(str(int8_aug), _Reader(sample, self.input_name))
-            matches = dbg.create_activation_matching(int8_acts, float_acts)
-            errors = {name: dbg.compute_signal_to_quantization_noice_ratio(m["pre_qdq"], m["post_qdq"])
-                      for name, m in matches.items()}
+    def nodes_in(self, stage_patterns: Sequence[str]) -> list[str]:
+        """Names of the prepared graph's nodes that match any of the patterns (engine/int8_search.STAGES)."""
         graph = onnx.load(str(self.prepared), load_external_data=False).graph
-        producer = {out: node.name for node in graph.node for out in node.output}
-        consumers: dict[str, list[str]] = {}
-        for node in graph.node:
-            for name in node.input:
-                consumers.setdefault(name, []).append(node.name)
-        groups = []
-        for tensor in sorted(errors, key=errors.get):
-            nodes = [producer[tensor]] if tensor in producer else []
-            nodes += consumers.get(tensor, [])
-            if nodes:
-                groups.append(nodes)
-        return groups
-
-
-def quantize_with_guard(float_path: Path, output: Path, tensors: Sequence[np.ndarray],
-                        score: Callable[[Path], tuple[Optional[float], float]], max_drop: float,
-                        on_attempt: Callable[[Attempt], None] = lambda a: None) -> QuantizeResult:
-    """Quantize `float_path` into `output`; with labels, keep sensitive tensors float until the hmean
-    drop (in points, 100 x hmean) is at most `max_drop` or the rounds run out (`ok` False).
-
-    `score(path)` returns (hmean or None without labels, ms per image). The last attempt is always
-    the file left at `output`.
-    """
-    float_hmean, float_ms = score(float_path)
-    result = QuantizeResult(float_hmean, float_ms)
-    with tempfile.TemporaryDirectory(prefix="openocr-det-int8-") as tmp:
-        quantizer = Quantizer(float_path, tensors, Path(tmp))
-        float_nodes: list[str] = []
-        groups: Optional[list[list[str]]] = None
-        for round_ in range(len(FLOAT_TENSORS_PER_ROUND) + 1):
-            candidate = Path(tmp) / f"round{round_}.onnx"
-            quantizer.quantize(candidate, float_nodes)
-            attempt = Attempt(tuple(float_nodes), output, *score(candidate))
-            _copy(candidate, output)
-            result.attempts.append(attempt)
-            on_attempt(attempt)
-            if float_hmean is None or 100 * (float_hmean - attempt.hmean) <= max_drop:
-                return result
-            if round_ == len(FLOAT_TENSORS_PER_ROUND):
-                break
-            if groups is None:
-                groups = quantizer.sensitive_nodes(candidate)
-            float_nodes = _first_nodes(groups, FLOAT_TENSORS_PER_ROUND[round_])
-    result.ok = False
-    return result
-
-
-def _first_nodes(groups: Sequence[Sequence[str]], tensors: int) -> list[str]:
-    names: list[str] = []
-    for group in groups[:tensors]:
-        names.extend(n for n in group if n not in names)
-    return names
-
-
-def _copy(source: Path, target: Path) -> None:
-    """Write through a temporary name in the target's folder, so `target` is never half-written."""
-    with atomic_path(target) as tmp:
-        shutil.copyfile(source, tmp)
+        compiled = [re.compile(p) for p in stage_patterns]
+        return [node.name for node in graph.node if any(c.search(node.name) for c in compiled)]
 
 
 def quantized_node_count(path: Path) -> int:
