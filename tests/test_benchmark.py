@@ -1,10 +1,12 @@
-"""openocr-det benchmark: rows, JSON schema, fastest-first table, eval's hmean, bf16, precision mapping, errors."""
+"""openocr-det benchmark: rows, JSON schema, fastest-first table, eval's hmean, bf16, precision mapping, errors,
+openvino rows and the recommendation."""
 
 from __future__ import annotations
 
 import json
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -40,7 +42,7 @@ def images(tmp_path):
 
 def table_rows(out: str) -> list[tuple[str, str, str, int]]:
     """(backend, model, precision, limit_side_len) of each row of the printed table, top to bottom."""
-    found = re.findall(r"│ (torch|onnx)\s+│\s+(\S+) │\s+(\w+) │\s+(\d+) │", out)
+    found = re.findall(r"│ (torch|onnx|openvino)\s+│\s+(\S+) │\s+(\w+) │\s+(\d+) │", out)
     return [(b, m, p, int(s)) for b, m, p, s in found]
 
 
@@ -52,8 +54,8 @@ def test_json_schema_rows_per_backend_precision_size_and_fastest_first(cli, tmp_
                          "--json", out_json)
     assert code == 0, err
     got = json.loads(out_json.read_text())
-    assert set(got) == {"rows", "machine"}
-    assert set(got["machine"]) == {"cpu", "threads", "torch", "onnxruntime"}
+    assert set(got) == {"rows", "machine", "recommended"}
+    assert set(got["machine"]) == {"cpu", "threads", "torch", "onnxruntime", "openvino"}
     machine = got["machine"]
     assert isinstance(machine["cpu"], str) and machine["cpu"] and isinstance(machine["threads"], int)
     assert machine["torch"] == torch.__version__.split("+")[0] or torch.__version__.startswith(machine["torch"])
@@ -79,6 +81,9 @@ def test_json_schema_rows_per_backend_precision_size_and_fastest_first(cli, tmp_
     assert shown == [(r["backend"], r["model"].rsplit("/", 1)[-1], r["precision"], r["limit_side_len"])
                      for r in by_speed]
     assert "fastest first" in out
+    # no labels: the fastest row, and the line says accuracy was not measured
+    assert got["recommended"] == by_speed[0]
+    assert "accuracy not measured: pass --label-file" in " ".join(out.split())
 
 
 def test_hmean_equals_eval_for_each_backend_and_size(cli, tmp_path, bar_set, constant_ckpt):  # noqa: F811
@@ -232,3 +237,56 @@ def test_onnx_only_benchmark_never_imports_torch(tmp_path, images):
     assert got["machine"]["torch"] == torch.__version__.split("+")[0] or got["machine"]["torch"] is None
     rc, heavy = heavy_modules_after("benchmark", "--help")
     assert rc == 0 and "torch" not in heavy and "onnxruntime" not in heavy
+
+
+def _row(backend, precision, images_per_s, hmean, model="m.onnx"):
+    stages = {stage: {"p50": 1000 / images_per_s, "p95": 1000 / images_per_s} for stage in bench.STAGES}
+    return bench.BenchRow(backend, model, precision, 960, 8, stages, images_per_s, hmean)
+
+
+def test_recommend_the_fastest_row_within_max_drop_of_the_best_fp32():
+    fp32 = _row("onnx", "fp32", 10.0, 0.800)
+    torch_fp32 = _row("torch", "fp32", 5.0, 0.802)  # the reference: the best float32 hmean
+    bf16 = _row("openvino", "bf16", 20.0, 0.797)  # 0.5 points below: kept
+    int8 = _row("openvino", "int8", 40.0, 0.790)  # 1.2 points below: too far at 0.5, kept at 1.5
+    rows = [fp32, torch_fp32, bf16, int8]
+    chosen = bench.recommend(rows, 0.5)
+    assert chosen.row is bf16 and chosen.reference is torch_fp32 and chosen.max_drop == 0.5
+    assert bench.recommend(rows, 1.5).row is int8
+    assert bench.recommend(rows, 0.0).row is torch_fp32
+    assert bench.recommend([], 0.5) is None
+    unlabelled = [_row("onnx", "fp32", 10.0, None), _row("openvino", "int8", 30.0, None)]
+    chosen = bench.recommend(unlabelled, 0.5)
+    assert chosen.row is unlabelled[1] and chosen.reference is None
+    only_low = [_row("openvino", "int8", 30.0, 0.7), _row("openvino", "bf16", 10.0, 0.75)]
+    assert bench.recommend(only_low, 0.5).reference is only_low[1]  # no fp32 row: the best row's hmean
+
+
+def test_openvino_rows_beside_onnx_and_a_recommendation(cli, tmp_path, bar_set):  # noqa: F811
+    from tests.test_openvino_backend import quantised_tiny_model, to_ir
+
+    data, labels, bars = bar_set
+    xml = to_ir(bars, tmp_path / "bars.xml")
+    int8 = to_ir(quantised_tiny_model(tmp_path / "q.onnx"))
+    out_json = tmp_path / "bench.json"
+    code, out, err = cli("benchmark", "--onnx-model", bars, "--openvino-model", xml, "--openvino-model", int8,
+                         "--precisions", "fp32,int8", "--data-dir", data, "--label-file", labels, "--runs", "1",
+                         "--device", "cpu", "--threads", "1", "--json", out_json)
+    assert code == 0, err
+    got = json.loads(out_json.read_text())
+    rows = {(r["backend"], r["model"], r["precision"]): r for r in got["rows"]}
+    assert set(rows) == {("onnx", str(bars), "fp32"), ("openvino", str(xml), "fp32"), ("openvino", str(int8), "int8")}
+    assert rows["openvino", str(xml), "fp32"]["hmean"] == rows["onnx", str(bars), "fp32"]["hmean"] > 0
+    notes = " ".join(err.split())
+    assert "skipped openvino int8 for" in notes and "q.xml is an int8 model" in notes
+    assert got["machine"]["openvino"]
+    chosen = bench.recommend([_row(r["backend"], r["precision"], r["images_per_s"], r["hmean"], r["model"])
+                              for r in got["rows"]], 0.5)
+    assert (got["recommended"]["backend"], got["recommended"]["model"], got["recommended"]["precision"]) == \
+        (chosen.row.backend, chosen.row.model, chosen.row.precision)
+    best = max(r["hmean"] for r in got["rows"] if r["precision"] == "fp32")
+    assert got["recommended"]["hmean"] >= best - 0.005
+    line = next(x for x in out.splitlines() if x.startswith("recommended: "))
+    assert line.startswith(f"recommended: {chosen.row.backend} {Path(chosen.row.model).name} {chosen.row.precision} "
+                           f"at 960: {got['recommended']['images_per_s']:.2f} images/s, hmean")
+    assert f"(within --max-drop 0.5 of the best float32 row's hmean {best:.4f})" in line

@@ -1,7 +1,7 @@
 """`openocr-det benchmark`: speed (per stage, p50/p95) and hmean per backend x model x precision x size.
 
 The measuring lives in openocr_cli.evaluation.benchmark; this module resolves the options into
-predictors (the same InferenceSettings predict and eval use) and prints the table.
+predictors (the same InferenceSettings predict and eval use) and prints the table and the recommendation.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from openocr_cli.evaluation import benchmark as bench
 from openocr_cli.evaluation.sizes import parse_sizes, size_spec
 from openocr_cli.ui import console, err_console, progress, table, warn
 
-ONNX_NOTE = "--precisions applies to the torch backend; an ONNX model runs at the precision it was exported with"
+ONNX_NOTE = ("--precisions applies to the torch and openvino backends; an ONNX model run with onnxruntime runs "
+             "at the precision it was exported with")
 
 
 def benchmark(
@@ -35,10 +36,20 @@ def benchmark(
         "--onnx-model",
         help="ONNX model to time with onnxruntime (repeatable): a file or repvit-onnx. Its precision (fp32, fp16, "
              "int8) is read from its metadata (or int8 when the graph is quantised).")] = None,
+    openvino_model: Annotated[Optional[list[str]], typer.Option(
+        "--openvino-model",
+        help="OpenVINO IR .xml (its .bin beside it) or .onnx file to time with OpenVINO (repeatable). An int8 "
+             "model (metadata precision int8, or FakeQuantize operations) gets one int8 row; any other runs at "
+             "each of --precisions.")] = None,
     precisions: Annotated[str, typer.Option(
         "--precisions", metavar="P,P,...",
         help="Precisions for the torch backend: fp32, bf16 (autocast; CPUs with AVX-512 BF16 or AMX, or a GPU), "
-             "fp16 (CUDA autocast). One that cannot run here is skipped with a note.")] = "fp32",
+             "fp16 (CUDA autocast); and OpenVINO's precision hint for --openvino-model (fp32, bf16, fp16 where "
+             "the device has them natively). One that cannot run here is skipped with a note.")] = "fp32",
+    max_drop: Annotated[float, typer.Option(
+        "--max-drop", min=0.0,
+        help="The recommendation line names the fastest row whose hmean is at most this many points "
+             "(100 x hmean) below the best float32 row's (needs --label-file).")] = 0.5,
     sizes_text: Annotated[Optional[str], typer.Option(
         "--sizes", metavar="N,N,...",
         help="limit_side_len values, at least 32, as eval --sizes (e.g. 640,960,1280): one row each "
@@ -90,13 +101,16 @@ printed fastest first.
 --json bench.json
 
       openocr-det benchmark --onnx-model fp32.onnx --onnx-model int8.onnx --images ./imgs --runs 5 --threads 2
+
+      openocr-det benchmark --onnx-model det.onnx --openvino-model det.xml --openvino-model det_int8.xml \
+--precisions fp32,bf16 --data-dir data --label-file data/test.txt --max-drop 0.5
     """
     wanted = bench.parse_precisions(precisions)
     sides = parse_sizes(sizes_text) if sizes_text is not None else None
-    base = opt.inference_options(locals(), weights=opt.DEFAULT_WEIGHTS, onnx_model=None)
+    base = opt.inference_options(locals(), weights=opt.DEFAULT_WEIGHTS, onnx_model=None, openvino_model=None)
     cfg = base.load_config()
     paths, samples = _inputs(cfg, images, data_dir, label_file)
-    if not weights and not onnx_model:
+    if not weights and not onnx_model and not openvino_model:
         weights = [opt.DEFAULT_WEIGHTS]
 
     cases: list[bench.Case] = []  # every model is loaded before any timing, so bad input fails fast
@@ -106,6 +120,8 @@ printed fastest first.
         err_console.print(f"note: {ONNX_NOTE}.")
     for name in onnx_model or []:
         cases += _onnx_cases(base, name, sides)
+    for name in openvino_model or []:
+        cases += _openvino_cases(base, name, wanted, sides)
     if not cases:
         raise UserError("nothing to benchmark: every precision asked for was skipped (see the notes above). "
                         "Pass --precisions fp32, or an --onnx-model.")
@@ -114,8 +130,12 @@ printed fastest first.
         task = bar.add_task("benchmark", total=len(cases) * len(paths) * (runs + 1))
         rows, failures = bench.run_cases(cases, paths, samples, runs, lambda: bar.advance(task))
     _print(rows, runs)
+    chosen = bench.recommend(rows, max_drop)
+    if chosen is not None:
+        console.print(recommendation_line(chosen), markup=False, soft_wrap=True)
     if json_out is not None:
-        opt.write_json(json_out, {"rows": [row.as_dict() for row in rows], "machine": bench.machine(threads)})
+        opt.write_json(json_out, {"rows": [row.as_dict() for row in rows], "machine": bench.machine(threads),
+                                  "recommended": chosen.row.as_dict() if chosen is not None else None})
     opt.report_unreadable(failures, "could not be read and were not timed")
 
 
@@ -166,6 +186,30 @@ def _onnx_cases(base: InferenceOptions, model: str, sides: Optional[list[int]]) 
             for side, spec in _specs(predictor.resize, sides, model)]
 
 
+def _openvino_cases(base: InferenceOptions, model: str, wanted: list[str],
+                    sides: Optional[list[int]]) -> list[bench.Case]:
+    """An int8 file: one int8 row. Any other: one row per --precisions value the device runs (the model compiled
+    again at that precision hint), the others skipped with a note as torch's are."""
+    predictor = Detector.from_options(base.replace(openvino_model=model, backend="openvino")).predictor
+    backend = predictor.backend
+    if backend.is_int8():
+        if wanted != ["fp32"]:
+            err_console.print(f"note: {model} is an int8 model: it gets one int8 row (--precisions does not "
+                              "apply to it).")
+        runnable = [("int8", backend)]
+    else:
+        runnable = []
+        for precision in wanted:
+            problem = ("int8 comes from an int8 file (export --format openvino --int8, or an int8 .onnx)"
+                       if precision == "int8" else backend.cannot_run(precision))
+            if problem is None:
+                runnable.append((precision, backend.with_precision(precision)))
+            else:
+                err_console.print(f"note: skipped openvino {precision} for {model}: {problem}.")
+    return [bench.Case("openvino", model, precision, side, _with(predictor, compiled, spec))
+            for precision, compiled in runnable for side, spec in _specs(predictor.resize, sides, model)]
+
+
 def _specs(resize: ResizeSpec, sides: Optional[list[int]], model: str) -> list[tuple[int, ResizeSpec]]:
     """(limit_side_len, resize) per row; a fixed-size model gets one row, labelled with its longer side."""
     if resize.image_shape is not None:
@@ -181,6 +225,19 @@ def _specs(resize: ResizeSpec, sides: Optional[list[int]], model: str) -> list[t
 def _with(predictor: Predictor, backend, resize: ResizeSpec) -> Predictor:
     return Predictor(backend, resize, predictor.normalizer, predictor.postprocess, batch_size=predictor.batch_size,
                      workers=predictor.workers)
+
+
+def recommendation_line(chosen: bench.Recommendation) -> str:
+    """One line naming the row to deploy, and what it was held to."""
+    row = chosen.row
+    head = (f"recommended: {row.backend} {Path(row.model).name} {row.precision} at {row.limit_side_len}: "
+            f"{row.images_per_s:.2f} images/s")
+    ref = chosen.reference
+    if ref is None:
+        return f"{head}, the fastest row (accuracy not measured: pass --label-file to keep hmean within --max-drop)"
+    kind = "float32 row" if ref.precision == "fp32" else "row (no float32 row)"
+    return (f"{head}, hmean {row.hmean:.4f} (within --max-drop {chosen.max_drop:g} of the best {kind}'s hmean "
+            f"{ref.hmean:.4f})")
 
 
 def _print(rows: list[bench.BenchRow], runs: int) -> None:

@@ -63,6 +63,11 @@ def precision_problem(precision: str, core, device: str) -> Optional[str]:
     return None
 
 
+def has_fake_quantize(model) -> bool:
+    """NNCF's int8 models hold FakeQuantize operations (so does a QDQ ONNX file once OpenVINO has read it)."""
+    return any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+
+
 def read_rt_metadata(model) -> dict[str, str]:
     """Our metadata from an IR (the openocr_det rt_info section), or an ONNX file's metadata_props."""
     metadata: dict[str, str] = {}
@@ -155,6 +160,18 @@ class OpenVinoBackend:
             return int(self.compiled.get_property("INFERENCE_NUM_THREADS")) or None
         except Exception:  # not a CPU property on every device
             return None
+
+    def cannot_run(self, precision: str) -> Optional[str]:
+        """Why this device cannot take `precision` as a hint (None: it can); benchmark skips those rows."""
+        return precision_problem(precision, import_openvino().Core(), self.device)
+
+    def is_int8(self) -> bool:
+        """Whether the file is quantised: its metadata `precision` says so, else its graph has FakeQuantize ops
+        (read from the file again: the compiled model's graph is the plugin's own)."""
+        stated = str(self.info.metadata.get("precision", "")).strip().lower()
+        if stated:
+            return stated.startswith("int8")
+        return has_fake_quantize(import_openvino().Core().read_model(str(self.info.path)))
 
     @property
     def providers(self) -> list[str]:

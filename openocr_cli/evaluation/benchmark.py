@@ -2,7 +2,9 @@
 
 Each row times the real `Predictor` (the code predict and eval run) and, on a labelled set, scores
 its untimed warm-up pass with `evaluate_model`, so the row's hmean is the one `eval` prints for the
-same model and settings. Nothing here imports torch: ONNX-only benchmarks stay torch-free.
+same model and settings. `recommend` picks the row to deploy: the fastest one whose hmean stays within
+--max-drop of the best float32 row's. Nothing here imports torch: ONNX- and OpenVINO-only benchmarks stay
+torch-free.
 """
 
 from __future__ import annotations
@@ -179,6 +181,30 @@ def fastest_first(rows: Sequence[BenchRow]) -> list[BenchRow]:
     return sorted(rows, key=lambda r: (-r.images_per_s, r.stages_ms["total"]["p50"]))
 
 
+@dataclass(frozen=True)
+class Recommendation:
+    """The fastest row that keeps the accuracy; `reference` is the row whose hmean it was held to (None when
+    no row has an hmean: then it is simply the fastest row)."""
+
+    row: BenchRow
+    reference: Optional[BenchRow]
+    max_drop: float
+
+
+def recommend(rows: Sequence[BenchRow], max_drop: float) -> Optional[Recommendation]:
+    """The fastest row whose hmean is at most `max_drop` points (100 x hmean) below the best float32 row's
+    (the best row of any precision when none is float32); without hmeans, the fastest row. None: no rows."""
+    if not rows:
+        return None
+    scored = [r for r in rows if r.hmean is not None]
+    if not scored:
+        return Recommendation(fastest_first(rows)[0], None, max_drop)
+    reference = max([r for r in scored if r.precision == "fp32"] or scored, key=lambda r: r.hmean)
+    # a hair of slack: a row that drops exactly max_drop points still counts despite float rounding
+    kept = [r for r in scored if 100.0 * (reference.hmean - r.hmean) <= max_drop + 1e-9]
+    return Recommendation(fastest_first(kept)[0], reference, max_drop)
+
+
 def _version(package: str) -> Optional[str]:
     try:
         return importlib.metadata.version(package)
@@ -199,11 +225,12 @@ def cpu_name() -> str:
 
 
 def machine(threads: Optional[int]) -> dict:
-    """What produced the numbers. Versions come from the installed package metadata, so an ONNX-only run
-    never imports torch; `threads` is --threads, else PyTorch's thread count if it ran, else the usable cores."""
+    """What produced the numbers. Versions come from the installed package metadata (None: not installed), so
+    an ONNX-only run never imports torch; `threads` is --threads, else PyTorch's thread count if it ran, else the
+    usable cores."""
     if threads is None:
         torch = sys.modules.get("torch")
         threads = torch.get_num_threads() if torch is not None else len(os.sched_getaffinity(0)) \
             if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return {"cpu": cpu_name(), "threads": int(threads), "torch": _version("torch"),
-            "onnxruntime": _version("onnxruntime")}
+            "onnxruntime": _version("onnxruntime"), "openvino": _version("openvino")}

@@ -1,0 +1,150 @@
+"""The openvino backend: the same boxes as onnxruntime from an IR or an ONNX file, fp32 that is fp32, int8
+detection, and clear errors for bad files, flags and devices."""
+
+from __future__ import annotations
+
+import shutil
+
+import cv2
+import numpy as np
+import onnx
+import openvino as ov
+import pytest
+from onnx import TensorProto, helper
+from shapely.geometry import Polygon
+
+from openocr_cli import Detector, MissingFileError, UserError
+from openocr_cli.engine.onnx_backend import OnnxBackend
+from openocr_cli.engine.onnx_metadata import write_metadata
+from openocr_cli.engine.openvino_backend import OpenVinoBackend
+from openocr_cli.engine.resolve import Setting
+from tests.test_api import page
+from tests.test_onnx_backend import tiny_model
+
+
+def to_ir(onnx_path, xml_path=None):
+    """The ONNX file converted to an OpenVINO IR pair (.xml + .bin), weights kept in float32."""
+    xml_path = xml_path or onnx_path.with_suffix(".xml")
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
+    return xml_path
+
+
+def quantised_tiny_model(path):
+    """tiny_model behind a QuantizeLinear / DequantizeLinear pair: what OpenVINO reads as a FakeQuantize."""
+    nodes = [helper.make_node("QuantizeLinear", ["x0", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
+             helper.make_node("ReduceMean", ["d"], ["m"], axes=[1], keepdims=0),
+             helper.make_node("Sigmoid", ["m"], ["y"])]
+    graph = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("x0", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "H", "W"])],
+                              [helper.make_tensor("s", TensorProto.FLOAT, [], [0.02]),
+                               helper.make_tensor("z", TensorProto.INT8, [], [0])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ov")
+    onnx_path = tiny_model(folder / "bright.onnx")
+    return onnx_path, to_ir(onnx_path)
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ov_pages")
+    for i in range(3):
+        cv2.imwrite(str(folder / f"p{i}.png"), page(i, 120 + 20 * i, 260))
+    return folder
+
+
+def iou(a, b) -> float:
+    pa, pb = Polygon(a), Polygon(b)
+    return pa.intersection(pb).area / pa.union(pb).area
+
+
+def test_ir_and_onnx_files_give_onnxruntimes_boxes(models, pages):
+    onnx_path, xml_path = models
+    reference = Detector(onnx_path, device="cpu").predict(pages)
+    assert sum(len(r.detections) for r in reference) >= 9  # the pages' words are found
+    for det in (Detector(xml_path, device="cpu"), Detector(onnx_path, backend="openvino", device="cpu")):
+        assert det.backend == "openvino" and det.settings["device"] == Setting("OpenVINO CPU", "argument")
+        for got, want in zip(det.predict(pages), reference):
+            assert len(got.polygons) == len(want.polygons), got.path
+            for a, b in zip(got.polygons, want.polygons):
+                assert iou(a, b) >= 0.95, got.path
+
+
+def test_fp32_hint_gives_fp32_maps_and_threads_are_set(models):
+    onnx_path, xml_path = models
+    batch = np.random.default_rng(0).normal(size=(2, 3, 32, 48)).astype(np.float32)
+    want = OnnxBackend.load(onnx_path, "cpu", threads=1)(batch)
+    for path in models:
+        backend = OpenVinoBackend.load(path, "cpu", threads=1, precision="fp32")
+        assert backend.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+        assert int(backend.compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+        got = backend(batch)
+        assert got.shape == want.shape == (2, 1, 32, 48) and got.dtype == np.float32
+        assert np.abs(got - want).max() < 1e-4, path
+    assert backend.with_precision("fp32") is backend
+
+
+def test_int8_from_metadata_or_fake_quantize_ops(tmp_path, models):
+    onnx_path, xml_path = models
+    assert not OpenVinoBackend.load(xml_path, "cpu").is_int8()
+    quantised = quantised_tiny_model(tmp_path / "q.onnx")
+    assert OpenVinoBackend.load(to_ir(quantised), "cpu").is_int8()
+    assert OpenVinoBackend.load(quantised, "cpu").is_int8()  # a QDQ .onnx read by OpenVINO
+    stated = tmp_path / "stated.onnx"
+    shutil.copy(onnx_path, stated)
+    write_metadata(stated, {"precision": "int8"})
+    assert OpenVinoBackend.load(stated, "cpu").is_int8()  # the metadata is believed first
+    write_metadata(quantised, {"precision": "float32"})
+    assert not OpenVinoBackend.load(quantised, "cpu").is_int8()
+
+
+def test_missing_bin_and_unreadable_files_are_clear_errors(cli, tmp_path, models, pages):
+    _, xml_path = models
+    alone = tmp_path / "alone.xml"
+    shutil.copy(xml_path, alone)
+    with pytest.raises(MissingFileError, match="alone.bin"):
+        Detector(alone, device="cpu")
+    garbage = tmp_path / "garbage.xml"
+    garbage.write_text("<net>not really</net>")
+    garbage.with_suffix(".bin").write_bytes(b"\0" * 16)
+    with pytest.raises(UserError, match="is not a model OpenVINO"):
+        Detector(garbage, device="cpu")
+    for model, message in ((alone, "alone.bin beside it"), (garbage, "is not a model OpenVINO"),
+                           (tmp_path / "none.xml", "does not exist")):
+        code, out, err = cli("predict", pages, "--openvino-model", model, "--output", tmp_path / "o")
+        assert code == 1 and message in " ".join(err.split()) and "Traceback" not in out + err
+
+
+def test_cuda_and_flag_conflicts_are_usage_errors(cli, tmp_path, models, pages):
+    onnx_path, xml_path = models
+    code, out, err = cli("predict", pages, "--openvino-model", xml_path, "--device", "cuda", "--output", tmp_path)
+    message = " ".join(err.split())
+    assert code == 2 and "not an OpenVINO device" in message and "not CUDA" in message
+    for args, message in ((["--backend", "torch", "--openvino-model", xml_path], "--backend openvino"),
+                          (["--backend", "onnx", "--openvino-model", xml_path], "--backend openvino"),
+                          (["--backend", "openvino", "--onnx-model", onnx_path], "as --openvino-model"),
+                          (["--onnx-model", onnx_path, "--openvino-model", xml_path], "pass one"),
+                          (["-w", xml_path], "--openvino-model"),
+                          (["--openvino-model", xml_path, "--threads", "0"], "--threads")):
+        code, out, err = cli("predict", pages, *args, "--output", tmp_path / "o")
+        assert code == 2 and message in " ".join(err.split()), (args, err)
+        assert "Traceback" not in out + err
+
+
+def test_cli_predict_runs_an_onnx_file_on_openvino(cli, tmp_path, models, pages):
+    onnx_path, xml_path = models
+    lines = {}
+    for name, args in (("onnx", ["--onnx-model", onnx_path]),
+                       ("openvino", ["--backend", "openvino", "--openvino-model", onnx_path])):
+        code, _, err = cli("predict", pages, *args, "--output", tmp_path / name, "--no-vis", "--threads", "1")
+        assert code == 0, err
+        lines[name] = (tmp_path / name / "det_results.txt").read_text()
+    assert "openvino backend:" in err and "OpenVINO CPU" in err
+    assert lines["openvino"].count("points") == lines["onnx"].count("points") > 0
