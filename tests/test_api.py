@@ -202,6 +202,22 @@ def test_a_pickled_detector_loads_again_with_the_same_settings(pages, det):
     assert [r.to_line() for r in copy.predict(pages)] == [r.to_line() for r in det.predict(pages)]
 
 
+def test_openvino_detectors_from_an_ir_or_an_onnx_file_pickle_as_their_options(tmp_path, pages, bright_onnx, det):
+    import pickle
+
+    import openvino as ov
+
+    xml = tmp_path / "bright.xml"
+    ov.save_model(ov.convert_model(str(bright_onnx)), str(xml), compress_to_fp16=False)
+    for ov_det in (Detector(xml, device="cpu"), Detector(bright_onnx, backend="openvino", device="cpu")):
+        assert ov_det.backend == "openvino" and ov_det.settings["backend"].value == "openvino"
+        copy = pickle.loads(pickle.dumps(ov_det))
+        assert copy.backend == "openvino" and copy.options == ov_det.options
+        assert len(copy.predict(pages / "p0.png")[0].detections) == len(det.predict(pages / "p0.png")[0].detections)
+    assert Detector(xml, device="cpu").options.openvino_model == str(xml)
+    assert repr(Detector(xml, device="cpu")) == f"Detector({str(xml)!r}, backend='openvino')"
+
+
 def test_stream_reads_lazily_in_input_order(pages, det):
     files = sorted(str(p) for p in pages.iterdir()) * 10
     pulled = []

@@ -1,4 +1,5 @@
-"""The CLI answers --help without PyTorch or onnxruntime, and the ONNX path never imports PyTorch."""
+"""The CLI answers --help without PyTorch, onnxruntime or OpenVINO, and the ONNX and OpenVINO paths never import
+PyTorch."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def heavy_modules_after(*args: str, blocked: tuple[str, ...] = ()) -> tuple[int,
             f"sys.argv = ['openocr-det', *{list(args)!r}]\n"
             "try:\n    main()\n    rc = 0\nexcept SystemExit as exc:\n    rc = exc.code or 0\n"
             "print('\\nHEAVY=' + json.dumps([rc, sorted(m for m in ('torch', 'onnxruntime', 'onnx', "
-            "'albumentations', 'matplotlib') if m in sys.modules)]))\n")
+            "'albumentations', 'matplotlib', 'openvino') if m in sys.modules)]))\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={"OPENOCR_DET_OFFLINE": "1", "PATH": "/usr/bin:/bin", "COLUMNS": "120"})
     line = [x for x in res.stdout.splitlines() if x.startswith("HEAVY=")]
@@ -40,7 +41,7 @@ def heavy_modules_after(*args: str, blocked: tuple[str, ...] = ()) -> tuple[int,
 
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"]] + [[c, "--help"] for c in COMMANDS])
-def test_help_imports_neither_torch_nor_onnxruntime(args):
+def test_help_imports_no_runtime(args):
     assert heavy_modules_after(*args) == (0, [])
 
 
@@ -79,6 +80,40 @@ def test_onnx_path_runs_without_the_training_packages(tmp_path):
     assert rc == 0
     rc, _ = heavy_modules_after("--help", blocked=TRAINING_ONLY)
     assert rc == 0
+
+
+def test_openvino_predict_never_imports_torch_or_onnxruntime(tmp_path):
+    """An IR runs with OpenVINO alone: the training packages and onnxruntime cannot even be imported here."""
+    import openvino as ov
+
+    from tests.test_onnx_backend import tiny_model
+
+    model = tiny_model(tmp_path / "tiny.onnx")
+    xml = tmp_path / "tiny.xml"
+    ov.save_model(ov.convert_model(str(model)), str(xml), compress_to_fp16=False)
+    write_image(tmp_path / "imgs" / "a.png", 64, 96, 0)
+    rc, heavy = heavy_modules_after("predict", str(tmp_path / "imgs"), "--backend", "openvino", "--openvino-model",
+                                    str(xml), "--device", "cpu", "--output", str(tmp_path / "out"),
+                                    blocked=(*TRAINING_ONLY, "onnxruntime"))
+    assert rc == 0 and heavy == ["openvino"]
+    assert (tmp_path / "out" / "det_results.txt").read_text().startswith(str(tmp_path / "imgs" / "a.png"))
+    rc, heavy = heavy_modules_after("predict", str(tmp_path / "imgs"), "--backend", "openvino", "--openvino-model",
+                                    str(model), "--device", "cpu", "--output", str(tmp_path / "out2"))
+    assert rc == 0 and "torch" not in heavy and "openvino" in heavy  # an .onnx file read by OpenVINO
+
+
+def test_a_missing_openvino_is_named_not_a_traceback(tmp_path):
+    from tests.test_onnx_backend import tiny_model
+
+    model = tiny_model(tmp_path / "tiny.onnx")
+    write_image(tmp_path / "imgs" / "a.png", 64, 96, 0)
+    code = (f"BLOCKED = ('openvino',)\n{BLOCKER}import sys\nfrom openocr_cli.cli import main\n"
+            f"sys.argv = ['openocr-det', 'predict', {str(tmp_path / 'imgs')!r}, '--backend', 'openvino', "
+            f"'--openvino-model', {str(model)!r}]\nmain()\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    message = " ".join(res.stderr.split())
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "needs the openvino package" in message and "pip install 'openocr-det[openvino]'" in message
 
 
 def test_a_missing_package_is_named_not_a_traceback(tmp_path):

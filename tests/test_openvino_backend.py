@@ -17,7 +17,7 @@ from openocr_cli import Detector, MissingFileError, UserError
 from openocr_cli.engine.onnx_backend import OnnxBackend
 from openocr_cli.engine.onnx_metadata import write_metadata
 from openocr_cli.engine.openvino_backend import OpenVinoBackend
-from openocr_cli.engine.resolve import Setting
+from openocr_cli.engine.resolve import IR_METADATA_SOURCE, InferenceOptions, Setting, resolve
 from tests.test_api import page
 from tests.test_onnx_backend import tiny_model
 
@@ -148,3 +148,19 @@ def test_cli_predict_runs_an_onnx_file_on_openvino(cli, tmp_path, models, pages)
         lines[name] = (tmp_path / name / "det_results.txt").read_text()
     assert "openvino backend:" in err and "OpenVINO CPU" in err
     assert lines["openvino"].count("points") == lines["onnx"].count("points") > 0
+
+
+def test_resolver_picks_openvino_and_reads_the_irs_metadata(tmp_path, models):
+    onnx_path, _ = models
+    options = InferenceOptions(openvino_model="m.xml")
+    assert options.backend_name() == "openvino" and options.model_name() == "m.xml"
+    assert InferenceOptions(backend="openvino").model_name() == "repvit-onnx"  # the released ONNX file
+    model = ov.convert_model(str(onnx_path))
+    for key, value in (("mean", "[0.5, 0.5, 0.5]"), ("std", "[0.25, 0.25, 0.25]"), ("postprocess", '{"box_thresh": 0.55}')):
+        model.set_rt_info(value, ["openocr_det", key])
+    xml = tmp_path / "meta.xml"
+    ov.save_model(model, str(xml), compress_to_fp16=False)
+    s = resolve(InferenceOptions(openvino_model=str(xml), device="cpu", threads=1)).settings
+    assert s["mean"] == Setting((0.5, 0.5, 0.5), IR_METADATA_SOURCE) and s["backend"] == Setting("openvino", "default")
+    assert s["box_thresh"] == Setting(0.55, IR_METADATA_SOURCE)
+    assert s["model"] == Setting(str(xml), "flag") and s["device"] == Setting("OpenVINO CPU", "flag")
