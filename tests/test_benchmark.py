@@ -235,6 +235,11 @@ def test_onnx_only_benchmark_never_imports_torch(tmp_path, images):
     assert rc == 0 and "torch" not in heavy and "onnxruntime" in heavy
     got = json.loads(out_json.read_text())
     assert got["machine"]["torch"] == torch.__version__.split("+")[0] or got["machine"]["torch"] is None
+    from tests.test_openvino_backend import to_ir
+
+    rc, heavy = heavy_modules_after("benchmark", "--openvino-model", str(to_ir(model)), "--images", str(images),
+                                    "--runs", "1", "--device", "cpu", "--precisions", "fp32,bf16,fp16")
+    assert rc == 0 and "torch" not in heavy and "openvino" in heavy
     rc, heavy = heavy_modules_after("benchmark", "--help")
     assert rc == 0 and "torch" not in heavy and "onnxruntime" not in heavy
 
