@@ -156,7 +156,8 @@ def test_resolver_picks_openvino_and_reads_the_irs_metadata(tmp_path, models):
     assert options.backend_name() == "openvino" and options.model_name() == "m.xml"
     assert InferenceOptions(backend="openvino").model_name() == "repvit-onnx"  # the released ONNX file
     model = ov.convert_model(str(onnx_path))
-    for key, value in (("mean", "[0.5, 0.5, 0.5]"), ("std", "[0.25, 0.25, 0.25]"), ("postprocess", '{"box_thresh": 0.55}')):
+    for key, value in (("mean", "[0.5, 0.5, 0.5]"), ("std", "[0.25, 0.25, 0.25]"),
+                       ("postprocess", '{"box_thresh": 0.55}')):
         model.set_rt_info(value, ["openocr_det", key])
     xml = tmp_path / "meta.xml"
     ov.save_model(model, str(xml), compress_to_fp16=False)
