@@ -44,19 +44,37 @@ def test_pick_evenly_is_deterministic_and_spread():
     assert pick_evenly(paths[:3], 64) == paths[:3]
 
 
+def int8_rows(out: str) -> dict[str, list[str]]:
+    """The int8 table's rows by model name: size, hmean, drop [95% CI], agreement, max |dp|, ms/img, decision."""
+    table = out[out.index("int8 accuracy check"):]
+    rows: dict[str, list[str]] = {}
+    name = None
+    for line in table.splitlines():
+        if not line.startswith("│"):
+            continue
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if cells[0] and any(cells[1:]):  # a new row (wrapped cells continue the previous one)
+            name = cells[0]
+            rows[name] = cells[1:]
+        elif name is not None:
+            rows[name] = [f"{old} {new}".strip() for old, new in zip(rows[name], cells[1:])]
+    return rows
+
+
 def test_int8_export_with_labels_keeps_accuracy_and_describes_itself(cli, tmp_path, labelled, constant_ckpt_09):
     path = tmp_path / "det_int8.onnx"
     code, out, err = cli("export", "-w", constant_ckpt_09, "--int8", "--calib-data", labelled / "label.txt",
                          "--data-dir", labelled, "--output", path, *SIZE)
     assert code == 0, err
-    table = out[out.index("int8 accuracy check"):]
-    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:5]]
-            for line in table.splitlines() if line.startswith("│")}
+    rows = int8_rows(out)
     assert set(rows) == {"float32", "int8"}
     assert rows["float32"][1] == rows["int8"][1] == "1.0000"  # hmean of both models on the labelled set
-    assert float(rows["int8"][2]) > 0  # ms per image
+    assert rows["int8"][3] == "1.0000" and rows["int8"][6] == "pass"  # agreement with float32, decision
+    assert float(rows["int8"][5]) > 0  # ms per image
     int8_mb, float_mb = float(rows["int8"][0].split()[0]), float(rows["float32"][0].split()[0])
     assert int8_mb < 0.5 * float_mb
+    # the same boxes on every image: the paired interval is [0, 0], so the labels decide
+    assert rows["int8"][2] == "0.00 [0.00, 0.00]" and "within --max-drop 0.5" in " ".join(out.split())
 
     assert quantized_node_count(path) > 0
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
@@ -64,8 +82,9 @@ def test_int8_export_with_labels_keeps_accuracy_and_describes_itself(cli, tmp_pa
     meta = read_metadata(path)
     assert meta["precision"] == "int8" and meta["opset"] == "20"
     calibration = json.loads(meta["calibration"])
-    assert calibration["images"] == 3 and calibration["float_nodes"] == []
+    assert calibration["images"] == 3 and calibration["float_stages"] == []
     assert calibration["hmean_float32"] == calibration["hmean_int8"] == 1.0
+    assert calibration["decision"] == "pass" and calibration["basis"] == "labels"
     assert json.loads(meta["postprocess"])["thresh"] == 0.3  # the float export's metadata is carried over
 
     # eval runs the int8 file with the ONNX backend like any other, and agrees with the table
@@ -75,14 +94,16 @@ def test_int8_export_with_labels_keeps_accuracy_and_describes_itself(cli, tmp_pa
     assert json.loads((tmp_path / "m.json").read_text())["hmean"] == 1.0
 
 
-def test_int8_from_an_image_folder_says_accuracy_was_not_checked(cli, tmp_path, labelled, constant_ckpt_09):
+def test_int8_from_an_image_folder_is_checked_on_agreement(cli, tmp_path, labelled, constant_ckpt_09):
     path = tmp_path / "int8.onnx"
     code, out, err = cli("export", "-w", constant_ckpt_09, "--int8", "--calib-data", labelled / "img",
                          "--calib-images", "2", "--output", path, *SIZE)
     assert code == 0, err
-    assert "accuracy not checked" in " ".join(out.split())
+    rows = int8_rows(out)
+    assert rows["int8"][1] == "-" and rows["int8"][3] == "1.0000"  # no labels: no hmean, agreement still measured
+    assert "2 unlabelled image(s)" in " ".join(out.split())  # the calibration images are the check images
     calibration = json.loads(read_metadata(path)["calibration"])
-    assert calibration["images"] == 2 and calibration["hmean_int8"] is None
+    assert calibration["images"] == 2 and calibration["hmean_int8"] is None and calibration["basis"] == "agreement"
     assert quantized_node_count(path) > 0
 
 
@@ -102,19 +123,25 @@ def blob_checkpoint(path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def black_frames(tmp_path_factory) -> Path:
+    """Calibration images that represent nothing: four black frames."""
+    folder = tmp_path_factory.mktemp("black")
+    for i in range(4):
+        cv2.imwrite(str(folder / f"{i}.png"), np.zeros((128, 160, 3), np.uint8))
+    return folder
+
+
 @pytest.mark.slow
-def test_int8_that_loses_accuracy_exits_1_and_keeps_the_file(cli, tmp_path):
+def test_int8_calibrated_on_black_frames_fails_on_labelled_check_data(cli, tmp_path, black_frames):
     from openocr_cli.data.synth import generate
 
-    synth = generate(tmp_path / "synth", num_train=0, num_test=6, seed=0, size=(128, 160))
+    synth = generate(tmp_path / "synth", num_train=0, num_test=8, seed=0, size=(128, 160))
     ckpt = blob_checkpoint(tmp_path / "blobs.pth")
     code, _, err = cli("predict", synth.data_dir / "test", "-w", ckpt, "--device", "cpu", "--output",
                        tmp_path / "pred")
     assert code == 0, err
-    # labels = the float model's own boxes; the first image in sorted order is black and is the only
-    # calibration image, so every activation range is wrong for the others
-    cv2.imwrite(str(synth.data_dir / "test" / "000_black.png"), np.zeros((128, 160, 3), np.uint8))
-    lines = [label_line("test/000_black.png", [])]
+    lines = []  # labels = the float model's own boxes, so float32 scores 1.0 and any loss is quantization's
     for line in (tmp_path / "pred" / "det_results.txt").read_text().splitlines():
         image, boxes = line.split("\t")
         regions = [{"transcription": "x", "points": box["points"]} for box in json.loads(boxes)]
@@ -123,22 +150,38 @@ def test_int8_that_loses_accuracy_exits_1_and_keeps_the_file(cli, tmp_path):
     (tmp_path / "self.txt").write_text("".join(lines))
 
     path = tmp_path / "lossy.onnx"
-    code, out, err = cli("export", "-w", ckpt, "--int8", "--calib-data", tmp_path / "self.txt", "--data-dir",
-                         synth.data_dir, "--calib-images", "1", "--output", path, *SIZE)
+    code, out, err = cli("export", "-w", ckpt, "--int8", "--calib-data", black_frames, "--check-data",
+                         tmp_path / "self.txt", "--data-dir", synth.data_dir, "--output", path, *SIZE)
     assert code == 1
     message = " ".join(err.split())
-    assert "more than --max-drop 0.5" in message and str(path) in message and "Traceback" not in err
-    assert path.is_file() and quantized_node_count(path) > 0  # the last attempt is kept, and named
-    table = out[out.index("int8 accuracy check"):]
-    assert "float nodes" in table  # the fallback ran: attempts with nodes kept in float32
+    assert "fails the accuracy check" in message and "above --max-drop 0.5" in message
+    assert str(path) in message and "Traceback" not in err
+    assert path.is_file() and quantized_node_count(path) > 0  # the closest attempt is kept, and named
+    rows = int8_rows(out)
+    assert any("fp32 head" in name for name in rows) and any("+" in name for name in rows)  # the search ran
+    assert all(row[6] == "fail" for name, row in rows.items() if name != "float32")
     calibration = json.loads(read_metadata(path)["calibration"])
-    assert calibration["float_nodes"] and 100 * (calibration["hmean_float32"] - calibration["hmean_int8"]) > 0.5
+    assert calibration["decision"] == "fail" and calibration["basis"] == "labels"
+
+
+def test_int8_whose_check_images_hold_no_text_fails_and_says_why(cli, tmp_path, black_frames):
+    # a map of 0.5 everywhere scores below box_thresh 0.6, so float32 finds nothing to compare with
+    ckpt = make_constant_checkpoint(tmp_path / "half.pth", prob=0.5)
+    path = tmp_path / "int8.onnx"
+    code, out, err = cli("export", "-w", ckpt, "--int8", "--calib-data", black_frames, "--output", path,
+                         *SIZE)
+    assert code == 1
+    message = " ".join(err.split())
+    assert "finds no text on the 4 check image(s)" in message and "--check-data" in message
+    assert path.is_file() and len(int8_rows(out)) == 2  # one attempt: no other could pass either
 
 
 @pytest.mark.parametrize("args, message", [
     (["--int8"], "--int8 needs calibration images"),
     (["--int8", "--fp16", "--calib-data", "."], "choose one"),
     (["--calib-data", "."], "for --int8 only"),
+    (["--check-data", "."], "for --int8 only"),
+    (["--format", "openvino", "--output", "m.onnx"], "writes .xml"),
     (["--int8", "--calib-data", "missing_dir"], "does not exist"),
 ])
 def test_int8_usage_errors(cli, tmp_path, random_ckpt, args, message):

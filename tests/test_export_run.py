@@ -63,13 +63,14 @@ def test_int8_calibration_tensors_are_what_predict_feeds_the_network(tmp_path, c
     for i, (h, w) in enumerate([(96, 128), (150, 100), (128, 160)]):  # not all the model's 128x160
         write_image(folder / f"{i}.png", h, w, seed=i)
     calibrated = []
-    real = quantize.quantize_with_guard
+    real = quantize.calibration_tensors
 
-    def recording(float_path, output, tensors, *args, **kwargs):
+    def recording(*args, **kwargs):
+        tensors = real(*args, **kwargs)
         calibrated.extend(tensors)
-        return real(float_path, output, tensors, *args, **kwargs)
+        return tensors
 
-    monkeypatch.setattr(quantize, "quantize_with_guard", recording)
+    monkeypatch.setattr(quantize, "calibration_tensors", recording)
     path = tmp_path / "int8.onnx"
     result = export_checkpoint(ExportRequest(weights=str(constant_ckpt), output=path, int8=True, calib_data=folder,
                                              dynamic=False, size=(128, 160)))

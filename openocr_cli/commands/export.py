@@ -190,7 +190,8 @@ def _print_int8(int8: Int8Export) -> None:
         v = attempt.verdict
         drop = "-" if v.drop is None else f"{v.drop:.2f} [{v.interval[0]:.2f}, {v.interval[1]:.2f}]"
         kept = attempt is int8.chosen
-        rows.append((attempt.label + (" (kept)" if kept else ""), f"{int8.size / 1e6:.1f} MB" if kept else "",
+        name = attempt.label + (" (kept)" if kept and len(int8.attempts) > 1 else "")
+        rows.append((name, f"{int8.size / 1e6:.1f} MB" if kept else "",
                      number(v.hmean), drop, number(v.agreement["hmean"]), f"{v.max_prob_diff:.3f}",
                      f"{v.ms_per_image:.1f}", v.decision))
     labels = "labelled" if int8.check.samples is not None else "unlabelled"

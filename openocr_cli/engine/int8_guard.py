@@ -38,6 +38,7 @@ CONFIDENCE = 0.95
 DEFAULT_MIN_AGREEMENT = 0.95
 
 PASS, FAIL = "pass", "fail"
+NOTHING_TO_COMPARE = "nothing to compare"
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def _decide(reference: Run, agree: float, drop: Optional[float], interval: Optio
             max_drop: float, min_agreement: float) -> tuple[str, str, str]:
     images = len(reference.polygons)
     if reference.boxes == 0:
-        return FAIL, "nothing to compare", (
+        return FAIL, NOTHING_TO_COMPARE, (
             f"the float32 model finds no text on the {images} check image(s), so the int8 model cannot be "
             "checked against it; pass --check-data with images that contain text (or a label file)")
     unresolved = ""

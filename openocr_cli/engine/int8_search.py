@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from openocr_cli.engine.int8_guard import Verdict
+from openocr_cli.engine.int8_guard import NOTHING_TO_COMPARE, Verdict
 
 
 def _features(first: int, last: int) -> str:
@@ -33,10 +33,10 @@ def _features(first: int, last: int) -> str:
 STAGES: dict[str, str] = {
     "head": r"^/head/.*",
     "neck": r"^/neck/.*",
-    "backbone stage 4": _features(11, 13),
-    "backbone stage 3": _features(6, 10),
-    "backbone stage 2": _features(3, 5),
-    "backbone stage 1": _features(0, 2),
+    "stage4": _features(11, 13),  # the backbone's stride-32 stage
+    "stage3": _features(6, 10),
+    "stage2": _features(3, 5),
+    "stage1": _features(0, 2),  # with the stride-4 stem
 }
 
 
@@ -50,7 +50,7 @@ class Attempt:
 
     @property
     def label(self) -> str:
-        return "int8" if not self.float_stages else f"int8, float32: {' + '.join(self.float_stages)}"
+        return "int8" if not self.float_stages else f"int8, fp32 {'+'.join(self.float_stages)}"
 
 
 def patterns(stages: Sequence[str]) -> list[str]:
@@ -72,7 +72,8 @@ def search(quantize: Callable[[Path, Sequence[str]], Path], judge: Callable[[Pat
         on_attempt(made)
         return made
 
-    if attempt(()).verdict.ok:
+    first = attempt(()).verdict
+    if first.ok or first.basis == NOTHING_TO_COMPARE:  # no attempt can pass a check that has nothing to compare
         return attempts
     singles = []
     for name in STAGES:
