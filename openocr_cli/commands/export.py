@@ -162,6 +162,7 @@ def _print(result: ExportResult, kept: bool = True) -> None:
     shape = "batch x 3 x height x width" if options.dynamic else f"batch x 3 x {options.size[0]} x {options.size[1]}"
     console.print(table("export" if kept else "float32 export (quantized next)", ["item", "value"], [
         ("file", report.path if kept else "temporary"),
+        ("format", "OpenVINO IR (.xml, weights in the .bin beside it)" if report.runtime == "OpenVINO" else "ONNX"),
         ("size", f"{report.size / 1e6:.1f} MB"),
         ("exporter", f"{report.exporter} (torch.onnx.export, dynamo={report.exporter == 'dynamo'})"),
         ("opset", report.opset),
