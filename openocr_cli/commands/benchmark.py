@@ -30,8 +30,8 @@ ONNX_NOTE = ("--precisions applies to the torch and openvino backends; an ONNX m
 def benchmark(
     weights: Annotated[Optional[list[str]], typer.Option(
         "--weights", "-w",
-        help="Checkpoint .pth or model name to time with PyTorch (repeatable). Default, when no --onnx-model is "
-             f"given either: {opt.DEFAULT_WEIGHTS}.")] = None,
+        help="Checkpoint .pth or model name to time with PyTorch (repeatable). Default, when no --onnx-model or "
+             f"--openvino-model is given either: {opt.DEFAULT_WEIGHTS}.")] = None,
     onnx_model: Annotated[Optional[list[str]], typer.Option(
         "--onnx-model",
         help="ONNX model to time with onnxruntime (repeatable): a file or repvit-onnx. Its precision (fp32, fp16, "
