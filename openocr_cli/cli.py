@@ -88,21 +88,42 @@ def _print_traceback(exc: BaseException) -> None:
     traceback.print_exception(exc, file=sys.stderr)
 
 
-def _register() -> None:
-    from openocr_cli.commands import benchmark, check_data, convert, download, evaluate, export, predict, train
+# command name -> (module in openocr_cli.commands, function, extra Typer settings)
+COMMANDS = {
+    "download": ("download", "download", {}),
+    "train": ("train", "train", {}),
+    "resume": ("train", "resume", {}),
+    "eval": ("evaluate", "evaluate", {}),
+    "predict": ("predict", "predict", {"no_args_is_help": True}),
+    "export": ("export", "export", {}),
+    "check-data": ("check_data", "check_data_command", {}),
+    "convert": ("convert", "convert", {"no_args_is_help": True}),
+    "benchmark": ("benchmark", "benchmark", {}),
+}
+_registered: set[str] = set()
 
-    app.command("download", cls=_Command)(download.download)
-    app.command("train", cls=_Command)(train.train)
-    app.command("resume", cls=_Command)(train.resume)
-    app.command("eval", cls=_Command)(evaluate.evaluate)
-    app.command("predict", cls=_Command, no_args_is_help=True)(predict.predict)
-    app.command("export", cls=_Command)(export.export)
-    app.command("check-data", cls=_Command)(check_data.check_data_command)
-    app.command("convert", cls=_Command, no_args_is_help=True)(convert.convert)
-    app.command("benchmark", cls=_Command)(benchmark.benchmark)
+
+def invoked_command(argv: list[str]) -> Optional[str]:
+    """The subcommand named on the command line (the first word that is not an option), or None."""
+    word = next((arg for arg in argv if not arg.startswith("-")), None)
+    return word if word in COMMANDS else None
 
 
-_register()
+def register(names: Optional[list[str]] = None) -> None:
+    """Add the named subcommands (default: all) to the app, importing only their modules.
+
+    main() registers just the one being run: the other command modules cost about 0.1 s of imports, a
+    twentieth of a short `predict` run; `--help` and anything unrecognised get every command.
+    """
+    import importlib
+
+    for name in names or list(COMMANDS):
+        if name in _registered:
+            continue
+        module, function, settings = COMMANDS[name]
+        command = getattr(importlib.import_module(f"openocr_cli.commands.{module}"), function)
+        app.command(name, cls=_Command, **settings)(command)
+        _registered.add(name)
 
 
 def _optional_values(argv: list[str]) -> list[str]:
@@ -147,6 +168,8 @@ def main() -> None:
     set_default_progress(DownloadBar)
     try:
         sys.argv[1:] = _optional_values(sys.argv[1:])
+        command = invoked_command(sys.argv[1:])
+        register([command] if command is not None else None)
         app()
     except UserError as exc:
         if debug_enabled():

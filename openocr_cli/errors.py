@@ -22,3 +22,9 @@ class MissingFileError(UserError, FileNotFoundError):
 
 class ImageReadError(ValueError):
     """A file (or in-memory image) that exists but cannot be decoded as an image; the message names it."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (runtimes raise multi-line reports), else its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

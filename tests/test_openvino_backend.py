@@ -83,9 +83,10 @@ def test_fp32_hint_gives_fp32_maps_and_threads_are_set(models):
     want = OnnxBackend.load(onnx_path, "cpu", threads=1)(batch)
     for path in models:
         backend = OpenVinoBackend.load(path, "cpu", threads=1, precision="fp32")
-        assert backend.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
-        assert int(backend.compiled.get_property("INFERENCE_NUM_THREADS")) == 1
         got = backend(batch)
+        (compiled,) = backend.variants.values()
+        assert compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+        assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == 1
         assert got.shape == want.shape == (2, 1, 32, 48) and got.dtype == np.float32
         assert np.abs(got - want).max() < 1e-4, path
     assert backend.with_precision("fp32") is backend
@@ -165,3 +166,24 @@ def test_resolver_picks_openvino_and_reads_the_irs_metadata(tmp_path, models):
     assert s["mean"] == Setting((0.5, 0.5, 0.5), IR_METADATA_SOURCE) and s["backend"] == Setting("openvino", "default")
     assert s["box_thresh"] == Setting(0.55, IR_METADATA_SOURCE)
     assert s["model"] == Setting(str(xml), "flag") and s["device"] == Setting("OpenVINO CPU", "flag")
+
+
+def test_the_first_shape_is_compiled_static_others_dynamic_until_they_recur(models, monkeypatch):
+    import openocr_cli.engine.openvino_backend as ovb
+
+    monkeypatch.setattr(ovb, "SPECIALIZE_AFTER", 3)
+    onnx_path, xml_path = models
+    backend = OpenVinoBackend.load(xml_path, "cpu", threads=1)
+    assert backend.variants == {}  # nothing compiled before the first batch
+    rng = np.random.default_rng(0)
+    first, second = (rng.normal(size=(1, 3, 32, 48)).astype(np.float32),
+                     rng.normal(size=(1, 3, 64, 32)).astype(np.float32))
+    want = OnnxBackend.load(onnx_path, "cpu", threads=1)
+    assert np.abs(backend(first) - want(first)).max() < 1e-4
+    assert set(backend.variants) == {(1, 3, 32, 48)}
+    for _ in range(2):
+        assert np.abs(backend(second) - want(second)).max() < 1e-4
+    assert set(backend.variants) == {(1, 3, 32, 48), None}  # the second shape runs on the dynamic compile
+    backend(second)  # its third batch: compiled for its own shape
+    assert set(backend.variants) == {(1, 3, 32, 48), (1, 3, 64, 32), None}
+    assert np.abs(backend(second) - want(second)).max() < 1e-4

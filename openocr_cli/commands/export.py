@@ -111,7 +111,7 @@ def export(
     non_strict: NonStrict = False,
     postprocess_file: PostprocessFile = None,
 ) -> None:
-    """Export a checkpoint to ONNX and verify it against PyTorch.
+    """Export a checkpoint to ONNX (or an OpenVINO IR) and verify it against PyTorch.
 
     The file has one input named input (float32 N x 3 x H x W, BGR normalised with the ImageNet mean/std, H and W \
 multiples of 32) and one output named output (the N x 1 x H x W probability map), the names OpenOCR's released \

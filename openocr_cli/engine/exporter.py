@@ -34,7 +34,7 @@ from torch import nn
 from openocr_cli.constants import DEFAULT_OPSET
 from openocr_cli.data.resize import Normalizer
 from openocr_cli.engine.onnx_metadata import write_metadata
-from openocr_cli.errors import UserError
+from openocr_cli.errors import UserError, first_line
 from openocr_cli.fileio import atomic_path
 
 DYNAMO_MIN_OPSET = 18
@@ -186,7 +186,7 @@ def export_onnx(model: nn.Module, path: Path, options: ExportOptions, metadata: 
     except UserError:
         raise
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise UserError(f"the {exporter} ONNX exporter failed (opset {options.opset}): {reason}") from exc
     return exporter, time.perf_counter() - start
 

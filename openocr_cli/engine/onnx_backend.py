@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from openocr_cli.engine.model_info import ModelInfo, as_probability_map, check_graph, run_in_fixed_batches, unsupported
-from openocr_cli.errors import MissingFileError, UserError
+from openocr_cli.errors import MissingFileError, UserError, first_line
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -71,7 +71,7 @@ def _session(path: Path, providers: list[Provider], threads: Optional[int]) -> o
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own pybind types (InvalidProtobuf, Fail, ...)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         hint = ""
         if path.suffix.lower() in (".pth", ".pt", ".pdparams"):
             hint = " It looks like a weights file: run it with --weights and the torch backend."
@@ -116,7 +116,7 @@ class OnnxBackend:
         try:
             out = self.session.run([self.info.output_name], feed)[0]
         except Exception as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
             raise UserError(f"onnxruntime failed on {self.info.path} with an input of shape "
                             f"{list(batch.shape)}: {reason}") from exc
         return as_probability_map(out, len(batch), self.info, batch.shape)

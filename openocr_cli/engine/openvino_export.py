@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from openocr_cli.engine.openvino_backend import RT_SECTION, import_openvino
-from openocr_cli.errors import UserError
+from openocr_cli.errors import UserError, first_line
 
 FAKE_QUANTIZE = "FakeQuantize"
 
@@ -70,7 +70,7 @@ def convert_onnx(onnx_path: Path, xml: Path, metadata: Mapping[str, str], fp16: 
     try:
         model = ov.convert_model(str(onnx_path))
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise UserError(f"OpenVINO {ov.__version__} could not convert {onnx_path}: {reason}") from exc
     return save_ir(model, xml, metadata, fp16)
 

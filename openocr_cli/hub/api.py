@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from filelock import FileLock, Timeout
-
 from openocr_cli.errors import MissingFileError, UserError
 from openocr_cli.fileio import atomic_path
 from openocr_cli.hub.cache import EntryFiles, check_cache, discard_partial, entry_files, record_download, sha256_file
@@ -115,6 +113,8 @@ def fetch(name: str, url: Optional[str] = None, sha256: Optional[str] = None, fo
         raise UserError(f"cannot create the model cache {files.final.parent}: {exc.strerror}. "
                         "Set OPENOCR_DET_HOME to a writable folder.") from None
 
+    from filelock import FileLock, Timeout  # loaded on a download only
+
     lock = FileLock(str(files.lock))
     try:
         lock.acquire(timeout=0)
@@ -148,7 +148,7 @@ def fetch(name: str, url: Optional[str] = None, sha256: Optional[str] = None, fo
     return done(files.final, label, src)
 
 
-def _release_then(lock: FileLock, action):
+def _release_then(lock, action):
     try:
         return action()
     finally:

@@ -13,17 +13,15 @@ needs no console: by default a download shows nothing; the command line sets a r
 from __future__ import annotations
 
 import errno
-import http.client
 import logging
 import os
 import re
-import socket
-import ssl
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
-from typing import Optional, Protocol
+from typing import TYPE_CHECKING, Optional, Protocol
+
+if TYPE_CHECKING:
+    import urllib.request
 
 from openocr_cli import __version__
 from openocr_cli.errors import UserError
@@ -139,6 +137,10 @@ def _http_failure(code: int, reason: str) -> _Failed:
 
 
 def _network_failure(reason: object) -> _Failed:
+    import http.client
+    import socket
+    import ssl
+
     if isinstance(reason, socket.gaierror):
         return _Failed(f"cannot resolve the host name ({reason.strerror or reason})", "dns", False)
     if isinstance(reason, ssl.SSLCertVerificationError):
@@ -162,6 +164,8 @@ def _network_failure(reason: object) -> _Failed:
 
 def _open(request: urllib.request.Request, timeout: float):
     """urlopen with the default handlers: proxies from the environment, redirects, system CA store."""
+    import urllib.request
+
     return urllib.request.build_opener().open(request, timeout=timeout)
 
 
@@ -212,6 +216,10 @@ class Download:
                 time.sleep(delay)
 
     def once(self, url: str) -> None:
+        import http.client  # the network modules load on a download, not with every command (about 30 ms)
+        import urllib.error
+        import urllib.request
+
         files = self.files
         have = files.part.stat().st_size if files.part.exists() else 0
         headers = {"User-Agent": f"openocr-det/{__version__}", "Accept-Encoding": "identity"}
