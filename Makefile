@@ -31,10 +31,13 @@ test-fast: install
 # OPENOCR=/path/to/OpenOCR adds OpenOCR's own scripts to the data, training and whole-process runs.
 OPENOCR ?=
 WITH_OPENOCR := $(if $(OPENOCR),--openocr $(OPENOCR))
+# WEIGHTS=/path/to/best.pth (a trained checkpoint, README: Benchmarks) adds the held-out int8 accuracy run.
+WEIGHTS ?=
 
 bench: install
 	$(PY) benchmarks/bench_predict.py
-	$(PY) benchmarks/bench_vs_openocr.py $(WITH_OPENOCR)
+	$(PY) benchmarks/bench_vs_openocr.py $(WITH_OPENOCR) $(if $(WEIGHTS),--weights $(WEIGHTS))
+	$(if $(WEIGHTS),$(PY) benchmarks/bench_int8.py --weights $(WEIGHTS))
 	$(PY) benchmarks/bench_data.py $(WITH_OPENOCR)
 	$(PY) benchmarks/bench_data.py --jpeg $(WITH_OPENOCR)
 	$(PY) benchmarks/bench_train.py $(WITH_OPENOCR)
