@@ -22,11 +22,15 @@ lint: install
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports --no-cache --no-logo
 
+# Tests that run OpenVINO in the test process get a pytest process of their own: on a CPU with AMX, a later
+# DataLoader with forked workers in the same process crashed it (SIGSEGV, only after OpenVINO had run).
 test: lint
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not openvino" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m openvino $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow and not openvino" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "openvino and not slow" $(PYTEST_ARGS)
 
 # OPENOCR=/path/to/OpenOCR adds OpenOCR's own scripts to the data, training and whole-process runs.
 OPENOCR ?=

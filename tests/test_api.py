@@ -202,6 +202,7 @@ def test_a_pickled_detector_loads_again_with_the_same_settings(pages, det):
     assert [r.to_line() for r in copy.predict(pages)] == [r.to_line() for r in det.predict(pages)]
 
 
+@pytest.mark.openvino
 def test_openvino_detectors_from_an_ir_or_an_onnx_file_pickle_as_their_options(tmp_path, pages, bright_onnx, det):
     import pickle
 

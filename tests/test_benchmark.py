@@ -267,6 +267,7 @@ def test_recommend_the_fastest_row_within_max_drop_of_the_best_fp32():
     assert bench.recommend(only_low, 0.5).reference is only_low[1]  # no fp32 row: the best row's hmean
 
 
+@pytest.mark.openvino
 def test_openvino_rows_beside_onnx_and_a_recommendation(cli, tmp_path, bar_set):  # noqa: F811
     from tests.test_openvino_backend import quantised_tiny_model, to_ir
 

@@ -9,6 +9,7 @@ from openocr_cli.engine.openvino_backend import OpenVinoBackend
 from openocr_cli.engine.openvino_export import fake_quantize_count, read_ir_metadata
 from tests.test_export_int8 import SIZE, constant_ckpt_09, int8_rows, labelled  # noqa: F401 (fixtures)
 
+pytestmark = pytest.mark.openvino  # see pyproject.toml: run in a process of their own
 
 def test_ir_export_is_verified_against_pytorch_and_runs_like_the_onnx_file(cli, tmp_path, random_ckpt):
     xml = tmp_path / "det.xml"

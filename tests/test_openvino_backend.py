@@ -21,6 +21,7 @@ from openocr_cli.engine.resolve import IR_METADATA_SOURCE, InferenceOptions, Set
 from tests.test_api import page
 from tests.test_onnx_backend import tiny_model
 
+pytestmark = pytest.mark.openvino  # see pyproject.toml: run in a process of their own
 
 def to_ir(onnx_path, xml_path=None):
     """The ONNX file converted to an OpenVINO IR pair (.xml + .bin), weights kept in float32."""
