@@ -16,6 +16,7 @@ import numpy as np
 
 from openocr_cli.crops import crop_region
 from openocr_cli.data.images import read_image
+from openocr_cli.data.pdf import read_pdf, split_page_ref
 from openocr_cli.errors import ImageReadError, UserError
 from openocr_cli.postprocess import Detection
 
@@ -97,9 +98,16 @@ class Result:
         if self.image is not None:
             return self.image
         try:
-            return read_image(self.path) if self.path is not None else _missing(self.name, "no file to read")
+            return self._read_again() if self.path is not None else _missing(self.name, "no file to read")
         except ImageReadError as exc:
             return _missing(self.name, str(exc))
+
+    def _read_again(self) -> np.ndarray:
+        """The file decoded again; a PDF page rendered at the size its boxes are in (whatever its run's dpi)."""
+        page = split_page_ref(self.path)
+        if page is not None and self.src_hw is not None:
+            return read_pdf(page[0], page[1], size=self.src_hw)
+        return read_image(self.path)
 
     def plot(self) -> np.ndarray:
         """The boxes as closed polylines in OpenOCR's colour (BGR 255,255,0), thickness 2, on a copy of the

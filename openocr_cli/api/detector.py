@@ -21,6 +21,7 @@ from typing import Any, Optional, Union
 
 from openocr_cli.config import override_texts
 from openocr_cli.data.images import collect_images
+from openocr_cli.data.pdf import DEFAULT_PDF_DPI
 from openocr_cli.data.pixels import is_pil_image
 from openocr_cli.engine.evaluator import EvalResult, evaluate_model
 from openocr_cli.engine.predictor import Predictor
@@ -50,7 +51,8 @@ class Detector:
     `postprocess=` file (a JSON path or a dict with thresh / box_thresh / unclip_ratio); `settings`
     records each value and where it came from. `config` is an OpenOCR-style YAML path and
     `overrides` a list of "Key.sub=value" strings (or a {"Key.sub": value} dict), as `-o` on the
-    command line. `fuse=False` runs the backbone unfused, as `eval` does by default.
+    command line. `fuse=False` runs the backbone unfused, as `eval` does by default. A PDF source stands for
+    its pages, rendered one at a time at `pdf_dpi` and named `doc.pdf#page=N` (needs the `pdf` extra).
 
     Raises UserError (the message the command line prints) for a bad setting or checkpoint, and
     MissingFileError (a FileNotFoundError) when the model file does not exist.
@@ -65,7 +67,7 @@ class Detector:
                  postprocess: Union[str, os.PathLike, Mapping[str, float], None] = None,
                  backend: Optional[str] = None, threads: Optional[int] = None, batch_size: int = 1,
                  workers: int = 2, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-                 non_strict: bool = False, fuse: bool = True):
+                 non_strict: bool = False, fuse: bool = True, pdf_dpi: float = DEFAULT_PDF_DPI):
         name = os.fspath(model)
         kind = backend or _backend_for(name)
         if isinstance(postprocess, (str, os.PathLike)):
@@ -78,7 +80,7 @@ class Detector:
             thresh=thresh, box_thresh=box_thresh, unclip_ratio=unclip_ratio, score_mode=score_mode,
             box_type=box_type, limit_side_len=limit_side_len, limit_type=limit_type,
             mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None,
-            non_strict=non_strict, fuse=fuse, origin="argument")
+            non_strict=non_strict, fuse=fuse, pdf_dpi=pdf_dpi, origin="argument")
         self._setup(options)
 
     @classmethod
@@ -91,7 +93,7 @@ class Detector:
     def _setup(self, options: InferenceOptions) -> None:
         self.options = options
         self.resolved: Resolved = resolve(options)
-        self.predictor: Predictor = self.resolved.predictor(options.batch_size, options.workers)
+        self.predictor: Predictor = self.resolved.predictor(options.batch_size, options.workers, options.pdf_dpi)
 
     # -- what it is -------------------------------------------------------------------------------
     @property
@@ -121,10 +123,11 @@ class Detector:
                 recursive: bool = False, progress: Progress = None) -> list[Result]:
         """Detect text in every image of `source`; one Result per image, in input order.
 
-        `source` is a file, a folder (its images, sorted), a glob, a BGR uint8 ndarray, a PIL image
-        (RGB), or a list of these. Every named file and folder is checked before any work: a missing one
-        raises MissingFileError (a FileNotFoundError). An image that cannot be decoded raises ImageReadError
-        (a ValueError naming it), or with on_error="skip" gives a Result whose `error` says why.
+        `source` is a file, a folder (its images and PDFs, sorted), a glob, a BGR uint8 ndarray, a PIL image
+        (RGB), or a list of these; a PDF gives one Result per page, its path `doc.pdf#page=N`. Every named file
+        and folder is checked before any work: a missing one raises MissingFileError (a FileNotFoundError). An
+        image (or PDF: encrypted, damaged, empty) that cannot be read raises ImageReadError (a ValueError naming
+        it), or with on_error="skip" gives a Result whose `error` says why.
         `return_maps` keeps each probability map (`Result.prob_map`); `keep_images` keeps decoded files
         (in-memory images are always kept), else `plot()` / `crops()` read the file again.
         """
@@ -149,7 +152,7 @@ class Detector:
         predictor = self.predictor
         if batch_size is not None and batch_size != predictor.batch_size:
             predictor = Predictor(predictor.backend, predictor.resize, predictor.normalizer, predictor.postprocess,
-                                  batch_size=batch_size, workers=predictor.workers)
+                                  batch_size=batch_size, workers=predictor.workers, pdf_dpi=predictor.pdf_dpi)
         report = _progress_reporter(progress, total)
         for done, result in enumerate(predictor.run(items, keep_images=keep_images, keep_maps=return_maps), 1):
             if result.error is not None and on_error == "raise":

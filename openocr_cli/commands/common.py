@@ -12,6 +12,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from openocr_cli.data.labels import labelled_data  # noqa: F401 (the commands' name for it)
+from openocr_cli.data.pdf import DEFAULT_PDF_DPI  # noqa: F401 (the commands' default for --pdf-dpi)
 from openocr_cli.engine.resolve import DEFAULT_ONNX_MODEL, DEFAULT_WEIGHTS, InferenceOptions  # noqa: F401 (re-exported)
 from openocr_cli.errors import UserError
 from openocr_cli.fileio import atomic_write_text
@@ -115,6 +116,10 @@ PostprocessFile = Annotated[Optional[Path], typer.Option(
 Std = Annotated[Optional[str], typer.Option(
     "--std", callback=_three_floats, metavar="C1,C2,C3",
     help="Normalisation std, three comma-separated values (default: as --mean).")]
+PdfDpi = Annotated[float, typer.Option(
+    "--pdf-dpi", min=1, max=2400, metavar="DPI",
+    help="Resolution PDF pages are rendered at (each page is an input, doc.pdf#page=N; needs "
+         "pip install 'openocr-det[pdf]'). 200 dpi makes 10 pt text ~28 px tall.")]
 
 
 

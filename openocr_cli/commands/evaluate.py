@@ -60,6 +60,7 @@ def evaluate(
     mean: opt.Mean = None,
     std: opt.Std = None,
     postprocess_file: opt.PostprocessFile = None,
+    pdf_dpi: opt.PdfDpi = opt.DEFAULT_PDF_DPI,
     tune_flag: Annotated[bool, typer.Option(
         "--tune",
         help="Also search thresh, box_thresh and unclip_ratio on the probability maps of this one model pass "

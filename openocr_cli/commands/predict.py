@@ -11,6 +11,7 @@ import typer
 
 from openocr_cli.commands import common as opt
 from openocr_cli.data.images import collect_images
+from openocr_cli.data.pdf import split_page_ref
 from openocr_cli.errors import UserError
 from openocr_cli.results import StageTimes
 from openocr_cli.ui import console, progress, table, warn
@@ -19,7 +20,8 @@ RESULTS_NAME = "det_results.txt"
 
 
 def predict(
-    sources: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False)],
+    sources: Annotated[list[str], typer.Argument(
+        help="Image files, PDFs (one input per page), folders or glob patterns.", show_default=False)],
     weights: opt.Weights = opt.DEFAULT_WEIGHTS,
     output: Annotated[Path, typer.Option(
         "--output", help="Folder for det_results.txt and vis/.")] = Path("output/predict"),
@@ -45,12 +47,14 @@ def predict(
     mean: opt.Mean = None,
     std: opt.Std = None,
     postprocess_file: opt.PostprocessFile = None,
+    pdf_dpi: opt.PdfDpi = opt.DEFAULT_PDF_DPI,
 ) -> None:
-    """Detect text regions in images.
+    """Detect text regions in images and PDF pages.
 
     Writes OUTPUT/det_results.txt (image path, TAB, JSON list of {"points", "score"}) and, unless --no-vis, \
-the images with boxes drawn under OUTPUT/vis/. Unreadable images are skipped with a warning and listed at the \
-end (exit 1).
+the images with boxes drawn under OUTPUT/vis/. A PDF's pages are rendered one at a time at --pdf-dpi and named \
+doc.pdf#page=N (drawn as vis/doc_pN.png). Unreadable images and PDFs (encrypted, damaged, empty) are skipped with \
+a warning and listed at the end (exit 1).
 
     Examples:
 
@@ -61,6 +65,8 @@ end (exit 1).
       openocr-det predict ./imgs --backend onnx --onnx-model output/det_repvit_db/export_det/det_model.onnx --threads 2
 
       openocr-det predict ./imgs --openvino-model det_model.xml --device cpu --threads 2
+
+      openocr-det predict report.pdf --pdf-dpi 150
     """
     from openocr_cli.api.detector import Detector
 
@@ -106,8 +112,12 @@ end (exit 1).
 
 
 def _save_vis(folder: Path, path: str, image, used: set[str]) -> None:
-    """Save under the image's base name; a clash gets a numeric suffix, undecodable formats become PNG."""
-    stem, ext = os.path.splitext(os.path.basename(path))
+    """Save under the image's base name (page N of doc.pdf as doc_pN.png); a clash gets a numeric suffix,
+    undecodable formats become PNG."""
+    page = split_page_ref(path)
+    stem, ext = os.path.splitext(os.path.basename(page[0] if page else path))
+    if page:
+        stem = f"{stem}_p{page[1]}"
     if ext.lower() not in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"):
         ext = ".png"
     name, n = f"{stem}{ext}", 1

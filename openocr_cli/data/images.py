@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from openocr_cli.data import pdf
 from openocr_cli.errors import ImageReadError, UserError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2",
@@ -26,31 +27,39 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def is_input_name(name: str) -> bool:
+    """A name folders and globs keep: a known image extension or a PDF."""
+    return is_image_name(name) or pdf.is_pdf_name(name)
+
+
 def collect_images(sources: Iterable[str], recursive: bool = False) -> list[str]:
     """Expand SOURCE arguments into image paths as the user wrote them (sorted per folder, no duplicates).
 
     A file named explicitly is taken whatever its extension (decoding decides); folders and globs
-    keep only known image extensions.
+    keep only known image extensions and PDFs. A PDF becomes its pages, `doc.pdf#page=N` in page order
+    (counted, not rendered); `doc.pdf#page=N` names one page.
     """
     found: list[str] = []
     for source in sources:
         if os.path.isfile(source):
-            found.append(source)
+            found.extend(_expand_pdfs([source]))
+        elif pdf.split_page_ref(source) is not None and os.path.isfile(pdf.split_page_ref(source)[0]):
+            found.append(source)  # one page; its number is checked when it is rendered
         elif os.path.isdir(source):
             matches = _list_folder(source, recursive)
             if not matches:
                 hint = "" if recursive else " (use --recursive to include subfolders)"
                 raise UserError(f"folder {source} contains no images{hint}. "
-                                f"Supported: {', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))}.")
-            found.extend(matches)
+                                f"Supported: {', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))}, pdf.")
+            found.extend(_expand_pdfs(matches))
         elif glob.has_magic(source):
             matches = sorted(p for p in glob.glob(source, recursive=recursive)
-                             if os.path.isfile(p) and is_image_name(p))
+                             if os.path.isfile(p) and is_input_name(p))
             if not matches:
                 raise UserError(f"pattern {source} matches no image files.")
-            found.extend(matches)
+            found.extend(_expand_pdfs(matches))
         else:
-            raise UserError(f"{source} does not exist. Pass image files, folders or glob patterns.")
+            raise UserError(f"{source} does not exist. Pass image files, PDFs, folders or glob patterns.")
     seen: set[str] = set()
     unique = []
     for path in found:
@@ -66,11 +75,29 @@ def _list_folder(folder: str, recursive: bool) -> list[str]:
         paths = [os.path.join(root, name) for root, _, names in os.walk(folder) for name in names]
     else:
         paths = [os.path.join(folder, name) for name in os.listdir(folder)]
-    return sorted(p for p in paths if is_image_name(p) and os.path.isfile(p))
+    return sorted(p for p in paths if is_input_name(p) and os.path.isfile(p))
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Decode a file to a 3-channel BGR uint8 array (alpha dropped, grey expanded, EXIF applied)."""
+def _expand_pdfs(paths: list[str]) -> Iterable[str]:
+    """Each path as is, except a PDF: its pages (a PDF that cannot be opened stays whole, to fail when read)."""
+    for path in paths:
+        if pdf.is_pdf_name(path):
+            yield from pdf.expand_pdf(path)
+        else:
+            yield path
+
+
+def read_image(path: str | Path, pdf_dpi: float = pdf.DEFAULT_PDF_DPI) -> np.ndarray:
+    """Decode a file to a 3-channel BGR uint8 array (alpha dropped, grey expanded, EXIF applied).
+
+    `doc.pdf#page=N` renders that page at `pdf_dpi` (data.pdf), as does a .pdf path of a one-page PDF.
+    """
+    text = str(path)
+    ref = pdf.split_page_ref(text)
+    if ref is not None:
+        return pdf.read_pdf(ref[0], ref[1], dpi=pdf_dpi)
+    if pdf.is_pdf_name(text) and os.path.isfile(text):
+        return pdf.read_pdf(text, dpi=pdf_dpi)
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as exc:

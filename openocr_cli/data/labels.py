@@ -16,6 +16,7 @@ from typing import Optional
 
 import numpy as np
 
+from openocr_cli.data.pdf import split_page_ref
 from openocr_cli.errors import MissingFileError, UserError
 
 IGNORE_TRANSCRIPTIONS = frozenset({"###", "*"})
@@ -136,7 +137,9 @@ def _parse_line(raw: str, data_dir: Path, check_images: bool) -> LabelSample:
     key, image = resolve_image_field(image_field, data_dir)
     polys, texts, ignore = parse_regions(annotation)
     if check_images and not image.is_file():
-        raise ValueError(f"image {image} does not exist")
+        page = split_page_ref(str(image))  # `doc.pdf#page=N`: the PDF must exist (the page is checked when read)
+        if page is None or not os.path.isfile(page[0]):
+            raise ValueError(f"image {image} does not exist")
     return LabelSample(key=key, image=image, polys=polys, texts=texts, ignore=ignore)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from openocr_cli import config as cfgmod
 from openocr_cli.data.images import ImageReadError, read_image
+from openocr_cli.data.pdf import DEFAULT_PDF_DPI
 from openocr_cli.data.pixels import as_bgr
 from openocr_cli.data.resize import Normalizer, ResizeSpec, resize_for_test
 from openocr_cli.postprocess import DBPostProcess, make_postprocess
@@ -51,9 +52,11 @@ class _Prepared:
 
 class Predictor:
     def __init__(self, backend: Backend, resize: ResizeSpec, normalizer: Normalizer,
-                 postprocess: DBPostProcess, batch_size: int = 1, workers: int = 2):
+                 postprocess: DBPostProcess, batch_size: int = 1, workers: int = 2,
+                 pdf_dpi: float = DEFAULT_PDF_DPI):
         if batch_size < 1:
             raise ValueError("batch size must be at least 1")
+        self.pdf_dpi = pdf_dpi  # the resolution `doc.pdf#page=N` inputs are rendered at
         self.backend = backend
         self.resize = resize
         self.normalizer = normalizer
@@ -81,7 +84,7 @@ class Predictor:
         A path is decoded (ImageReadError if it cannot be), pixels are converted (data.pixels, `name` in
         errors); then resized and normalised. run() prepares every input with it; int8 calibration too.
         """
-        image = read_image(str(item)) if isinstance(item, (str, os.PathLike)) else as_bgr(item, name)
+        image = read_image(str(item), self.pdf_dpi) if isinstance(item, (str, os.PathLike)) else as_bgr(item, name)
         resized, src_hw = resize_for_test(image, self.resize)
         return self.normalizer(resized), src_hw, image
 

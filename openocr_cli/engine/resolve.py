@@ -27,6 +27,7 @@ from typing import Any, Optional, Union
 from openocr_cli import config as cfgmod
 from openocr_cli import postprocess_sources as ppfile
 from openocr_cli.constants import POSTPROCESS_KEYS
+from openocr_cli.data.pdf import DEFAULT_PDF_DPI
 from openocr_cli.data.resize import Normalizer, ResizeSpec
 from openocr_cli.engine.onnx_metadata import CHANNEL_ORDERS, normalization
 from openocr_cli.engine.predictor import Backend, Predictor
@@ -74,6 +75,7 @@ class InferenceOptions:
     std: Optional[Sequence[float]] = None
     non_strict: bool = False
     fuse: bool = True
+    pdf_dpi: float = DEFAULT_PDF_DPI
     origin: str = "flag"
 
     def replace(self, **changes: Any) -> InferenceOptions:
@@ -145,9 +147,9 @@ class Resolved:
         """The model as the caller named it (settings["model"])."""
         return self.settings["model"].value
 
-    def predictor(self, batch_size: int = 1, workers: int = 2) -> Predictor:
+    def predictor(self, batch_size: int = 1, workers: int = 2, pdf_dpi: float = DEFAULT_PDF_DPI) -> Predictor:
         return Predictor(self.backend, self.resize, self.normalizer, self.postprocess, batch_size=batch_size,
-                         workers=workers)
+                         workers=workers, pdf_dpi=pdf_dpi)
 
 
 def resolve_postprocess(options: InferenceOptions, cfg: dict, model_layer: Optional[tuple[str, Mapping]] = None,
