@@ -151,3 +151,14 @@ def test_api_pdf_dpi_page_redraw_and_eval_label(tmp_path, constant_ckpt):
     labels.write_text(label_line("doc.pdf#page=2", [{"transcription": "x",
                                                      "points": [[0, 0], [200, 0], [200, 100], [0, 100]]}]))
     assert det.evaluate(labels, tmp_path).hmean == pytest.approx(1.0)
+
+
+def test_missing_pypdfium2_says_how_to_install(tmp_path, monkeypatch):
+    import sys
+
+    from openocr_cli.errors import UserError
+
+    doc = make_pdf(tmp_path / "doc.pdf", [(100, 100)])
+    monkeypatch.setitem(sys.modules, "pypdfium2", None)  # import fails as if not installed
+    with pytest.raises(UserError, match=r"openocr-det\[pdf\]"):
+        collect_images([str(doc)])
