@@ -119,7 +119,7 @@ Std = Annotated[Optional[str], typer.Option(
 PdfDpi = Annotated[float, typer.Option(
     "--pdf-dpi", min=1, max=2400, metavar="DPI",
     help="Resolution PDF pages are rendered at (each page is an input, doc.pdf#page=N; needs "
-         "pip install 'openocr-det[pdf]'). 200 dpi makes 10 pt text ~28 px tall.")]
+         "pip install 'openocr-det\\[pdf]'). 200 dpi makes 10 pt text ~28 px tall.")]
 
 
 
