@@ -53,8 +53,9 @@ class Result:
     pixels, also as `polygons` and `scores`. `image` is the BGR image when it was kept (in-memory
     inputs always are); `plot()` and `crops()` read the file again otherwise. `times` are this
     image's stage times (all zero for an unreadable image). `prob_map` is the (h, w) float32
-    probability map post-processing received (network-input size), kept only when asked for;
-    `src_hw` is the source size the boxes were scaled to.
+    probability map post-processing received (network-input size, or the source size when tiled), kept
+    only when asked for; `src_hw` is the source size the boxes were scaled to; `tiling` says how many
+    tiles ran and why (None: the image ran whole).
     """
 
     index: int
@@ -65,6 +66,7 @@ class Result:
     times: StageTimes = field(default_factory=StageTimes, repr=False)
     prob: Optional[np.ndarray] = field(default=None, repr=False)
     src_hw: Optional[tuple[int, int]] = None
+    tiling: Optional[str] = None  # how and why the image was run as tiles (engine/tiling.py), None when it was not
 
     @property
     def name(self) -> str:

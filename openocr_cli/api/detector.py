@@ -53,6 +53,9 @@ class Detector:
     `overrides` a list of "Key.sub=value" strings (or a {"Key.sub": value} dict), as `-o` on the
     command line. `fuse=False` runs the backbone unfused, as `eval` does by default. A PDF source stands for
     its pages, rendered one at a time at `pdf_dpi` and named `doc.pdf#page=N` (needs the `pdf` extra).
+    `tile="auto"` runs an image in tiles at its own resolution when the resize would shrink its text below
+    what the model detects (`tile=1024`: every image, 1024-pixel tiles; `tile_overlap` in pixels); the tile
+    maps are merged before post-processing, so a word across a seam is one box (engine/tiling.py).
 
     Raises UserError (the message the command line prints) for a bad setting or checkpoint, and
     MissingFileError (a FileNotFoundError) when the model file does not exist.
@@ -67,7 +70,8 @@ class Detector:
                  postprocess: Union[str, os.PathLike, Mapping[str, float], None] = None,
                  backend: Optional[str] = None, threads: Optional[int] = None, batch_size: int = 1,
                  workers: int = 2, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-                 non_strict: bool = False, fuse: bool = True, pdf_dpi: float = DEFAULT_PDF_DPI):
+                 non_strict: bool = False, fuse: bool = True, pdf_dpi: float = DEFAULT_PDF_DPI,
+                 tile: Union[str, int, None] = None, tile_overlap: Optional[int] = None):
         name = os.fspath(model)
         kind = backend or _backend_for(name)
         if isinstance(postprocess, (str, os.PathLike)):
@@ -80,7 +84,8 @@ class Detector:
             thresh=thresh, box_thresh=box_thresh, unclip_ratio=unclip_ratio, score_mode=score_mode,
             box_type=box_type, limit_side_len=limit_side_len, limit_type=limit_type,
             mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None,
-            non_strict=non_strict, fuse=fuse, pdf_dpi=pdf_dpi, origin="argument")
+            non_strict=non_strict, fuse=fuse, pdf_dpi=pdf_dpi, tile=None if tile is None else str(tile),
+            tile_overlap=tile_overlap, origin="argument")
         self._setup(options)
 
     @classmethod
@@ -93,7 +98,8 @@ class Detector:
     def _setup(self, options: InferenceOptions) -> None:
         self.options = options
         self.resolved: Resolved = resolve(options)
-        self.predictor: Predictor = self.resolved.predictor(options.batch_size, options.workers, options.pdf_dpi)
+        self.predictor: Predictor = self.resolved.predictor(options.batch_size, options.workers, options.pdf_dpi,
+                                                            options.tile_settings())
 
     # -- what it is -------------------------------------------------------------------------------
     @property

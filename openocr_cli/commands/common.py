@@ -116,6 +116,13 @@ PostprocessFile = Annotated[Optional[Path], typer.Option(
 Std = Annotated[Optional[str], typer.Option(
     "--std", callback=_three_floats, metavar="C1,C2,C3",
     help="Normalisation std, three comma-separated values (default: as --mean).")]
+Tile = Annotated[Optional[str], typer.Option(
+    "--tile", metavar="off|auto|N",
+    help="Run large images as tiles at their own resolution, merging the tiles' probability maps before "
+         "post-processing: auto (only images whose text the resize would shrink below 8 px), N (every image, "
+         "N-pixel tiles, a multiple of 32), off (default: the normal resize).")]
+TileOverlap = Annotated[Optional[int], typer.Option(
+    "--tile-overlap", min=0, help="Pixels neighbouring tiles share (default 128: 64 px of context at each seam).")]
 PdfDpi = Annotated[float, typer.Option(
     "--pdf-dpi", min=1, max=2400, metavar="DPI",
     help="Resolution PDF pages are rendered at (each page is an input, doc.pdf#page=N; needs "

@@ -61,6 +61,8 @@ def evaluate(
     std: opt.Std = None,
     postprocess_file: opt.PostprocessFile = None,
     pdf_dpi: opt.PdfDpi = opt.DEFAULT_PDF_DPI,
+    tile: opt.Tile = None,
+    tile_overlap: opt.TileOverlap = None,
     tune_flag: Annotated[bool, typer.Option(
         "--tune",
         help="Also search thresh, box_thresh and unclip_ratio on the probability maps of this one model pass "

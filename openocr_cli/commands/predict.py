@@ -14,9 +14,10 @@ from openocr_cli.data.images import collect_images
 from openocr_cli.data.pdf import split_page_ref
 from openocr_cli.errors import UserError
 from openocr_cli.results import StageTimes
-from openocr_cli.ui import console, progress, table, warn
+from openocr_cli.ui import console, err_console, progress, table, warn
 
 RESULTS_NAME = "det_results.txt"
+TILED_NAME = "tiled.json"  # {image: how many tiles and why}, written when any image ran as tiles
 
 
 def predict(
@@ -48,6 +49,8 @@ def predict(
     std: opt.Std = None,
     postprocess_file: opt.PostprocessFile = None,
     pdf_dpi: opt.PdfDpi = opt.DEFAULT_PDF_DPI,
+    tile: opt.Tile = None,
+    tile_overlap: opt.TileOverlap = None,
 ) -> None:
     """Detect text regions in images and PDF pages.
 
@@ -84,6 +87,7 @@ a warning and listed at the end (exit 1).
     boxes = 0
     times = StageTimes()
     vis_names: set[str] = set()
+    tiled: dict[str, str] = {}
     # line-buffered: each image's line is in the file as soon as the image is done
     with open(output / RESULTS_NAME, "w", encoding="utf-8", buffering=1) as results, progress() as bar:
         task = bar.add_task("predict", total=len(paths))
@@ -96,17 +100,23 @@ a warning and listed at the end (exit 1).
                 continue
             results.write(result.to_line())
             boxes += len(result.detections)
+            if result.tiling is not None:
+                tiled[result.name] = result.tiling
+                err_console.print(f"tiled {result.name}: {result.tiling}", markup=False)
             if not no_vis:
                 _save_vis(vis_dir, result.path, result.plot(), vis_names)
 
     ms = times.ms_per_image()
     console.print(table("predict", ["metric", "value"], [
         ("images", times.images),
+        *([("tiled images", len(tiled))] if tile is not None and tile != "off" else []),
         ("boxes", boxes),
         ("preprocess ms/img", f"{ms['preprocess']:.1f}"),
         ("inference ms/img", f"{ms['inference']:.1f}"),
         ("postprocess ms/img", f"{ms['postprocess']:.1f}"),
     ]))
+    if tiled:
+        opt.write_json(output / TILED_NAME, tiled)
     console.print(f"Results saved to {output}")
     opt.report_unreadable(failures)
 

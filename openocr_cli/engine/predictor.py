@@ -14,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol, Union
 
+import cv2
 import numpy as np
 
 from openocr_cli import config as cfgmod
@@ -21,6 +22,7 @@ from openocr_cli.data.images import ImageReadError, read_image
 from openocr_cli.data.pdf import DEFAULT_PDF_DPI
 from openocr_cli.data.pixels import as_bgr
 from openocr_cli.data.resize import Normalizer, ResizeSpec, resize_for_test
+from openocr_cli.engine.tiling import TileSettings, auto_reason, tiled_map
 from openocr_cli.postprocess import DBPostProcess, make_postprocess
 from openocr_cli.results import ImageResult, StageTimes
 
@@ -53,10 +55,11 @@ class _Prepared:
 class Predictor:
     def __init__(self, backend: Backend, resize: ResizeSpec, normalizer: Normalizer,
                  postprocess: DBPostProcess, batch_size: int = 1, workers: int = 2,
-                 pdf_dpi: float = DEFAULT_PDF_DPI):
+                 pdf_dpi: float = DEFAULT_PDF_DPI, tile: TileSettings = TileSettings()):
         if batch_size < 1:
             raise ValueError("batch size must be at least 1")
         self.pdf_dpi = pdf_dpi  # the resolution `doc.pdf#page=N` inputs are rendered at
+        self.tile = tile  # off: the normal resize; auto / fixed: engine/tiling.py
         self.backend = backend
         self.resize = resize
         self.normalizer = normalizer
@@ -109,6 +112,9 @@ class Predictor:
         With `keep_maps` each result also holds its float32 probability map and source size, exactly
         what post-processing received (`eval --tune` searches post-processing settings on them).
         """
+        if self.tile.enabled:
+            yield from self._run_tiled(paths, keep_images, keep_maps)
+            return
         max_pending = self.batch_size * 4
         prefetch = max(self.batch_size * 2, self.workers * 2)
         buckets: dict[tuple[int, int], list[_Prepared]] = {}
@@ -149,6 +155,53 @@ class Predictor:
         while next_out in done:
             yield done.pop(next_out)
             next_out += 1
+
+    def _run_tiled(self, paths: Iterable[Input], keep_images: bool, keep_maps: bool) -> Iterator[ImageResult]:
+        """One image at a time (each may be many tiles), decoding the next ones in the pool meanwhile."""
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="preprocess") as pool:
+            queue: deque[Future] = deque()
+            source = iter(enumerate(paths))
+            while True:
+                while len(queue) < self.workers:  # large images: only a few in flight
+                    item = next(source, None)
+                    if item is None:
+                        break
+                    queue.append(pool.submit(self._prepare, item[0], item[1], True))
+                if not queue:
+                    return
+                prepared = queue.popleft().result()
+                if prepared.error is not None:
+                    yield ImageResult(prepared.index, prepared.path, error=prepared.error)
+                    continue
+                yield self._tiled_one(prepared, keep_images, keep_maps)
+
+    def _tiled_one(self, prepared: _Prepared, keep_images: bool, keep_maps: bool) -> ImageResult:
+        """`auto`: the normal pass, then tiles only when its text came out too small; fixed: tiles."""
+        image = prepared.image
+        h, w = image.shape[:2]
+        reason, inference, post = f"--tile {self.tile.side}", 0.0, 0.0
+        if self.tile.mode == "auto":
+            start = time.perf_counter()
+            prob = self.backend(prepared.tensor[None])[0, 0]
+            inference = time.perf_counter() - start
+            start = time.perf_counter()
+            dets = self.postprocess(prob, h, w)
+            post = time.perf_counter() - start
+            heights = [min(cv2.minAreaRect(np.asarray(d.points, np.float32))[1]) for d in dets]
+            reason = auto_reason((h, w), prob.shape, heights)
+            if reason is None:
+                return ImageResult(prepared.index, prepared.path, dets, image if keep_images else None,
+                                   times=StageTimes(1, prepared.seconds, inference, post),
+                                   prob=prob if keep_maps else None, src_hw=(h, w))
+        start = time.perf_counter()
+        merged, count = tiled_map(image, self.tile, self.normalizer, self.backend, self.batch_size)
+        inference += time.perf_counter() - start
+        start = time.perf_counter()
+        dets = self.postprocess(merged, h, w)
+        post += time.perf_counter() - start
+        return ImageResult(prepared.index, prepared.path, dets, image if keep_images else None,
+                           times=StageTimes(1, prepared.seconds, inference, post), prob=merged if keep_maps else None,
+                           src_hw=(h, w), tiling=f"{count} tiles of {self.tile.side} px: {reason}")
 
     def _flush(self, items: list[_Prepared], done: dict[int, ImageResult], keep_maps: bool = False) -> None:
         start = time.perf_counter()

@@ -31,6 +31,7 @@ from openocr_cli.data.pdf import DEFAULT_PDF_DPI
 from openocr_cli.data.resize import Normalizer, ResizeSpec
 from openocr_cli.engine.onnx_metadata import CHANNEL_ORDERS, normalization
 from openocr_cli.engine.predictor import Backend, Predictor
+from openocr_cli.engine.tiling import TileSettings, parse_tile
 from openocr_cli.errors import UserError
 from openocr_cli.postprocess import DBPostProcess, make_postprocess
 
@@ -76,6 +77,12 @@ class InferenceOptions:
     non_strict: bool = False
     fuse: bool = True
     pdf_dpi: float = DEFAULT_PDF_DPI
+    tile: Optional[str] = None  # off / auto / a tile side in pixels (engine/tiling.py); None = off
+    tile_overlap: Optional[int] = None
+
+    def tile_settings(self) -> TileSettings:
+        """--tile / --tile-overlap checked and parsed (a bad value is a usage error naming the flag)."""
+        return parse_tile(self.tile, self.tile_overlap)
     origin: str = "flag"
 
     def replace(self, **changes: Any) -> InferenceOptions:
@@ -147,9 +154,10 @@ class Resolved:
         """The model as the caller named it (settings["model"])."""
         return self.settings["model"].value
 
-    def predictor(self, batch_size: int = 1, workers: int = 2, pdf_dpi: float = DEFAULT_PDF_DPI) -> Predictor:
+    def predictor(self, batch_size: int = 1, workers: int = 2, pdf_dpi: float = DEFAULT_PDF_DPI,
+                  tile: TileSettings = TileSettings()) -> Predictor:
         return Predictor(self.backend, self.resize, self.normalizer, self.postprocess, batch_size=batch_size,
-                         workers=workers, pdf_dpi=pdf_dpi)
+                         workers=workers, pdf_dpi=pdf_dpi, tile=tile)
 
 
 def resolve_postprocess(options: InferenceOptions, cfg: dict, model_layer: Optional[tuple[str, Mapping]] = None,
@@ -227,6 +235,7 @@ def resolve(options: InferenceOptions) -> Resolved:
     """Load the config and the model once and decide every setting (settings are checked before the model
     loads, so a bad value fails fast)."""
     cfg = options.load_config()
+    options.tile_settings()  # a bad --tile fails before the model loads
     backend_name = options.backend_name()
     resolve_postprocess(options, cfg, note_model_values=False)  # fail fast on bad values
     resize, resize_settings = resolve_resize(options, cfg)

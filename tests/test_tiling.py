@@ -1,0 +1,121 @@
+"""Tiled inference (engine/tiling.py): seams that lose nothing, `auto` leaves small images alone, bounded memory."""
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from openocr_cli import Detector, UserError
+from openocr_cli.engine.tiling import grid, parse_tile
+from tests.test_onnx_backend import random_onnx, tiny_model  # noqa: F401 (fixture)
+
+
+@pytest.fixture(scope="module")
+def bright(tmp_path_factory):
+    """A pointwise 'detector' (sigmoid of the channel mean): its map of a tile is exactly that part of the
+    whole image's map, so tiled and untiled boxes must be identical."""
+    return tiny_model(tmp_path_factory.mktemp("model") / "bright.onnx")
+
+
+@pytest.mark.parametrize("h, w, side, overlap", [(512, 704, 256, 64), (100, 3000, 512, 128), (960, 960, 960, 128),
+                                                 (1000, 1001, 320, 96)])
+def test_tiles_cover_the_image_once_and_share_one_size(h, w, side, overlap):
+    owner = np.zeros((h, w), np.int32)
+    for tile in grid(h, w, side, overlap):
+        (y0, y1), (x0, x1) = tile.own_y, tile.own_x
+        assert tile.y <= y0 < y1 <= tile.y + side and tile.x <= x0 < x1 <= tile.x + side  # owns only what it saw
+        owner[y0:y1, x0:x1] += 1
+        assert tile.y + min(side, h) <= h and tile.x + min(side, w) <= w  # moved in, never past the edge
+    assert (owner == 1).all()
+
+
+def bars_image(h, w, bars):
+    image = np.zeros((h, w, 3), np.uint8)
+    for x0, y0, x1, y1 in bars:
+        image[y0:y1, x0:x1] = 255
+    return image
+
+
+def boxes(results):
+    return [sorted(tuple(map(tuple, d.points.tolist())) for d in r.detections) for r in results]
+
+
+def test_a_word_across_one_seam_or_four_tiles_is_one_box_equal_to_the_full_resolution_box(bright):
+    # tiles of 256, overlap 64: columns start at 0, 192, 384, 448 (the last moved in), rows at 0, 192, 256;
+    # the cuts between them lie at x = 224, 416, 544 and y = 224, 352
+    bars = [(150, 40, 300, 70),     # crosses the x = 224 seam
+            (180, 200, 260, 250),   # crosses the corner where four tiles meet
+            (500, 400, 650, 430)]   # inside one tile
+    image = bars_image(512, 704, bars)  # multiples of 32 below 960: the normal pass is full resolution
+    full = Detector(bright, device="cpu").predict(image)
+    tiled = Detector(bright, device="cpu", tile=256, tile_overlap=64).predict(image)
+    assert len(full[0].detections) == 3 and boxes(tiled) == boxes(full)
+    assert tiled[0].tiling.startswith("12 tiles of 256 px") and full[0].tiling is None
+
+
+def test_auto_leaves_images_the_resize_does_not_shrink_untouched(bright):
+    image = bars_image(300, 500, [(20, 20, 200, 60), (250, 100, 480, 140)])
+    off = Detector(bright, device="cpu").predict(image)
+    auto = Detector(bright, device="cpu", tile="auto").predict(image)
+    assert auto[0].tiling is None and [d.points.tolist() for d in auto[0].detections] == \
+        [d.points.tolist() for d in off[0].detections] and auto[0].scores == off[0].scores
+
+
+def test_auto_tiles_a_large_image_whose_text_the_resize_erases(bright):
+    # 4 px tall bars on a 2880-wide image: resized to 960 (1/3) they fade below the threshold and vanish
+    bars = [(100 + 600 * i, 300 + 500 * i, 400 + 600 * i, 304 + 500 * i) for i in range(4)]
+    image = bars_image(2240, 2880, bars)
+    off = Detector(bright, device="cpu").predict(image)
+    auto = Detector(bright, device="cpu", tile="auto", box_thresh=0.5).predict(image)
+    assert len(off[0].detections) < 4
+    assert auto[0].tiling is not None and "0.33x" in auto[0].tiling and len(auto[0].detections) == 4
+
+
+@pytest.mark.parametrize("tile, overlap, words", [("huge", None, "off, auto or a tile side"),
+                                                  ("100", None, "multiple of 32"),
+                                                  ("256", 200, "less than half the tile side")])
+def test_bad_tile_values_are_usage_errors(tile, overlap, words):
+    with pytest.raises(UserError, match=words) as info:
+        parse_tile(tile, overlap)
+    assert info.value.exit_code == 2
+
+
+def test_predict_reports_the_tiled_images(cli, tmp_path, bright):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "big.png"), bars_image(640, 1280, [(100, 100, 700, 140)]))
+    code, out, err = cli("predict", folder, "--onnx-model", bright, "--tile", "512", "--output", tmp_path / "out",
+                         "--device", "cpu", "--no-vis")
+    assert code == 0, err
+    assert "tiled " in err and "tiles of 512 px" in err
+    record = json.loads((tmp_path / "out" / "tiled.json").read_text())
+    assert list(record) == [str(folder / "big.png")] and record[str(folder / "big.png")].startswith("6 tiles")
+    code, _, err = cli("predict", folder, "--onnx-model", bright, "--tile", "nope", "--output", tmp_path / "o2")
+    assert code == 2 and "--tile 'nope'" in err
+
+
+PEAK = """
+import sys, numpy as np
+from openocr_cli import Detector
+image = (np.random.default_rng(0).integers(0, 255, (1536, 1536, 3))).astype(np.uint8)
+tile = sys.argv[2]
+det = Detector(sys.argv[1], device="cpu", limit_side_len=1536, tile=None if tile == "off" else tile, threads=1)
+det.predict(image)
+# VmHWM, not ru_maxrss: the latter keeps the forked test process's peak across exec
+print([line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")][0])
+"""
+
+
+@pytest.mark.slow
+def test_tiles_bound_peak_memory_by_the_tile_not_the_image(random_onnx):  # noqa: F811
+    def peak(tile):
+        proc = subprocess.run([sys.executable, "-c", PEAK, str(random_onnx), tile], capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return int(proc.stdout.split()[-1])
+
+    full, tiled = peak("off"), peak("512")
+    assert tiled < 0.6 * full, (tiled, full)
