@@ -24,12 +24,17 @@ def bright(tmp_path_factory):
                                                  (1000, 1001, 320, 96)])
 def test_tiles_cover_the_image_once_and_share_one_size(h, w, side, overlap):
     owner = np.zeros((h, w), np.int32)
-    for tile in grid(h, w, side, overlap):
+    (th, tw), tiles = grid(h, w, side, overlap)
+    assert th <= max(side, -(-h // 32) * 32) and tw <= max(side, -(-w // 32) * 32) and th % 32 == tw % 32 == 0
+    for tile in tiles:
         (y0, y1), (x0, x1) = tile.own_y, tile.own_x
-        assert tile.y <= y0 < y1 <= tile.y + side and tile.x <= x0 < x1 <= tile.x + side  # owns only what it saw
+        assert tile.y <= y0 < y1 <= tile.y + th and tile.x <= x0 < x1 <= tile.x + tw  # owns only what it saw
         owner[y0:y1, x0:x1] += 1
-        assert tile.y + min(side, h) <= h and tile.x + min(side, w) <= w  # moved in, never past the edge
+        assert (tile.y + th <= h or h <= th) and (tile.x + tw <= w or w <= tw)  # never past the edge
     assert (owner == 1).all()
+    ys, xs = sorted({t.y for t in tiles}), sorted({t.x for t in tiles})
+    for starts, size in ((ys, th), (xs, tw)):  # neighbours share at least `overlap` pixels
+        assert all(b - a <= size - overlap for a, b in zip(starts, starts[1:]))
 
 
 def bars_image(h, w, bars):
@@ -44,16 +49,16 @@ def boxes(results):
 
 
 def test_a_word_across_one_seam_or_four_tiles_is_one_box_equal_to_the_full_resolution_box(bright):
-    # tiles of 256, overlap 64: columns start at 0, 192, 384, 448 (the last moved in), rows at 0, 192, 256;
-    # the cuts between them lie at x = 224, 416, 544 and y = 224, 352
+    # at most 256 px, overlap >= 64: 4 columns of 224 px at x = 0, 160, 320, 480 and 3 rows of 224 at
+    # y = 0, 144, 288; cuts between them at x = 192, 352, 512 and y = 184, 328
     bars = [(150, 40, 300, 70),     # crosses the x = 224 seam
-            (180, 200, 260, 250),   # crosses the corner where four tiles meet
+            (170, 160, 230, 210),   # crosses the corner where four tiles meet
             (500, 400, 650, 430)]   # inside one tile
     image = bars_image(512, 704, bars)  # multiples of 32 below 960: the normal pass is full resolution
     full = Detector(bright, device="cpu").predict(image)
     tiled = Detector(bright, device="cpu", tile=256, tile_overlap=64).predict(image)
     assert len(full[0].detections) == 3 and boxes(tiled) == boxes(full)
-    assert tiled[0].tiling.startswith("12 tiles of 256 px") and full[0].tiling is None
+    assert tiled[0].tiling.startswith("12 tiles of 224x224 px") and full[0].tiling is None
 
 
 def test_auto_leaves_images_the_resize_does_not_shrink_untouched(bright):
@@ -90,7 +95,7 @@ def test_predict_reports_the_tiled_images(cli, tmp_path, bright):
     code, out, err = cli("predict", folder, "--onnx-model", bright, "--tile", "512", "--output", tmp_path / "out",
                          "--device", "cpu", "--no-vis")
     assert code == 0, err
-    assert "tiled " in err and "tiles of 512 px" in err
+    assert "tiled " in err and "tiles of 384x512 px" in err
     record = json.loads((tmp_path / "out" / "tiled.json").read_text())
     assert list(record) == [str(folder / "big.png")] and record[str(folder / "big.png")].startswith("6 tiles")
     code, _, err = cli("predict", folder, "--onnx-model", bright, "--tile", "nope", "--output", tmp_path / "o2")

@@ -194,14 +194,14 @@ class Predictor:
                                    times=StageTimes(1, prepared.seconds, inference, post),
                                    prob=prob if keep_maps else None, src_hw=(h, w))
         start = time.perf_counter()
-        merged, count = tiled_map(image, self.tile, self.normalizer, self.backend, self.batch_size)
+        merged, count, (th, tw) = tiled_map(image, self.tile, self.normalizer, self.backend, self.batch_size)
         inference += time.perf_counter() - start
         start = time.perf_counter()
         dets = self.postprocess(merged, h, w)
         post += time.perf_counter() - start
         return ImageResult(prepared.index, prepared.path, dets, image if keep_images else None,
                            times=StageTimes(1, prepared.seconds, inference, post), prob=merged if keep_maps else None,
-                           src_hw=(h, w), tiling=f"{count} tiles of {self.tile.side} px: {reason}")
+                           src_hw=(h, w), tiling=f"{count} tiles of {th}x{tw} px: {reason}")
 
     def _flush(self, items: list[_Prepared], done: dict[int, ImageResult], keep_maps: bool = False) -> None:
         start = time.perf_counter()

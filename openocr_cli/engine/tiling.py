@@ -5,13 +5,15 @@ detects. Running tiles at the image's own resolution keeps it, and merging their
 maps* (not their boxes) before post-processing means a word across a seam is one connected region,
 so one box, with no box-merging heuristic.
 
-Tiles are `side` x `side` original pixels (a multiple of 32), laid out with at least `overlap`
-pixels shared between neighbours; the last row and column are moved inwards so every tile has the
-same size (they batch together). Each pixel of the merged map is taken from the tile in which it
-lies farthest from an inner edge: the cut between two neighbours is the middle of their overlap,
-so every kept pixel had at least overlap / 2 pixels of context on that side. The default overlap,
-DEFAULT_OVERLAP, gives 64 pixels of context: text up to about 128 px tall crossing a seam is
-seen whole by one of the two tiles, and taller text is rare in scans that need tiling.
+Tiles are at most `side` x `side` original pixels, all one size (a multiple of 32, so they batch
+together): the fewest tiles along each axis that share at least `overlap` pixels with their
+neighbours, spread evenly (a 3072-pixel side with side 960 and overlap 128 is 4 tiles of 864, not 4
+of 960 with the last one moved in: 1.13x the pixels instead of 1.25x). Each pixel of the merged map
+is taken from the tile in which it lies farthest from an inner edge: the cut between two neighbours
+is the middle of their overlap, so every kept pixel had at least overlap / 2 pixels of context on
+that side. The default overlap, DEFAULT_OVERLAP, gives 64 pixels of context: text up to about
+128 px tall crossing a seam is seen whole by one of the two tiles, and taller text is rare in
+scans that need tiling.
 
 Memory: the decoded image, its float32 map (4 bytes per pixel) and one batch of tiles; not the
 network's activations for the whole image, which is what makes full-resolution inference costly.
@@ -29,9 +31,11 @@ from openocr_cli.errors import UserError
 
 DEFAULT_SIDE = 960  # the default limit side: tiles run at the size the model is evaluated at
 DEFAULT_OVERLAP = 128
-# `auto` tiles an image downscaled so that the median detected text is below this height (network pixels):
-# eval's recall-by-height shows the model loses most text under about 8 px.
-AUTO_MIN_TEXT_PX = 8.0
+# `auto` tiles a downscaled image when its smallest detected text (the 10th percentile of the boxes' heights)
+# is below this height after the resize. eval's recall-by-height shows the model loses most text under about
+# 8 px; the boxes that survive the resize are the larger ones, so text found at under 12 px means smaller text
+# of the same image was probably lost (on 2304x3072 mosaics with 12-55 px text, resized to 960: yes).
+AUTO_MIN_TEXT_PX = 12.0
 MODES = ("off", "auto")
 
 
@@ -70,14 +74,17 @@ def parse_tile(value, overlap: Optional[int] = None) -> TileSettings:
     return settings
 
 
-def _starts(length: int, side: int, overlap: int) -> list[int]:
-    """Tile starts along one axis: stride side - overlap, the last one moved in to end at `length`."""
+def _axis(length: int, side: int, overlap: int) -> tuple[int, list[int]]:
+    """(tile size, tile starts) along one axis: the fewest tiles of at most `side` that overlap by at least
+    `overlap`, all the same size (a multiple of 32), spread evenly so no pixels are computed needlessly."""
     if length <= side:
-        return [0]
-    stride = side - overlap
-    starts = list(range(0, length - side, stride))
-    starts.append(length - side)
-    return starts
+        return -(-length // 32) * 32, [0]
+    count = -(-(length - overlap) // (side - overlap))
+    size = min(side, -(-(length + (count - 1) * overlap) // count // 32) * 32)
+    while count > 1 and (size * count - length) // (count - 1) < overlap:  # rounding left too little overlap
+        size += 32
+    size = min(size, side)
+    return size, [round(i * (length - size) / (count - 1)) for i in range(count)]
 
 
 def _cuts(starts: Sequence[int], side: int, length: int) -> list[tuple[int, int]]:
@@ -98,11 +105,12 @@ class Tile:
     own_x: tuple[int, int]
 
 
-def grid(h: int, w: int, side: int, overlap: int) -> list[Tile]:
-    """The tiles covering an h x w image, each with the region of the merged map it provides."""
-    ys, xs = _starts(h, side, overlap), _starts(w, side, overlap)
-    own_ys, own_xs = _cuts(ys, side, h), _cuts(xs, side, w)
-    return [Tile(y, x, oy, ox) for y, oy in zip(ys, own_ys) for x, ox in zip(xs, own_xs)]
+def grid(h: int, w: int, side: int, overlap: int) -> tuple[tuple[int, int], list[Tile]]:
+    """The tile size (h, w) and the tiles covering an h x w image, each with the region of the merged map it
+    provides."""
+    (th, ys), (tw, xs) = _axis(h, side, overlap), _axis(w, side, overlap)
+    own_ys, own_xs = _cuts(ys, th, h), _cuts(xs, tw, w)
+    return (th, tw), [Tile(y, x, oy, ox) for y, oy in zip(ys, own_ys) for x, ox in zip(xs, own_xs)]
 
 
 def _padded(crop: np.ndarray, side_h: int, side_w: int) -> np.ndarray:
@@ -114,15 +122,15 @@ def _padded(crop: np.ndarray, side_h: int, side_w: int) -> np.ndarray:
 
 
 def tiled_map(image: np.ndarray, settings: TileSettings, normalize: Callable[[np.ndarray], np.ndarray],
-              forward: Callable[[np.ndarray], np.ndarray], batch_size: int = 4) -> tuple[np.ndarray, int]:
-    """The (h, w) float32 probability map of a BGR image from tiles at its own resolution, and the tile count.
+              forward: Callable[[np.ndarray], np.ndarray], batch_size: int = 4
+              ) -> tuple[np.ndarray, int, tuple[int, int]]:
+    """The (h, w) float32 probability map of a BGR image from tiles at its own resolution, the tile count and
+    the tile size.
 
     `normalize` is the Predictor's (HWC uint8 -> CHW float32), `forward` the backend ((N,3,H,W) -> (N,1,H,W)).
     """
     h, w = image.shape[:2]
-    side = settings.side
-    tile_h, tile_w = min(side, -(-h // 32) * 32), min(side, -(-w // 32) * 32)
-    tiles = grid(h, w, side, settings.overlap)
+    (tile_h, tile_w), tiles = grid(h, w, settings.side, settings.overlap)
     merged = np.empty((h, w), np.float32)
     for start in range(0, len(tiles), max(1, batch_size)):
         part = tiles[start:start + batch_size]
@@ -132,11 +140,11 @@ def tiled_map(image: np.ndarray, settings: TileSettings, normalize: Callable[[np
         for tile, prob in zip(part, maps):
             (y0, y1), (x0, x1) = tile.own_y, tile.own_x
             merged[y0:y1, x0:x1] = prob[0, y0 - tile.y:y1 - tile.y, x0 - tile.x:x1 - tile.x]
-    return merged, len(tiles)
+    return merged, len(tiles), (tile_h, tile_w)
 
 
 def auto_reason(src_hw: tuple[int, int], net_hw: tuple[int, int], text_heights: Sequence[float]) -> Optional[str]:
-    """Why `auto` tiles this image (None: it does not): the resize put its text below AUTO_MIN_TEXT_PX.
+    """Why `auto` tiles this image (None: it does not): the resize put its smallest text below AUTO_MIN_TEXT_PX.
 
     `text_heights` are the detected boxes' heights in source pixels from the normal pass. An image that
     is not downscaled is never tiled, so its boxes stay exactly the normal ones.
@@ -147,8 +155,8 @@ def auto_reason(src_hw: tuple[int, int], net_hw: tuple[int, int], text_heights: 
     if not text_heights:
         return f"no text found at {scale:.2f}x (the resize to {net_hw[1]}x{net_hw[0]} may have erased it)" \
             if scale < 0.5 else None
-    median = float(np.median(text_heights)) * scale
-    if median < AUTO_MIN_TEXT_PX:
-        return (f"median text {median:.1f} px after the resize to {net_hw[1]}x{net_hw[0]} ({scale:.2f}x), "
+    small = float(np.percentile(text_heights, 10)) * scale
+    if small < AUTO_MIN_TEXT_PX:
+        return (f"its smallest text is {small:.1f} px after the resize to {net_hw[1]}x{net_hw[0]} ({scale:.2f}x), "
                 f"below {AUTO_MIN_TEXT_PX:g} px")
     return None
