@@ -12,6 +12,8 @@ import typer
 from openocr_cli.commands import common as opt
 from openocr_cli.data.images import collect_images
 from openocr_cli.data.pdf import split_page_ref
+from openocr_cli.data.resize import target_size
+from openocr_cli.engine.tiling import shrunk_text, text_heights
 from openocr_cli.errors import UserError
 from openocr_cli.results import StageTimes
 from openocr_cli.ui import console, err_console, progress, table, warn
@@ -88,6 +90,7 @@ a warning and listed at the end (exit 1).
     times = StageTimes()
     vis_names: set[str] = set()
     tiled: dict[str, str] = {}
+    shrunk: list[str] = []  # images the resize shrank so far that most text found is under 8 px (--tile off)
     # line-buffered: each image's line is in the file as soon as the image is done
     with open(output / RESULTS_NAME, "w", encoding="utf-8", buffering=1) as results, progress() as bar:
         task = bar.add_task("predict", total=len(paths))
@@ -100,6 +103,10 @@ a warning and listed at the end (exit 1).
                 continue
             results.write(result.to_line())
             boxes += len(result.detections)
+            if not detector.predictor.tile.enabled and result.src_hw is not None and shrunk_text(
+                    result.src_hw, target_size(*result.src_hw, detector.predictor.resize),
+                    text_heights(result.polygons)):
+                shrunk.append(result.name)
             if result.tiling is not None:
                 tiled[result.name] = result.tiling
                 err_console.print(f"tiled {result.name}: {result.tiling}", markup=False)
@@ -117,6 +124,10 @@ a warning and listed at the end (exit 1).
     ]))
     if tiled:
         opt.write_json(output / TILED_NAME, tiled)
+    if shrunk:
+        warn(f"{len(shrunk)} image(s) were shrunk so far by the resize that most text found is under 8 px "
+             f"(first: {shrunk[0]}); small text in them was probably missed. Pass --tile auto to run such images "
+             "as tiles at their own resolution.")
     console.print(f"Results saved to {output}")
     opt.report_unreadable(failures)
 

@@ -14,7 +14,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol, Union
 
-import cv2
 import numpy as np
 
 from openocr_cli import config as cfgmod
@@ -22,7 +21,7 @@ from openocr_cli.data.images import ImageReadError, read_image
 from openocr_cli.data.pdf import DEFAULT_PDF_DPI
 from openocr_cli.data.pixels import as_bgr
 from openocr_cli.data.resize import Normalizer, ResizeSpec, resize_for_test
-from openocr_cli.engine.tiling import TileSettings, auto_reason, tiled_map
+from openocr_cli.engine.tiling import TileSettings, auto_reason, text_heights, tiled_map
 from openocr_cli.postprocess import DBPostProcess, make_postprocess
 from openocr_cli.results import ImageResult, StageTimes
 
@@ -187,8 +186,7 @@ class Predictor:
             start = time.perf_counter()
             dets = self.postprocess(prob, h, w)
             post = time.perf_counter() - start
-            heights = [min(cv2.minAreaRect(np.asarray(d.points, np.float32))[1]) for d in dets]
-            reason = auto_reason((h, w), prob.shape, heights)
+            reason = auto_reason((h, w), prob.shape, text_heights([d.points for d in dets]))
             if reason is None:
                 return ImageResult(prepared.index, prepared.path, dets, image if keep_images else None,
                                    times=StageTimes(1, prepared.seconds, inference, post),

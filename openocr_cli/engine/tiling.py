@@ -160,3 +160,18 @@ def auto_reason(src_hw: tuple[int, int], net_hw: tuple[int, int], text_heights: 
         return (f"its smallest text is {small:.1f} px after the resize to {net_hw[1]}x{net_hw[0]} ({scale:.2f}x), "
                 f"below {AUTO_MIN_TEXT_PX:g} px")
     return None
+
+
+def shrunk_text(src_hw: tuple[int, int], net_hw: tuple[int, int], text_heights: Sequence[float]) -> bool:
+    """Whether the resize left most of an image's detected boxes under AUTO_MIN_TEXT_PX, so that smaller text of
+    it was probably lost (predict then suggests --tile auto). Boxes are unclipped, about 1.5x the text's height:
+    12-pixel boxes hold 8-pixel text."""
+    scale = min(net_hw[0] / src_hw[0], net_hw[1] / src_hw[1])
+    return scale < 1.0 and bool(text_heights) and float(np.median(text_heights)) * scale < AUTO_MIN_TEXT_PX
+
+
+def text_heights(polygons: Sequence[np.ndarray]) -> list[float]:
+    """Each box's height: the shorter side of its minimum-area rectangle (source pixels)."""
+    import cv2
+
+    return [float(min(cv2.minAreaRect(np.asarray(p, np.float32))[1])) for p in polygons]
