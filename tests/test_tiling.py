@@ -116,6 +116,22 @@ def test_predict_without_tiles_says_when_the_resize_shrank_the_text_too_far(cli,
     assert not (tmp_path / "out" / "tiled.json").exists()
 
 
+def test_benchmark_times_tiled_inference_with_the_same_hmean(cli, tmp_path, bright):
+    cv2.imwrite(str(tmp_path / "scan.png"), bars_image(512, 704, [(150, 40, 300, 70), (170, 160, 230, 210)]))
+    regions = [{"transcription": "w", "points": [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]}
+               for x0, y0, x1, y1 in [(150, 40, 300, 70), (170, 160, 230, 210)]]
+    (tmp_path / "label.txt").write_text(f"scan.png\t{json.dumps(regions)}\n")
+    hmeans = []
+    for extra in ([], ["--tile", "256", "--tile-overlap", "64"]):
+        out = tmp_path / f"b{len(hmeans)}.json"
+        code, _, err = cli("benchmark", "--onnx-model", bright, "--data-dir", tmp_path, "--label-file",
+                           tmp_path / "label.txt", "--runs", "1", "--device", "cpu", "--unclip-ratio", "0.2",
+                           "--json", out, *extra)
+        assert code == 0, err
+        hmeans.append(json.loads(out.read_text())["rows"][0]["hmean"])
+    assert hmeans[0] == hmeans[1] == 1.0
+
+
 PEAK = """
 import sys, numpy as np
 from openocr_cli import Detector

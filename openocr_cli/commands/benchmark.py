@@ -85,6 +85,8 @@ def benchmark(
     limit_type: opt.LimitTypeOpt = None,
     non_strict: opt.NonStrict = False,
     postprocess_file: opt.PostprocessFile = None,
+    tile: opt.Tile = None,
+    tile_overlap: opt.TileOverlap = None,
 ) -> None:
     """Time detection per stage and per image (p50, p95) for each backend x model x precision x size.
 
@@ -101,6 +103,8 @@ printed fastest first.
 --json bench.json
 
       openocr-det benchmark --onnx-model fp32.onnx --onnx-model int8.onnx --images ./imgs --runs 5 --threads 2
+
+      openocr-det benchmark --onnx-model det.onnx --data-dir scans --label-file scans/test.txt --tile auto
 
       openocr-det benchmark --onnx-model det.onnx --openvino-model det.xml --openvino-model det_int8.xml \
 --precisions fp32,bf16 --data-dir data --label-file data/test.txt --max-drop 0.5
@@ -224,7 +228,7 @@ def _specs(resize: ResizeSpec, sides: Optional[list[int]], model: str) -> list[t
 
 def _with(predictor: Predictor, backend, resize: ResizeSpec) -> Predictor:
     return Predictor(backend, resize, predictor.normalizer, predictor.postprocess, batch_size=predictor.batch_size,
-                     workers=predictor.workers)
+                     workers=predictor.workers, pdf_dpi=predictor.pdf_dpi, tile=predictor.tile)
 
 
 def recommendation_line(chosen: bench.Recommendation) -> str:
