@@ -67,6 +67,7 @@ class Result:
     prob: Optional[np.ndarray] = field(default=None, repr=False)
     src_hw: Optional[tuple[int, int]] = None
     tiling: Optional[str] = None  # how and why the image was run as tiles (engine/tiling.py), None when it was not
+    tiles: list[tuple[int, int, int, int]] = field(default_factory=list, repr=False)  # each tile's (x0, y0, x1, y1)
 
     @property
     def name(self) -> str:

@@ -132,6 +132,20 @@ def test_benchmark_times_tiled_inference_with_the_same_hmean(cli, tmp_path, brig
     assert hmeans[0] == hmeans[1] == 1.0
 
 
+def test_eval_records_tiled_images_and_its_report_draws_the_tiles(cli, tmp_path, bright):
+    cv2.imwrite(str(tmp_path / "scan.png"), bars_image(512, 704, [(150, 40, 300, 70)]))
+    regions = [{"transcription": "w", "points": [[150, 40], [300, 40], [300, 70], [150, 70]]}]
+    (tmp_path / "label.txt").write_text(f"scan.png\t{json.dumps(regions)}\n")
+    code, _, err = cli("eval", "--onnx-model", bright, "--data-dir", tmp_path, "--label-file", tmp_path / "label.txt",
+                       "--device", "cpu", "--tile", "256", "--json", tmp_path / "m.json", "--report", tmp_path / "rep")
+    assert code == 0, err
+    tiled = json.loads((tmp_path / "m.json").read_text())["tiled"]
+    assert list(tiled) == ["scan.png"] and "tiles of 256x256 px" in tiled["scan.png"]
+    drawn = cv2.imread(str(next((tmp_path / "rep").rglob("*.jpg"))))
+    b, g, r = (drawn[..., i].astype(int) for i in range(3))
+    assert ((b < 90) & (g > 150) & (r > 200)).sum() > 100  # dashed yellow tile borders
+
+
 PEAK = """
 import sys, numpy as np
 from openocr_cli import Detector

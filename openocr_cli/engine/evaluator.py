@@ -23,6 +23,8 @@ class ScoredImage:
     detections: list[np.ndarray]
     match: ImageMatch
     scores: list[float] = field(default_factory=list)
+    tiling: Optional[str] = None  # how and why it ran as tiles (Result.tiling)
+    tiles: list = field(default_factory=list)  # the tiles' (x0, y0, x1, y1), for the report
 
 
 @dataclass
@@ -60,6 +62,9 @@ class EvalResult:
             out["images_without_prediction"] = self.unmatched
         if self.by_height is not None:
             out["by_height"] = self.by_height
+        tiled = {str(s.sample.key): s.tiling for s in self.scored if s.tiling is not None}
+        if tiled:
+            out["tiled"] = tiled
         return out
 
 
@@ -90,6 +95,7 @@ def evaluate_model(predictor: Predictor, samples: Sequence[LabelSample],
             result.prob = None
         scored.append(_score(samples[result.index], [d.points for d in result.detections],
                              [d.score for d in result.detections]))
+        scored[-1].tiling, scored[-1].tiles = result.tiling, result.tiles
     return _result(scored, times.images, times.fps(), failures, seconds=times.inference)
 
 

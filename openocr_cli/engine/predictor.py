@@ -21,7 +21,7 @@ from openocr_cli.data.images import ImageReadError, read_image
 from openocr_cli.data.pdf import DEFAULT_PDF_DPI
 from openocr_cli.data.pixels import as_bgr
 from openocr_cli.data.resize import Normalizer, ResizeSpec, resize_for_test
-from openocr_cli.engine.tiling import TileSettings, auto_reason, text_heights, tiled_map
+from openocr_cli.engine.tiling import TileSettings, auto_reason, text_heights, tile_boxes, tiled_map
 from openocr_cli.postprocess import DBPostProcess, make_postprocess
 from openocr_cli.results import ImageResult, StageTimes
 
@@ -199,7 +199,8 @@ class Predictor:
         post += time.perf_counter() - start
         return ImageResult(prepared.index, prepared.path, dets, image if keep_images else None,
                            times=StageTimes(1, prepared.seconds, inference, post), prob=merged if keep_maps else None,
-                           src_hw=(h, w), tiling=f"{count} tiles of {th}x{tw} px: {reason}")
+                           src_hw=(h, w), tiling=f"{count} tiles of {th}x{tw} px: {reason}",
+                           tiles=tile_boxes(h, w, self.tile))
 
     def _flush(self, items: list[_Prepared], done: dict[int, ImageResult], keep_maps: bool = False) -> None:
         start = time.perf_counter()

@@ -143,6 +143,12 @@ def tiled_map(image: np.ndarray, settings: TileSettings, normalize: Callable[[np
     return merged, len(tiles), (tile_h, tile_w)
 
 
+def tile_boxes(h: int, w: int, settings: TileSettings) -> list[tuple[int, int, int, int]]:
+    """The (x0, y0, x1, y1) each tile covers in an h x w image (eval --report draws them)."""
+    (th, tw), tiles = grid(h, w, settings.side, settings.overlap)
+    return [(t.x, t.y, min(t.x + tw, w), min(t.y + th, h)) for t in tiles]
+
+
 def auto_reason(src_hw: tuple[int, int], net_hw: tuple[int, int], text_heights: Sequence[float]) -> Optional[str]:
     """Why `auto` tiles this image (None: it does not): the resize put its smallest text below AUTO_MIN_TEXT_PX.
 

@@ -7,7 +7,7 @@ gives exactly the precision and recall `eval` prints; nothing re-derives a match
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -41,6 +41,7 @@ class ImageErrors:
     false_positives: list
     missed: list
     dont_care: list
+    tiles: list = field(default_factory=list)  # the tiles' (x0, y0, x1, y1) when it ran as tiles
 
     @classmethod
     def from_scored(cls, scored: ScoredImage) -> ImageErrors:
@@ -53,7 +54,7 @@ class ImageErrors:
             matched=[dets[j] for j, s in enumerate(match.det_state) if s == MATCHED],
             false_positives=[dets[j] for j, s in enumerate(match.det_state) if s == FALSE_POSITIVE],
             missed=[sample.polys[i] for i, s in enumerate(match.gt_state) if s == MISSED],
-            dont_care=[sample.polys[i] for i, s in enumerate(sample.ignore) if s])
+            dont_care=[sample.polys[i] for i, s in enumerate(sample.ignore) if s], tiles=list(scored.tiles))
 
     @property
     def errors(self) -> int:

@@ -26,6 +26,7 @@ from openocr_cli.evaluation.details import ImageErrors, error_records
 
 # BGR colours; the legend in the page uses the same ones.
 MATCHED_BGR, FALSE_POSITIVE_BGR, MISSED_BGR, DONT_CARE_BGR = (0, 170, 0), (0, 0, 235), (235, 90, 0), (150, 150, 150)
+TILE_BGR = (0, 200, 255)  # tile borders of a tiled image (yellow)
 THUMB_WIDTH = 320
 DASH = 7
 
@@ -86,9 +87,12 @@ def _dashed(canvas: np.ndarray, poly, color, thickness: int) -> None:
 
 
 def draw(image: np.ndarray, record: ImageErrors) -> np.ndarray:
-    """Matched detections green, false positives red, missed GT blue, do-not-care regions dashed grey."""
+    """Matched detections green, false positives red, missed GT blue, do-not-care regions dashed grey; the tiles of a
+    tiled image as dashed yellow rectangles."""
     canvas = image.copy()
     thickness = max(2, round(max(canvas.shape[:2]) / 500))
+    for x0, y0, x1, y1 in record.tiles:
+        _dashed(canvas, [(x0, y0), (x1 - 1, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], TILE_BGR, max(1, thickness - 1))
     for poly in record.dont_care:
         _dashed(canvas, poly, DONT_CARE_BGR, max(1, thickness - 1))
     for polys, color in ((record.missed, MISSED_BGR), (record.matched, MATCHED_BGR),
