@@ -6,6 +6,7 @@ import hashlib
 import json
 import struct
 
+import cv2
 import numpy as np
 import pytest
 
@@ -162,3 +163,15 @@ def test_missing_pypdfium2_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pypdfium2", None)  # import fails as if not installed
     with pytest.raises(UserError, match=r"openocr-det\[pdf\]"):
         collect_images([str(doc)])
+
+
+def test_eval_report_draws_pdf_pages_at_the_runs_dpi(cli, tmp_path, constant_ckpt):
+    make_pdf(tmp_path / "doc.pdf", [(100, 50)])
+    labels = tmp_path / "labels.txt"  # a missed box, so the page is drawn in the report
+    region = {"transcription": "x", "points": [[5, 5], [20, 5], [20, 9], [5, 9]]}
+    labels.write_text(label_line("doc.pdf#page=1", [region]))
+    code, _, err = cli("eval", "-w", constant_ckpt, "--data-dir", tmp_path, "--label-file", labels, "--device", "cpu",
+                       "--pdf-dpi", "144", "--report", tmp_path / "rep")
+    assert code == 0, err
+    drawn = cv2.imread(str(next((tmp_path / "rep" / "images").glob("*.jpg"))))
+    assert drawn.shape[:2] == (100, 200)  # 100 x 50 pt at 144 dpi, not at the default 200

@@ -157,7 +157,7 @@ def evaluate(
             display.print_tune(outcome, len(cache.maps), grids)
             out.update(outcome.as_dict(grids))
     if report is not None:
-        write_report(report, result, shown, workers)
+        write_report(report, result, shown, workers, pdf_dpi)
         console.print(f"Report: {report / 'index.html'} (errors per image in {report / 'errors.json'})")
     if json_out is not None:
         opt.write_json(json_out, out)

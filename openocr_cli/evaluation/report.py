@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from openocr_cli.data.images import ImageReadError, read_image
+from openocr_cli.data.pdf import DEFAULT_PDF_DPI
 from openocr_cli.engine.evaluator import EvalResult
 from openocr_cli.errors import UserError
 from openocr_cli.evaluation.details import ImageErrors, error_records
@@ -31,8 +32,10 @@ THUMB_WIDTH = 320
 DASH = 7
 
 
-def write_report(folder: Path, result: EvalResult, settings: Mapping[str, object], workers: int = 2) -> list[dict]:
-    """Write errors.json, images/ and index.html into `folder`; returns the errors.json entries."""
+def write_report(folder: Path, result: EvalResult, settings: Mapping[str, object], workers: int = 2,
+                 pdf_dpi: float = DEFAULT_PDF_DPI) -> list[dict]:
+    """Write errors.json, images/ and index.html into `folder`; returns the errors.json entries. PDF pages are
+    rendered at `pdf_dpi`, the run's, so the boxes line up."""
     records = error_records(result.scored)
     images_dir, thumbs_dir = folder / "images", folder / "images" / "thumbs"
     try:
@@ -46,7 +49,7 @@ def write_report(folder: Path, result: EvalResult, settings: Mapping[str, object
             from None
     by_key = {s.sample.key: s.sample.image for s in result.scored}
     names = _file_names(records)
-    jobs = [(r, by_key[r.image], images_dir / name, thumbs_dir / name) for r, name in zip(records, names)]
+    jobs = [(r, by_key[r.image], images_dir / name, thumbs_dir / name, pdf_dpi) for r, name in zip(records, names)]
     with ThreadPoolExecutor(max(1, workers)) as pool:
         notes = list(pool.map(lambda job: _draw_files(*job), jobs))
     page = _page(records, names, notes, result, settings)
@@ -64,10 +67,10 @@ def _file_names(records: Sequence[ImageErrors]) -> list[str]:
     return out
 
 
-def _canvas(path: Path, record: ImageErrors) -> tuple[np.ndarray, str]:
+def _canvas(path: Path, record: ImageErrors, pdf_dpi: float) -> tuple[np.ndarray, str]:
     """The image, or a grey canvas big enough for its polygons when it cannot be read."""
     try:
-        return read_image(str(path)), ""
+        return read_image(str(path), pdf_dpi), ""
     except ImageReadError:
         polys = record.matched + record.false_positives + record.missed + record.dont_care
         far = np.max([np.asarray(p).max(axis=0) for p in polys], axis=0) if polys else np.array([64, 64])
@@ -103,8 +106,8 @@ def draw(image: np.ndarray, record: ImageErrors) -> np.ndarray:
     return canvas
 
 
-def _draw_files(record: ImageErrors, source: Path, full: Path, thumb: Path) -> str:
-    image, note = _canvas(source, record)
+def _draw_files(record: ImageErrors, source: Path, full: Path, thumb: Path, pdf_dpi: float) -> str:
+    image, note = _canvas(source, record, pdf_dpi)
     drawn = draw(image, record)
     h, w = drawn.shape[:2]
     small = cv2.resize(drawn, (THUMB_WIDTH, max(1, round(h * THUMB_WIDTH / w))), interpolation=cv2.INTER_AREA) \
