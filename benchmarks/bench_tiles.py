@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+from bench_vs_openocr import timed  # one process, timed and measured (benchmarks/ is on sys.path)
 
 PY = sys.executable
 
@@ -52,17 +51,6 @@ def mosaics(folder: Path, count: int, rows: int, cols: int, seed: int) -> tuple[
     return label, rows * 384, cols * 512
 
 
-def run(cmd: list[str]) -> tuple[float, float]:
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, NO_PROGRESS="1", OPENOCR_DET_OFFLINE="1"))
-    output = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{output.decode(errors='replace')[-3000:]}")
-    return time.perf_counter() - start, usage.ru_maxrss / 1024
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, required=True, help="a trained checkpoint (exported to ONNX here)")
@@ -90,7 +78,7 @@ def main() -> None:
         rows_out = []
         for name, extra in configs.items():
             out = tmp / f"{len(rows_out)}.json"
-            wall, peak = run([*base, *extra, "--json", str(out)])
+            wall, peak = timed([*base, *extra, "--json", str(out)], tmp)
             rows_out.append({"config": name, "hmean": json.loads(out.read_text())["hmean"], "seconds": wall,
                              "peak_rss_mb": peak})
     print(f"{args.mosaics} mosaics of {h}x{w} ({rows}x{cols} renders of 384x512), {args.backend} backend, "

@@ -145,7 +145,8 @@ class OpenVinoBackend:
         self.device, self.precision, self.config = device, precision, config
         self._compiled: dict[Optional[tuple[int, ...]], tuple[object, object]] = {}  # shape (None: as read)
         self._seen: dict[tuple[int, ...], int] = {}
-        if not model.inputs[0].get_partial_shape().is_dynamic:
+        self._fixed_shape = not model.inputs[0].get_partial_shape().is_dynamic  # a file that fixes its input
+        if self._fixed_shape:
             self._compile(None)
 
     @classmethod
@@ -203,8 +204,8 @@ class OpenVinoBackend:
         return {shape: compiled for shape, (compiled, _) in self._compiled.items()}
 
     def _for_shape(self, shape: tuple[int, ...]) -> tuple[object, object]:
-        if None in self._compiled and not self.model.inputs[0].get_partial_shape().is_dynamic:
-            return self._compiled[None]  # a fixed-size file
+        if self._fixed_shape:
+            return self._compiled[None]
         if shape in self._compiled:
             return self._compiled[shape]
         seen = self._seen[shape] = self._seen.get(shape, 0) + 1
