@@ -99,6 +99,7 @@ COMMANDS = {
     "check-data": ("check_data", "check_data_command", {}),
     "convert": ("convert", "convert", {"no_args_is_help": True}),
     "benchmark": ("benchmark", "benchmark", {}),
+    "serve": ("serve", "serve", {}),
 }
 _registered: set[str] = set()
 

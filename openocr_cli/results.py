@@ -89,8 +89,7 @@ class Result:
 
     def to_json(self) -> list[dict]:
         """The boxes as det_results.txt holds them: integer points, score rounded to 6 decimals."""
-        return [{"points": np.asarray(d.points).astype(int).tolist(), "score": round(float(d.score), 6)}
-                for d in self.detections]
+        return detections_json(self.detections)
 
     def to_line(self) -> str:
         """This image's det_results.txt line, newline included."""
@@ -133,6 +132,12 @@ def _missing(name: str, why: str) -> np.ndarray:
 
 
 ImageResult = Result  # the engine's name for it
+
+
+def detections_json(detections: list[Detection]) -> list[dict]:
+    """Detections as det_results.txt (and `serve`) write them: integer points, score rounded to 6 decimals."""
+    return [{"points": np.asarray(d.points).astype(int).tolist(), "score": round(float(d.score), 6)}
+            for d in detections]
 
 
 def read_predictions(file: Path) -> dict[str, list[np.ndarray]]:

@@ -102,11 +102,18 @@ def read_image(path: str | Path, pdf_dpi: float = pdf.DEFAULT_PDF_DPI) -> np.nda
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as exc:
         raise ImageReadError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if data.size == 0:
-        raise ImageReadError(f"{path} is empty")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    return decode_image_bytes(data, text)
+
+
+def decode_image_bytes(data, name: str) -> np.ndarray:
+    """An image file's bytes (bytes or a uint8 array) -> BGR uint8, as read_image decodes the file: the
+    same picture sent to `serve` gives the same pixels, so the same boxes."""
+    buffer = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
+    if buffer.size == 0:
+        raise ImageReadError(f"{name} is empty")
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     if image is None or image.size == 0:
-        raise ImageReadError(f"{path} is not a decodable image")
+        raise ImageReadError(f"{name} is not a decodable image")
     return image
 
 
