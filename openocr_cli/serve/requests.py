@@ -81,12 +81,14 @@ def _read_json(body: bytes, params: dict[str, Any]) -> bytes:
         raise RequestError(400, f"the body is not valid JSON ({exc}); {USAGE}.") from None
     if not isinstance(document, dict):
         raise RequestError(422, f"the JSON body must be an object; {USAGE}.")
+    for key, value in document.items():
+        if key == IMAGE_FIELD:
+            raise RequestError(422, f"in a JSON body the image goes in `{BASE64_FIELD}`, base64-encoded.")
+        if key != BASE64_FIELD:
+            _put(params, key, value, "JSON key")
     text = document.get(BASE64_FIELD)
     if not isinstance(text, str):
         raise RequestError(422, f"the JSON body has no string `{BASE64_FIELD}`; {USAGE}.")
-    for key, value in document.items():
-        if key != BASE64_FIELD:
-            _put(params, key, value, "JSON key")
     if text.startswith("data:") and "," in text:  # a data: URL, as a browser's FileReader gives
         text = text.split(",", 1)[1]
     try:
@@ -97,7 +99,8 @@ def _read_json(body: bytes, params: dict[str, Any]) -> bytes:
 
 def _put(params: dict[str, Any], key: str, value: Any, where: str) -> None:
     if key not in PARAMS:
-        raise RequestError(422, f"unknown {where} {key!r}; the settings are {', '.join(PARAMS)}.")
+        never = " The server never fetches a URL: send the image itself." if "url" in key.lower() else ""
+        raise RequestError(422, f"unknown {where} {key!r}; the settings are {', '.join(PARAMS)}.{never}")
     if key in FLOAT_PARAMS:
         try:
             number = float(value)
@@ -121,13 +124,15 @@ def postprocess_for(base: DBPostProcess, params: dict[str, Any]) -> DBPostProces
         raise RequestError(422, f"{exc}.") from None
 
 
-def tiling_for(base: TileSettings, params: dict[str, Any]) -> Optional[TileSettings]:
-    """The request's tiling (its `tile`, else the server's --tile), keeping the server's overlap."""
+def tiling_for(base: TileSettings, server_overlap: Optional[int], params: dict[str, Any]) -> TileSettings:
+    """The request's tiling (its `tile`, else the server's --tile), with the server's --tile-overlap when it
+    fits the request's tile side, as `predict --tile N --tile-overlap M` would run."""
     if "tile" not in params:
         return base
     try:
         chosen = parse_tile(params["tile"])
     except UserError as exc:
         raise RequestError(422, str(exc).replace("--tile", "tile", 1)) from None
-    overlap = min(base.overlap, chosen.side // 2 - 1)
-    return TileSettings(chosen.mode, chosen.side, overlap)
+    if server_overlap is not None and server_overlap < chosen.side // 2:
+        return TileSettings(chosen.mode, chosen.side, server_overlap)
+    return chosen

@@ -7,6 +7,7 @@ SIGTERM / SIGINT drain: uvicorn stops accepting, finishes the requests in flight
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import signal
@@ -77,8 +78,11 @@ def _serve_many(config: uvicorn.Config, on_listening: Callable[[str], None]) -> 
 
     sock = _bind(config.host, config.port)
     on_listening(_url(config, sock))
+    # older uvicorn releases take the worker's target; newer ones build it from the config
+    takes_target = "target" in inspect.signature(Multiprocess).parameters
+    extra = {"target": uvicorn.Server(config).run} if takes_target else {}
     with _exit_quietly():
-        Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
+        Multiprocess(config, sockets=[sock], **extra).run()
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -100,7 +100,7 @@ class DetectionService:
         """The response body for one image."""
         start = time.perf_counter()
         post = postprocess_for(self.predictor.postprocess, request.params)
-        tiling = tiling_for(self.predictor.tile, request.params)
+        tiling = tiling_for(self.predictor.tile, self.detector.options.tile_overlap, request.params)
         loop = asyncio.get_running_loop()
         batcher = self.batcher
         batcher.expect()
