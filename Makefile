@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1
 PYTEST_ARGS ?=
 
-.PHONY: install lint test test-fast bench demo demo-run clean
+.PHONY: install browser lint test test-fast bench demo demo-run clean
 
 install: $(VENV)/.installed
 
@@ -17,6 +17,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
+# the page test of `serve` drives Debian's chromium (tests/test_serve_page.py); CI starts from a bare machine
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		$(SUDO) apt-get install -y -q chromium >/dev/null || \
+		{ $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; }
+
 # ruff, then the import contracts in pyproject.toml (layers, no cycles, rich/typer only in the command layer)
 lint: install
 	$(PY) -m ruff check .
@@ -24,11 +31,11 @@ lint: install
 
 # Tests that run OpenVINO in the test process get a pytest process of their own: on a CPU with AMX, a later
 # DataLoader with forked workers in the same process crashed it (SIGSEGV, only after OpenVINO had run).
-test: lint
+test: lint browser
 	$(PY) -m pytest -q -m "not openvino" $(PYTEST_ARGS)
 	$(PY) -m pytest -q -m openvino $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install browser
 	$(PY) -m pytest -q -m "not slow and not openvino" $(PYTEST_ARGS)
 	$(PY) -m pytest -q -m "openvino and not slow" $(PYTEST_ARGS)
 
