@@ -20,11 +20,11 @@ START_TIMEOUT_S = 120
 
 
 class Server:
-    def __init__(self, *args: str, env: Optional[dict] = None):
+    def __init__(self, *args: str, env: Optional[dict] = None, launcher: tuple[str, ...] = ("-m", "openocr_cli")):
         full_env = dict(os.environ, OPENOCR_DET_OFFLINE="1", COLUMNS="200")
         full_env.pop("OPENOCR_DET_API_KEY", None)
         full_env.update(env or {})
-        self.proc = subprocess.Popen([sys.executable, "-m", "openocr_cli", "serve", "--port", "0", *args],
+        self.proc = subprocess.Popen([sys.executable, *launcher, "serve", "--port", "0", *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env)
         self.lines: list[str] = []
         self.url: Optional[str] = None

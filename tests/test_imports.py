@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import label_line, write_image
 
-COMMANDS = ["download", "check-data", "train", "resume", "eval", "predict", "export", "convert", "benchmark"]
+COMMANDS = ["download", "check-data", "train", "resume", "eval", "predict", "export", "convert", "benchmark", "serve"]
 
 
 # A deployment machine with the lean install (README) has none of these.

@@ -274,6 +274,29 @@ def test_workers_share_the_port_and_metrics_add_up(model, pages):
         assert srv.stop() == 0
 
 
+@pytest.mark.slow
+def test_a_torch_checkpoint_serves_the_boxes_predict_gives(cli, tmp_path, random_ckpt, pages):
+    flags = ["--device", "cpu", "--thresh", "0.58", "--box-thresh", "0"]  # the random model's map, cut in blobs
+    expected = cli_boxes(cli, tmp_path, pages / "p1.png", "-w", str(random_ckpt), *flags)
+    assert expected
+    with Server("-w", str(random_ckpt), *flags) as srv:
+        status, _, body = srv.detect((pages / "p1.png").read_bytes())
+        assert status == 200 and body["detections"] == expected
+        assert srv.get("/v1/info")[2]["backend"] == "torch"
+        assert srv.stop() == 0
+
+
+def test_an_onnx_server_runs_on_the_lean_install_without_torch(model, pages):
+    from tests.test_imports import BLOCKER, TRAINING_ONLY
+
+    launch = (f"BLOCKED = {TRAINING_ONLY!r}\n{BLOCKER}import runpy\nsys.argv = ['openocr-det', *sys.argv[1:]]\n"
+              "runpy.run_module('openocr_cli', run_name='__main__')\n")
+    with Server("--onnx-model", str(model), launcher=("-c", launch)) as srv:
+        status, _, body = srv.detect((pages / "p0.png").read_bytes())
+        assert status == 200 and len(body["detections"]) == 4
+        assert srv.stop() == 0
+
+
 # -- start-up errors -------------------------------------------------------------------------------------
 def test_start_up_errors_are_one_clear_message(cli, tmp_path, model):
     code, _, err = cli("serve", "--onnx-model", tmp_path / "missing.onnx", "--port", "0")

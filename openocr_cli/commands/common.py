@@ -99,7 +99,7 @@ OnnxModel = Annotated[Optional[str], typer.Option(
 OpenVinoModel = Annotated[Optional[str], typer.Option(
     "--openvino-model",
     help="Detector for --backend openvino (implies it): an OpenVINO IR .xml (its .bin beside it, as `export "
-         "--format openvino` writes) or an .onnx file, run with OpenVINO (pip install 'openocr-det[openvino]').")]
+         "--format openvino` writes) or an .onnx file, run with OpenVINO (pip install 'openocr-det\\[openvino]').")]
 Threads = Annotated[Optional[int], typer.Option(
     "--threads", min=1,
     help="Threads per forward pass: onnxruntime's intra-op threads, OpenVINO's inference threads (CPU), or "

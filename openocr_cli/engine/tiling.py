@@ -65,8 +65,8 @@ def parse_tile(value, overlap: Optional[int] = None) -> TileSettings:
                             exit_code=2) from None
         if side < 64 or side % 32:
             raise UserError(f"--tile {side}: the tile side must be a multiple of 32, at least 64.", exit_code=2)
-        # small tiles get a smaller default overlap: it must stay under half the side
-        settings = TileSettings(mode="fixed", side=side, overlap=min(DEFAULT_OVERLAP, side // 4))
+        # tiles of 128 px and under get half their side as the default overlap (128 would leave no step)
+        settings = TileSettings(mode="fixed", side=side, overlap=min(DEFAULT_OVERLAP, side // 2))
     if overlap is not None:
         if overlap < 0 or overlap >= settings.side // 2:
             raise UserError(f"--tile-overlap {overlap}: use 0 to less than half the tile side ({settings.side}).",
