@@ -20,25 +20,17 @@ import cv2
 import numpy as np
 import pytest
 
+from tests import test_api
 from tests.serving import Server, multipart, rss_mb
-from tests.test_api import page
 from tests.test_onnx_backend import tiny_model
 
 pytest.importorskip("fastapi")
+pages = test_api.pages  # the API tests' fixture: three PNG pages and a JPEG with bright "words"
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
     return tiny_model(tmp_path_factory.mktemp("serve-model") / "bright.onnx")
-
-
-@pytest.fixture(scope="module")
-def pages(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("serve-pages")
-    for i in range(3):
-        cv2.imwrite(str(folder / f"p{i}.png"), page(i))
-    cv2.imwrite(str(folder / "p3.jpg"), page(3, 150, 300), [cv2.IMWRITE_JPEG_QUALITY, 90])
-    return folder
 
 
 @pytest.fixture(scope="module")

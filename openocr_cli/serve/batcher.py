@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -33,7 +33,6 @@ class _Job:
     future: Future
     tensor: Optional[np.ndarray] = None  # a CHW network input, or
     call: Optional[Callable[[], Any]] = None  # work that must own the backend (a tiled image)
-    queued: float = field(default_factory=time.perf_counter)
 
 
 class MicroBatcher:
@@ -68,10 +67,6 @@ class MicroBatcher:
     def submit_call(self, call: Callable[[], Any], expected: bool = True) -> Future:
         """A future of call(), run on the inference thread between batches (it may use the backend)."""
         return self._put(_Job(Future(), call=call), expected)
-
-    def pending(self) -> int:
-        with self._cv:
-            return len(self._jobs)
 
     def close(self) -> None:
         """Finish what was submitted, then stop the thread."""

@@ -65,7 +65,11 @@ class Gate:
         if declared is not None and declared > limit:
             await respond(send, too_large(declared, limit, self.service.limits.max_upload_mb))
             return
-        if self.service.draining or not self.service.admit():
+        if self.service.draining:
+            await respond(send, RequestError(503, "the server is shutting down; retry on another instance or after "
+                                                  "it restarts.", {"Retry-After": str(RETRY_AFTER_S)}))
+            return
+        if not self.service.admit():
             await respond(send, RequestError(503, f"the server is busy ({self.service.limits.max_queue} requests "
                                                   "queued, --max-queue); retry after the Retry-After seconds.",
                                              {"Retry-After": str(RETRY_AFTER_S)}))
