@@ -25,7 +25,8 @@ def convert(
     to: Annotated[str, typer.Option("--to", help=f"Format to write: {NAMES} (totaltext is read only).",
                                     show_default=False)],
     output: Annotated[Path, typer.Option(
-        "--output", help="File (ppocr, coco) or folder (icdar2015, labelme, --split) to write.",
+        "--output", help="File (ppocr, coco, labelstudio; rrc: a .zip) or folder (icdar2015, labelme, ppocrlabel, "
+                         "--split) to write.",
         show_default=False)],
     images_dir: Annotated[Optional[Path], typer.Option(
         "--images-dir", help="Folder of the images: image paths are relative to it; gives icdar2015/totaltext "
@@ -36,7 +37,7 @@ def convert(
         "--split", help="Train fraction: write OUT/train_label.txt and OUT/test_label.txt (needs --to ppocr).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the --split shuffle (same seed, same split).")] = 0,
     min_rect: Annotated[bool, typer.Option(
-        "--min-rect", help="icdar2015 output: write polygons that are not quads as their minimum-area rectangle.")
+        "--min-rect", help="icdar2015 and rrc output: write non-quad polygons as their minimum-area rectangle.")
     ] = False,
     skip_bad: Annotated[bool, typer.Option(
         "--skip-bad", help="Convert what is valid and report the bad entries, instead of writing nothing.")] = False,
@@ -44,7 +45,8 @@ def convert(
     check: Annotated[bool, typer.Option(
         "--check", help="Run check-data on the converted labels afterwards (exit 1 if it finds problems).")] = False,
 ) -> None:
-    """Convert text-detection labels between formats: ppocr, icdar2015, labelme, coco, totaltext (read only).
+    """Convert text-detection labels between formats: ppocr, icdar2015, labelme, coco, labelstudio, ppocrlabel, rrc \
+(ICDAR submission zip), totaltext (read only).
 
     Every region keeps its points (count, order, integer coordinates) and its do-not-care flag; images \
 without regions are kept. Bad entries are listed as file:line (or file: JSON path) and nothing is written, \
@@ -63,6 +65,8 @@ unless --skip-bad. The output is written to a temporary path and renamed into pl
 --output totaltext_train.txt
 
       openocr-det convert train_label.txt --from ppocr --to icdar2015 --min-rect --output gt/
+
+      openocr-det convert output/predict/det_results.txt --from ppocr --to rrc --min-rect --output submit.zip
     """
     request = Request(source=source, source_format=from_, target_format=to, output=output, images_dir=images_dir,
                       image_prefix=image_prefix, split=split, seed=seed, min_rect=min_rect, skip_bad=skip_bad,
@@ -87,6 +91,11 @@ def _print(summary: Summary, request: Request) -> None:
     if summary.unknown_sizes:
         warn(f"the size of {summary.unknown_sizes} image(s) is unknown and was not written "
              "(pass the image folder with --images-dir).")
+    if summary.predicted and request.target_format.strip().lower() == "icdar2015":
+        warn(f"{escape(str(request.source))} holds predictions (scores, no transcriptions): icdar2015 is the "
+             "ground-truth format, so each box was written as gt_<image>.txt with an empty transcription (a region "
+             "to care about whose text is unknown). To score predictions with the official ICDAR script or submit "
+             "them, convert with --to rrc (submit.zip of res_<image>.txt, 8 integers a line).")
     rows = [("images", len(summary.images)), ("regions", summary.regions), ("ignored regions", summary.ignored),
             ("skipped entries", len(summary.skipped))]
     rows += [(f"written: {escape(str(path))}", count) for _, path, count in summary.parts]

@@ -58,6 +58,11 @@ class Summary:
     def ignored(self) -> int:
         return sum(r.ignore for image in self.images for r in image.regions)
 
+    @property
+    def predicted(self) -> int:
+        """Regions with a detector score: the source holds predictions (det_results.txt), not labels."""
+        return sum(r.score is not None for image in self.images for r in image.regions)
+
 
 def convert_labels(request: Request) -> Summary:
     source_format = get_format(request.source_format, "--from")
@@ -173,7 +178,7 @@ def split_images(images: list[ImageLabels], ratio: float, seed: int) -> tuple[li
 
 def _write(request: Request, target: Format, summary: Summary) -> None:
     output = request.output
-    options = WriteOptions(request.min_rect)
+    options = WriteOptions(request.min_rect, image_root=summary.root if not request.image_prefix else None)
     images = [_prefixed(image, request.image_prefix) for image in summary.images]
     try:
         output.parent.mkdir(parents=True, exist_ok=True)

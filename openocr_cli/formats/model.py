@@ -25,11 +25,13 @@ DEFAULT_IMAGE_SUFFIX = ".jpg"
 
 @dataclass
 class Region:
-    """One text region: its polygon as written, its transcription and whether it is "do not care"."""
+    """One text region: its polygon as written, its transcription, whether it is "do not care" and, for
+    predictions (det_results.txt, Label Studio predictions), the detector's score."""
 
     points: list[list[Number]]
     text: str = ""
     ignore: bool = False
+    score: Optional[float] = None
 
     @property
     def label(self) -> str:
@@ -71,6 +73,7 @@ class Dataset:
 @dataclass(frozen=True)
 class WriteOptions:
     min_rect: bool = False
+    image_root: Optional[Path] = None  # where the images are (formats that link them into their output)
 
 
 Reader = Callable[[Path, Optional[Path]], Dataset]

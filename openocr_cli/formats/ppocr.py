@@ -41,7 +41,9 @@ def parse_line(raw: str, where: str) -> ImageLabels:
     for region in json.loads(annotation):
         text = region.get("transcription", "")
         text = "" if text is None else str(text)
-        regions.append(Region([list(p) for p in region["points"]], text, is_ignore_text(text)))
+        score = region.get("score")  # det_results.txt (predictions) carries one
+        score = float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None
+        regions.append(Region([list(p) for p in region["points"]], text, is_ignore_text(text), score))
     return ImageLabels(key, regions, source=where)
 
 
