@@ -45,6 +45,33 @@ def progress(transient: bool = False) -> Progress:
     )
 
 
+class _RateColumn(TextColumn):
+    """images/s over rich's recent window (blank until measured)."""
+
+    def __init__(self) -> None:
+        super().__init__("")
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:.1f} img/s")
+
+
+def rate_progress() -> Progress:
+    """progress() with images/s: for long inference runs (predict), whose total may be set once counted."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=bool(os.environ.get("OPENOCR_DET_NO_PROGRESS")),
+    )
+
+
 class DownloadBar:
     """The download bar on stderr (hub's DownloadProgress): the file name, bytes, speed and eta.
 
