@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import os
+import time
 from pathlib import Path
 from typing import Annotated
 
-import cv2
 import typer
 
 from openocr_cli.commands import common as opt
-from openocr_cli.data.images import collect_images
-from openocr_cli.data.pdf import split_page_ref
+from openocr_cli.commands import predict_extras as pre
+from openocr_cli.commands import predict_scale as large
 from openocr_cli.data.resize import target_size
 from openocr_cli.engine.tiling import shrunk_text, text_heights
 from openocr_cli.errors import UserError
 from openocr_cli.results import StageTimes
-from openocr_cli.ui import console, err_console, progress, table, warn
+from openocr_cli.ui import console, err_console, rate_progress, table, warn
 
 RESULTS_NAME = "det_results.txt"
 TILED_NAME = "tiled.json"  # {image: how many tiles and why}, written when any image ran as tiles
@@ -53,6 +52,14 @@ def predict(
     pdf_dpi: opt.PdfDpi = opt.DEFAULT_PDF_DPI,
     tile: opt.Tile = None,
     tile_overlap: opt.TileOverlap = None,
+    save_format: pre.SaveFormat = None,
+    min_rect: pre.MinRect = False,
+    select_uncertain: pre.SelectUncertain = None,
+    output_format: large.FormatOpt = large.OutputFormat.txt,
+    resume: large.Resume = False,
+    overwrite: large.Overwrite = False,
+    shard: large.ShardOpt = None,
+    devices: large.DevicesOpt = None,
 ) -> None:
     """Detect text regions in images and PDF pages.
 
@@ -72,50 +79,59 @@ a warning and listed at the end (exit 1).
       openocr-det predict ./imgs --openvino-model det_model.xml --device cpu --threads 2
 
       openocr-det predict report.pdf --pdf-dpi 150
+
+      openocr-det predict /data/scans --onnx-model det.onnx --format jsonl --shard 3/8 --resume --output out/3
+
+      openocr-det predict /data/scans -w best.pth --devices cuda:0,cuda:1 --no-vis --resume
     """
-    from openocr_cli.api.detector import Detector
+    if (save_format or select_uncertain) and (resume or devices):
+        raise UserError("--save-format and --select-uncertain see only the images this process runs, so they do not "
+                        "combine with --resume or --devices; convert the finished results instead (`openocr-det "
+                        "convert det_results.txt --from ppocr --to labelme ...`).", exit_code=2)
+    run = large.LargeRun(sources=sources, recursive=recursive, output=output, vis=not no_vis,
+                         fmt=output_format.value, resume=resume, overwrite=overwrite, shard=shard, devices=devices,
+                         options=opt.inference_options(locals()))
+    with run:
+        _predict(run, output, tile, pre.PredictExtras(output, save_format, min_rect, select_uncertain, run.detector)
+                 if run.detector is not None else None)
 
-    paths = collect_images(sources, recursive)
-    detector = Detector.from_options(opt.inference_options(locals()))
-    vis_dir = output / "vis"
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        if not no_vis:
-            vis_dir.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create output folder {output}: {exc.strerror}. Choose another --output.") from None
 
+def _predict(run: large.LargeRun, output: Path, tile, extras) -> None:
+    """Run what is left of `run`, writing each result as it comes, then the summary."""
     failures: list[str] = []
     boxes = 0
     times = StageTimes()
-    vis_names: set[str] = set()
     tiled: dict[str, str] = {}
-    shrunk: list[str] = []  # images the resize shrank so far that most text found is under 8 px (--tile off)
-    # line-buffered: each image's line is in the file as soon as the image is done
-    with open(output / RESULTS_NAME, "w", encoding="utf-8", buffering=1) as results, progress() as bar:
-        task = bar.add_task("predict", total=len(paths))
-        for result in detector.stream(paths, keep_images=not no_vis, on_error="skip"):
-            bar.advance(task)
+    start = time.perf_counter()
+    shrunk, first_shrunk = 0, ""  # images the resize shrank so far that most text found is under 8 px (--tile off)
+    with rate_progress() as bar:
+        task = bar.add_task("predict", total=run.total)
+        for result, drawing in run.stream(keep_maps=extras is not None and extras.needs_maps):
+            run.writer.write(result, drawing)
+            bar.update(task, advance=1, total=run.total)
             times += result.times
             if result.error is not None:
                 warn(f"skipped {result.error}")
                 failures.append(result.error)
                 continue
-            results.write(result.to_line())
+            if extras is not None:
+                extras.add(result)
             boxes += len(result.detections)
-            if not detector.predictor.tile.enabled and result.src_hw is not None and shrunk_text(
-                    result.src_hw, target_size(*result.src_hw, detector.predictor.resize),
-                    text_heights(result.polygons)):
-                shrunk.append(result.name)
+            if not run.tile_enabled and result.src_hw is not None and shrunk_text(
+                    result.src_hw, target_size(*result.src_hw, run.resize), text_heights(result.polygons)):
+                shrunk, first_shrunk = shrunk + 1, first_shrunk or result.name
             if result.tiling is not None:
                 tiled[result.name] = result.tiling
                 err_console.print(f"tiled {result.name}: {result.tiling}", markup=False)
-            if not no_vis:
-                _save_vis(vis_dir, result.path, result.plot(), vis_names)
-
+    run.finish(times.images, len(failures))
+    if extras is not None:
+        extras.finish()
     ms = times.ms_per_image()
     console.print(table("predict", ["metric", "value"], [
         ("images", times.images),
+        *([("already recorded (skipped)", run.skipped)] if run.resuming else []),
+        *([("shard", f"{run.shard}: {run.files} of the input files")] if run.shard is not None else []),
+        ("images/s", f"{(times.images + len(failures)) / max(time.perf_counter() - start, 1e-9):.1f}"),
         *([("tiled images", len(tiled))] if tile is not None and tile != "off" else []),
         ("boxes", boxes),
         ("preprocess ms/img", f"{ms['preprocess']:.1f}"),
@@ -125,28 +141,9 @@ a warning and listed at the end (exit 1).
     if tiled:
         opt.write_json(output / TILED_NAME, tiled)
     if shrunk:
-        warn(f"{len(shrunk)} image(s) were shrunk so far by the resize that most text found is under 8 px "
-             f"(first: {shrunk[0]}); small text in them was probably missed. Pass --tile auto to run such images "
+        warn(f"{shrunk} image(s) were shrunk so far by the resize that most text found is under 8 px "
+             f"(first: {first_shrunk}); small text in them was probably missed. Pass --tile auto to run such images "
              "as tiles at their own resolution.")
     console.print(f"Results saved to {output}")
-    opt.report_unreadable(failures)
+    opt.report_unreadable(run.recorded.errors + failures)
 
-
-def _save_vis(folder: Path, path: str, image, used: set[str]) -> None:
-    """Save under the image's base name (page N of doc.pdf as doc_pN.png); a clash gets a numeric suffix,
-    undecodable formats become PNG."""
-    page = split_page_ref(path)
-    stem, ext = os.path.splitext(os.path.basename(page[0] if page else path))
-    if page:
-        stem = f"{stem}_p{page[1]}"
-    if ext.lower() not in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"):
-        ext = ".png"
-    name, n = f"{stem}{ext}", 1
-    while name in used:
-        name, n = f"{stem}_{n}{ext}", n + 1
-    used.add(name)
-    ok, buf = cv2.imencode(ext, image)
-    if ok:
-        buf.tofile(str(folder / name))
-    else:
-        warn(f"could not encode the drawn image for {path}")
