@@ -43,8 +43,9 @@ TRAIN_FLAGS: dict[str, tuple[str, ...]] = {
 # experiment trackers (`--log NAME`, repeatable) -> the config key that turns each on (engine.tracking)
 TRACKERS: dict[str, str] = {"tensorboard": "Global.use_tensorboard", "mlflow": "Global.use_mlflow"}
 TRAIN_FLAGS["log"] = tuple(TRACKERS.values())
-# what may change when a run is resumed: nothing that would make it a different run (a tracker may be added)
-RESUME_FLAGS = ("epochs", "device", "workers", "eval_every", "save_every", "patience", "min_delta", "log")
+# what may change when a run is resumed: nothing that would make it a different run (a tracker may be added; the
+# decode cache gives bit-identical samples, so it may be switched too)
+RESUME_FLAGS = ("epochs", "device", "workers", "eval_every", "save_every", "patience", "min_delta", "log", "cache")
 _KEEP = object()  # a flag's value that leaves its key as the config has it
 
 

@@ -117,6 +117,26 @@ def test_resume_is_exact(tmp_path, synth, workers):
     assert second.state.best["hmean"] == pytest.approx(straight.state.best["hmean"])
 
 
+def test_resume_may_switch_the_decode_cache_and_stays_exact(tmp_path, synth, monkeypatch):
+    """The cache gives bit-identical samples, so `resume --cache disk` continues the same run exactly."""
+    from openocr_cli.api import training
+
+    monkeypatch.setenv("OPENOCR_DET_HOME", str(tmp_path / "home"))
+    straight = Trainer(small_settings(synth, tmp_path / "straight"), load_run_data(
+        small_settings(synth, tmp_path / "straight"), skip_bad=False), torch.device("cpu"))
+    straight.train()
+    split = small_settings(synth, tmp_path / "split")
+    Trainer(split, load_run_data(split, skip_bad=False), torch.device("cpu")).train(stop_after=4)
+    job = training.plan_resume(tmp_path / "split", cache="disk")
+    assert job.settings.cache == "disk" and split.cache == "none"
+    result = training.resume(tmp_path / "split", cache="disk")
+    assert result.global_step == 6
+    assert "decode cache disk at" in (tmp_path / "split" / "train.log").read_text()
+    a = straight.model.state_dict()
+    b = torch.load(tmp_path / "split" / "latest.pth", weights_only=True)["state_dict"]
+    assert max(float((a[k].double() - b[k].double()).abs().max()) for k in a) <= 1e-6
+
+
 def test_ctrl_c_saves_and_resume_finishes(tmp_path, synth):
     out = tmp_path / "run"
     env = dict(os.environ, OPENOCR_DET_OFFLINE="1", COLUMNS="200")

@@ -121,13 +121,13 @@ def plan_train(*, config: Optional[PathLike] = None, overrides: Overrides = None
 def plan_resume(target: Optional[PathLike] = None, *, epochs: Optional[int] = None, device: Optional[str] = None,
                 workers: Optional[int] = None, eval_every: Optional[int] = None, save_every: Optional[int] = None,
                 patience: Optional[int] = None, min_delta: Optional[float] = None,
-                log: Union[str, Sequence[str], None] = None) -> TrainJob:
+                log: Union[str, Sequence[str], None] = None, cache: Optional[str] = None) -> TrainJob:
     """The run in `target` (a run folder or its latest.pth; None: the newest under ./output), with only the
     settings that keep it the same run changed (settings.RESUME_FLAGS); `log` adds experiment trackers."""
     path = find_checkpoint(Path(target) if target is not None else None)
     ckpt = read_resumable(path)
     changes = {"epochs": epochs, "device": device, "workers": workers, "eval_every": eval_every,
-               "save_every": save_every, "patience": patience, "min_delta": min_delta, "log": log}
+               "save_every": save_every, "patience": patience, "min_delta": min_delta, "log": log, "cache": cache}
     cfg = apply_flags(ckpt["config"], output=path.parent, **changes)
     settings = TrainSettings.from_config(cfg)
     _require_trackers(settings)
@@ -232,16 +232,17 @@ def train(data_dir: Optional[PathLike] = None, train_label: Optional[Paths] = No
 def resume(target: Optional[PathLike] = None, *, epochs: Optional[int] = None, device: Optional[str] = None,
            workers: Optional[int] = None, eval_every: Optional[int] = None, save_every: Optional[int] = None,
            patience: Optional[int] = None, min_delta: Optional[float] = None, progress: bool = False,
-           callbacks: Sequence[Callback] = (), log: Union[str, Sequence[str], None] = None) -> TrainResult:
+           callbacks: Sequence[Callback] = (), log: Union[str, Sequence[str], None] = None,
+           cache: Optional[str] = None) -> TrainResult:
     """Continue a stopped run exactly where it stopped, as `openocr-det resume` does.
 
     `target` is the run folder or its latest.pth (None: the newest run under ./output). Only `epochs`,
-    `device`, `workers`, `eval_every`, `save_every`, `patience` and `min_delta` may change, and `log` may add
+    `device`, `workers`, `eval_every`, `save_every`, `patience`, `min_delta` and `cache` may change, and `log` may add
     a tracker (the run's own trackers go on logging to the same records). A run that had already finished
     returns at once with `already_finished` set.
     """
     job = plan_resume(target, epochs=epochs, device=device, workers=workers, eval_every=eval_every,
-                      save_every=save_every, patience=patience, min_delta=min_delta, log=log)
+                      save_every=save_every, patience=patience, min_delta=min_delta, log=log, cache=cache)
     return run_job(job, callbacks, progress)
 
 

@@ -94,10 +94,7 @@ def train(
     log: LogOpt = None,
     scale_lr: Annotated[bool, typer.Option(
         "--scale-lr", help="Multiply the learning rate by the number of processes (config: Global.scale_lr).")] = False,
-    cache: Annotated[Optional[str], typer.Option(
-        "--cache", help="Decode cache for the training images: none, ram (decoded once into memory, size checked) or "
-        "disk (.npy files in the user cache, read memory-mapped) (config: Train.dataset.cache; default none).")
-    ] = None,
+    cache: CacheOpt = None,
     gpus: GpusOpt = None,
     nproc_per_node: NprocOpt = None,
     nnodes: NnodesOpt = 1,
@@ -243,6 +240,11 @@ def _summary(result: TrainResult) -> None:
 
 # ---------------------------------------------------------------------------------- resume
 
+CacheOpt = Annotated[Optional[str], typer.Option(
+    "--cache", help="Decode cache for the training images: none, ram (decoded once into memory, size checked) or "
+    "disk (.npy files in the user cache, read memory-mapped) (config: Train.dataset.cache; default none). The samples "
+    "are bit-identical either way, so resume may switch it.")]
+
 UNSAFE_ON_RESUME = {
     "--lr": "the learning rate", "--batch-size": "the batch size", "--seed": "the seed", "--config": "the config",
     "--override": "config values", "--data-dir": "the data", "--train-label": "the data", "--weights": "the weights",
@@ -276,6 +278,7 @@ def resume(
     patience: PatienceOpt = None,
     min_delta: MinDeltaOpt = None,
     log: LogOpt = None,
+    cache: CacheOpt = None,
     gpus: GpusOpt = None,
     nproc_per_node: NprocOpt = None,
     nnodes: NnodesOpt = 1,
@@ -298,8 +301,8 @@ def resume(
 
     Restores model, optimizer, scheduler, AMP scaler, epoch, iteration, RNG states, sampler position and best \
 metric. Also resumes OpenOCR's own latest.pth (at the next epoch, as OpenOCR does). Only --epochs, --device, \
---workers, --eval-every, --save-every, --patience and --min-delta may change, and --log may add a tracker (the \
-run's own go on logging to the same TensorBoard folder and MLflow run); a run that stopped early \
+--workers, --eval-every, --save-every, --patience, --min-delta and --cache may change, and --log may add a \
+tracker (the run's own go on logging to the same TensorBoard folder and MLflow run); a run that stopped early \
 continues when --patience allows it.
 
     Examples:
@@ -318,7 +321,7 @@ continues when --patience allows it.
                                    rdzv_endpoint, device)
     quiet_unless_main(ddp.role_from_env().is_main)
     changes = {"epochs": epochs, "device": device, "workers": workers, "eval_every": eval_every,
-               "save_every": save_every, "patience": patience, "min_delta": min_delta, "log": log}
+               "save_every": save_every, "patience": patience, "min_delta": min_delta, "log": log, "cache": cache}
     screen = _screen()
     if plan is not None:
         job = training.plan_resume(target, **changes)
