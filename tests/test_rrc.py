@@ -54,18 +54,16 @@ def scored(tmp_path_factory):
     return root, images, model
 
 
-def run(*args, cwd=None):
-    from tests.conftest import run_cli
-
-    done = run_cli(*map(str, args), cwd=cwd)
-    assert done.returncode == 0, done.stderr
-    return done
+def run(cli, *args):
+    code, out, err = cli(*args)
+    assert code == 0, err
+    return out
 
 
-def test_submission_follows_the_official_format_rules(scored, tmp_path):
+def test_submission_follows_the_official_format_rules(scored, tmp_path, cli):
     root, images, model = scored
     out = tmp_path / "out"
-    run("predict", images, "--onnx-model", model, "--device", "cpu", "--no-vis", "--output", out,
+    run(cli, "predict", images, "--onnx-model", model, "--device", "cpu", "--no-vis", "--output", out,
         "--save-format", "rrc")
     with zipfile.ZipFile(out / "submit.zip") as archive:
         names = archive.namelist()
@@ -91,7 +89,7 @@ def test_submission_follows_the_official_format_rules(scored, tmp_path):
 def test_convert_to_rrc_from_det_results_and_back(scored, tmp_path, cli):
     root, images, model = scored
     out = tmp_path / "out"
-    run("predict", images, "--onnx-model", model, "--device", "cpu", "--no-vis", "--output", out,
+    run(cli, "predict", images, "--onnx-model", model, "--device", "cpu", "--no-vis", "--output", out,
         "--box-type", "poly")
     code, _, err = cli("convert", out / "det_results.txt", "--from", "ppocr", "--to", "rrc",
                        "--output", tmp_path / "s.zip")
@@ -122,7 +120,7 @@ def test_icdar2015_from_predictions_is_ground_truth_and_says_so(scored, tmp_path
     care about; the command points at --to rrc for a submission."""
     root, images, model = scored
     out = tmp_path / "out"
-    run("predict", images, "--onnx-model", model, "--device", "cpu", "--no-vis", "--output", out)
+    run(cli, "predict", images, "--onnx-model", model, "--device", "cpu", "--no-vis", "--output", out)
     code, outs, err = cli("convert", out / "det_results.txt", "--from", "ppocr", "--to", "icdar2015",
                           "--output", tmp_path / "gt")
     assert code == 0, err
@@ -172,7 +170,7 @@ def official(gt_zip: Path, submit_zip: Path) -> dict:
 def test_official_script_scores_our_submission_as_eval_does(scored, tmp_path, cli):
     root, images, model = scored
     out = tmp_path / "out"
-    run("predict", images, "--onnx-model", model, "--device", "cpu", "--no-vis", "--output", out,
+    run(cli, "predict", images, "--onnx-model", model, "--device", "cpu", "--no-vis", "--output", out,
         "--save-format", "rrc")
     # ground truth that disagrees with the predictions in every way the metric counts: the first box of each image
     # is not in it (a false positive), the second is "do not care", and one more word was missed
