@@ -143,8 +143,8 @@ class LargeRun:
             if self.recorded.torn_bytes:
                 warn(f"removed a torn last line ({self.recorded.torn_bytes} bytes) from {self.results_path}; its "
                      "image runs again.")
+        runs.write_run(self.output, self.record)  # before the results file is opened (a fresh run empties it)
         self.writer = runs.ResultWriter(self.output, self.fmt, vis, append=self.resuming, names=names)
-        runs.write_run(self.output, self.record)
         self.skipped = 0
         self._counted: list[int] = []
         if self.files is None:  # the ETA's total, counted while the first images run
