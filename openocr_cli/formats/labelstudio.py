@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import posixpath
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -111,7 +112,7 @@ def write(images: list[ImageLabels], target: Path, options: WriteOptions) -> Non
 def image_path(value: str) -> str:
     """data.image -> the image path: Label Studio's local-files URL gives its `d` parameter back."""
     if value.startswith(LOCAL_FILES):
-        return unquote(value[len(LOCAL_FILES):])
+        return posixpath.normpath(unquote(value[len(LOCAL_FILES):]).replace("\\", "/"))
     return value.replace("\\", "/")
 
 
