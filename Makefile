@@ -54,6 +54,7 @@ bench: install
 	$(PY) benchmarks/bench_train.py $(WITH_OPENOCR)
 	$(PY) benchmarks/bench_tune.py
 	$(PY) benchmarks/bench_serve.py
+	$(PY) benchmarks/bench_predict_scale.py
 
 # Offline demo: generate a synthetic text set, train from scratch on CPU, evaluate, predict.
 DEMO ?= demo
