@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from tests.test_api import page
@@ -147,7 +148,7 @@ def test_resume_with_other_settings_or_model_is_refused(cli, tmp_path, folder, m
 def test_unfinished_runs_are_not_replaced_by_accident(cli, tmp_path, folder, model):
     out = tmp_path / "out"
     proc = spawn(args(folder, model, out, "--no-vis"))
-    kill_when(proc, out / "det_results.txt", 500)
+    kill_when(proc, out / "det_results.txt", 1)
     assert json.loads((out / "run.json").read_text())["status"] == "running"
     code, _, err = cli(*args(folder, model, out, "--no-vis"))
     assert code == 2 and "did not finish" in err and "--resume" in err and "--overwrite" in err
@@ -174,3 +175,25 @@ def test_a_damaged_line_before_the_last_is_refused(cli, tmp_path, folder, model)
     (out / "det_results.txt").write_bytes(b"".join(lines[:3]) + b"no tab here\n" + b"".join(lines[3:10]))
     code, _, err = cli(*args(folder, model, out, "--no-vis"), "--resume")
     assert code == 1 and "det_results.txt:4" in err and "Traceback" not in err
+
+
+def test_devices_run_killed_then_resumed_equals_one_process(cli, tmp_path, model):
+    small = tmp_path / "small"  # 600 tiny images: the run lasts long enough to be killed half way
+    small.mkdir()
+    for i in range(600):
+        image = np.full((16, 24, 3), 20, np.uint8)
+        image[4:12, 2 + i % 8:20] = 240
+        cv2.imwrite(str(small / f"s{i:03d}.png"), image)
+    code, _, err = cli(*args(small, model, tmp_path / "ref", "--no-vis", "--batch-size", "2"))
+    assert code == 0, err
+    reference = (tmp_path / "ref" / "det_results.txt").read_bytes()
+    out = tmp_path / "out"
+    argv = [a for a in args(small, model, out, "--no-vis", "--batch-size", "2") if a not in ("--device", "cpu")]
+    proc = spawn([*argv, "--devices", "cpu,cpu"])
+    kill_when(proc, out / "det_results.txt", len(reference) // 3)
+    partial = (out / "det_results.txt").read_bytes()
+    assert 0 < len(partial) < len(reference) and proc.returncode == -signal.SIGKILL
+    assert reference.startswith(partial.rpartition(b"\n")[0])  # the parent writes in input order
+    code, _, err = cli(*argv, "--devices", "cpu,cpu", "--resume")
+    assert code == 0, err
+    assert (out / "det_results.txt").read_bytes() == reference
