@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from itertools import count
 from pathlib import Path
 
@@ -265,3 +267,35 @@ def test_skipped_steps_and_previews_reach_every_tracker(tmp_path):
     recorder.on_eval(trainer, report)
     assert recorder.seen[-1] == (2, "eval_images/0", "big", (360, 640, 3))  # drawn, RGB, at most 640 px
     assert recorder.seen[-2][1]["eval/hmean"] == 1.0 and recorder.seen[-2][1]["eval/fps"] == 0.0
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_the_mlflow_run_killed_and_resume_finishes_the_same_run(synth, tmp_path, local_mlflow):
+    out = tmp_path / "run"
+    overrides = [arg for item in SMALL for arg in ("-o", item)]
+    common = ["--device", "cpu", "--workers", "0"]
+    env = dict(os.environ, OPENOCR_DET_OFFLINE="1", COLUMNS="200")
+    proc = subprocess.Popen([sys.executable, "-m", "openocr_cli", "train", "--data-dir", str(synth.data_dir),
+                             "--train-label", str(synth.train_label), "--eval-label", str(synth.test_label),
+                             "--weights", "none", "--output", str(out), "--epochs", "50", "--batch-size", "4",
+                             "--log", "mlflow", *common, *overrides], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        metrics = out / "metrics.jsonl"
+        if metrics.exists() and '"global_step": 2' in metrics.read_text():
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    client = mlflow_client(local_mlflow)
+    killed = only_run(client)
+    assert killed.info.status == "KILLED"
+
+    res = subprocess.run([sys.executable, "-m", "openocr_cli", "resume", str(out), "--epochs", "2"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    resumed = only_run(client)  # the same run, not a second one
+    assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
+    assert max(steps(client, resumed.info.run_id, "train/loss")) >= 4
