@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -144,3 +145,21 @@ def test_memory_stays_flat_over_thousands_of_files(tmp_path, model):
         rss[count] = usage.ru_maxrss / 1024  # MB
         assert len((tmp_path / f"o{count}" / "det_results.jsonl").read_text().splitlines()) == count
     assert rss[4000] - rss[400] < 8, rss
+
+
+def test_progress_shows_images_per_second_and_eta():
+    from rich.progress import TimeRemainingColumn
+
+    from openocr_cli.ui import _RateColumn, rate_progress
+
+    bar = rate_progress()
+    task_id = bar.add_task("predict", total=None)
+    assert any(isinstance(c, _RateColumn) for c in bar.columns)
+    assert any(isinstance(c, TimeRemainingColumn) for c in bar.columns)
+    bar.update(task_id, total=100)  # the total arrives once counted
+    for _ in range(5):
+        bar.advance(task_id)
+        time.sleep(0.01)
+    task = bar.tasks[0]
+    rate = next(c for c in bar.columns if isinstance(c, _RateColumn)).render(task).plain
+    assert rate.endswith("img/s") and float(rate.split()[0]) > 0 and task.total == 100

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from openocr_cli.config import override_texts
-from openocr_cli.data.images import collect_images
+from openocr_cli.data.listing import check_sources, expand_pages, iter_files
 from openocr_cli.data.pdf import DEFAULT_PDF_DPI
 from openocr_cli.data.pixels import is_pil_image
 from openocr_cli.engine.evaluator import EvalResult, evaluate_model
@@ -225,9 +225,10 @@ def _expand(source: Any, recursive: bool, strict: bool = True) -> Iterator[Any]:
         yield text
         return
     try:  # the command line's own expansion: a file as is, a folder's images sorted, a glob's matches
-        yield from collect_images([text], recursive)
+        check_sources([text], recursive)
     except UserError as exc:  # missing, an empty folder, a glob matching nothing
         raise MissingFileError(str(exc)) from None
+    yield from expand_pages(iter_files([text], recursive))  # listed lazily (data/listing.py)
 
 
 def _progress_reporter(progress: Progress, total: Optional[int]) -> Callable[[Optional[int]], None]:
