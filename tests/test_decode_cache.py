@@ -81,9 +81,10 @@ def test_disk_hit_miss_and_a_touched_file_is_decoded_again(synth, tmp_path):
     assert (cache.hits, cache.misses) == (1, 2)
     np.testing.assert_array_equal(third, cv2.imread(str(image)))
     assert not np.array_equal(third, first)
-    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 2
+    assert [p.name for p in (tmp_path / "cache").rglob("*.npy")] != [files[0].name]  # the old version's entry
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 1  # was deleted when the new one was stored
 
-    # a new process (a fresh cache object) finds both decoded images
+    # a new process (a fresh cache object) finds the decoded image
     again = DecodeCache("disk", plain_decode, folder=tmp_path / "cache")
     np.testing.assert_array_equal(again.image(image), third)
     assert (again.hits, again.misses) == (1, 0)

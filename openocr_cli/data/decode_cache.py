@@ -5,12 +5,12 @@ Training reads every image once per epoch for hundreds of epochs; decoding is th
 - `none`: every read decodes the file (the default).
 - `disk`: each decoded image is an uncompressed `.npy` file in a cache folder (default: `decoded/` in
   openocr-det's user cache folder, $OPENOCR_DET_HOME if set, shared by every run, check-data and
-  bench_data.py), named by a hash of the image's absolute path, size, mtime_ns, the decode flags and
-  the OpenCV version: an image that changes (or a different decoder) gets a new entry; the old one
-  stays until the folder is deleted. Files are written atomically (a reader never sees half of one)
-  and read memory-mapped, so the OS page cache serves them to every DataLoader worker and rank
-  without copies. A file that cannot be read back as the array it should hold (truncated, a broken
-  header) is decoded again and rewritten.
+  bench_data.py), named by a hash of the image's absolute path, the decode flags and the OpenCV version,
+  then a hash of its size and mtime_ns: an image that changes gets a new entry, and storing it deletes the
+  entries of that image's earlier versions, so the folder does not grow with edits. Files are written
+  atomically (a reader never sees half of one) and read memory-mapped, so the OS page cache serves them
+  to every DataLoader worker and rank without copies. A file that cannot be read back as the array it
+  should hold (truncated, a broken header) is decoded again and rewritten.
 - `ram`: every image decoded into this process before the DataLoader starts its workers, which
   share the arrays copy-on-write (fork). The size is checked first against the available memory
   and the cache refused with the numbers when it does not fit. Where workers are not forked
@@ -94,6 +94,9 @@ def available_memory() -> int:
 def _gb(size: float) -> str:
     """Bytes as GB, or MB below 1 GB."""
     return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+
+
+VERSION_MARK = "-"  # entry names: <image hash>-<size+mtime hash>.npy
 
 
 @dataclass
@@ -215,10 +218,10 @@ class DecodeCache:
             st = os.stat(key)
         except OSError:
             return None
-        name = f"{key}\0{st.st_size}\0{st.st_mtime_ns}\0{self.flags}\0{cv2.__version__}"
-        digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()
+        source = hashlib.sha1(f"{key}\0{self.flags}\0{cv2.__version__}".encode("utf-8", "surrogateescape"))
+        version = hashlib.sha1(f"{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:16]
         assert self.folder is not None
-        return self.folder / digest[:2] / f"{digest}.npy"
+        return self.folder / source.hexdigest()[:2] / f"{source.hexdigest()}{VERSION_MARK}{version}.npy"
 
     def _from_disk(self, key: str) -> Optional[np.ndarray]:
         entry = self._entry(key)
@@ -248,3 +251,8 @@ class DecodeCache:
                 np.lib.format.write_array(f, np.ascontiguousarray(image), allow_pickle=False)
         except OSError as exc:  # a full or read-only disk costs speed, not the run
             log.warning("decode cache: cannot write %s (%s); the image is decoded on every read", entry, exc)
+            return
+        source = entry.name.split(VERSION_MARK)[0]
+        for stale in entry.parent.glob(f"{source}{VERSION_MARK}*.npy"):  # the same image before it changed
+            if stale != entry:
+                stale.unlink(missing_ok=True)  # a reader that has it memory-mapped keeps its pages
