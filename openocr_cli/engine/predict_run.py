@@ -160,7 +160,15 @@ def write_run(output: Path, record: dict) -> None:
     from openocr_cli.fileio import atomic_write_text
 
     record["updated"] = now()
-    atomic_write_text(output / RUN_NAME, json.dumps(record, indent=2) + "\n")
+    try:
+        atomic_write_text(output / RUN_NAME, json.dumps(record, indent=2) + "\n")
+    except OSError as exc:
+        raise _write_error(output / RUN_NAME, exc) from None
+
+
+def _write_error(path: Path, exc: OSError) -> UserError:
+    return UserError(f"cannot write {path}: {exc.strerror or exc}. What was written so far is kept; free space or "
+                     "fix the folder, then run the same command with --resume.")
 
 
 def now() -> str:
@@ -333,11 +341,21 @@ class ResultWriter:
         self.vis_dir = output / "vis" if vis else None
         self.names = names or VisNames()
         # line-buffered: each image's line is in the file as soon as the image is done
-        self._file = open(self.path, "a" if append else "w", encoding="utf-8", errors="surrogateescape",
-                          buffering=1)
+        try:
+            self._file = open(self.path, "a" if append else "w", encoding="utf-8", errors="surrogateescape",
+                              buffering=1)
+        except OSError as exc:
+            raise _write_error(self.path, exc) from None
 
     def write(self, result: Result, vis: Optional[bytes] = None) -> None:
-        """One result; `vis` is its drawing already encoded (a device worker's), else it is drawn here."""
+        """One result; `vis` is its drawing already encoded (a device worker's), else it is drawn here. A full
+        disk or an unwritable folder is a UserError (the lines before stay complete: --resume goes on)."""
+        try:
+            self._write(result, vis)
+        except OSError as exc:
+            raise _write_error(Path(exc.filename) if exc.filename else self.path, exc) from None
+
+    def _write(self, result: Result, vis: Optional[bytes]) -> None:
         if result.error is None and self.vis_dir is not None:
             name = self.names.reserve(result.name)
             data = vis if vis is not None else encode_vis(result)
