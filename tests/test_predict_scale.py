@@ -163,3 +163,17 @@ def test_progress_shows_images_per_second_and_eta():
     task = bar.tasks[0]
     rate = next(c for c in bar.columns if isinstance(c, _RateColumn)).render(task).plain
     assert rate.endswith("img/s") and float(rate.split()[0]) > 0 and task.total == 100
+
+
+def test_a_shard_resumed_over_a_changed_listing_is_refused(cli, tmp_path, model):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(5):
+        cv2.imwrite(str(folder / f"p{i}.png"), page(i))
+    base = [folder, "--onnx-model", model, "--device", "cpu", "--no-vis", "--shard", "2/2"]
+    run(cli, tmp_path / "o", *base)
+    stdout, _ = run(cli, tmp_path / "o", *base, "--resume")  # unchanged: nothing to do
+    assert "already recorded" in stdout
+    cv2.imwrite(str(folder / "p00.png"), page(9))  # the split would move
+    code, _, err = cli("predict", *map(str, base), "--output", str(tmp_path / "o"), "--resume")
+    assert code == 2 and "input files" in err and "recorded 3, now 3" not in err
