@@ -53,6 +53,7 @@ bench: install
 	$(PY) benchmarks/bench_data.py --jpeg $(WITH_OPENOCR)
 	$(PY) benchmarks/bench_train.py $(WITH_OPENOCR)
 	$(PY) benchmarks/bench_tune.py
+	$(PY) benchmarks/bench_uncertain.py
 	$(PY) benchmarks/bench_serve.py
 	$(PY) benchmarks/bench_predict_scale.py
 
