@@ -97,13 +97,6 @@ class LargeRun:
             raise UserError(f"{output} holds a run that did not finish ({runs.RUN_NAME}: started "
                             f"{prior.get('started')}). Pass --resume to continue it, --overwrite to start again, or "
                             "another --output.", exit_code=2)
-        try:
-            output.mkdir(parents=True, exist_ok=True)
-            if vis:
-                (output / "vis").mkdir(exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot create output folder {output}: {exc.strerror}. Choose another --output.") from None
-
         self.detector = self.pool = None
         if devices is None:
             from openocr_cli.api.detector import Detector
@@ -123,6 +116,13 @@ class LargeRun:
             raise
 
     def _start(self, options, settings, prior, vis, devices, extra_settings) -> None:
+        try:  # only once the model has loaded: a bad model leaves no output folder behind
+            self.output.mkdir(parents=True, exist_ok=True)
+            if vis:
+                (self.output / "vis").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create output folder {self.output}: {exc.strerror}. Choose another --output.") \
+                from None
         self.files = listing.count_files(self.sources, self.recursive) if self.shard is not None else None
         self.record = runs.run_record(
             options=options, settings=settings, sha256=runs.model_sha256(options), fmt=self.fmt,
