@@ -8,10 +8,12 @@ SIGTERM / SIGINT drain: uvicorn stops accepting, finishes the requests in flight
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from typing import Optional
@@ -45,7 +47,12 @@ def serve(options: InferenceOptions, limits: ServeLimits, *, host: str = "127.0.
     """Serve until SIGTERM / SIGINT. `on_listening(url)` once the socket is bound (the real port), `on_ready()`
     once a single process has warmed up (with several workers, /healthz tells)."""
     detector = Detector.from_options(options)  # every model error surfaces here, before the socket opens
-    common = {"host": host, "port": port, "log_level": "warning", "access_log": access_log, "lifespan": "on",
+    # log_config None: uvicorn's loggers propagate to the process's logging instead of uvicorn installing handlers
+    # bound to whatever sys.stderr is at that moment (in-process callers, tests, notebooks)
+    if access_log:  # uvicorn's access lines are INFO records of "uvicorn.access"
+        _log_access_lines()
+    common = {"host": host, "port": port, "log_level": "info" if access_log else "warning", "log_config": None,
+              "access_log": access_log, "lifespan": "on",
               "timeout_graceful_shutdown": int(limits.timeout_s + DRAIN_GRACE_S), "server_header": False}
     if workers == 1:
         config = uvicorn.Config(create_app(detector, limits, api_key, cors_origins), **common)
@@ -64,6 +71,15 @@ def serve(options: InferenceOptions, limits: ServeLimits, *, host: str = "127.0.
         _serve_many(config, on_listening)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _log_access_lines() -> None:
+    access = logging.getLogger("uvicorn.access")
+    if not access.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        access.addHandler(handler)
+    access.propagate = False
 
 
 def _serve_one(config: uvicorn.Config, on_listening: Callable[[str], None], on_ready: Callable[[], None]) -> None:
