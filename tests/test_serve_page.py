@@ -66,8 +66,10 @@ def count(tab) -> int:
 
 
 def slide(tab, name: str, value: float) -> None:
+    """Move a slider and wait for the detection it starts to be answered (the page counts answers)."""
+    before = int(tab.evaluate("Number(document.body.dataset.runs || 0)"))
     tab.eval_on_selector(f"#{name}", "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }", value)
-    tab.wait_for_function("document.body.dataset.state === 'busy'", timeout=WAIT_MS)
+    tab.wait_for_function(f"Number(document.body.dataset.runs || 0) > {before}", timeout=WAIT_MS)
 
 
 def test_upload_draws_the_boxes_sliders_rerun_and_the_json_downloads(browser, model, image, tmp_path):
