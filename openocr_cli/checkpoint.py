@@ -196,6 +196,24 @@ def load_weights(model: torch.nn.Module, path: Path, strict: bool = True) -> Loa
     return report
 
 
+def standard_layout(tree: Any) -> Any:
+    """`tree` (a state dict, an optimizer state) with every tensor in the standard contiguous layout.
+
+    Training keeps its weights channels-last; the files stay in the layout OpenOCR and plain PyTorch code expect,
+    whatever device and layout wrote them (resume gives the optimizer's moments their parameter's layout again).
+    """
+    if isinstance(tree, torch.Tensor):
+        return tree.contiguous()
+    if isinstance(tree, dict):
+        out = type(tree)((k, standard_layout(v)) for k, v in tree.items())
+        if hasattr(tree, "_metadata"):  # a state dict's module versions
+            out._metadata = tree._metadata
+        return out
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(standard_layout(v) for v in tree)
+    return tree
+
+
 def save_checkpoint(obj: Mapping[str, Any], path: Path) -> None:
     """torch.save atomically and durably: a temporary file in the same folder, fsynced, renamed over `path`,
     then the folder fsynced (fileio.atomic_path); an interrupted save leaves the previous file."""

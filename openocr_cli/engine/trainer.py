@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import yaml
 
-from openocr_cli.checkpoint import save_checkpoint
+from openocr_cli.checkpoint import save_checkpoint, standard_layout
 from openocr_cli.engine import builders
 from openocr_cli.engine import distributed as ddp
 from openocr_cli.engine.callbacks import Callback, EvalReport, StepReport
@@ -115,8 +115,8 @@ class Trainer:
     # ------------------------------------------------------------- checkpoints
     def checkpoint(self, full: bool = True) -> dict:
         """OpenOCR's dict layout; best.pth (`full=False`) has no optimizer/scheduler, as OpenOCR's."""
-        ckpt = {"state_dict": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict() if full else None,
+        ckpt = {"state_dict": standard_layout(self.model.state_dict()),
+                "optimizer": standard_layout(self.optimizer.state_dict()) if full else None,
                 "scheduler": self.scheduler.state_dict() if full else None,
                 "config": self.settings.cfg,
                 **self.state.to_checkpoint(full, self.steps_per_epoch, self.settings.batch_size,
