@@ -14,7 +14,7 @@ With --cache ram|disk our dataset reads through the decode cache (data.decode_ca
 folder in the temporary directory). The pass that fills it (prepare, then one sample per image) is
 timed on its own and printed as the first epoch; the rounds are the steady state after it.
 --size HxW sets the generated images' size (e.g. 480x640); --compare-eager adds our chain with
-IaaAugment computing its whole image (no data.planned) to the same interleaved rounds.
+IaaAugment and the crop computing every step in full (no data.planned) to the same interleaved rounds.
 
     .venv/bin/python benchmarks/bench_data.py [--samples 100] [--rounds 3] [--json out.json]
     .venv/bin/python benchmarks/bench_data.py --config my.yml --samples 200 --openocr ~/OpenOCR
@@ -101,7 +101,8 @@ def ours(cfg: dict, cache: str = "none", cache_folder: Optional[Path] = None, ea
     """Our TrainDataset on the config's training data, resolved as the train command does.
 
     `cache`: the decode cache (the disk one in `cache_folder`); `eager`: IaaAugment computes its whole
-    image instead of only the block the crop keeps (data.planned), for the A/B comparison.
+    image and the crop resizes its window of it, instead of one warp of the window (data.planned), for
+    the A/B comparison.
     """
     source = DataSource.read(cfg, "Train")
     checked = validate_training_labels(source.label_files, source.data_dir)

@@ -186,7 +186,7 @@ class IaaAugment:
     Resize is a plain step on NumPy's global RNG. Polygons come back as float64 (K, P, 2).
     The transforms record their pixel work (data.albu_steps) and it runs after all parameters are
     drawn; with `defer_pixels` (set by build_ops when EastRandomCropData follows) the image is
-    handed on as a PlannedImage, of which the crop computes only the rows it keeps.
+    handed on as a PlannedImage, of which the crop computes only its window, at its output size.
     """
 
     def __init__(self, augmenter_args: Optional[Sequence[dict]] = None):
@@ -300,8 +300,8 @@ def crop_area(shape: tuple, care_polys: list, min_side_ratio: float, max_tries: 
 class EastRandomCropData:
     """Random text-aware crop scaled into a `size` = (width, height) canvas.
 
-    `image` may be a PlannedImage (IaaAugment with defer_pixels): only the block up to the
-    window's bottom-right corner is computed.
+    `image` may be a PlannedImage (IaaAugment with defer_pixels): the window is then warped at its
+    output size straight from the source (data.planned).
 
     With keep_ratio the crop keeps its aspect ratio at the top-left of a black canvas. Polygons
     (care and ignored) are kept iff they touch the content area. When none survive, `polys` is an
@@ -323,16 +323,20 @@ class EastRandomCropData:
         cx, cy, cw, ch = crop_area(image.shape, care, self.min_crop_side_ratio, self.max_tries)
         out_w, out_h = self.size
         scale_x, scale_y = out_w / cw, out_h / ch
-        pixels = image.window(cy + ch, cx + cw) if isinstance(image, PlannedImage) else image  # only what it keeps
-        crop = pixels[cy:cy + ch, cx:cx + cw]
         if self.keep_ratio:
             scale_x = scale_y = min(scale_x, scale_y)
             w, h = max(int(cw * scale_x), 1), max(int(ch * scale_y), 1)
-            canvas = np.zeros((out_h, out_w) + image.shape[2:], image.dtype)
-            canvas[:h, :w] = cv2.resize(crop, (w, h))
         else:  # stretched; polygons follow the per-axis scale (OpenOCR used the min scale here)
             w, h = out_w, out_h
-            canvas = cv2.resize(crop, (w, h))
+        if isinstance(image, PlannedImage):  # one warp from the source (openocr-compat: crop-one-warp)
+            resized = image.resized_window(cx, cy, cw, ch, (w, h))
+        else:
+            resized = cv2.resize(image[cy:cy + ch, cx:cx + cw], (w, h)).reshape((h, w) + image.shape[2:])
+        if (w, h) == (out_w, out_h):
+            canvas = resized
+        else:
+            canvas = np.zeros((out_h, out_w) + image.shape[2:], image.dtype)
+            canvas[:h, :w] = resized
         mapped = (polys - (cx, cy)) * (scale_x, scale_y)
         keep = np.array([not is_poly_outside_rect(p, 0, 0, w, h) for p in mapped], bool)
         data["image"] = canvas

@@ -1,15 +1,12 @@
-"""IaaAugment's pixel work, done later and only for the rows the crop after it keeps.
+"""IaaAugment's pixel work, done later: the crop after it warps its window straight from the source.
 
 IaaAugment draws its random parameters and maps the points at once, but can hand on its image as a
-PlannedImage: the source image plus the steps (flip, rotation, scale) that produce it.
-EastRandomCropData reads `shape`, chooses its window from the points, and asks for the top-left
-block down to the window's bottom-right corner, computed from the source rows that block comes
-from. OpenCV computes every output row on its own - a flip row from its source row, a warp row from
-the matrix and the source rows it maps back to, a resize row from two source rows at the given
-scale - so the first r rows come out exactly as the full-size call gives them; columns too, away
-from the right end of a row (COLUMN_MARGIN). tests/test_augment.py checks this on random cases.
-On the default chain that block is about a third of the up to 3x scaled image (the crop window
-itself about a sixth); the rest is never computed.
+PlannedImage: the source image plus the steps (flip, rotation, scale) that produce it. Each step is
+an affine map of pixel coordinates, and so are EastRandomCropData's crop and resize, so the crop
+asks for its window at its output size and gets it from one bilinear warp of the source rows and
+columns that window comes from (openocr-compat: crop-one-warp). OpenOCR computes the whole flipped,
+rotated and up to 3x scaled image, then crops a part and resizes it again: three interpolations, of
+which the crop keeps about a sixth. `full()` still runs the steps one by one, as OpenOCR does.
 """
 
 from __future__ import annotations
@@ -22,23 +19,18 @@ from typing import Any
 import cv2
 import numpy as np
 
-# Columns computed beyond the last one needed. OpenCV's vector loops finish a row with a shorter tail
-# whose rounding may differ, so a needed column must be this far from the right end of both the
-# partial and the full output (tails are under 64 px even for 4-channel AVX-512 loops).
-COLUMN_MARGIN = 128
 
-
-def _partial_width(cols: int, width: int) -> int:
-    """Output width to compute so that the first `cols` columns equal the full-width call's."""
-    return width if cols + COLUMN_MARGIN >= width else cols + COLUMN_MARGIN
+def _bgra_warp(image: np.ndarray) -> bool:
+    """OpenCV's bilinear warp has a vector path for 4 channels but not for 3: the same values, faster."""
+    return image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
 
 
 @dataclass
 class AlbuStep:
     """One albumentations transform's image function with the parameters it drew.
 
-    `row_local`: output row i depends on source row i only (a horizontal flip); otherwise every
-    source row is needed (a rotation).
+    `row_local`: a horizontal flip (output row i is source row i mirrored); otherwise an affine warp
+    whose `params["matrix"]` maps source to output pixel coordinates, as cv2.warpAffine takes it.
     """
 
     apply: Callable[..., np.ndarray]  # the albumentations class's own `apply`, called unbound
@@ -52,51 +44,18 @@ class AlbuStep:
         height, width = self.params["output_shape"][:2]
         return (int(np.round(height)), int(np.round(width))) + tuple(shape[2:])
 
-    def source_window(self, rows: int, cols: int, shape: tuple) -> tuple[int, int]:
+    def affine(self, shape: tuple) -> np.ndarray:
+        """The 3x3 map from this step's input pixel coordinates (of an image of `shape`) to its output's."""
         if self.row_local:
-            return rows, shape[1]
-        width = _partial_width(cols, self.out_shape(shape)[1])
-        return _warp_source_rows(self.params["matrix"], rows, width, shape[0]), shape[1]
+            return np.array([[-1.0, 0.0, shape[1] - 1], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        return np.asarray(self.params["matrix"], np.float64)
 
-    def run(self, image: np.ndarray, shape: tuple, rows: int, cols: int) -> np.ndarray:
-        if self.row_local:  # mirrored: output columns [0, cols) are source columns [W - cols, W)
-            return self.apply(self.transform, image[:rows, shape[1] - cols:], **self.params)
-        params = dict(self.params)
-        out_w = self.out_shape(shape)[1]
-        if "output_shape" in params:
-            params["output_shape"] = (rows, _partial_width(cols, out_w))
-        # OpenCV's bilinear warp has a vector path for 4 channels but not for 3: the same values, faster.
-        bgra = (image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
-                and getattr(self.transform, "interpolation", None) == cv2.INTER_LINEAR)
-        if bgra:
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2BGRA)
-        out = self.apply(self.transform, image, **params)[:rows, :cols]
-        return cv2.cvtColor(out, cv2.COLOR_BGRA2BGR) if bgra else out
-
-
-def _warp_source_rows(matrix: np.ndarray, rows: int, cols: int, height: int) -> int:
-    """Source rows an affine warp (matrix: source -> output) reads for its top-left rows x cols output.
-
-    The block's corners map back to the extremes of the source rows sampled; bilinear reads the row
-    below too, and +3 covers OpenCV's fixed-point coordinates. Rows below only feed other outputs.
-    """
-    if rows <= 0 or cols <= 0:
-        return min(height, 1)
-    corners = np.array([[0, 0, 1], [cols - 1, 0, 1], [0, rows - 1, 1], [cols - 1, rows - 1, 1]], np.float64)
-    lowest = (corners @ np.linalg.inv(np.asarray(matrix, np.float64)).T)[:, 1].max()
-    return int(min(height, max(1, math.ceil(lowest) + 3)))
-
-
-def _source_extent(count: int, size: int, out_size: int) -> int:
-    """Source rows (or columns) from which a resize's first `count` outputs are computed exactly.
-
-    Output y blends source floor((y + 0.5) * size / out_size - 0.5) and the next; +3 covers OpenCV's
-    float rounding. The second term makes the partial call's own output at least `count` long.
-    """
-    if count >= out_size:
-        return size
-    scale = size / out_size
-    return min(size, max(math.floor((count - 0.5) * scale) + 3, math.ceil((count + 0.5) * scale) + 1))
+    def run(self, image: np.ndarray) -> np.ndarray:
+        linear = getattr(self.transform, "interpolation", None) == cv2.INTER_LINEAR
+        if self.row_local or not linear or not _bgra_warp(image):
+            return self.apply(self.transform, image, **self.params)
+        out = self.apply(self.transform, cv2.cvtColor(image, cv2.COLOR_BGR2BGRA), **self.params)
+        return cv2.cvtColor(out, cv2.COLOR_BGRA2BGR)
 
 
 @dataclass
@@ -108,24 +67,17 @@ class Scale:
     def out_shape(self, shape: tuple) -> tuple:
         return (self.size[1], self.size[0]) + tuple(shape[2:])
 
-    def source_window(self, rows: int, cols: int, shape: tuple) -> tuple[int, int]:
-        (height, width), (out_w, out_h) = shape[:2], self.size
-        src_rows = _source_extent(rows, height, out_h)
-        src_cols = _source_extent(_partial_width(cols, out_w), width, out_w)
-        # OpenCV copies instead of resizing when the output size equals the input size (cvRound, half to even).
-        if round(src_rows * (out_h / height)) == src_rows and round(src_cols * (out_w / width)) == src_cols:
-            return height, width
-        return src_rows, src_cols
+    def affine(self, shape: tuple) -> np.ndarray:
+        """cv2.resize's map: pixel centres stay centres, x' = (x + 0.5) * out_w / in_w - 0.5."""
+        return _resize_affine(self.size[0] / shape[1], self.size[1] / shape[0])
 
-    def run(self, image: np.ndarray, shape: tuple, rows: int, cols: int) -> np.ndarray:
-        (out_w, out_h), (height, width) = self.size, shape[:2]
-        if image.shape[:2] == (height, width):
-            return cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_LINEAR)[:rows, :cols]
-        # The same factors as the full call (OpenCV derives them as out/in), applied to the top-left part.
-        out = cv2.resize(image, None, fx=out_w / width, fy=out_h / height, interpolation=cv2.INTER_LINEAR)
-        if out.shape[0] < rows or out.shape[1] < cols:
-            raise RuntimeError(f"partial resize gave {out.shape[:2]}, wanted at least {rows} x {cols}")
-        return out[:rows, :cols]
+    def run(self, image: np.ndarray) -> np.ndarray:
+        return cv2.resize(image, self.size, interpolation=cv2.INTER_LINEAR)
+
+
+def _resize_affine(fx: float, fy: float, left: float = 0.0, top: float = 0.0) -> np.ndarray:
+    """Crop at (left, top), then resize by (fx, fy) with cv2.resize's pixel-centre convention."""
+    return np.array([[fx, 0.0, (0.5 - left) * fx - 0.5], [0.0, fy, (0.5 - top) * fy - 0.5], [0.0, 0.0, 1.0]])
 
 
 class PlannedImage:
@@ -142,18 +94,36 @@ class PlannedImage:
     def shape(self) -> tuple:
         return self.shapes[-1]
 
-    def window(self, rows: int, cols: int) -> np.ndarray:
-        """The top-left `rows` x `cols` pixels, exactly as computing the whole image and slicing it."""
-        wanted = [(max(0, min(int(rows), self.shape[0])), max(0, min(int(cols), self.shape[1])))]
-        for step, shape in zip(self.steps[::-1], self.shapes[-2::-1]):  # what each step needs, last step first
-            wanted.append(step.source_window(*wanted[-1], shape))
-        image = self.source[:wanted[-1][0], :wanted[-1][1]]
-        for step, shape, (r, c) in zip(self.steps, self.shapes, wanted[-2::-1]):
-            image = step.run(image, shape, r, c)
+    def full(self) -> np.ndarray:
+        """Every step in turn on the whole image, as OpenOCR computes it."""
+        image = self.source
+        for step in self.steps:
+            image = step.run(image)
         return image
 
-    def rows(self, count: int) -> np.ndarray:
-        return self.window(count, self.shape[1])
-
-    def full(self) -> np.ndarray:
-        return self.window(self.shape[0], self.shape[1])
+    def resized_window(self, left: int, top: int, width: int, height: int, size: tuple[int, int]) -> np.ndarray:
+        """The window [left, left + width) x [top, top + height) of the planned image, resized to `size`
+        = (w, h) as cv2.resize does, in one bilinear warp of the source (constant black outside it)."""
+        out_w, out_h = size
+        matrix = np.eye(3)
+        for step, shape in zip(self.steps, self.shapes):
+            matrix = step.affine(shape) @ matrix
+        matrix = _resize_affine(out_w / width, out_h / height, left, top) @ matrix
+        # Only the source block the window maps back to (bilinear reads one pixel beyond) is read.
+        corners = np.array([[-1, -1, 1], [out_w, -1, 1], [-1, out_h, 1], [out_w, out_h, 1]], np.float64)
+        back = corners @ np.linalg.inv(matrix)[:2].T
+        rows, cols = self.source.shape[:2]
+        x0, y0 = (max(0, math.floor(v) - 1) for v in back.min(axis=0))
+        x1, y1 = min(cols, math.ceil(back[:, 0].max()) + 2), min(rows, math.ceil(back[:, 1].max()) + 2)
+        out_shape = (out_h, out_w) + self.source.shape[2:]
+        if x0 >= x1 or y0 >= y1:
+            return np.zeros(out_shape, self.dtype)
+        block = self.source[y0:y1, x0:x1]
+        matrix = matrix @ np.array([[1.0, 0.0, x0], [0.0, 1.0, y0], [0.0, 0.0, 1.0]])  # block -> source coordinates
+        bgra = _bgra_warp(block)
+        if bgra:
+            block = cv2.cvtColor(block, cv2.COLOR_BGR2BGRA)
+        out = cv2.warpAffine(block, matrix[:2], (out_w, out_h), flags=cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        out = cv2.cvtColor(out, cv2.COLOR_BGRA2BGR) if bgra else out
+        return out.reshape(out_shape)
