@@ -154,14 +154,19 @@ def test_int8_calibrated_on_black_frames_fails_on_labelled_check_data(cli, tmp_p
                          tmp_path / "self.txt", "--data-dir", synth.data_dir, "--output", path, *SIZE)
     assert code == 1
     message = " ".join(err.split())
-    assert "fails the accuracy check" in message and "above --max-drop 0.5" in message
+    # How much int8 loses here depends on the CPU's int8 kernels: on Intel (AMX) the 8 labelled images put the
+    # whole drop interval above --max-drop; on AMD (VNNI) the drop is smaller and they cannot resolve it, so
+    # the guard says so and agreement with float32 decides. Either way the labelled images were scored.
+    by_labels = "above --max-drop 0.5" in message
+    assert "fails the accuracy check" in message
+    assert by_labels or "labelled image(s) cannot resolve --max-drop 0.5" in message
     assert str(path) in message and "Traceback" not in err
     assert path.is_file() and quantized_node_count(path) > 0  # the closest attempt is kept, and named
     rows = int8_rows(out)
     assert any("fp32 head" in name for name in rows) and any("+" in name for name in rows)  # the search ran
     assert all(row[6] == "fail" for name, row in rows.items() if name != "float32")
     calibration = json.loads(read_metadata(path)["calibration"])
-    assert calibration["decision"] == "fail" and calibration["basis"] == "labels"
+    assert calibration["decision"] == "fail" and calibration["basis"] == ("labels" if by_labels else "agreement")
 
 
 def test_int8_whose_check_images_hold_no_text_fails_and_says_why(cli, tmp_path, black_frames):
