@@ -149,7 +149,7 @@ class Trainer:
     def _step(self, batch: list[torch.Tensor]) -> Optional[dict[str, float]]:
         """One optimizer step; None when the loss or the gradients are not finite (step skipped)."""
         images, *labels = [t.to(self.device, non_blocking=True) for t in batch]
-        images = images.contiguous(memory_format=self.memory_format)  # a no-op on CPU
+        images = images.contiguous(memory_format=self.memory_format)  # the weights' layout (channels-last)
         batch_norm_state = [b.clone() for b in self.batch_norm_buffers]
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
             preds = self.net(images)
