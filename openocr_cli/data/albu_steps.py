@@ -22,7 +22,7 @@ class RecordingHorizontalFlip(A.HorizontalFlip):
     def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
         if self.recorder is None:
             return super().apply(img, **params)
-        self.recorder.append(AlbuStep(A.HorizontalFlip.apply, self, dict(params), row_local=True))
+        self.recorder.append(AlbuStep(A.HorizontalFlip.apply, self, dict(params), flip=True))
         return img
 
 
@@ -33,5 +33,5 @@ class RecordingAffine(A.Affine):
         if self.recorder is None:
             return super().apply(img, matrix=matrix, output_shape=output_shape, **params)
         self.recorder.append(AlbuStep(A.Affine.apply, self, dict(params, matrix=matrix, output_shape=output_shape),
-                                      row_local=False))
+                                      flip=False))
         return img

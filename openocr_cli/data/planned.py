@@ -29,14 +29,14 @@ def _bgra_warp(image: np.ndarray) -> bool:
 class AlbuStep:
     """One albumentations transform's image function with the parameters it drew.
 
-    `row_local`: a horizontal flip (output row i is source row i mirrored); otherwise an affine warp
+    `flip`: a horizontal flip (output row i is source row i mirrored); otherwise an affine warp
     whose `params["matrix"]` maps source to output pixel coordinates, as cv2.warpAffine takes it.
     """
 
     apply: Callable[..., np.ndarray]  # the albumentations class's own `apply`, called unbound
     transform: Any
     params: dict
-    row_local: bool
+    flip: bool
 
     def out_shape(self, shape: tuple) -> tuple:
         if "output_shape" not in self.params:
@@ -46,13 +46,13 @@ class AlbuStep:
 
     def affine(self, shape: tuple) -> np.ndarray:
         """The 3x3 map from this step's input pixel coordinates (of an image of `shape`) to its output's."""
-        if self.row_local:
+        if self.flip:
             return np.array([[-1.0, 0.0, shape[1] - 1], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
         return np.asarray(self.params["matrix"], np.float64)
 
     def run(self, image: np.ndarray) -> np.ndarray:
         linear = getattr(self.transform, "interpolation", None) == cv2.INTER_LINEAR
-        if self.row_local or not linear or not _bgra_warp(image):
+        if self.flip or not linear or not _bgra_warp(image):
             return self.apply(self.transform, image, **self.params)
         out = self.apply(self.transform, cv2.cvtColor(image, cv2.COLOR_BGR2BGRA), **self.params)
         return cv2.cvtColor(out, cv2.COLOR_BGRA2BGR)
