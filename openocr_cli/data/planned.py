@@ -20,9 +20,12 @@ import cv2
 import numpy as np
 
 
-def _bgra_warp(image: np.ndarray) -> bool:
-    """OpenCV's bilinear warp has a vector path for 4 channels but not for 3: the same values, faster."""
-    return image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+def _via_bgra(warp: Callable[[np.ndarray], np.ndarray], image: np.ndarray) -> np.ndarray:
+    """`warp(image)`, run on 4 channels for a BGR uint8 image: OpenCV's bilinear warp has a vector path for
+    4 channels but not for 3 (the same values, faster)."""
+    if not (image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+        return warp(image)
+    return cv2.cvtColor(warp(cv2.cvtColor(image, cv2.COLOR_BGR2BGRA)), cv2.COLOR_BGRA2BGR)
 
 
 @dataclass
@@ -51,11 +54,9 @@ class AlbuStep:
         return np.asarray(self.params["matrix"], np.float64)
 
     def run(self, image: np.ndarray) -> np.ndarray:
-        linear = getattr(self.transform, "interpolation", None) == cv2.INTER_LINEAR
-        if self.flip or not linear or not _bgra_warp(image):
+        if self.flip or getattr(self.transform, "interpolation", None) != cv2.INTER_LINEAR:
             return self.apply(self.transform, image, **self.params)
-        out = self.apply(self.transform, cv2.cvtColor(image, cv2.COLOR_BGR2BGRA), **self.params)
-        return cv2.cvtColor(out, cv2.COLOR_BGRA2BGR)
+        return _via_bgra(lambda pixels: self.apply(self.transform, pixels, **self.params), image)
 
 
 @dataclass
@@ -120,10 +121,6 @@ class PlannedImage:
             return np.zeros(out_shape, self.dtype)
         block = self.source[y0:y1, x0:x1]
         matrix = matrix @ np.array([[1.0, 0.0, x0], [0.0, 1.0, y0], [0.0, 0.0, 1.0]])  # block -> source coordinates
-        bgra = _bgra_warp(block)
-        if bgra:
-            block = cv2.cvtColor(block, cv2.COLOR_BGR2BGRA)
-        out = cv2.warpAffine(block, matrix[:2], (out_w, out_h), flags=cv2.INTER_LINEAR,
-                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        out = cv2.cvtColor(out, cv2.COLOR_BGRA2BGR) if bgra else out
+        out = _via_bgra(lambda pixels: cv2.warpAffine(pixels, matrix[:2], (out_w, out_h), flags=cv2.INTER_LINEAR,
+                                                       borderMode=cv2.BORDER_CONSTANT, borderValue=0), block)
         return out.reshape(out_shape)
