@@ -43,7 +43,7 @@ from openocr_cli import config as cfgmod
 from openocr_cli.data.augment import IaaAugment
 from openocr_cli.data.dataset import TrainDataset, select_by_ratio, validate_training_labels
 from openocr_cli.errors import UserError
-from openocr_cli.settings import DataSource
+from openocr_cli.training.settings import DataSource
 
 
 class Timed:

@@ -23,13 +23,13 @@ import onnxruntime as ort
 import torch
 
 from openocr_cli.data.resize import Normalizer, ResizeSpec
-from openocr_cli.engine.backends import TorchBackend, resolve_device
-from openocr_cli.engine.exporter import ExportOptions, export_onnx
-from openocr_cli.engine.onnx_backend import OnnxBackend
-from openocr_cli.engine.predictor import Predictor
+from openocr_cli.export.onnx_export import ExportOptions, export_onnx
+from openocr_cli.inference.backends.onnx_backend import OnnxBackend
+from openocr_cli.inference.backends.torch_backend import TorchBackend, resolve_device
+from openocr_cli.inference.predictor import Predictor
+from openocr_cli.inference.results import StageTimes
 from openocr_cli.model import build_detector
 from openocr_cli.postprocess import DBPostProcess
-from openocr_cli.results import StageTimes
 
 
 def make_images(folder: Path, count: int) -> list[str]:

@@ -145,7 +145,7 @@ def openocr_child(source: Path, config: Path) -> None:
     sys.path.insert(0, str(source))
     import opendet.preprocess as det_pre
 
-    from openocr_cli.engine.schedules import build_scheduler
+    from openocr_cli.training.schedules import build_scheduler
 
     def build_optimizer(optim_cfg, lr_cfg, epochs, step_each_epoch, model):
         """OpenOCR's choice for Adam with filter_bias_and_bn false: every parameter, PyTorch's defaults."""

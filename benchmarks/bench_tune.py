@@ -22,11 +22,11 @@ import torch
 from openocr_cli.data.labels import load_labels
 from openocr_cli.data.resize import Normalizer, ResizeSpec
 from openocr_cli.data.synth import generate
-from openocr_cli.engine.backends import TorchBackend
-from openocr_cli.engine.evaluator import evaluate_model
-from openocr_cli.engine.predictor import Predictor
 from openocr_cli.evaluation import tune
+from openocr_cli.evaluation.evaluator import evaluate_model
 from openocr_cli.evaluation.mapcache import MapCache
+from openocr_cli.inference.backends.torch_backend import TorchBackend
+from openocr_cli.inference.predictor import Predictor
 from openocr_cli.model import build_detector
 from openocr_cli.postprocess import DBPostProcess
 

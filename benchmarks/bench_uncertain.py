@@ -27,8 +27,8 @@ import numpy as np
 from openocr_cli import Detector
 from openocr_cli.data.labels import load_labels
 from openocr_cli.data.synth import generate
+from openocr_cli.evaluation.iou_metric import match_image
 from openocr_cli.evaluation.uncertainty import UNCERTAIN_NAME, image_uncertainty, rank
-from openocr_cli.metrics import match_image
 
 SIGNALS = ("score", "low_box_score", "borderline", "map_ambiguity")
 EVAL_LABEL = "eval_label.txt"  # the last 16 generated test images: training's per-epoch eval (best.pth) only

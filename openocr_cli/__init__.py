@@ -11,22 +11,22 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from openocr_cli._version import __version__
 
 # public name -> the module that defines it
 _PUBLIC = {
     "Detector": "openocr_cli.api.detector",
-    "Result": "openocr_cli.results",
-    "EvalResult": "openocr_cli.engine.evaluator",
-    "Setting": "openocr_cli.engine.resolve",
-    "InferenceOptions": "openocr_cli.engine.resolve",
+    "Result": "openocr_cli.inference.results",
+    "EvalResult": "openocr_cli.evaluation.evaluator",
+    "Setting": "openocr_cli.inference.resolve",
+    "InferenceOptions": "openocr_cli.inference.resolve",
     "UserError": "openocr_cli.errors",
     "MissingFileError": "openocr_cli.errors",
     "ImageReadError": "openocr_cli.errors",
     "train": "openocr_cli.api.training",
     "resume": "openocr_cli.api.training",
     "TrainResult": "openocr_cli.api.training",
-    "TrainingInterrupted": "openocr_cli.engine.trainer",
+    "TrainingInterrupted": "openocr_cli.training.trainer",
 }
 __all__ = ["Detector", "EvalResult", "ImageReadError", "InferenceOptions", "MissingFileError", "Result", "Setting",
            "TrainResult", "TrainingInterrupted", "UserError", "__version__", "resume", "train"]
@@ -34,11 +34,11 @@ __all__ = ["Detector", "EvalResult", "ImageReadError", "InferenceOptions", "Miss
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on demand
     from openocr_cli.api.detector import Detector
     from openocr_cli.api.training import TrainResult, resume, train
-    from openocr_cli.engine.evaluator import EvalResult
-    from openocr_cli.engine.resolve import InferenceOptions, Setting
-    from openocr_cli.engine.trainer import TrainingInterrupted
     from openocr_cli.errors import ImageReadError, MissingFileError, UserError
-    from openocr_cli.results import Result
+    from openocr_cli.evaluation.evaluator import EvalResult
+    from openocr_cli.inference.resolve import InferenceOptions, Setting
+    from openocr_cli.inference.results import Result
+    from openocr_cli.training.trainer import TrainingInterrupted
 
 
 def __getattr__(name: str) -> Any:

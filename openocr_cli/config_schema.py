@@ -38,7 +38,7 @@ TRANSFORM_PARAMS: dict[str, tuple[str, ...]] = {
 }
 KNOWN_OPS = tuple(sorted(TRANSFORM_PARAMS))
 
-# The learning-rate schedules OpenOCR ships (`LRScheduler.name`) and the keys each reads; engine.schedules
+# The learning-rate schedules OpenOCR ships (`LRScheduler.name`) and the keys each reads; training.schedules
 # builds them under these names.
 SCHEDULE_PARAMS: dict[str, frozenset[str]] = {
     "CosineAnnealingLR": frozenset({"warmup_epoch"}),

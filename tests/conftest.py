@@ -14,7 +14,6 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SPEC_DIR = REPO.parent / "shared" / "spec"
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300):
@@ -83,7 +82,7 @@ def label_line(path: str, regions: list[dict]) -> str:
 @pytest.fixture
 def cli(capsys, monkeypatch):
     """Run the CLI in-process like the console script: returns (exit_code, stdout, stderr)."""
-    from openocr_cli.cli import main
+    from openocr_cli.cli.app import main
 
     monkeypatch.setenv("OPENOCR_DET_OFFLINE", "1")
     monkeypatch.setenv("COLUMNS", "200")

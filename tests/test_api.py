@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from openocr_cli import Detector, ImageReadError, MissingFileError, Result, UserError
-from openocr_cli.engine.resolve import Setting
+from openocr_cli.inference.resolve import Setting
 from openocr_cli.postprocess import Detection
 from tests.conftest import REPO, label_line
 from tests.test_onnx_backend import tiny_model

@@ -14,8 +14,8 @@ import torch
 import openocr_cli
 from openocr_cli.api import training
 from openocr_cli.data.synth import generate
-from openocr_cli.engine.trainer import Trainer
 from openocr_cli.errors import UserError
+from openocr_cli.training.trainer import Trainer
 
 SMALL = {"Train.dataset.transforms.4.EastRandomCropData.size": [96, 96],
          "Eval.dataset.transforms.2.DetResizeForTest.limit_side_len": 128}

@@ -15,11 +15,11 @@ import torch
 from onnx import TensorProto, helper
 
 from openocr_cli.data.resize import Normalizer, ResizeSpec
-from openocr_cli.engine.backends import TorchBackend, precision_problem
-from openocr_cli.engine.onnx_metadata import write_metadata
-from openocr_cli.engine.predictor import Predictor
 from openocr_cli.errors import UserError
-from openocr_cli.evaluation import benchmark as bench
+from openocr_cli.evaluation import speed_rows as bench
+from openocr_cli.inference.backends.onnx_metadata import write_metadata
+from openocr_cli.inference.backends.torch_backend import TorchBackend, precision_problem
+from openocr_cli.inference.predictor import Predictor
 from openocr_cli.model import build_detector
 from openocr_cli.postprocess import make_postprocess
 from tests.conftest import write_image

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from openocr_cli import ui
 from openocr_cli.checkpoint import extract_state_dict, load_weights, read_checkpoint, save_checkpoint
+from openocr_cli.cli import ui
 from openocr_cli.errors import UserError
 from tests.conftest import run_cli, write_image
 

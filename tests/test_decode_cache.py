@@ -228,7 +228,7 @@ def test_dataloader_workers_fill_the_disk_cache_together(synth, tmp_path):
 
 
 def test_the_config_key_and_the_flag_reach_the_settings(tmp_path):
-    from openocr_cli.settings import TrainSettings, apply_flags
+    from openocr_cli.training.settings import TrainSettings, apply_flags
 
     cfg = cfgmod.load_config()
     assert TrainSettings.from_config(cfg).cache == "none"

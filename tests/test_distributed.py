@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from openocr_cli.data.synth import generate
-from openocr_cli.engine.distributed import LaunchPlan, free_port, parse_gpus, strip_launcher_flags
 from openocr_cli.errors import UserError
+from openocr_cli.training.distributed import LaunchPlan, free_port, parse_gpus, strip_launcher_flags
 from tests.conftest import label_line, write_image
 
 pytestmark = pytest.mark.slow

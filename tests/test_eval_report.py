@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from openocr_cli import postprocess_sources as ppfile
 from openocr_cli.errors import UserError
+from openocr_cli.inference import postprocess_sources as ppfile
 from tests.conftest import label_line, make_constant_checkpoint, write_image
 
 

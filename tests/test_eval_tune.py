@@ -10,10 +10,10 @@ import yaml
 
 from openocr_cli.errors import UserError
 from openocr_cli.evaluation import tune
+from openocr_cli.evaluation.iou_metric import ImageRecord, evaluate_image, summarize
 from openocr_cli.evaluation.mapcache import MapCache
-from openocr_cli.metrics import ImageRecord, evaluate_image, summarize
+from openocr_cli.inference.results import ImageResult
 from openocr_cli.postprocess import DBPostProcess
-from openocr_cli.results import ImageResult
 from tests.conftest import label_line
 
 
@@ -188,7 +188,7 @@ def test_cli_tune_refuses_predictions_and_bad_ranges(cli, tmp_path):
 
 
 def test_onnx_metadata_postprocess_is_used_unless_overridden(cli, tmp_path, bar_set):
-    from openocr_cli.engine.onnx_metadata import write_metadata
+    from openocr_cli.inference.backends.onnx_metadata import write_metadata
 
     data, labels, model = bar_set
     write_metadata(model, {"postprocess": json.dumps({"thresh": 0.3, "box_thresh": 0.999, "unclip_ratio": 1.5})})
@@ -211,7 +211,7 @@ def test_onnx_metadata_postprocess_is_used_unless_overridden(cli, tmp_path, bar_
 
 
 def test_export_writes_postprocess_file_into_metadata(cli, tmp_path, random_ckpt):
-    from openocr_cli.engine.onnx_metadata import read_metadata
+    from openocr_cli.inference.backends.onnx_metadata import read_metadata
 
     tuned = tmp_path / "tuned.json"
     tuned.write_text(json.dumps({"tuned": {"thresh": 0.25, "box_thresh": 0.55, "unclip_ratio": 1.7}}))

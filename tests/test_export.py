@@ -6,13 +6,13 @@ import onnx
 import pytest
 import torch
 
-from openocr_cli import __version__
+from openocr_cli._version import __version__
 from openocr_cli.checkpoint import load_weights
 from openocr_cli.data.resize import IMAGENET_MEAN, IMAGENET_STD, Normalizer
-from openocr_cli.engine.export_run import default_output
-from openocr_cli.engine.exporter import DYNAMIC_CASES, ExportOptions, export_and_verify
-from openocr_cli.engine.onnx_metadata import build_metadata, normalization, read_metadata
+from openocr_cli.export.onnx_export import DYNAMIC_CASES, ExportOptions, export_and_verify
+from openocr_cli.export.run import default_output
 from openocr_cli.hub import sha256_file
+from openocr_cli.inference.backends.onnx_metadata import build_metadata, normalization, read_metadata
 from openocr_cli.model import build_detector
 from openocr_cli.postprocess import DBPostProcess
 

@@ -9,8 +9,8 @@ import onnx
 import pytest
 import torch
 
-from openocr_cli.engine.onnx_metadata import read_metadata
-from openocr_cli.engine.quantize import pick_evenly, quantized_node_count
+from openocr_cli.export.int8.quantize import pick_evenly, quantized_node_count
+from openocr_cli.inference.backends.onnx_metadata import read_metadata
 from tests.conftest import label_line, make_constant_checkpoint, write_image
 
 SIZE = ("--static", "--size", "128x160")  # every image is resized to exactly this: fast, and sizes agree

@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from openocr_cli.engine.openvino_backend import OpenVinoBackend
-from openocr_cli.engine.openvino_export import fake_quantize_count, read_ir_metadata
+from openocr_cli.export.int8.nncf_quantize import fake_quantize_count
+from openocr_cli.export.openvino_export import read_ir_metadata
+from openocr_cli.inference.backends.openvino_backend import OpenVinoBackend
 from tests.test_export_int8 import SIZE, constant_ckpt_09, int8_rows, labelled  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.openvino  # see pyproject.toml: run in a process of their own
@@ -25,7 +26,7 @@ def test_ir_export_is_verified_against_pytorch_and_runs_like_the_onnx_file(cli, 
 
     code, _, err = cli("export", "-w", random_ckpt, "--output", tmp_path / "det.onnx", *SIZE)
     assert code == 0, err
-    from openocr_cli.engine.onnx_backend import OnnxBackend
+    from openocr_cli.inference.backends.onnx_backend import OnnxBackend
 
     batch = np.random.default_rng(0).standard_normal((2, 3, 128, 160)).astype(np.float32)
     ir, onnx = OpenVinoBackend.load(xml, "cpu", threads=1), OnnxBackend.load(tmp_path / "det.onnx", "cpu", 1)

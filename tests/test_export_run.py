@@ -1,4 +1,4 @@
-"""The export run from Python (engine/export_run.py): no output of its own, result objects back, and int8
+"""The export run from Python (export/run.py): no output of its own, result objects back, and int8
 calibration fed exactly what predict feeds the network."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import sys
 import numpy as np
 import pytest
 
-from openocr_cli import ui
-from openocr_cli.engine import quantize
-from openocr_cli.engine.export_run import ExportRequest, export_checkpoint
-from openocr_cli.engine.predictor import Predictor
-from openocr_cli.engine.resolve import InferenceOptions, resolve
+from openocr_cli.cli import ui
 from openocr_cli.errors import UserError
+from openocr_cli.export.int8 import quantize
+from openocr_cli.export.run import ExportRequest, export_checkpoint
+from openocr_cli.inference.predictor import Predictor
+from openocr_cli.inference.resolve import InferenceOptions, resolve
 from openocr_cli.log import logger
 from tests.conftest import write_image
 
@@ -40,7 +40,7 @@ def test_static_export_from_python_prints_nothing_and_returns_the_report(tmp_pat
     assert result.path == result.float_path == path and result.files == [path] and result.int8 is None
     assert (result.options.dynamic, result.options.size, result.fused) == (False, (64, 96), False)
     assert result.metadata["fused"] == "false" and result.source == random_ckpt
-    assert [r.getMessage() for r in caplog.records if r.name == "openocr_cli.engine.export_run"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "openocr_cli.export.run"] == [
         f"exporting {random_ckpt} to {path} ..."]
     assert not list(path.parent.glob(".*.tmp"))  # no temporary file left beside it
 
@@ -100,7 +100,7 @@ def test_int8_calibration_tensors_are_what_predict_feeds_the_network(tmp_path, c
 
 
 def test_export_run_imports_neither_the_cli_nor_torch():
-    code = ("import sys\nimport openocr_cli.engine.export_run\n"
+    code = ("import sys\nimport openocr_cli.export.run\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'rich', 'typer', 'click', 'torch', 'onnx'}))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from openocr_cli import hub, ui
+from openocr_cli import hub
+from openocr_cli.cli import ui
 from openocr_cli.constants import IMAGENET_MEAN, IMAGENET_STD
 from openocr_cli.errors import UserError
 from openocr_cli.hub import registry, transfer

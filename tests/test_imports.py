@@ -27,7 +27,7 @@ BLOCKER = ("import importlib.abc, sys\n"
 def heavy_modules_after(*args: str, blocked: tuple[str, ...] = ()) -> tuple[int, list[str]]:
     """Run the CLI in a fresh interpreter (where the `blocked` packages cannot be imported); the exit code
     and which heavy modules it imported."""
-    code = (f"BLOCKED = {blocked!r}\n{BLOCKER}import json, sys\nfrom openocr_cli.cli import main\n"
+    code = (f"BLOCKED = {blocked!r}\n{BLOCKER}import json, sys\nfrom openocr_cli.cli.app import main\n"
             f"sys.argv = ['openocr-det', *{list(args)!r}]\n"
             "try:\n    main()\n    rc = 0\nexcept SystemExit as exc:\n    rc = exc.code or 0\n"
             "print('\\nHEAVY=' + json.dumps([rc, sorted(m for m in ('torch', 'onnxruntime', 'onnx', "
@@ -107,7 +107,7 @@ def test_a_missing_openvino_is_named_not_a_traceback(tmp_path):
 
     model = tiny_model(tmp_path / "tiny.onnx")
     write_image(tmp_path / "imgs" / "a.png", 64, 96, 0)
-    code = (f"BLOCKED = ('openvino',)\n{BLOCKER}import sys\nfrom openocr_cli.cli import main\n"
+    code = (f"BLOCKED = ('openvino',)\n{BLOCKER}import sys\nfrom openocr_cli.cli.app import main\n"
             f"sys.argv = ['openocr-det', 'predict', {str(tmp_path / 'imgs')!r}, '--backend', 'openvino', "
             f"'--openvino-model', {str(model)!r}]\nmain()\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
@@ -118,7 +118,7 @@ def test_a_missing_openvino_is_named_not_a_traceback(tmp_path):
 
 def test_a_missing_package_is_named_not_a_traceback(tmp_path):
     write_image(tmp_path / "imgs" / "a.png", 64, 96, 0)
-    code = (f"BLOCKED = ('torch',)\n{BLOCKER}import sys\nfrom openocr_cli.cli import main\n"
+    code = (f"BLOCKED = ('torch',)\n{BLOCKER}import sys\nfrom openocr_cli.cli.app import main\n"
             f"sys.argv = ['openocr-det', 'predict', {str(tmp_path / 'imgs')!r}, '-w', 'x.pth', '--device', 'cpu']\n"
             "main()\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)

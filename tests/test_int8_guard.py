@@ -1,13 +1,13 @@
-"""The int8 guard's decision rule (engine/int8_guard.py) and the stage search (engine/int8_search.py)."""
+"""The int8 guard's decision rule (export/int8/guard.py) and the stage search (export/int8/search.py)."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from openocr_cli.engine.int8_guard import FAIL, PASS, Run, Verdict, bootstrap_drop, judge
-from openocr_cli.engine.int8_search import STAGES, best, search
-from openocr_cli.metrics import ImageRecord
+from openocr_cli.evaluation.iou_metric import ImageRecord
+from openocr_cli.export.int8.guard import FAIL, PASS, Run, Verdict, bootstrap_drop, judge
+from openocr_cli.export.int8.search import STAGES, best, search
 
 
 def box(x: int) -> np.ndarray:

@@ -1,8 +1,11 @@
-"""The package's layers (pyproject.toml [tool.importlinter]): imports point down, never in a cycle, and only the
-command layer imports rich or typer. `make lint` runs lint-imports; this runs the same contracts in the tests."""
+"""The package's layers (pyproject.toml [tool.importlinter]) follow its folders: imports point down, siblings of a
+layer stay independent, no cycles, inference imports neither training nor export, only cli/ imports rich or typer,
+and nothing inside the package imports the package face. `make lint` runs lint-imports; these run the same
+contracts, and plant a violation of each to see it caught."""
 
 from __future__ import annotations
 
+import ast
 import pkgutil
 import shutil
 import subprocess
@@ -18,7 +21,7 @@ except ModuleNotFoundError:  # Python 3.10: pytest's own TOML reader
 
 REPO = Path(__file__).resolve().parents[1]
 LINT = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
-COMMAND_LAYER = {"cli", "commands", "ui", "training_ui"}
+COMMAND_LAYER = {"cli"}
 
 
 def lint_imports(cwd: Path, package_parent: Path | None = None) -> subprocess.CompletedProcess:
@@ -46,19 +49,73 @@ def test_every_module_outside_the_command_layer_must_keep_off_the_console():
     assert listed == top - COMMAND_LAYER
 
 
-def test_the_contracts_catch_an_upward_import_a_cycle_and_rich(tmp_path):
-    """Planted in a copy of the package: data importing ui (inside a function), and plots <-> trainer."""
+def test_no_module_inside_the_package_imports_the_package_face():
+    """`openocr_cli/__init__.py` is the public face; inside, names come from where they live (_version.py too)."""
+    offenders = []
+    for path in (REPO / "openocr_cli").rglob("*.py"):
+        if path.name == "__init__.py" and path.parent.name == "openocr_cli":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "openocr_cli":
+                offenders += [f"{path.relative_to(REPO)}: from openocr_cli import {a.name}" for a in node.names
+                              if not _is_submodule(a.name)]
+            elif isinstance(node, ast.Import):
+                offenders += [f"{path.relative_to(REPO)}: import openocr_cli" for a in node.names
+                              if a.name == "openocr_cli"]
+    assert offenders == []
+
+
+def _is_submodule(name: str) -> bool:
+    return (REPO / "openocr_cli" / name).is_dir() or (REPO / "openocr_cli" / f"{name}.py").is_file()
+
+
+def test_every_package_says_its_job():
+    missing = [str(init.relative_to(REPO)) for init in (REPO / "openocr_cli").rglob("__init__.py")
+               if not (ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))) or "").strip()
+               or len(ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))) < 40]
+    assert missing == []
+
+
+PLANTS = {
+    # an upward import: data is far below cli
+    "data/doctor.py": "from openocr_cli.cli.ui import warn",
+    # a sibling import inside a layer declared independent (export | training)
+    "training/state.py": "from openocr_cli.export import run",
+    # a cycle inside one package
+    "training/plots.py": "from openocr_cli.training import trainer",
+    # rich outside cli/
+    "formats/ppocr.py": "import rich",
+    # inference reaching up into training
+    "inference/tiling.py": "from openocr_cli.training import loss",
+}
+
+
+def test_the_contracts_catch_each_planted_violation(tmp_path):
+    """Planted inside functions of a copy of the package, one of each kind the contracts forbid."""
     shutil.copytree(REPO / "openocr_cli", tmp_path / "openocr_cli", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "pyproject.toml", tmp_path)
-    plant = {"data/doctor.py": "from openocr_cli.ui import warn",
-             "engine/plots.py": "from openocr_cli.engine import trainer"}
-    for path, line in plant.items():
+    for path, line in PLANTS.items():
         with open(tmp_path / "openocr_cli" / path, "a", encoding="utf-8") as f:
             f.write(f"\n\ndef _planted():\n    {line}\n")
     res = lint_imports(tmp_path, package_parent=tmp_path)
     out = " ".join(res.stdout.split())
     assert res.returncode == 1, res.stdout + res.stderr
-    assert "openocr_cli.data is not allowed to import openocr_cli.ui" in out
-    assert "No cycles are allowed in openocr_cli.engine" in out and ".plots -> .trainer" in out
-    assert "openocr_cli.data is not allowed to import rich" in out
-    assert "3 broken" in out
+    assert "openocr_cli.data is not allowed to import openocr_cli.cli" in out
+    assert "openocr_cli.training is not allowed to import openocr_cli.export" in out
+    assert "No cycles are allowed in openocr_cli.training" in out and ".plots -> .trainer" in out
+    assert "openocr_cli.formats is not allowed to import rich" in out
+    assert "openocr_cli.inference is not allowed to import openocr_cli.training" in out
+    assert "0 kept, 4 broken" in out  # every contract
+
+
+def test_each_plant_alone_breaks_the_contracts(tmp_path):
+    """The planted lines above are each caught on their own, not only as a group."""
+    shutil.copytree(REPO / "openocr_cli", tmp_path / "openocr_cli", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    for path, line in PLANTS.items():
+        target = tmp_path / "openocr_cli" / path
+        original = target.read_text(encoding="utf-8")
+        target.write_text(original + f"\n\ndef _planted():\n    {line}\n", encoding="utf-8")
+        res = lint_imports(tmp_path, package_parent=tmp_path)
+        target.write_text(original, encoding="utf-8")
+        assert res.returncode == 1, f"{path}: {line} was not caught\n{res.stdout}"

@@ -12,7 +12,8 @@ import sys
 import pytest
 from rich.console import Console
 
-from openocr_cli import hub, ui
+from openocr_cli import hub
+from openocr_cli.cli import ui
 from openocr_cli.errors import UserError
 from openocr_cli.hub import transfer
 from openocr_cli.log import logger
@@ -207,7 +208,7 @@ def test_checkpoint_mismatch_table_reaches_stderr_through_the_cli(cli, tmp_path,
 def test_library_modules_import_neither_rich_nor_typer():
     code = ("import sys\n"
             "import openocr_cli.hub, openocr_cli.checkpoint, openocr_cli.formats.convert\n"
-            "import openocr_cli.engine.onnx_backend\n"
+            "import openocr_cli.inference.backends.onnx_backend\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'rich', 'typer', 'click'}))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -221,7 +222,7 @@ def test_cuda_fallback_is_a_logged_warning(tmp_path, monkeypatch, caplog, python
     import onnx
     from onnx import TensorProto, helper
 
-    from openocr_cli.engine import onnx_backend
+    from openocr_cli.inference.backends import onnx_backend
 
     nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1], keepdims=0),
              helper.make_node("Sigmoid", ["m"], ["y"])]
@@ -241,7 +242,7 @@ def test_cuda_fallback_is_a_logged_warning(tmp_path, monkeypatch, caplog, python
     backend = onnx_backend.OnnxBackend.load(model, "cuda")
     assert backend.providers == ["CPUExecutionProvider"]
     assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
-        ("openocr_cli.engine.onnx_backend", "WARNING",
+        ("openocr_cli.inference.backends.onnx_backend", "WARNING",
          "onnxruntime could not start CUDAExecutionProvider (missing CUDA/cuDNN libraries?); running on the CPU.")]
     assert capsys.readouterr().err == ""  # a Python caller: no handler, nothing printed
 

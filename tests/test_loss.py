@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from openocr_cli.loss import DBLoss
+from openocr_cli.training.loss import DBLoss
 
 KEYS = ["loss", "loss_shrink_maps", "loss_threshold_maps", "loss_binary_maps"]
 

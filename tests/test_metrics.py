@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from openocr_cli.metrics import DetMetric, ImageRecord, evaluate_image, summarize
+from openocr_cli.evaluation.iou_metric import DetMetric, ImageRecord, evaluate_image, summarize
 from openocr_cli.postprocess import Detection
 
 

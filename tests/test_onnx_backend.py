@@ -7,12 +7,12 @@ from onnx import TensorProto, helper
 
 from openocr_cli.checkpoint import load_weights
 from openocr_cli.config import load_config
-from openocr_cli.engine import onnx_backend
-from openocr_cli.engine.exporter import ExportOptions, export_onnx
-from openocr_cli.engine.onnx_backend import OnnxBackend, onnx_providers
-from openocr_cli.engine.onnx_metadata import write_metadata
-from openocr_cli.engine.resolve import InferenceOptions, resolve_normalizer
 from openocr_cli.errors import UserError
+from openocr_cli.export.onnx_export import ExportOptions, export_onnx
+from openocr_cli.inference.backends import onnx_backend
+from openocr_cli.inference.backends.onnx_backend import OnnxBackend, onnx_providers
+from openocr_cli.inference.backends.onnx_metadata import write_metadata
+from openocr_cli.inference.resolve import InferenceOptions, resolve_normalizer
 from openocr_cli.model import build_detector
 from tests.conftest import label_line, write_image
 from tests.test_cli_predict import read_results
@@ -168,7 +168,7 @@ def test_providers_follow_the_device(monkeypatch):
 
 
 def test_normalisation_from_metadata_flags_and_defaults(tmp_path, random_onnx):
-    # the resolver replaced commands.common.InferenceSettings: same precedence, now with sources
+    # the resolver replaced cli.options.InferenceSettings: same precedence, now with sources
     settings = InferenceOptions(device="cpu", backend="onnx", onnx_model=str(random_onnx))
     cfg = load_config()
     assert resolve_normalizer(settings, cfg, {})[0].mean.tolist() == pytest.approx([0.485, 0.456, 0.406])

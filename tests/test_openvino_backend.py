@@ -14,10 +14,10 @@ from onnx import TensorProto, helper
 from shapely.geometry import Polygon
 
 from openocr_cli import Detector, MissingFileError, UserError
-from openocr_cli.engine.onnx_backend import OnnxBackend
-from openocr_cli.engine.onnx_metadata import write_metadata
-from openocr_cli.engine.openvino_backend import OpenVinoBackend
-from openocr_cli.engine.resolve import IR_METADATA_SOURCE, InferenceOptions, Setting, resolve
+from openocr_cli.inference.backends.onnx_backend import OnnxBackend
+from openocr_cli.inference.backends.onnx_metadata import write_metadata
+from openocr_cli.inference.backends.openvino_backend import OpenVinoBackend
+from openocr_cli.inference.resolve import IR_METADATA_SOURCE, InferenceOptions, Setting, resolve
 from tests.test_api import page
 from tests.test_onnx_backend import tiny_model
 
@@ -170,7 +170,7 @@ def test_resolver_picks_openvino_and_reads_the_irs_metadata(tmp_path, models):
 
 
 def test_the_first_shape_is_compiled_static_others_dynamic_until_they_recur(models, monkeypatch):
-    import openocr_cli.engine.openvino_backend as ovb
+    import openocr_cli.inference.backends.openvino_backend as ovb
 
     monkeypatch.setattr(ovb, "SPECIALIZE_AFTER", 3)
     onnx_path, xml_path = models

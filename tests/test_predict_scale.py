@@ -16,7 +16,7 @@ import pytest
 
 from openocr_cli.data import listing
 from openocr_cli.data.images import collect_images
-from openocr_cli.engine.predict_run import Shard
+from openocr_cli.inference.run_folder import Shard
 from tests.test_api import page
 from tests.test_onnx_backend import tiny_model
 
@@ -150,7 +150,7 @@ def test_memory_stays_flat_over_thousands_of_files(tmp_path, model):
 def test_progress_shows_images_per_second_and_eta():
     from rich.progress import TimeRemainingColumn
 
-    from openocr_cli.ui import _RateColumn, rate_progress
+    from openocr_cli.cli.ui import _RateColumn, rate_progress
 
     bar = rate_progress()
     task_id = bar.add_task("predict", total=None)

@@ -7,12 +7,12 @@ import pytest
 
 from openocr_cli.data.labels import LabelSample
 from openocr_cli.data.resize import ResizeSpec
-from openocr_cli.engine import predictor as predictor_module
-from openocr_cli.engine.evaluator import evaluate_model
-from openocr_cli.engine.predictor import Predictor
 from openocr_cli.errors import UserError
+from openocr_cli.evaluation.evaluator import evaluate_model
+from openocr_cli.inference import predictor as predictor_module
+from openocr_cli.inference.predictor import Predictor
+from openocr_cli.inference.results import BOX_COLOR_BGR, ImageResult, StageTimes
 from openocr_cli.postprocess import Detection
-from openocr_cli.results import BOX_COLOR_BGR, ImageResult, StageTimes
 from tests.conftest import write_image
 
 FORWARD_SECONDS = 0.5

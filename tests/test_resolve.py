@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from openocr_cli.engine.resolve import CHECKPOINT_SOURCE, InferenceOptions, Setting, resolve
 from openocr_cli.errors import UserError
+from openocr_cli.inference.resolve import CHECKPOINT_SOURCE, InferenceOptions, Setting, resolve
 from tests.conftest import make_constant_checkpoint
 
 

@@ -7,10 +7,10 @@ import torch
 
 from openocr_cli import config as cfgmod
 from openocr_cli.config_schema import check_config
-from openocr_cli.engine.builders import parameter_groups
-from openocr_cli.engine.schedules import SCHEDULES, build_scheduler
 from openocr_cli.errors import UserError
-from openocr_cli.settings import Cadence, TrainSettings, apply_flags
+from openocr_cli.training.builders import parameter_groups
+from openocr_cli.training.schedules import SCHEDULES, build_scheduler
+from openocr_cli.training.settings import Cadence, TrainSettings, apply_flags
 
 
 def settings_for(*overrides: str) -> TrainSettings:
@@ -153,8 +153,8 @@ def test_filter_bias_and_bn_puts_1d_and_bias_params_in_an_undecayed_group():
 
 
 def test_scale_lr_multiplies_by_the_process_count():
-    from openocr_cli.engine.builders import learning_rate
-    from openocr_cli.engine.distributed import Role
+    from openocr_cli.training.builders import learning_rate
+    from openocr_cli.training.distributed import Role
 
     assert learning_rate(settings_for("Optimizer.lr=0.002"), Role(0, 0, 4)) == 0.002
     assert learning_rate(settings_for("Optimizer.lr=0.002", "Global.scale_lr=true"), Role(0, 0, 4)) == 0.008

@@ -1,4 +1,4 @@
-"""Tiled inference (engine/tiling.py): seams that lose nothing, `auto` leaves small images alone, bounded memory."""
+"""Tiled inference (inference/tiling.py): seams that lose nothing, `auto` leaves small images alone, bounded memory."""
 
 import json
 import subprocess
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from openocr_cli import Detector, UserError
-from openocr_cli.engine.tiling import grid, parse_tile
+from openocr_cli.inference.tiling import grid, parse_tile
 from tests.test_onnx_backend import random_onnx, tiny_model  # noqa: F401 (fixture)
 
 

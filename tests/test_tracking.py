@@ -18,9 +18,9 @@ import torch
 import openocr_cli
 from openocr_cli import config as cfgmod
 from openocr_cli.data.synth import generate
-from openocr_cli.engine import tracking
 from openocr_cli.errors import UserError
-from openocr_cli.settings import TrainSettings, apply_flags
+from openocr_cli.training import tracking
+from openocr_cli.training.settings import TrainSettings, apply_flags
 from tests.test_imports import BLOCKER
 
 SMALL = ["Train.dataset.transforms.4.EastRandomCropData.size=[96, 96]",
@@ -83,7 +83,7 @@ def steps(client, run_id: str, key: str) -> list[int]:
 
 
 def test_both_trackers_record_the_run_and_resume_continues_it(synth, tmp_path, local_mlflow, monkeypatch):
-    from openocr_cli.engine.trainer import Trainer
+    from openocr_cli.training.trainer import Trainer
 
     evaluate, better = Trainer.evaluate, count(1)
 
@@ -176,7 +176,7 @@ def test_a_failing_tracker_warns_once_and_training_goes_on(synth, tmp_path, monk
     with caplog.at_level(logging.WARNING, logger="openocr_cli"):
         result = train(synth, tmp_path / "run", log=["tensorboard", "mlflow"])
     assert result.global_step == 4 and (tmp_path / "run" / "latest.pth").is_file()
-    warnings = [r.getMessage() for r in caplog.records if r.name == "openocr_cli.engine.tracking"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "openocr_cli.training.tracking"]
     assert len(warnings) == 2, warnings
     assert any("TensorBoard logging failed (step 1: OSError: disk full)" in w for w in warnings)
     assert any("MLflow logging failed (start" in w for w in warnings)
@@ -186,7 +186,7 @@ def test_a_failing_tracker_warns_once_and_training_goes_on(synth, tmp_path, monk
 @pytest.mark.parametrize("tracker, package", [("tensorboard", "tensorboard"), ("mlflow", "mlflow-skinny")])
 def test_a_missing_tracker_package_is_a_clear_error_before_training(synth, tmp_path, tracker, package):
     out = tmp_path / "run"
-    code = (f"BLOCKED = ({tracker!r},)\n{BLOCKER}import sys\nfrom openocr_cli.cli import main\n"
+    code = (f"BLOCKED = ({tracker!r},)\n{BLOCKER}import sys\nfrom openocr_cli.cli.app import main\n"
             f"sys.argv = ['openocr-det', 'train', '--data-dir', {str(synth.data_dir)!r}, '--train-label', "
             f"{str(synth.train_label)!r}, '--weights', 'none', '--device', 'cpu', '--output', {str(out)!r}, "
             f"'--log', {tracker!r}]\nmain()\n")
@@ -240,8 +240,8 @@ def test_skipped_steps_and_previews_reach_every_tracker(tmp_path):
     import numpy as np
 
     from openocr_cli.data.labels import LabelSample
-    from openocr_cli.engine.callbacks import EvalReport, StepReport
-    from openocr_cli.engine.evaluator import _score
+    from openocr_cli.evaluation.evaluator import _score
+    from openocr_cli.training.callbacks import EvalReport, StepReport
     from tests.conftest import write_image
 
     class Recorder(tracking.Tracker):

@@ -17,11 +17,11 @@ import yaml
 
 from openocr_cli import config as cfgmod
 from openocr_cli.data.synth import generate
-from openocr_cli.engine.callbacks import RunLog
-from openocr_cli.engine.run_data import load_run_data
-from openocr_cli.engine.schedules import cosine_factor
-from openocr_cli.engine.trainer import Trainer
-from openocr_cli.settings import TrainSettings, apply_flags
+from openocr_cli.training.callbacks import RunLog
+from openocr_cli.training.run_data import load_run_data
+from openocr_cli.training.schedules import cosine_factor
+from openocr_cli.training.settings import TrainSettings, apply_flags
+from openocr_cli.training.trainer import Trainer
 from tests.conftest import label_line
 
 CROP = 96
@@ -584,7 +584,7 @@ def test_data_wait_warning_is_given_once(capsys, tmp_path):
 
     from rich.console import Console
 
-    from openocr_cli.training_ui import TrainDisplay
+    from openocr_cli.cli.training_display import TrainDisplay
 
     display = TrainDisplay(Console(file=io.StringIO()))
     logger = logging.getLogger("openocr_det")
@@ -626,8 +626,8 @@ def test_optimizer_is_fused_and_stays_fused_when_resuming_a_loop_checkpoint(tmp_
 
 
 def test_fused_adam_matches_the_per_tensor_loop_to_float_rounding():
-    from openocr_cli.engine.builders import update_kernel
     from openocr_cli.model import build_detector
+    from openocr_cli.training.builders import update_kernel
 
     torch.manual_seed(0)
     loop_model, fused_model = build_detector(), build_detector()
@@ -646,7 +646,7 @@ def test_fused_adam_matches_the_per_tensor_loop_to_float_rounding():
 
 
 def test_gradient_check_is_one_reduction_that_finds_nan_and_inf():
-    from openocr_cli.engine.trainer import _gradients_finite
+    from openocr_cli.training.trainer import _gradients_finite
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
     assert _gradients_finite(model)  # no gradients yet
@@ -659,7 +659,7 @@ def test_gradient_check_is_one_reduction_that_finds_nan_and_inf():
 
 
 def test_loader_keeps_its_workers_across_epochs_and_releases_them_at_the_end(tmp_path, synth):
-    from openocr_cli.engine.callbacks import Callback
+    from openocr_cli.training.callbacks import Callback
 
     settings = small_settings(synth, tmp_path / "run", epochs=2, workers=2)
     trainer = Trainer(settings, load_run_data(settings, skip_bad=False), torch.device("cpu"))
@@ -681,7 +681,7 @@ def test_loader_keeps_its_workers_across_epochs_and_releases_them_at_the_end(tmp
 
 
 def test_balanced_dice_without_host_syncs_is_bit_identical_to_the_int_arithmetic():
-    from openocr_cli.loss import BALANCE_EPS, balanced_dice_loss, dice_loss
+    from openocr_cli.training.loss import BALANCE_EPS, balanced_dice_loss, dice_loss
 
     def reference(pred, gt, mask, ratio):  # the former form: counts read back to Python ints
         dice = dice_loss(pred, gt, mask, BALANCE_EPS)
@@ -706,7 +706,7 @@ def test_balanced_dice_without_host_syncs_is_bit_identical_to_the_int_arithmetic
 def test_training_allocator_keeps_large_blocks_on_the_heap(keep):
     """After keep_freed_memory, a 64 MB block comes from the heap and stays there once freed (no fresh
     pages, hence no page faults, next step); glibc's default maps it and unmaps it on free."""
-    code = ("import ctypes, numpy as np\nfrom openocr_cli.engine.allocator import keep_freed_memory\n"
+    code = ("import ctypes, numpy as np\nfrom openocr_cli.training.allocator import keep_freed_memory\n"
             "class Info(ctypes.Structure):\n"
             "    _fields_ = [(n, ctypes.c_size_t) for n in 'arena ordblks smblks hblks hblkhd usmblks fsmblks "
             "uordblks fordblks keepcost'.split()]\n"
@@ -736,7 +736,7 @@ def test_training_runs_channels_last_and_writes_standard_layout_checkpoints(tmp_
 
 
 def test_loaded_moments_take_their_parameters_layout_so_the_fused_step_stays_right():
-    from openocr_cli.engine.builders import load_optimizer_state, update_kernel
+    from openocr_cli.training.builders import load_optimizer_state, update_kernel
 
     torch.manual_seed(0)
     weight = torch.randn(16, 8, 3, 3)

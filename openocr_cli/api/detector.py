@@ -23,9 +23,10 @@ from openocr_cli.config import override_texts
 from openocr_cli.data.listing import check_sources, expand_pages, iter_files
 from openocr_cli.data.pdf import DEFAULT_PDF_DPI
 from openocr_cli.data.pixels import is_pil_image
-from openocr_cli.engine.evaluator import EvalResult, evaluate_model
-from openocr_cli.engine.predictor import Predictor
-from openocr_cli.engine.resolve import (
+from openocr_cli.errors import ImageReadError, MissingFileError, UserError
+from openocr_cli.evaluation.evaluator import EvalResult, evaluate_model
+from openocr_cli.inference.predictor import Predictor
+from openocr_cli.inference.resolve import (
     DEFAULT_WEIGHTS,
     InferenceOptions,
     Resolved,
@@ -33,8 +34,7 @@ from openocr_cli.engine.resolve import (
     describe_settings,
     resolve,
 )
-from openocr_cli.errors import ImageReadError, MissingFileError, UserError
-from openocr_cli.results import Result
+from openocr_cli.inference.results import Result
 
 Source = Union[str, os.PathLike, Any]  # a path, folder or glob; a BGR ndarray; a PIL image
 Progress = Union[bool, Callable[[int, Optional[int]], None], None]
@@ -55,7 +55,7 @@ class Detector:
     its pages, rendered one at a time at `pdf_dpi` and named `doc.pdf#page=N` (needs the `pdf` extra).
     `tile="auto"` runs an image in tiles at its own resolution when the resize would shrink its text below
     what the model detects (`tile=1024`: every image, 1024-pixel tiles; `tile_overlap` in pixels); the tile
-    maps are merged before post-processing, so a word across a seam is one box (engine/tiling.py).
+    maps are merged before post-processing, so a word across a seam is one box (inference/tiling.py).
 
     Raises UserError (the message the command line prints) for a bad setting or checkpoint, and
     MissingFileError (a FileNotFoundError) when the model file does not exist.

@@ -9,7 +9,7 @@
 The options are the command line's (settings.TRAIN_FLAGS says which config key each one writes); the
 run folder gets the same files (latest.pth, best.pth, config.yml, train.log, metrics.jsonl,
 results.png). Nothing is printed: `progress=True` shows train.log's lines and the library's warnings on
-stderr, `callbacks` (engine.callbacks.Callback) see every event, and otherwise the notes and warnings
+stderr, `callbacks` (training.callbacks.Callback) see every event, and otherwise the notes and warnings
 go to the "openocr_cli" logger. Errors are UserError with the command line's messages. A Ctrl-C
 (SIGINT) or SIGTERM ends the current step, saves latest.pth and raises TrainingInterrupted.
 
@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 from openocr_cli import config as cfgmod
 from openocr_cli.errors import UserError
 from openocr_cli.log import logger as library_logger
-from openocr_cli.settings import TrainSettings, apply_flags
+from openocr_cli.training.settings import TrainSettings, apply_flags
 
 if TYPE_CHECKING:  # torch loads when training starts, not when this module is imported
-    from openocr_cli.engine.callbacks import Callback
-    from openocr_cli.engine.run import RunOutcome
-    from openocr_cli.engine.run_data import RunData
+    from openocr_cli.training.callbacks import Callback
+    from openocr_cli.training.run import RunOutcome
+    from openocr_cli.training.run_data import RunData
 
 PathLike = Union[str, os.PathLike]
 Paths = Union[PathLike, Sequence[PathLike]]
@@ -93,7 +93,7 @@ def plan_train(*, config: Optional[PathLike] = None, overrides: Overrides = None
 
     `Global.checkpoints` in the config continues from that checkpoint, as in OpenOCR.
     """
-    from openocr_cli.engine import distributed as ddp
+    from openocr_cli.training import distributed as ddp
 
     cfg = cfgmod.apply_overrides(cfgmod.load_config(Path(config) if config is not None else None),
                                  cfgmod.override_texts(overrides))
@@ -135,9 +135,9 @@ def plan_resume(target: Optional[PathLike] = None, *, epochs: Optional[int] = No
 
 
 def _require_trackers(settings: TrainSettings) -> None:
-    """A tracker whose package is missing is refused before the data is read (engine.tracking)."""
+    """A tracker whose package is missing is refused before the data is read (training.tracking)."""
     if settings.trackers:
-        from openocr_cli.engine.tracking import require
+        from openocr_cli.training.tracking import require
 
         require(settings.trackers)
 
@@ -174,8 +174,8 @@ def read_resumable(path: Path) -> dict:
 
 def load_job_data(job: TrainJob, callbacks: Sequence[Callback] = ()) -> RunData:
     """The job's samples: handed over by the launcher (a torchrun worker), else validated here."""
-    from openocr_cli.engine.callbacks import notify
-    from openocr_cli.engine.run_data import run_data
+    from openocr_cli.training.callbacks import notify
+    from openocr_cli.training.run_data import run_data
 
     if job.checkpoint_path is not None:
         notify(callbacks, "on_resume", job.checkpoint_path, job.checkpoint)
@@ -185,10 +185,10 @@ def load_job_data(job: TrainJob, callbacks: Sequence[Callback] = ()) -> RunData:
 def run_job(job: TrainJob, callbacks: Sequence[Callback] = (), progress: bool = False,
             data: Optional[RunData] = None) -> TrainResult:
     """Check the job's data (unless given) and train it in this process."""
-    from openocr_cli.engine.allocator import keep_freed_memory
-    from openocr_cli.engine.run import run_training
+    from openocr_cli.training.allocator import keep_freed_memory
+    from openocr_cli.training.run import run_training
 
-    keep_freed_memory()  # no page faults for every step's buffers (engine/allocator.py)
+    keep_freed_memory()  # no page faults for every step's buffers (training/allocator.py)
     with _progress_on_stderr(progress):
         if data is None:
             data = load_job_data(job, callbacks)
@@ -215,9 +215,9 @@ def train(data_dir: Optional[PathLike] = None, train_label: Optional[Paths] = No
     `output` folder that holds a run. `progress=True` shows train.log's lines on stderr. `cache` is the
     decode cache of the training images ("none", "ram" or "disk"; None keeps Train.dataset.cache).
     `log` turns experiment trackers on: "tensorboard", "mlflow" or both in a list (the command's --log;
-    engine.tracking says what they record and where); a resumed run keeps logging to the same records.
+    training.tracking says what they record and where); a resumed run keeps logging to the same records.
 
-    Like the command, this keeps the memory a step frees for the next one (engine.allocator: glibc's
+    Like the command, this keeps the memory a step frees for the next one (training.allocator: glibc's
     allocator is told so for this whole process).
     """
     job = plan_train(config=config, overrides=overrides, data_dir=data_dir, train_label=train_label,
@@ -266,7 +266,7 @@ def _progress_on_stderr(enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    from openocr_cli.engine.run import RUN_LOGGER
+    from openocr_cli.training.run import RUN_LOGGER
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))

@@ -1,2 +1,4 @@
-"""What `eval` adds to precision/recall/hmean: error records and reports, recall by text height, resize-limit
-sweeps, and post-processing settings tuned on the cached probability maps of one model pass."""
+"""Evaluation: `evaluator.py` runs a model over a labelled set and scores it with the IoU metric (`iou_metric.py`);
+the rest is what `eval` adds to precision/recall/hmean: error records and reports, recall by text height,
+resize-limit sweeps, post-processing tuned on cached probability maps, uncertainty ranking and speed rows.
+"""

@@ -14,9 +14,9 @@ import numpy as np
 
 from openocr_cli.data.resize import ResizeSpec
 from openocr_cli.data.text_heights import HEIGHT_BUCKETS, MAX_TINY_SHARE, TINY_HEIGHT, bucket_of, text_heights
-from openocr_cli.engine.evaluator import ScoredImage
 from openocr_cli.errors import UserError
-from openocr_cli.metrics import DONT_CARE, FALSE_POSITIVE, MATCHED, MISSED
+from openocr_cli.evaluation.evaluator import ScoredImage
+from openocr_cli.evaluation.iou_metric import DONT_CARE, FALSE_POSITIVE, MATCHED, MISSED
 
 
 def _points(poly) -> list[list[float]]:

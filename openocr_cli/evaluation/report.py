@@ -21,9 +21,9 @@ import numpy as np
 
 from openocr_cli.data.images import ImageReadError, read_image
 from openocr_cli.data.pdf import DEFAULT_PDF_DPI
-from openocr_cli.engine.evaluator import EvalResult
 from openocr_cli.errors import UserError
 from openocr_cli.evaluation.details import ImageErrors, error_records
+from openocr_cli.evaluation.evaluator import EvalResult
 
 # BGR colours; the legend in the page uses the same ones.
 MATCHED_BGR, FALSE_POSITIVE_BGR, MISSED_BGR, DONT_CARE_BGR = (0, 170, 0), (0, 0, 235), (235, 90, 0), (150, 150, 150)

@@ -11,9 +11,9 @@ from dataclasses import dataclass, replace
 
 from openocr_cli.data.labels import LabelSample
 from openocr_cli.data.resize import ResizeSpec
-from openocr_cli.engine.evaluator import EvalResult, evaluate_model
-from openocr_cli.engine.predictor import Predictor
 from openocr_cli.errors import UserError
+from openocr_cli.evaluation.evaluator import EvalResult, evaluate_model
+from openocr_cli.inference.predictor import Predictor
 
 
 def parse_sizes(text: str) -> list[int]:

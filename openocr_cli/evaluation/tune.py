@@ -27,8 +27,8 @@ from itertools import product
 from typing import Optional
 
 from openocr_cli.errors import UserError
+from openocr_cli.evaluation.iou_metric import ImageRecord, evaluate_image, summarize
 from openocr_cli.evaluation.mapcache import CachedMap
-from openocr_cli.metrics import ImageRecord, evaluate_image, summarize
 from openocr_cli.postprocess import DBPostProcess
 
 AXES = ("thresh", "box_thresh", "unclip_ratio")

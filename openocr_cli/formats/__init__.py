@@ -1,10 +1,10 @@
-"""Label formats `openocr-det convert` reads and writes, by name; each module is one format over formats.model."""
+"""Label formats `openocr-det convert` reads and writes, by name; each module is one format over formats.label_model."""
 
 from __future__ import annotations
 
 from openocr_cli.errors import UserError
 from openocr_cli.formats import coco, icdar2015, labelme, labelstudio, ppocr, ppocrlabel, rrc, totaltext
-from openocr_cli.formats.model import Format
+from openocr_cli.formats.label_model import Format
 from openocr_cli.suggest import did_you_mean
 
 FORMATS: dict[str, Format] = {f.name: f for f in (ppocr.FORMAT, icdar2015.FORMAT, labelme.FORMAT, coco.FORMAT,

@@ -13,7 +13,7 @@ from typing import Optional
 
 from shapely.geometry import Polygon
 
-from openocr_cli.formats.model import (
+from openocr_cli.formats.label_model import (
     BadFile,
     Dataset,
     Format,

@@ -17,7 +17,7 @@ from typing import Optional
 from openocr_cli.data.labels import MAX_REPORTED_PROBLEMS
 from openocr_cli.errors import UserError
 from openocr_cli.formats import get_format, ppocr, writable_names
-from openocr_cli.formats.model import Format, ImageLabels, Problem, WriteOptions, image_size
+from openocr_cli.formats.label_model import Format, ImageLabels, Problem, WriteOptions, image_size
 
 SPLIT_NAMES = ("train_label.txt", "test_label.txt")
 

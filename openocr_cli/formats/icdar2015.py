@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from openocr_cli.formats.model import (
+from openocr_cli.formats.label_model import (
     Dataset,
     Format,
     ImageLabels,

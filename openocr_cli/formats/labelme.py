@@ -11,7 +11,7 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
-from openocr_cli.formats.model import (
+from openocr_cli.formats.label_model import (
     BadFile,
     Dataset,
     Format,

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import unquote
 
-from openocr_cli.formats.model import (
+from openocr_cli.formats.label_model import (
     BadFile,
     Dataset,
     Format,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from openocr_cli.data.labels import parse_regions, resolve_image_field, split_line
-from openocr_cli.formats.model import Dataset, Format, ImageLabels, Problem, Region, WriteOptions, is_ignore_text
+from openocr_cli.formats.label_model import Dataset, Format, ImageLabels, Problem, Region, WriteOptions, is_ignore_text
 
 ROOT_PROBE = 20
 

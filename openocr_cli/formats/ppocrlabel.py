@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Optional
 
 from openocr_cli.formats import ppocr
-from openocr_cli.formats.model import Dataset, Format, ImageLabels, Problem, Region, WriteOptions, decode_lines
+from openocr_cli.formats.label_model import Dataset, Format, ImageLabels, Problem, Region, WriteOptions, decode_lines
 
 LABEL_NAME = "Label.txt"
 STATE_NAME = "fileState.txt"

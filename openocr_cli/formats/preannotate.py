@@ -29,7 +29,7 @@ from openocr_cli.data.pdf import split_page_ref
 from openocr_cli.errors import UserError
 from openocr_cli.fileio import atomic_write_text
 from openocr_cli.formats import labelme, labelstudio, ppocrlabel, rrc
-from openocr_cli.formats.model import Region
+from openocr_cli.formats.label_model import Region
 from openocr_cli.suggest import did_you_mean
 
 SAVE_FORMATS = ("labelme", "ppocrlabel", "labelstudio", "rrc")

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Optional
 
 from openocr_cli.formats.icdar2015 import quad
-from openocr_cli.formats.model import (
+from openocr_cli.formats.label_model import (
     Dataset,
     Format,
     ImageLabels,

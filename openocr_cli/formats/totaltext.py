@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
-from openocr_cli.formats.model import Dataset, Format, Region, number, pair_up, read_gt_files
+from openocr_cli.formats.label_model import Dataset, Format, Region, number, pair_up, read_gt_files
 
 IGNORE_MARK = "#"
 RECORD = re.compile(r"x:\s*\[\[(?P<x>[^\]]*)\]\]\s*,\s*y:\s*\[\[(?P<y>[^\]]*)\]\]\s*,\s*"

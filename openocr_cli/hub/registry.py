@@ -36,7 +36,7 @@ class Preprocess:
     channel_order: str = "BGR"
 
     def as_metadata(self) -> dict[str, str]:
-        """The normalisation in the form an exported ONNX model states it (engine/onnx_metadata.py)."""
+        """The normalisation in the form an exported ONNX model states it (inference/backends/onnx_metadata.py)."""
         return {"mean": json.dumps(list(self.mean)), "std": json.dumps(list(self.std)),
                 "channel_order": self.channel_order}
 

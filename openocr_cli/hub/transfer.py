@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Optional, Protocol
 if TYPE_CHECKING:
     import urllib.request
 
-from openocr_cli import __version__
+from openocr_cli._version import __version__
 from openocr_cli.errors import UserError
 from openocr_cli.hub.cache import EntryFiles, discard_partial, read_json, write_json
 from openocr_cli.hub.registry import ModelEntry

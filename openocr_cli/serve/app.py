@@ -20,12 +20,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from openocr_cli import __version__
+from openocr_cli._version import __version__
 from openocr_cli.api.detector import Detector
 from openocr_cli.errors import first_line
 from openocr_cli.serve.gate import Gate
-from openocr_cli.serve.metrics import ServiceMetrics
 from openocr_cli.serve.problems import RequestError
+from openocr_cli.serve.prometheus import ServiceMetrics
 from openocr_cli.serve.requests import FLOAT_PARAMS, PARAMS, read_detect_request
 from openocr_cli.serve.service import DetectionService, ServeLimits
 

@@ -14,8 +14,8 @@ import hmac
 import time
 from typing import Optional
 
-from openocr_cli.serve.metrics import ServiceMetrics
 from openocr_cli.serve.problems import RequestError
+from openocr_cli.serve.prometheus import ServiceMetrics
 from openocr_cli.serve.service import DetectionService
 
 DETECT_PATH = "/v1/detect"

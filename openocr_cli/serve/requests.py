@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from openocr_cli.engine.tiling import TileSettings, parse_tile
 from openocr_cli.errors import UserError
+from openocr_cli.inference.tiling import TileSettings, parse_tile
 from openocr_cli.postprocess import DBPostProcess
 from openocr_cli.serve.problems import RequestError
 

@@ -21,9 +21,9 @@ from typing import Optional
 import uvicorn
 
 from openocr_cli.api.detector import Detector
-from openocr_cli.engine.resolve import InferenceOptions
+from openocr_cli.inference.resolve import InferenceOptions
 from openocr_cli.serve.app import ENVIRONMENT_KEY, create_app, write_setup
-from openocr_cli.serve.metrics import MULTIPROCESS_ENV
+from openocr_cli.serve.prometheus import MULTIPROCESS_ENV
 from openocr_cli.serve.service import ServeLimits
 
 DRAIN_GRACE_S = 5.0  # beyond --timeout-s, how long a drain waits for the last responses

@@ -16,13 +16,13 @@ from typing import Any, Optional
 import numpy as np
 
 from openocr_cli.api.detector import Detector
-from openocr_cli.engine.predictor import Predictor
-from openocr_cli.engine.tiling import TileSettings
+from openocr_cli.inference.predictor import Predictor
+from openocr_cli.inference.results import detections_json
+from openocr_cli.inference.tiling import TileSettings
 from openocr_cli.postprocess import DBPostProcess
-from openocr_cli.results import detections_json
 from openocr_cli.serve import uploads
 from openocr_cli.serve.batcher import Forward, MicroBatcher
-from openocr_cli.serve.metrics import ServiceMetrics
+from openocr_cli.serve.prometheus import ServiceMetrics
 from openocr_cli.serve.requests import DetectRequest, postprocess_for, tiling_for
 
 WARM_UP_SIZE = (480, 640)  # a blank page, run once before /healthz says ready

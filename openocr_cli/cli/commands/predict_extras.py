@@ -1,0 +1,85 @@
+"""predict's pre-annotation options: --save-format (labelme, ppocrlabel, labelstudio, rrc), --min-rect and
+--select-uncertain N. The writing lives in formats/preannotate.py, the score in evaluation/uncertainty.py; this
+module only turns the flags into them and reports what was written."""
+
+from __future__ import annotations
+
+import atexit
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+
+from openocr_cli.cli.ui import console, warn
+from openocr_cli.errors import UserError
+
+SaveFormat = Annotated[Optional[list[str]], typer.Option(
+    "--save-format", metavar="labelme|ppocrlabel|labelstudio|rrc",
+    help="Also write the predictions for a person to correct (repeatable): labelme JSON per image, a PPOCRLabel "
+         "folder (Label.txt, fileState.txt, images unchecked), Label Studio tasks (labelstudio.json), or the ICDAR "
+         "submission OUTPUT/submit.zip (rrc).")]
+MinRect = Annotated[bool, typer.Option(
+    "--min-rect", help="--save-format rrc with --box-type poly: write each polygon's minimum-area rectangle.")]
+SelectUncertain = Annotated[Optional[int], typer.Option(
+    "--select-uncertain", min=1, metavar="N",
+    help="Write the N images the model is least sure about to OUTPUT/uncertain.txt (path, TAB, score; most "
+         "uncertain first): the ones to label next.")]
+
+
+class PredictExtras:
+    """What predict does per result beyond det_results.txt; `add` per result, `finish` at the end, `abort` on error."""
+
+    def __init__(self, output: Path, save_format: Optional[list[str]], min_rect: bool,
+                 select_uncertain: Optional[int], detector) -> None:
+        from openocr_cli.formats.preannotate import Preannotator, parse_save_formats
+
+        formats = parse_save_formats(save_format)
+        if min_rect and "rrc" not in formats:
+            raise UserError("--min-rect applies to --save-format rrc; add --save-format rrc or drop --min-rect.",
+                            exit_code=2)
+        self.postprocess = detector.predictor.postprocess
+        self.selection = None
+        if select_uncertain is not None:
+            from openocr_cli.evaluation.uncertainty import UncertainSelection
+
+            self.selection = UncertainSelection(select_uncertain)
+        self.writer = None
+        if formats:
+            from openocr_cli._version import __version__
+
+            self.writer = Preannotator(output, formats, min_rect=min_rect, box_type=self.postprocess.box_type,
+                                       model_version=f"openocr-det {__version__}")
+            atexit.register(self.abort)  # an interrupted run leaves no unfinished Label.txt / zip / task list
+        self.output = output
+
+    @property
+    def needs_maps(self) -> bool:
+        return self.selection is not None
+
+    def add(self, result) -> None:
+        if self.writer is not None:
+            self.writer.add(result)
+        if self.selection is not None and result.prob is not None:
+            from openocr_cli.evaluation.uncertainty import image_uncertainty
+
+            self.selection.add(result.name, image_uncertainty(result.prob, self.postprocess).score)
+        result.prob = None  # one map at a time: memory stays flat
+
+    def finish(self) -> None:
+        if self.writer is not None:
+            atexit.unregister(self.abort)
+            for kind, path in self.writer.close():
+                console.print(f"{kind}: {escape(str(path))}", highlight=False)
+            for note in self.writer.notes:
+                warn(note)
+        if self.selection is not None:
+            from openocr_cli.evaluation.uncertainty import UNCERTAIN_NAME
+
+            self.selection.write(self.output / UNCERTAIN_NAME)
+            console.print(f"uncertain: {len(self.selection.ranked())} of {self.selection.seen} images in "
+                          f"{escape(str(self.output / UNCERTAIN_NAME))}", highlight=False)
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()

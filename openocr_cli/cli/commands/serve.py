@@ -1,0 +1,125 @@
+"""`openocr-det serve`: the detector as an HTTP service with a page to try it (the work is in openocr_cli.serve)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Optional
+
+import typer
+
+from openocr_cli.cli import options as opt
+from openocr_cli.cli.ui import err_console, warn
+from openocr_cli.errors import UserError
+
+API_KEY_ENV = "OPENOCR_DET_API_KEY"
+EXTRA_HINT = "pip install 'openocr-det[serve]'"
+
+
+def serve(
+    weights: opt.Weights = opt.DEFAULT_WEIGHTS,
+    onnx_model: opt.OnnxModel = None,
+    openvino_model: opt.OpenVinoModel = None,
+    backend: opt.BackendOpt = None,
+    host: Annotated[str, typer.Option(
+        "--host", help="Address to listen on. The default answers this machine only; 0.0.0.0 listens on every "
+                       "interface (put a reverse proxy with TLS in front, and use --api-key).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free port, printed).")] = 8000,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=1, help="Worker processes, one model each, sharing the port.")] = 1,
+    max_batch: Annotated[int, typer.Option(
+        "--max-batch", min=1, help="At most this many same-size images from concurrent requests per forward "
+                                   "pass.")] = 8,
+    max_wait_ms: Annotated[float, typer.Option(
+        "--max-wait-ms", min=0, help="How long a forward pass waits for more requests to batch with, while some "
+                                     "are still being decoded.")] = 5.0,
+    max_queue: Annotated[int, typer.Option(
+        "--max-queue", min=1, help="Detect requests admitted at once per worker; more get 503 with Retry-After "
+                                   "at once.")] = 64,
+    max_upload_mb: Annotated[float, typer.Option(
+        "--max-upload-mb", min=0.001, help="Largest request body; larger ones get 413 before being read.")] = 20.0,
+    max_pixels: Annotated[float, typer.Option(
+        "--max-pixels", min=1, help="Largest image, in pixels, read from the file's header; larger ones get 413 "
+                                    "without being decoded (decompression bombs).")] = 50e6,
+    timeout_s: Annotated[float, typer.Option(
+        "--timeout-s", min=0.001, help="Per request; a slower one gets 504 and its work is cancelled.")] = 30.0,
+    api_key: Annotated[Optional[str], typer.Option(
+        "--api-key", envvar=API_KEY_ENV, show_envvar=True,
+        help="Require `Authorization: Bearer KEY` on /v1/* and /metrics (401 otherwise). Prefer the environment "
+             "variable: a flag shows in the process list.")] = None,
+    cors_origin: Annotated[Optional[list[str]], typer.Option(
+        "--cors-origin", help="Allow browser pages from this origin to call the API (repeatable; none by "
+                              "default).")] = None,
+    access_log: Annotated[bool, typer.Option("--access-log", help="Log every request (uvicorn's access log).")]
+    = False,
+    decode_threads: Annotated[int, typer.Option(
+        "--decode-threads", min=1, help="Threads per worker decoding, resizing and post-processing.")] = 2,
+    config: opt.ConfigPath = None,
+    override: opt.Overrides = None,
+    device: opt.Device = None,
+    threads: opt.Threads = None,
+    thresh: opt.Thresh = None,
+    box_thresh: opt.BoxThresh = None,
+    unclip_ratio: opt.UnclipRatio = None,
+    score_mode: opt.ScoreModeOpt = None,
+    box_type: opt.BoxTypeOpt = None,
+    limit_side_len: opt.LimitSide = None,
+    limit_type: opt.LimitTypeOpt = None,
+    non_strict: opt.NonStrict = False,
+    mean: opt.Mean = None,
+    std: opt.Std = None,
+    postprocess_file: opt.PostprocessFile = None,
+    tile: opt.Tile = None,
+    tile_overlap: opt.TileOverlap = None,
+) -> None:
+    """Serve the detector over HTTP: POST /v1/detect, a try-it page at /, /healthz, /metrics, /docs.
+
+    Each request's boxes are what det_results.txt holds for the same image and settings; a request may change
+    thresh, box_thresh, unclip_ratio, box_type and tile. Concurrent requests are micro-batched; SIGTERM or
+    Ctrl+C stops accepting, finishes the requests in flight and exits 0.
+
+    Examples:
+
+      openocr-det serve --onnx-model det_int8.onnx --threads 2
+
+      curl -F image=@page.jpg http://127.0.0.1:8000/v1/detect
+
+      OPENOCR_DET_API_KEY=secret openocr-det serve --weights best.pth --host 0.0.0.0 --workers 2 --threads 1
+    """
+    try:
+        from openocr_cli.serve.server import serve as run_server
+        from openocr_cli.serve.service import ServeLimits
+    except ImportError as exc:
+        raise UserError(f"serve needs {exc.name}: {EXTRA_HINT}") from None
+
+    if api_key is not None and not api_key.strip():
+        raise UserError(f"--api-key / {API_KEY_ENV} is empty; give a key or unset it.", exit_code=2)
+    if not _loopback(host) and api_key is None:
+        warn(f"serving on {host} without --api-key: anyone who can reach this port can use the detector.")
+    limits = ServeLimits(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                         max_upload_mb=max_upload_mb, max_pixels=int(max_pixels), timeout_s=timeout_s,
+                         decode_threads=decode_threads)
+    options = opt.inference_options(locals(), workers=decode_threads, batch_size=max_batch)
+
+    def listening(url: str) -> None:
+        err_console.print(f"openocr-det serving on {url} (page: {url}/, API docs: {url}/docs); Ctrl+C to stop",
+                          markup=False, highlight=False, soft_wrap=True)
+
+    def ready() -> None:
+        err_console.print("ready: model loaded and warmed up", markup=False, highlight=False, soft_wrap=True)
+
+    try:
+        run_server(options, limits, host=host, port=port, workers=workers, api_key=api_key,
+                   cors_origins=cors_origin or (), access_log=access_log, on_listening=listening, on_ready=ready)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}. Choose another --port or --host.") \
+            from None
+    err_console.print("stopped: requests in flight were answered", markup=False, highlight=False, soft_wrap=True)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,350 @@
+"""The one place inference settings are decided: every value, and where it came from.
+
+predict, eval, benchmark, export and the Python `Detector` all resolve through here, so one
+precedence holds everywhere. Per value, lowest first:
+
+1. the config: the packaged repvit_db.yml, or `config=` / --config (its `-o` edits count as "-o");
+2. the model: a checkpoint's saved config (`PostProcess`) or an ONNX / OpenVINO model's metadata (post-processing,
+   mean/std, channel order), the model registry for released files that state nothing; an explicit
+   --config replaces the model's post-processing values;
+3. a post-processing file (`postprocess=` / --postprocess: the `tuned` object `eval --tune --json` writes);
+4. `-o PostProcess.KEY=...` overrides;
+5. explicit arguments (the command's flags, the Detector's keyword arguments).
+
+An ONNX or OpenVINO model with a fixed input size outranks every resize setting. Nothing here prints: notes go
+to the logger, the commands show them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from openocr_cli import config as cfgmod
+from openocr_cli.constants import POSTPROCESS_KEYS
+from openocr_cli.data.pdf import DEFAULT_PDF_DPI
+from openocr_cli.data.resize import Normalizer, ResizeSpec
+from openocr_cli.errors import UserError
+from openocr_cli.inference import postprocess_sources as ppfile
+from openocr_cli.inference.backends.onnx_metadata import CHANNEL_ORDERS, normalization
+from openocr_cli.inference.predictor import Backend, Predictor
+from openocr_cli.inference.tiling import TileSettings, parse_tile
+from openocr_cli.postprocess import DBPostProcess, make_postprocess
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WEIGHTS = "repvit"
+DEFAULT_ONNX_MODEL = "repvit-onnx"
+BACKENDS = ("torch", "onnx", "openvino")
+FILE_BACKENDS = ("onnx", "openvino")  # a model file run by a runtime, never torch
+CHECKPOINT_SOURCE = "the checkpoint's saved config"
+METADATA_SOURCE = "the ONNX model's metadata"  # an .onnx file's, whichever runtime reads it
+IR_METADATA_SOURCE = "the OpenVINO IR's metadata"  # an .xml file's rt_info
+
+
+@dataclass(frozen=True, kw_only=True)
+class InferenceOptions:
+    """What a caller asked for; None means "not given" (the resolver decides).
+
+    `origin` names explicit values in the recorded sources: "flag" for the command line, "argument" for
+    the Python API. `postprocess` is a JSON file path or a mapping of thresh / box_thresh / unclip_ratio.
+    """
+
+    weights: str = DEFAULT_WEIGHTS
+    onnx_model: Optional[str] = None
+    openvino_model: Optional[str] = None
+    backend: Optional[str] = None
+    config: Optional[Path] = None
+    overrides: tuple[str, ...] = ()
+    postprocess: Union[Path, Mapping[str, float], None] = None
+    device: Optional[str] = None
+    threads: Optional[int] = None
+    batch_size: int = 1
+    workers: int = 2
+    thresh: Optional[float] = None
+    box_thresh: Optional[float] = None
+    unclip_ratio: Optional[float] = None
+    score_mode: Optional[str] = None
+    box_type: Optional[str] = None
+    limit_side_len: Optional[int] = None
+    limit_type: Optional[str] = None
+    mean: Optional[Sequence[float]] = None
+    std: Optional[Sequence[float]] = None
+    non_strict: bool = False
+    fuse: bool = True
+    pdf_dpi: float = DEFAULT_PDF_DPI
+    tile: Optional[str] = None  # off / auto / a tile side in pixels (inference/tiling.py); None = off
+    tile_overlap: Optional[int] = None
+
+    def tile_settings(self) -> TileSettings:
+        """--tile / --tile-overlap checked and parsed (a bad value is a usage error naming the flag)."""
+        return parse_tile(self.tile, self.tile_overlap)
+    origin: str = "flag"
+
+    def replace(self, **changes: Any) -> InferenceOptions:
+        return dataclasses.replace(self, **changes)
+
+    def load_config(self) -> dict:
+        """The config file (or the packaged one) with every -o override applied."""
+        return cfgmod.apply_overrides(cfgmod.load_config(self.config), self.overrides)
+
+    def backend_name(self) -> str:
+        """openvino / onnx when that model is given, else torch; an explicit backend must agree with the model."""
+        if self.onnx_model and self.openvino_model:
+            raise UserError("--onnx-model and --openvino-model both name a model; pass one (OpenVINO reads .onnx "
+                            "files too: --openvino-model FILE.onnx).", exit_code=2)
+        if self.backend is None:
+            return "openvino" if self.openvino_model else "onnx" if self.onnx_model else "torch"
+        if self.backend not in BACKENDS:
+            raise UserError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}.", exit_code=2)
+        if self.backend != "onnx" and self.onnx_model:
+            instead = ("pass the file as --openvino-model (OpenVINO reads .onnx files)" if self.backend == "openvino"
+                       else "pass --backend onnx")
+            raise UserError(f"--onnx-model is used by the onnx backend only; drop it or {instead}.", exit_code=2)
+        if self.backend != "openvino" and self.openvino_model:
+            raise UserError("--openvino-model is used by the openvino backend only; drop it or pass --backend "
+                            "openvino.", exit_code=2)
+        return self.backend
+
+    def model_name(self) -> str:
+        """The model as the caller named it (the .pth / .onnx / .xml path or registry name this run uses)."""
+        backend = self.backend_name()
+        if backend == "torch":
+            return self.weights
+        return (self.onnx_model if backend == "onnx" else self.openvino_model) or DEFAULT_ONNX_MODEL
+
+    def _explicit_postprocess(self) -> dict[str, Any]:
+        return {"thresh": self.thresh, "box_thresh": self.box_thresh, "unclip_ratio": self.unclip_ratio,
+                "score_mode": self.score_mode, "box_type": self.box_type}
+
+    def _file_layer(self) -> Optional[tuple[str, dict[str, float]]]:
+        if self.postprocess is None:
+            return None
+        if isinstance(self.postprocess, Mapping):
+            return "postprocess=", ppfile.check_values(dict(self.postprocess), "postprocess=")
+        label = f"--postprocess {self.postprocess}" if self.origin == "flag" else f"postprocess={self.postprocess}"
+        return label, ppfile.read_postprocess_file(Path(self.postprocess))
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One resolved value and the layer it came from."""
+
+    value: Any
+    source: str
+
+
+@dataclass
+class Resolved:
+    """Everything an inference run needs, built once; `settings` records each value's source."""
+
+    cfg: dict
+    backend: Backend
+    resize: ResizeSpec
+    normalizer: Normalizer
+    postprocess: DBPostProcess
+    settings: dict[str, Setting]
+
+    @property
+    def model(self) -> str:
+        """The model as the caller named it (settings["model"])."""
+        return self.settings["model"].value
+
+    def predictor(self, batch_size: int = 1, workers: int = 2, pdf_dpi: float = DEFAULT_PDF_DPI,
+                  tile: TileSettings = TileSettings()) -> Predictor:
+        return Predictor(self.backend, self.resize, self.normalizer, self.postprocess, batch_size=batch_size,
+                         workers=workers, pdf_dpi=pdf_dpi, tile=tile)
+
+
+def resolve_postprocess(options: InferenceOptions, cfg: dict, model_layer: Optional[tuple[str, Mapping]] = None,
+                        note_model_values: bool = True) -> tuple[DBPostProcess, dict[str, Setting]]:
+    """DBPostProcess from config < model < file < -o < explicit values, with the source of every key."""
+    if options.config is not None:  # an explicit config outranks the values the model carries
+        model_layer = None
+    layers = [model_layer] if model_layer and model_layer[1] else []
+    file_layer = options._file_layer()
+    if file_layer is not None:
+        layers.append(file_layer)
+    params, sources = ppfile.layered_params(cfg, options.overrides, layers, options._explicit_postprocess(),
+                                            explicit=options.origin)
+    postprocess = make_postprocess(params)
+    if note_model_values and layers and model_layer:
+        base = make_postprocess(cfgmod.postprocess_params(cfg))
+        changed = [f"{k} {getattr(postprocess, k):g}" for k, src in sources.items()
+                   if src == model_layer[0] and getattr(postprocess, k) != getattr(base, k)]
+        if changed:
+            log.info(f"note: post-processing {', '.join(changed)} from {model_layer[0]} (the config says "
+                     "otherwise; flags, -o or --postprocess override it).")
+    return postprocess, {k: Setting(getattr(postprocess, k), sources[k]) for k in POSTPROCESS_KEYS}
+
+
+def resolve_resize(options: InferenceOptions, cfg: dict) -> tuple[ResizeSpec, dict[str, Setting]]:
+    """DetResizeForTest from the config's Eval pipeline (or -o), replaced by explicit limit settings."""
+    params = cfgmod.resize_params(cfg)
+    base = cfgmod.resize_params(cfgmod.load_config(options.config)) if options.overrides else params
+    sources = {key: "-o" if params.get(key) != base.get(key) else "config"
+               for key in ("limit_side_len", "limit_type", "image_shape", "resize_long")}
+    if options.limit_side_len is not None or options.limit_type is not None:
+        params = {"limit_side_len": options.limit_side_len or int(params.get("limit_side_len", 960)),
+                  "limit_type": options.limit_type or params.get("limit_type", "max")}
+        for key in ("limit_side_len", "limit_type"):
+            if getattr(options, key) is not None:
+                sources[key] = options.origin
+    spec = ResizeSpec.from_params(params)
+    return spec, _resize_settings(spec, sources)
+
+
+def _resize_settings(spec: ResizeSpec, sources: dict[str, str]) -> dict[str, Setting]:
+    if spec.image_shape is not None:
+        return {"image_shape": Setting(spec.image_shape, sources["image_shape"])}
+    if spec.resize_long is not None:
+        return {"resize_long": Setting(spec.resize_long, sources["resize_long"])}
+    return {key: Setting(getattr(spec, key), sources[key]) for key in ("limit_side_len", "limit_type")}
+
+
+class RgbNormalizer(Normalizer):
+    """For models trained on RGB input: flip our BGR image before normalising."""
+
+    def __call__(self, image):
+        return super().__call__(image[..., ::-1])
+
+
+def resolve_normalizer(options: InferenceOptions, cfg: dict, metadata: Optional[Mapping[str, str]] = None,
+                       model_source: str = METADATA_SOURCE) -> tuple[Normalizer, dict[str, Setting]]:
+    """mean/std: explicit values, else the model's metadata, else the config's NormalizeImage (ImageNet)."""
+    params = cfgmod.normalize_params(cfg)
+    meta_mean, meta_std, order = normalization(metadata or {})
+    if order is not None and order not in CHANNEL_ORDERS:
+        raise UserError(f"the model's metadata gives channel_order {order!r}; openocr-det feeds BGR "
+                        "or RGB only.")
+    chosen = {}
+    for key, explicit, meta in (("mean", options.mean, meta_mean), ("std", options.std, meta_std)):
+        value, source = ((explicit, options.origin) if explicit else (meta, model_source) if meta else
+                         (params[key], "config"))
+        chosen[key] = Setting(tuple(float(v) for v in value), source)
+    chosen["channel_order"] = Setting(order or "BGR", model_source if order else "config")
+    kind = RgbNormalizer if order == "RGB" else Normalizer
+    return kind(chosen["mean"].value, chosen["std"].value), chosen
+
+
+def resolve(options: InferenceOptions) -> Resolved:
+    """Load the config and the model once and decide every setting (settings are checked before the model
+    loads, so a bad value fails fast)."""
+    cfg = options.load_config()
+    options.tile_settings()  # a bad --tile fails before the model loads
+    backend_name = options.backend_name()
+    resolve_postprocess(options, cfg, note_model_values=False)  # fail fast on bad values
+    resize, resize_settings = resolve_resize(options, cfg)
+    if backend_name in FILE_BACKENDS:
+        backend, resize, resize_settings, metadata, meta_source = _file_backend(options, resize, resize_settings)
+        normalizer, norm_settings = resolve_normalizer(options, cfg, metadata, meta_source)
+        log.info(f"{backend_name} backend: {backend.info.path} on {backend.providers[0]}, input "
+                 f"'{backend.info.input_name}', output '{backend.info.output_name}', normalisation from "
+                 f"{_norm_source(norm_settings)}.")
+        model_layer = (_metadata_source(backend.info.path), ppfile.from_metadata(backend.info.metadata))
+        device = backend.providers[0]
+    else:
+        backend = _torch_backend(options, cfg)
+        normalizer, norm_settings = resolve_normalizer(options, cfg)
+        model_layer = (CHECKPOINT_SOURCE, ppfile.from_saved_config(backend.saved_config))
+        device = str(backend.device)
+    postprocess, post_settings = resolve_postprocess(options, cfg, model_layer)
+    explicit = options.origin
+    settings = {
+        "model": Setting(options.model_name(), explicit if _named(options) else "default"),
+        "backend": Setting(backend_name, explicit if options.backend else "default"),
+        "device": Setting(device, explicit if options.device else "default"),
+        **resize_settings, **norm_settings, **post_settings,
+    }
+    return Resolved(cfg, backend, resize, normalizer, postprocess, settings)
+
+
+def _named(options: InferenceOptions) -> bool:
+    backend = options.backend_name()
+    if backend == "torch":
+        return options.weights != DEFAULT_WEIGHTS
+    return (options.onnx_model if backend == "onnx" else options.openvino_model) is not None
+
+
+def _norm_source(settings: dict[str, Setting]) -> str:
+    source = settings["mean"].source
+    if source == "config":
+        return "the config (ImageNet)"
+    if source in ("flag", "argument"):
+        return "--mean/--std" if source == "flag" else "mean=/std="
+    return "the model's metadata" if source in (METADATA_SOURCE, IR_METADATA_SOURCE) else source
+
+
+def _torch_backend(options: InferenceOptions, cfg: dict) -> Backend:
+    from openocr_cli.hub import resolve_weights
+
+    if options.weights.lower().endswith(".onnx"):
+        raise UserError(f"--weights {options.weights} is an ONNX model; run it with --backend onnx "
+                        f"--onnx-model {options.weights}.", exit_code=2)
+    if options.weights.lower().endswith(".xml"):
+        raise UserError(f"--weights {options.weights} is an OpenVINO model; run it with --openvino-model "
+                        f"{options.weights}.", exit_code=2)
+    from openocr_cli.inference.backends.torch_backend import TorchBackend, resolve_device  # torch: this branch only
+
+    device = resolve_device(options.device)
+    if options.threads is not None:
+        import torch
+
+        torch.set_num_threads(options.threads)
+    weights = resolve_weights(options.weights)
+    return TorchBackend.from_checkpoint(weights, device, cfg.get("Architecture"), strict=not options.non_strict,
+                                        fuse=options.fuse)
+
+
+def _metadata_source(path: Path) -> str:
+    return IR_METADATA_SOURCE if Path(path).suffix.lower() == ".xml" else METADATA_SOURCE
+
+
+def _load_file_backend(options: InferenceOptions, name: str):
+    """The runtime for the chosen file backend (imported here: neither runtime loads before it is used)."""
+    from openocr_cli.hub import resolve_weights
+
+    if options.backend_name() == "onnx":
+        from openocr_cli.inference.backends.onnx_backend import OnnxBackend
+
+        return OnnxBackend.load(resolve_weights(name), options.device, options.threads)
+    from openocr_cli.inference.backends.openvino_backend import OpenVinoBackend
+
+    # no .xml is in the registry: the loader's own message names a missing IR and its .bin
+    path = Path(name).expanduser() if name.lower().endswith(".xml") else resolve_weights(name)
+    return OpenVinoBackend.load(path, options.device, options.threads)
+
+
+def _file_backend(options: InferenceOptions, resize: ResizeSpec, resize_settings: dict[str, Setting]):
+    """Load the model file once (onnxruntime or OpenVINO); a fixed input size gets images resized to exactly it."""
+    from openocr_cli.hub import get_entry
+
+    backend_name = options.backend_name()
+    if options.weights != DEFAULT_WEIGHTS:
+        flag = "--onnx-model" if backend_name == "onnx" else "--openvino-model"
+        log.warning(f"--weights {options.weights} is not used by the {backend_name} backend (it runs {flag}).")
+    name = options.model_name()
+    backend = _load_file_backend(options, name)
+    info = backend.info
+    metadata, source = info.metadata, _metadata_source(info.path)
+    entry = None if Path(name).expanduser().is_file() else get_entry(name)
+    if "mean" not in metadata and entry is not None:  # e.g. OpenOCR's released file, which states nothing
+        metadata, source = {**entry.preprocess.as_metadata(), **metadata}, f"the model registry ({entry.name})"
+    if info.fixed_hw is not None:
+        if options.limit_side_len is not None or options.limit_type is not None:
+            log.warning("--limit-side-len/--limit-type are ignored: the model's input size is fixed.")
+        log.info(f"note: the model takes a fixed {info.fixed_hw[0]}x{info.fixed_hw[1]} input, so every image is "
+                 "resized to exactly that size (aspect ratio not kept).")
+        resize = ResizeSpec(image_shape=info.fixed_hw)
+        resize_settings = {"image_shape": Setting(info.fixed_hw, "the model's fixed input size")}
+    return backend, resize, resize_settings, metadata, source
+
+
+def describe_settings(settings: Mapping[str, Setting]) -> dict[str, dict[str, Any]]:
+    """JSON-ready {key: {"value": ..., "source": ...}}."""
+    return {k: {"value": list(s.value) if isinstance(s.value, tuple) else s.value, "source": s.source}
+            for k, s in settings.items()}
