@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1
 PYTEST_ARGS ?=
 
-.PHONY: install browser lint test test-fast bench demo demo-run clean
+.PHONY: install browser lint docs test test-fast bench demo demo-run clean
 
 install: $(VENV)/.installed
 
@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC) || $(PY) -m pip install -q torch
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,docs]"
 	touch $@
 
 # the page test of `serve` drives Debian's chromium (tests/test_serve_page.py); CI starts from a bare machine
@@ -29,6 +29,13 @@ lint: install
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports --no-cache --no-logo
 
+# The documentation site (mkdocs.yml) into site/: --strict fails on a broken link or a missing page; nothing is
+# fetched from the network. The CLI reference is rendered from --help during the build (docs_tools/cli_help.py).
+# NO_MKDOCS_2_WARNING: Material's end-of-life note (mkdocs.yml says how the config stays Zensical-ready).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
+
+# tests/test_docs*.py build the site with --strict themselves (into a temporary folder) and check it.
 # Tests that run OpenVINO in the test process get a pytest process of their own: on a CPU with AMX, a later
 # DataLoader with forked workers in the same process crashed it (SIGSEGV, only after OpenVINO had run).
 test: lint browser
@@ -78,4 +85,4 @@ demo-run:
 	$(PY) -m openocr_cli predict $(DEMO)/data/test --weights $(DEMO)/run/best.pth --device cpu --output $(DEMO)/predict
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build site *.egg-info .pytest_cache

@@ -1,4 +1,4 @@
-"""The README's Python API examples run as written (in a folder holding the files they name)."""
+"""The Python API page's examples (docs/python-api.md) run as written (in a folder holding the files they name)."""
 
 from __future__ import annotations
 
@@ -15,15 +15,14 @@ from tests.test_api import page
 from tests.test_onnx_backend import tiny_model
 
 
-def readme_python_blocks() -> list[str]:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text.split("## Python API", 1)[1].split("\n## ", 1)[0]
+def page_python_blocks() -> list[str]:
+    text = (REPO / "docs" / "python-api.md").read_text(encoding="utf-8")
     # training is run from Python by tests/test_api_training.py (50 epochs on a real set is no test)
-    return [b for b in re.findall(r"```python\n(.*?)```", section, flags=re.S) if "openocr_cli.train(" not in b]
+    return [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "openocr_cli.train(" not in b]
 
 
-def test_readme_python_examples_run(tmp_path):
-    blocks = readme_python_blocks()
+def test_python_api_page_examples_run(tmp_path):
+    blocks = page_python_blocks()
     assert len(blocks) >= 5
     make_constant_checkpoint(tmp_path / "best.pth")
     tiny_model(tmp_path / "det.onnx")
@@ -37,9 +36,9 @@ def test_readme_python_examples_run(tmp_path):
     env = dict(os.environ, MPLBACKEND="Agg", OPENOCR_DET_OFFLINE="1", PYTHONPATH=str(REPO))
     # one interpreter, each example in a namespace of its own (as if pasted into a fresh session)
     runner = "import json, sys, traceback\nfor n, code in enumerate(json.load(sys.stdin), 1):\n" \
-             "    try:\n        exec(compile(code, f'README example {n}', 'exec'), {'__name__': '__main__'})\n" \
+             "    try:\n        exec(compile(code, f'docs/python-api.md example {n}', 'exec'), {'__name__': '__main__'})\n" \
              "    except Exception:\n        traceback.print_exc()\n        sys.exit(n)\n"
     proc = subprocess.run([sys.executable, "-c", runner], input=json.dumps(blocks), cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"README Python example {proc.returncode} failed:\n{proc.stderr}"
+    assert proc.returncode == 0, f"docs/python-api.md example {proc.returncode} failed:\n{proc.stderr}"
     assert (tmp_path / "detections.png").is_file() and (tmp_path / "crop_0.png").is_file()
