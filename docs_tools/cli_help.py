@@ -81,10 +81,10 @@ class _CliHelp(Preprocessor):
 
 
 class CliHelpExtension(Extension):
-    def extendMarkdown(self, md):  # noqa: N802 (Python-Markdown's name)
+    def extendMarkdown(self, md):
         # before fenced code blocks (25) are taken out, after whitespace is normalised (30)
         md.preprocessors.register(_CliHelp(md), "openocr_cli_help", 28)
 
 
-def makeExtension(**kwargs):  # noqa: N802 (Python-Markdown's name)
+def makeExtension(**kwargs):
     return CliHelpExtension(**kwargs)

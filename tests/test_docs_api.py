@@ -36,7 +36,7 @@ def test_python_api_page_examples_run(tmp_path):
     env = dict(os.environ, MPLBACKEND="Agg", OPENOCR_DET_OFFLINE="1", PYTHONPATH=str(REPO))
     # one interpreter, each example in a namespace of its own (as if pasted into a fresh session)
     runner = "import json, sys, traceback\nfor n, code in enumerate(json.load(sys.stdin), 1):\n" \
-             "    try:\n        exec(compile(code, f'docs/python-api.md example {n}', 'exec'), {'__name__': '__main__'})\n" \
+             "    try:\n        exec(compile(code, f'python-api.md example {n}', 'exec'), {'__name__': '__main__'})\n" \
              "    except Exception:\n        traceback.print_exc()\n        sys.exit(n)\n"
     proc = subprocess.run([sys.executable, "-c", runner], input=json.dumps(blocks), cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
