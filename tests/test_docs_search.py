@@ -1,6 +1,6 @@
-"""The built documentation site in a real browser, opened from disk: searching "tile" lands on the tiling guide,
-and no request leaves the machine. Debian's headless Chromium driven by Playwright, as tests/test_serve_page.py
-(no browser download; `make test` installs chromium when it is missing)."""
+"""The built documentation site in a real browser, opened from disk: the site's search answers a newcomer's
+questions ("tile" lands on the tiling guide), and no request leaves the machine. Debian's headless Chromium
+driven by Playwright, as tests/test_serve_page.py (no browser download; `make test` installs chromium)."""
 
 from __future__ import annotations
 
@@ -23,33 +23,47 @@ if CHROMIUM is None:
 
 WAIT_MS = 30_000
 TILING = re.compile(r"\btil(e|es|ing)\b", re.I)
+# a newcomer's question -> the guide among the search's first three results
+QUESTIONS = {"nginx": "guides/serving.html", "int8": "guides/export.html", "multi-GPU": "guides/training.html",
+             "resume killed predict": "guides/large-runs.html", "ICDAR 2015": "getting-started.html"}
 
 
-def test_search_for_tile_from_disk_lands_on_the_tiling_guide(site):  # noqa: F811
+def search(tab, query: str):
+    """Type the query into the site's search; the result links, once it has answered."""
+    search = tab.locator("input[data-md-component='search-query']")
+    first = tab.locator(".md-search-result__list li a").first
+    for _ in range(WAIT_MS // 1000):  # the search index loads in the background: type again until it answers
+        search.fill("")
+        search.click()
+        tab.keyboard.type(query)
+        try:
+            first.wait_for(timeout=1000)
+            break
+        except sync_api.TimeoutError:
+            continue
+    return tab.locator(".md-search-result__list > li > a")
+
+
+def test_search_from_disk_lands_on_the_guide_that_answers(site):  # noqa: F811
+    requests: list[str] = []
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
             tab = browser.new_page(viewport={"width": 1280, "height": 900})
-            requests: list[str] = []
             tab.on("request", lambda request: requests.append(request.url))
             tab.goto((site / "index.html").as_uri())
-            search = tab.locator("input[data-md-component='search-query']")
-            first = tab.locator(".md-search-result__list li a").first
-            for _ in range(WAIT_MS // 1000):  # the search index loads in the background: type again until it answers
-                search.fill("")
-                search.click()
-                tab.keyboard.type("tile")
-                try:
-                    first.wait_for(timeout=1000)
-                    break
-                except sync_api.TimeoutError:
-                    continue
-            first.click()
+            search(tab, "tile").first.click()  # the first result
             tab.wait_for_load_state()
             assert tab.url.startswith("file://"), tab.url
             headings = tab.locator("article h1, article h2").all_inner_texts()
-            assert any(TILING.search(h) for h in headings), f"landed on {tab.url}, headings {headings}"
+            assert any(TILING.search(h) for h in headings), f"'tile' led to {tab.url}, headings {headings}"
+            for query, page in QUESTIONS.items():
+                tab.goto((site / "index.html").as_uri())
+                links = search(tab, query)
+                top = [links.nth(i).get_attribute("href") for i in range(min(3, links.count()))]
+                assert any(page in href for href in top), f"{query!r}: {page} is not among the first results {top}"
         finally:
             browser.close()
-    remote = [url for url in requests if not url.startswith(("file:", "data:", "blob:"))]
+    assert len(requests) > 10
+    remote = [url for url in requests if not url.startswith(("file:", "data:", "blob:", "about:"))]
     assert not remote, f"the site requested {remote}"
