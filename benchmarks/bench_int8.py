@@ -2,7 +2,7 @@
 
 Exports one checkpoint four ways (ONNX float32, onnxruntime int8, OpenVINO IR float32, NNCF int8),
 the int8 ones calibrated and checked on a labelled calibration set (`export --int8 --calib-data
-LABELS`, the guard of README "int8 accuracy guard"), then evaluates every model on a held-out
+LABELS`, the guard of docs/guides/export.md), then evaluates every model on a held-out
 labelled set and prints each int8 model's hmean drop against the float32 model of its runtime,
 with what the export's guard decided. The goal: the guard passes, and the held-out drop is
 below 0.5 points.

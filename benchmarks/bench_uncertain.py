@@ -44,7 +44,7 @@ def cli(*args: str) -> None:
 
 
 def train(data: Path, run: Path, epochs: int) -> Path:
-    """A small model trained from scratch for a few epochs (the README's benchmark recipe, shorter)."""
+    """A small model trained from scratch for a few epochs (docs/benchmarks.md's recipe, shorter)."""
     if not (run / "latest.pth").is_file():
         cli("train", "--data-dir", str(data), "--train-label", str(data / "train_label.txt"),
             "--eval-label", str(data / EVAL_LABEL), "--weights", "none", "--device", "cpu",

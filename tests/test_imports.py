@@ -14,7 +14,7 @@ from tests.conftest import label_line, write_image
 COMMANDS = ["download", "check-data", "train", "resume", "eval", "predict", "export", "convert", "benchmark", "serve"]
 
 
-# A deployment machine with the lean install (README) has none of these.
+# A deployment machine with the lean install (docs/guides/export.md) has none of these.
 TRAINING_ONLY = ("torch", "torchvision", "onnx", "albumentations", "matplotlib")
 BLOCKER = ("import importlib.abc, sys\n"
            "class Blocker(importlib.abc.MetaPathFinder):\n"
@@ -63,7 +63,7 @@ def test_onnx_predict_never_imports_torch(tmp_path):
 
 
 def test_onnx_path_runs_without_the_training_packages(tmp_path):
-    """The README's lean install: predict and eval with an ONNX model need no torch, onnx, albumentations
+    """The lean install (docs/guides/export.md): predict and eval with an ONNX model need no torch, onnx, albumentations
     or matplotlib at all."""
     from tests.test_onnx_backend import tiny_model
 

@@ -149,7 +149,7 @@ def _optional_values(argv: list[str]) -> list[str]:
     return out
 
 
-# What each package the lean ONNX-only install leaves out is needed for (README: Install).
+# What each package the lean ONNX-only install leaves out is needed for (docs/guides/export.md: lean install).
 OPTIONAL_PACKAGES = {
     "torch": "PyTorch (training, export, the torch backend)",
     "torchvision": "torchvision",

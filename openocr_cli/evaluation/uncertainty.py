@@ -12,8 +12,8 @@ Three signals of one probability map and the post-processing settings, each in [
 
 The image's score is their mean. Images are ranked by score, highest first, ties broken by path, and the score
 is rounded to 6 decimals first, so the same predictions always give the same file. `benchmarks/bench_uncertain.py`
-measures whether the selected images really are the ones the model does worse on (README, "Pre-annotation and
-active learning").
+measures whether the selected images really are the ones the model does worse on (docs/benchmarks.md,
+"Active learning").
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Regions are `polygonlabels` results whose points are percentages of the image size (`original_width`,
 `original_height` give the pixels back), labelled `Text` (`###` or `Ignore`: do not care). The tasks match
-this labelling config (README, "Pre-annotation and active learning"):
+this labelling config (docs/guides/pre-annotation.md, "Label Studio"):
 
     <View>
       <Image name="image" value="$image"/>

@@ -30,7 +30,7 @@ log = logging.getLogger("openocr_det")
 
 def build_model(settings: TrainSettings, device: torch.device, role: ddp.Role) -> torch.nn.Module:
     """The weights are channels-last (images follow in the step): cuDNN's NHWC kernels and tensor cores on
-    CUDA, oneDNN's NHWC kernels on CPU (a training step 1.4-1.5x faster; README, Benchmarks: Training)."""
+    CUDA, oneDNN's NHWC kernels on CPU (a training step 1.4-1.5x faster; docs/benchmarks.md, "Training")."""
     model = build_detector(settings.cfg.get("Architecture")).to(device, memory_format=memory_format(device))
     if role.distributed and settings.sync_bn:
         if device.type == "cuda":  # before the optimizer is built: conversion makes new BN modules

@@ -11,7 +11,7 @@ measurements are therefore made on the check images, and a rule decides on them:
   replacement BOOTSTRAP_SAMPLES times, both models' hmean recomputed on each resample, and the
   central CONFIDENCE interval of 100 x (float32 - int8) taken.
 
-The rule (README, "int8 accuracy guard"):
+The rule (docs/guides/export.md, "int8 without losing accuracy"):
 1. The float32 model finds no text on the check images: nothing can be compared, the check fails.
 2. With labels, an interval entirely above --max-drop fails (the loss is real); an interval entirely
    at or below it passes (the loss is within the limit).

@@ -3,7 +3,7 @@
 OpenVINO reads its own IR (`export --format openvino` writes a .xml + .bin pair) and ONNX files
 directly, so any model the onnx backend runs also runs here. On Intel and AMD CPUs its kernels
 are faster than onnxruntime's, and its int8 models (quantized with NNCF) gain much more than
-onnxruntime's do (README, Benchmarks).
+onnxruntime's do (docs/benchmarks.md).
 
 The precision hint is always set: OpenVINO's CPU plugin otherwise picks bf16 by itself on CPUs
 that have it, and the boxes would quietly differ from the float32 model's. torch is never imported.
