@@ -121,6 +121,14 @@ def test_site_builds_strict_with_every_page(site):
         assert (site / page).is_file(), page
 
 
+def test_every_code_fence_is_closed():
+    """An unclosed fence swallows the rest of a page without a warning from mkdocs (and its examples from the
+    test that runs them)."""
+    for path in DOC_FILES:
+        fences = [line for line in path.read_text(encoding="utf-8").splitlines() if line.lstrip().startswith("```")]
+        assert len(fences) % 2 == 0, f"{path.relative_to(REPO)} has an unclosed ``` fence"
+
+
 def test_every_command_and_flag_written_in_the_docs_exists():
     options = options_by_command()
     problems, seen = [], 0
