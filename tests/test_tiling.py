@@ -112,7 +112,8 @@ def test_predict_without_tiles_says_when_the_resize_shrank_the_text_too_far(cli,
                          "--no-vis")
     assert code == 0, err
     message = " ".join(err.split())
-    assert "1 image(s) were shrunk so far" in message and "scan.png" in message and "--tile auto" in message
+    assert "1 image(s) hold text the resize shrinks" in message and "scan.png" in message and "(0.33x)" in message
+    assert "--tile auto" in message
     assert not (tmp_path / "out" / "tiled.json").exists()
 
 

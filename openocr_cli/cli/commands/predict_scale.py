@@ -7,6 +7,7 @@ lazy input listing (data/listing.py) cut to the shard, without the images alread
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from enum import Enum
@@ -102,6 +103,9 @@ class LargeRun:
             from openocr_cli.api.detector import Detector
 
             self.detector = Detector.from_options(options)
+            predictor = self.detector.predictor
+            if not predictor.tile.enabled:  # probe the images the resize shrinks: the warning then rests on evidence
+                predictor.tile = dataclasses.replace(predictor.tile, probe=True)
             settings = self.detector.describe()
             self.resize, self.tile_enabled = self.detector.predictor.resize, self.detector.predictor.tile.enabled
         else:
