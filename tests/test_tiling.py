@@ -169,3 +169,79 @@ def test_tiles_bound_peak_memory_by_the_tile_not_the_image(random_onnx):  # noqa
 
     full, tiled = peak("off"), peak("512")
     assert tiled < 0.6 * full, (tiled, full)
+
+
+def blob_map(h, w, count, seed, tall=0):
+    """A probability map of `count` random rectangles (some rotated-looking L shapes) and `tall` regions
+    running down most of the map, on faint noise."""
+    rng = np.random.default_rng(seed)
+    prob = (rng.random((h, w)) * 0.2).astype(np.float32)
+    for _ in range(count):
+        y, x = int(rng.integers(0, h - 30)), int(rng.integers(0, w - 90))
+        rh, rw = int(rng.integers(4, 30)), int(rng.integers(6, 90))
+        prob[y:y + rh, x:x + rw] = rng.uniform(0.65, 0.95)
+        if rng.random() < 0.3:  # an L: a region whose contour is not its box
+            prob[y:y + 30, x:x + 5] = 0.9
+    for i in range(tall):
+        prob[5:h - 5, 40 + 60 * i:46 + 60 * i] = 0.9
+    return prob
+
+
+def as_set(dets):
+    return sorted((tuple(map(tuple, d.points.tolist())), round(d.score, 6)) for d in dets)
+
+
+@pytest.mark.parametrize("rows, tall", [(37, 0), (100, 2), (250, 1)])
+def test_stripes_give_the_boxes_of_the_whole_map_once(rows, tall):
+    from openocr_cli.inference.tiling import Stripes
+    from openocr_cli.postprocess import DBPostProcess
+
+    prob = blob_map(600, 500, 120, seed=rows, tall=tall)
+    post = DBPostProcess()
+    whole = post(prob, 600, 500)
+    stripes = Stripes(post, 600, 500, max_rows=1000)
+    for y in range(0, 600, rows):
+        stripes.add(prob[y:y + rows], final=y + rows >= 600)
+    assert len(whole) > 30 and as_set(stripes.detections) == as_set(whole)
+
+
+def test_the_candidate_cap_scales_with_the_area_so_a_huge_map_keeps_its_text():
+    from openocr_cli.inference.tiling import Stripes
+    from openocr_cli.postprocess import DBPostProcess
+
+    # 3,000 separate regions on a 1536 x 2048 map: one cap of 1,000 contours over the map sees a third of them
+    prob = np.zeros((1536, 2048), np.float32)
+    ys, xs = np.mgrid[0:1536:32, 0:2048:32]
+    for y, x in zip(ys.ravel()[:3000], xs.ravel()[:3000]):
+        prob[y + 8:y + 20, x + 4:x + 28] = 0.9
+    post = DBPostProcess()
+    assert len(post(prob, 1536, 2048)) == 1000
+    stripes = Stripes(post, 1536, 2048, max_rows=4000)
+    for y in range(0, 1536, 512):
+        stripes.add(prob[y:y + 512], final=y + 512 >= 1536)
+    assert len(stripes.detections) == 3000
+
+
+def test_a_region_taller_than_the_carry_limit_is_cut_and_memory_stays_bounded():
+    from openocr_cli.inference.tiling import Stripes
+    from openocr_cli.postprocess import DBPostProcess
+
+    prob = np.zeros((1000, 100), np.float32)
+    prob[:, 40:50] = 0.9  # one region from top to bottom
+    stripes = Stripes(DBPostProcess(), 1000, 100, max_rows=300)
+    held = 0
+    for y in range(0, 1000, 100):
+        stripes.add(prob[y:y + 100], final=y + 100 >= 1000)
+        held = max(held, len(stripes.pending))
+    assert held <= 300 and 1 < len(stripes.detections) <= 5
+
+
+def test_huge_files_are_refused_from_their_header_naming_the_limit_and_the_flag(tmp_path):
+    from openocr_cli.data.images import read_image
+    from openocr_cli.errors import ImageReadError
+
+    path = tmp_path / "wide.png"
+    cv2.imwrite(str(path), np.zeros((600, 20000), np.uint8))  # 12 MP, a few KB on disk
+    with pytest.raises(ImageReadError, match=r"12,000,000 pixels, over the limit of 10,000,000 \(--max-pixels"):
+        read_image(path, max_pixels=10_000_000)
+    assert read_image(path, max_pixels=12_000_000).shape == (600, 20000, 3)

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from openocr_cli.errors import UserError
-from openocr_cli.postprocess import Candidate, DBPostProcess, Detection
+from openocr_cli.postprocess import DBPostProcess, Detection
 
 DEFAULT_SIDE = 960  # the default limit side: tiles run at the size the model is evaluated at
 DEFAULT_OVERLAP = 128
@@ -219,11 +219,10 @@ class Stripes:
         cap = max(post.max_candidates, math.ceil(post.max_candidates * rows.size / CAP_AREA))
         if cap != post.max_candidates:
             post = dataclasses.replace(post, max_candidates=cap)
-        for candidate in post.candidates(rows):
+        for candidate in post.candidates(rows, top=self.top):
             if candidate.score < post.box_thresh:
                 continue
-            points = candidate.points + np.array([0, self.top], candidate.points.dtype)
-            det = post.expand(Candidate(points, candidate.score), (self.h, self.w), self.h, self.w)
+            det = post.expand(candidate, (self.h, self.w), self.h, self.w)
             if det is not None:
                 self.detections.append(det)
 
