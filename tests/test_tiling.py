@@ -79,6 +79,57 @@ def test_auto_tiles_a_large_image_whose_text_the_resize_erases(bright):
     assert auto[0].tiling is not None and "0.33x" in auto[0].tiling and len(auto[0].detections) == 4
 
 
+def bar_rows(x0, y0, x1, y1, heights, gap, length=160, seed=0):
+    """Rows of "words" (bright bars of the given heights, random lengths) filling a region of an image."""
+    rng = np.random.default_rng(seed)
+    bars, y = [], y0
+    while True:
+        h = int(rng.choice(heights))
+        if y + h > y1:
+            return bars
+        x = x0 + int(rng.integers(0, 30))
+        while x + length // 2 < x1:
+            w = int(rng.integers(length // 2, length))
+            bars.append((x, y, min(x + w, x1), y + h))
+            x += w + int(rng.integers(gap, 3 * gap))
+        y += h + gap + int(rng.integers(0, gap))
+
+
+# The `auto` rule was designed on mosaics of small renders filling the image (bench_tiles.py); the stand-in model
+# here sees bars as a DBNet sees words: a bar h px tall gives a box about 2.5 h tall, and one thinner than about
+# 3 px after the resize fades below the threshold. These images differ from the mosaics in size, density, text
+# size and layout (blank margins, one dense corner, mixed sizes, pages, photos-sized frames, strips).
+SMALL, BIG = (4, 5, 6, 8), (24, 30, 40)
+AUTO_CASES = {  # name: (h, w, bars, tiled?)
+    "mosaic 2304x3072, small text everywhere": (2304, 3072, bar_rows(0, 0, 3072, 2304, SMALL, 40, seed=1), True),
+    "4000x3000, small text in one corner, blank margins": (3000, 4000, bar_rows(3000, 2200, 3800, 2800, (5,), 30,
+                                                                               seed=2), True),
+    "6000x1500 strip, small and big text mixed": (1500, 6000, bar_rows(100, 100, 5900, 1400, (4, 30), 40, seed=3),
+                                                  True),
+    "A4 at 200 dpi, body text that survives": (2339, 1654, bar_rows(150, 200, 1500, 2200, BIG, 30, seed=4), False),
+    "1280x720 photo-sized, big text": (720, 1280, bar_rows(50, 50, 1230, 670, (20, 30), 30, seed=5), False),
+    "8000x6000 poster, sparse big text": (6000, 8000, bar_rows(500, 500, 7500, 5500, (90, 120), 400, 600, seed=6),
+                                          False),
+    "5000x5000 blank": (5000, 5000, [], False),
+}
+
+
+@pytest.mark.parametrize("name", list(AUTO_CASES))
+def test_auto_tiles_exactly_the_images_whose_text_the_resize_loses(bright, name):
+    h, w, bars, tiled = AUTO_CASES[name]
+    image = bars_image(h, w, bars)
+    off = Detector(bright, device="cpu").predict(image)[0]
+    auto = Detector(bright, device="cpu", tile="auto").predict(image)[0]
+    if tiled:
+        assert auto.tiling is not None and "probes" in auto.tiling, auto.tiling
+        fixed = Detector(bright, device="cpu", tile=960).predict(image)[0]
+        assert boxes([auto]) == boxes([fixed])  # once it tiles, it is --tile 960
+        assert len(auto.detections) > 1.5 * len(off.detections)  # and it finds what the resize lost
+    else:
+        assert auto.tiling is None
+        assert boxes([auto]) == boxes([off]) and auto.scores == off.scores
+
+
 @pytest.mark.parametrize("tile, overlap, words", [("huge", None, "off, auto or a tile side"),
                                                   ("100", None, "multiple of 32"),
                                                   ("256", 200, "less than half the tile side")])
