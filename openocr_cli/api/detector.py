@@ -53,8 +53,8 @@ class Detector:
     `overrides` a list of "Key.sub=value" strings (or a {"Key.sub": value} dict), as `-o` on the
     command line. `fuse=False` runs the backbone unfused, as `eval` does by default. A PDF source stands for
     its pages, rendered one at a time at `pdf_dpi` and named `doc.pdf#page=N` (needs the `pdf` extra).
-    `tile="auto"` runs an image in tiles at its own resolution when the resize would shrink its text below
-    what the model detects (`tile=1024`: every image, 1024-pixel tiles; `tile_overlap` in pixels); the tile
+    `tile="auto"` runs an image in tiles at its own resolution when a few full-resolution probe crops show text
+    the resize would shrink below what the model detects (`tile=1024`: every image, 1024-pixel tiles; `tile_overlap` in pixels); the tile
     maps are merged before post-processing, so a word across a seam is one box (inference/tiling.py).
 
     Raises UserError (the message the command line prints) for a bad setting or checkpoint, and

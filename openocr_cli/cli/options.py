@@ -119,8 +119,9 @@ Std = Annotated[Optional[str], typer.Option(
 Tile = Annotated[Optional[str], typer.Option(
     "--tile", metavar="off|auto|N",
     help="Run large images as tiles at their own resolution, merging the tiles' probability maps before "
-         "post-processing: auto (only images the resize shrinks so far that their smallest text found is under "
-         "12 px), N (every image, tiles of at most N pixels, a multiple of 32), off (default: the normal resize).")]
+         "post-processing: auto (only images whose text, seen at full resolution in a few probe crops, the resize "
+         "would shrink below 12-px boxes), N (every image, tiles of at most N pixels, a multiple of 32), off "
+         "(default: the normal resize).")]
 TileOverlap = Annotated[Optional[int], typer.Option(
     "--tile-overlap", min=0, help="Pixels neighbouring tiles share (default 128: 64 px of context at each seam).")]
 PdfDpi = Annotated[float, typer.Option(

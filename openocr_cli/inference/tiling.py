@@ -15,8 +15,12 @@ that side. The default overlap, DEFAULT_OVERLAP, gives 64 pixels of context: tex
 128 px tall crossing a seam is seen whole by one of the two tiles, and taller text is rare in
 scans that need tiling.
 
-Memory: the decoded image, its float32 map (4 bytes per pixel) and one batch of tiles; not the
-network's activations for the whole image, which is what makes full-resolution inference costly.
+Memory: the decoded image, one batch of tiles and one stripe (a row of tiles) of the merged map at a time,
+post-processed as it completes (Stripes); not the whole image's map, nor the network's activations for the
+whole image, which is what makes full-resolution inference costly.
+
+`auto` decides per image on probes: a few crops run at full resolution where the resize destroys the most
+detail; it tiles when their boxes would be too small after the resize (probe_inputs, probe_reason).
 """
 
 from __future__ import annotations
