@@ -322,3 +322,15 @@ def test_a_100_megapixel_scan_runs_in_tiles_with_memory_bounded_by_the_tile(tmp_
     found, peak_kb = (int(v) for v in proc.stdout.split()[-2:])
     assert found == 100
     assert peak_kb < 900_000, peak_kb
+
+
+def test_predict_refuses_an_image_over_max_pixels_and_names_the_flag(cli, tmp_path, bright):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "wide.png"), np.zeros((600, 2000), np.uint8))
+    cv2.imwrite(str(folder / "small.png"), bars_image(300, 400, [(20, 20, 300, 60)]))
+    code, _, err = cli("predict", folder, "--onnx-model", bright, "--output", tmp_path / "out", "--device", "cpu",
+                       "--no-vis", "--max-pixels", "1000000")
+    message = " ".join(err.split())
+    assert code == 1 and "1,200,000 pixels, over the limit of 1,000,000 (--max-pixels" in message
+    assert len((tmp_path / "out" / "det_results.txt").read_text().splitlines()) == 1  # the other image ran

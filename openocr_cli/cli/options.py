@@ -124,6 +124,10 @@ Tile = Annotated[Optional[str], typer.Option(
          "(default: the normal resize).")]
 TileOverlap = Annotated[Optional[int], typer.Option(
     "--tile-overlap", min=0, help="Pixels neighbouring tiles share (default 128: 64 px of context at each seam).")]
+MaxPixels = Annotated[Optional[int], typer.Option(
+    "--max-pixels", min=1, metavar="N",
+    help="Refuse images and PDF pages of more than N pixels, from the file's header before decoding (default "
+         "250,000,000: a 750 MB decoded image; each image needs about 3 bytes per pixel, twice that while decoding).")]
 PdfDpi = Annotated[float, typer.Option(
     "--pdf-dpi", min=1, max=2400, metavar="DPI",
     help="Resolution PDF pages are rendered at (each page is an input, doc.pdf#page=N; needs "
