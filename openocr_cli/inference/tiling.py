@@ -241,13 +241,14 @@ def tile_boxes(h: int, w: int, settings: TileSettings) -> list[tuple[int, int, i
 # A downscaled pass cannot say how small an image's text is: text the resize erased leaves no box, or blobs of
 # merged lines whose heights look fine. So a few crops are run at the image's own resolution ("probes"), where the
 # text is as the model was trained to see it, and their boxes' heights are scaled by the resize.
-PROBE_SIDE = 320  # px: 55-px text (about 80-px boxes) fits whole; 3 probes cost about 1/3 of a 960 x 720 pass
+PROBE_SIDE = 256  # px: 55-px text (about 80-px boxes) fits whole; 3 probes cost about 0.3 of a 960 x 720 pass
 PROBE_COUNT = 3
 # Probes go where the resize destroys the most detail: the mean absolute difference between the image and the
-# image downscaled as the network sees it and scaled back, measured on a copy of at most PROBE_WORK_PIXELS
-# (enough that 12-px text keeps strokes of 2+ px up to 12,000-pixel sides). Text, small text most of all, is
-# where that detail is; blank margins have none, and cells under PROBE_MIN_DETAIL (grey levels) are never probed.
-PROBE_WORK_PIXELS = 4_000_000
+# image downscaled as the network sees it and scaled back, measured on every k-th pixel of every k-th row (at
+# most PROBE_WORK_PIXELS of them: sampling, not averaging, keeps the fine detail of small text, and costs next to
+# nothing). Text, small text most of all, is where that detail is; blank margins have none, and cells under
+# PROBE_MIN_DETAIL (grey levels) are never probed.
+PROBE_WORK_PIXELS = 2_000_000
 PROBE_MIN_DETAIL = 1.0
 # A probe box under AUTO_MIN_TEXT_PX after the resize is text the normal pass loses: boxes are unclipped, about
 # 1.5x the text's height, and eval's recall-by-height shows the model loses most text under about 8 px. `auto`
@@ -290,12 +291,11 @@ def _probe_boxes(image: np.ndarray, scale: float, side: int, count: int) -> list
     """Up to `count` side x side crops, one per grid cell, where the resize loses the most detail; not two in
     neighbouring cells while other cells with detail remain (spread over the page, not one paragraph)."""
     h, w = image.shape[:2]
-    work = min(1.0, math.sqrt(PROBE_WORK_PIXELS / (h * w)))
-    small = cv2.resize(image, (max(1, round(w * work)), max(1, round(h * work))), interpolation=cv2.INTER_AREA) \
-        if work < 1.0 else image
-    gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+    # sampled at least twice as finely as the network sees the image, or the resize would lose nothing of it
+    step = max(1, min(math.ceil(math.sqrt(h * w / PROBE_WORK_PIXELS)), int(0.5 / scale)))
+    gray = cv2.cvtColor(np.ascontiguousarray(image[::step, ::step]), cv2.COLOR_BGR2GRAY)
     gh, gw = gray.shape
-    rel = min(1.0, scale / work)
+    rel = min(1.0, scale * step)
     seen = cv2.resize(gray, (max(1, round(gw * rel)), max(1, round(gh * rel))), interpolation=cv2.INTER_AREA)
     detail = cv2.absdiff(gray, cv2.resize(seen, (gw, gh), interpolation=cv2.INTER_LINEAR)).astype(np.float32)
     rows, cols = -(-h // side), -(-w // side)
