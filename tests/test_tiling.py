@@ -61,6 +61,24 @@ def test_a_word_across_one_seam_or_four_tiles_is_one_box_equal_to_the_full_resol
     assert tiled[0].tiling.startswith("12 tiles of 224x224 px") and full[0].tiling is None
 
 
+def overlapping_pairs(dets, share=0.3):
+    """Pairs of boxes overlapping by more than `share` of the smaller one: a box found twice at a seam."""
+    import shapely
+
+    polys = [shapely.Polygon(d.points) for d in dets]
+    return sum(a.intersection(b).area > share * min(a.area, b.area)
+               for i, a in enumerate(polys) for b in polys[i + 1:])
+
+
+def test_a_page_of_words_in_small_tiles_has_no_box_twice_at_a_seam(bright):
+    # 896 x 928 (no resize): tiles of 256 px put about a third of the words across a seam or a corner
+    image = bars_image(896, 928, bar_rows(10, 10, 918, 886, (8, 12, 20), 14, length=120, seed=9))
+    full = Detector(bright, device="cpu").predict(image)[0]
+    tiled = Detector(bright, device="cpu", tile=256, tile_overlap=64).predict(image)[0]
+    assert len(full.detections) > 100 and overlapping_pairs(full.detections) == 0
+    assert boxes([tiled]) == boxes([full]) and overlapping_pairs(tiled.detections) == 0
+
+
 def test_auto_leaves_images_the_resize_does_not_shrink_untouched(bright):
     image = bars_image(300, 500, [(20, 20, 200, 60), (250, 100, 480, 140)])
     off = Detector(bright, device="cpu").predict(image)
