@@ -174,7 +174,7 @@ def test_predict_reports_the_tiled_images(cli, tmp_path, bright):
 def test_predict_without_tiles_says_when_the_resize_shrank_the_text_too_far(cli, tmp_path, bright):
     folder = tmp_path / "imgs"
     folder.mkdir()
-    bars = [(100 + 600 * i, 300 + 500 * i, 500 + 600 * i, 309 + 500 * i) for i in range(4)]  # 9 px: 3 px at 1/3
+    bars = bar_rows(300, 400, 1500, 1200, (6, 9), 30, seed=8)  # a block of lines 6-9 px tall: 2-3 px at 1/3
     cv2.imwrite(str(folder / "scan.png"), bars_image(2240, 2880, bars))
     cv2.imwrite(str(folder / "small.png"), bars_image(300, 400, [(20, 20, 300, 60)]))
     code, out, err = cli("predict", folder, "--onnx-model", bright, "--output", tmp_path / "out", "--device", "cpu",

@@ -21,6 +21,7 @@ from openocr_cli.data.images import MAX_PIXELS, ImageReadError, read_image
 from openocr_cli.data.pdf import DEFAULT_PDF_DPI
 from openocr_cli.data.pixels import as_bgr
 from openocr_cli.data.resize import Normalizer, ResizeSpec, resize_for_test
+from openocr_cli.inference import tiling
 from openocr_cli.inference.results import ImageResult, StageTimes
 from openocr_cli.inference.tiling import Probes, TileSettings, probe_inputs, probe_reason, tile_boxes, tiled_detections
 from openocr_cli.postprocess import DBPostProcess, make_postprocess
@@ -103,7 +104,8 @@ class Predictor:
         except ImageReadError as exc:
             return _Prepared(index, path, error=str(exc))
         keep_image = keep_image or path is None  # in-memory pixels are the caller's: kept, not copied
-        probes = probe_inputs(image, tensor.shape[1:], self.normalizer) if self.tile.probe else None
+        probes = probe_inputs(image, tensor.shape[1:], self.normalizer, count=tiling.WARN_PROBE_COUNT) \
+            if self.tile.probe else None
         return _Prepared(index, path, tensor, src_hw, image if keep_image else None,
                          seconds=time.perf_counter() - start, probes=probes)
 
