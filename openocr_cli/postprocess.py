@@ -54,8 +54,11 @@ def mini_box(points: np.ndarray) -> tuple[np.ndarray, float]:
     return np.stack([tl, tr, br, bl]), float(min(rect[1]))
 
 
-def _masked_mean(pred: np.ndarray, pts: np.ndarray) -> float:
-    """Mean of `pred` over the polygon `pts` filled inside its bbox clipped to the map."""
+def _masked_mean(pred: np.ndarray, pts: np.ndarray, top: int = 0) -> float:
+    """Mean of `pred` over the polygon `pts` filled inside its bbox clipped to the map (whose first row is row
+    `top` of the points' coordinates)."""
+    if top:
+        pts = pts - np.array([0, top], pts.dtype)  # exact: an integer shift of values far below 2**24
     h, w = pred.shape
     x0 = int(np.clip(np.floor(pts[:, 0].min()), 0, w - 1))
     x1 = int(np.clip(np.ceil(pts[:, 0].max()), 0, w - 1))
@@ -132,21 +135,23 @@ class DBPostProcess:
                 out.append(det)
         return out
 
-    def candidates(self, pred: np.ndarray) -> list[Candidate]:
+    def candidates(self, pred: np.ndarray, top: int = 0) -> list[Candidate]:
         """The scored regions of the map before `box_thresh` and unclipping: depends on `thresh` only.
 
         Split out so that `eval --tune` can reuse one thresh's candidates for every box_thresh and
-        unclip_ratio it tries; `__call__` goes through exactly these two steps.
+        unclip_ratio it tries; `__call__` goes through exactly these two steps. `pred` may be rows of a larger
+        map starting at row `top` (tiled inference post-processes stripes): the points are then the larger
+        map's, computed from the same contour coordinates, so the boxes are those of the whole map.
         """
         pred = np.asarray(pred, dtype=np.float32)
         bitmap = (pred > self.thresh).astype(np.uint8)
         if self.use_dilation:
             bitmap = cv2.dilate(bitmap, np.ones((2, 2), np.uint8))
-        found = cv2.findContours(bitmap * 255, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+        found = cv2.findContours(bitmap * 255, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE, offset=(0, top))
         contours = found[-2]  # OpenCV 3 returns (image, contours, hierarchy), 4+ (contours, hierarchy)
         contours = contours[: self.max_candidates]
         one = self._quad_candidate if self.box_type == "quad" else self._poly_candidate
-        return [c for c in (one(pred, contour) for contour in contours) if c is not None]
+        return [c for c in (one(pred, contour, top) for contour in contours) if c is not None]
 
     def expand(self, candidate: Candidate, map_hw: tuple[int, int], src_h: float, src_w: float) -> Detection | None:
         """Unclip a candidate by `unclip_ratio` and map it to source pixels; None when it collapses."""
@@ -164,19 +169,19 @@ class DBPostProcess:
             return None
         return Detection(_to_source(poly, *map_hw, src_h, src_w), candidate.score)
 
-    def _quad_candidate(self, pred, contour):
+    def _quad_candidate(self, pred, contour, top=0):
         box, sside = mini_box(contour)
         if sside < MIN_SIZE:
             return None
         pts = contour.reshape(-1, 2) if self.score_mode == "slow" else box
-        return Candidate(box, _masked_mean(pred, pts))
+        return Candidate(box, _masked_mean(pred, pts, top))
 
-    def _poly_candidate(self, pred, contour):
+    def _poly_candidate(self, pred, contour, top=0):
         eps = 0.002 * cv2.arcLength(contour, True)
         pts = cv2.approxPolyDP(contour, eps, True).reshape(-1, 2)
         if len(pts) < 4:
             return None
-        return Candidate(pts, _masked_mean(pred, pts))  # poly mode always scores the "fast" way
+        return Candidate(pts, _masked_mean(pred, pts, top))  # poly mode always scores the "fast" way
 
 
 def _checked_map(pred: np.ndarray, src_h: float, src_w: float) -> np.ndarray:

@@ -310,3 +310,44 @@ def test_json_image_may_be_a_data_url(server, pages):
     plain = server.detect(data)[2]["detections"]
     url = "data:image/png;base64," + base64.b64encode(data).decode()
     assert server.detect_json({"image_base64": url})[2]["detections"] == plain
+
+
+# -- PDFs ----------------------------------------------------------------------------------------------
+def words_pdf(path: Path, pages: int, words: int = 3) -> Path:
+    """A PDF of dark pages with bright rectangles ("words") at places that differ per page."""
+    pdfium = pytest.importorskip("pypdfium2")
+    raw = pdfium.raw
+    doc = pdfium.PdfDocument.new()
+    for index in range(pages):
+        page = doc.new_page(400, 300)
+        for x, y, w, h, grey in [(0, 0, 400, 300, 0)] + [(30 + 60 * k + 20 * index, 40 + 70 * k, 120, 18, 255)
+                                                          for k in range(words)]:
+            rect = raw.FPDFPageObj_CreateNewRect(x, y, w, h)
+            raw.FPDFPageObj_SetFillColor(rect, grey, grey, grey, 255)
+            raw.FPDFPath_SetDrawMode(rect, raw.FPDF_FILLMODE_ALTERNATE, False)
+            raw.FPDFPage_InsertObject(page, rect)
+        raw.FPDFPage_GenerateContent(page)
+    doc.save(str(path))
+    doc.close()
+    return path
+
+
+def test_a_pdf_gets_each_pages_boxes_in_order_equal_to_predicts(cli, tmp_path, server, model):
+    doc = words_pdf(tmp_path / "doc.pdf", 2)
+    out = tmp_path / "cli"
+    code, _, err = cli("predict", doc, "--onnx-model", str(model), "--output", out, "--no-vis")
+    assert code == 0, err
+    expected = [json.loads(line.split("\t", 1)[1]) for line in (out / "det_results.txt").read_text().splitlines()]
+    status, _, body = server.detect(doc.read_bytes())
+    assert status == 200, body
+    assert body["page_count"] == 2 and [page["page"] for page in body["pages"]] == [1, 2]
+    assert [page["detections"] for page in body["pages"]] == expected and len(expected[0]) == 3
+    assert expected[0] != expected[1]
+    assert all(abs(page["width"] - 1111) <= 1 and abs(page["height"] - 833) <= 1 for page in body["pages"])  # 200 dpi
+
+
+def test_pdfs_over_the_page_or_pixel_limits_or_damaged_get_4xx(tmp_path, server):
+    status, _, body = server.detect(words_pdf(tmp_path / "long.pdf", 21, words=1).read_bytes())
+    assert status == 413 and "21 pages" in body["error"] and "--max-pages" in body["error"]
+    status, _, body = server.detect(b"%PDF-1.7\n garbage")
+    assert status == 422 and "the PDF" in body["error"] and "openocr-det-upload" not in body["error"]

@@ -53,9 +53,10 @@ class Detector:
     `overrides` a list of "Key.sub=value" strings (or a {"Key.sub": value} dict), as `-o` on the
     command line. `fuse=False` runs the backbone unfused, as `eval` does by default. A PDF source stands for
     its pages, rendered one at a time at `pdf_dpi` and named `doc.pdf#page=N` (needs the `pdf` extra).
-    `tile="auto"` runs an image in tiles at its own resolution when the resize would shrink its text below
-    what the model detects (`tile=1024`: every image, 1024-pixel tiles; `tile_overlap` in pixels); the tile
-    maps are merged before post-processing, so a word across a seam is one box (inference/tiling.py).
+    `tile="auto"` runs an image in tiles at its own resolution when a few full-resolution probe crops show text
+    the resize would shrink below what the model detects (`tile=1024`: every image, 1024-pixel tiles;
+    `tile_overlap` in pixels); the tile maps are merged before post-processing, so a word across a seam is one
+    box (inference/tiling.py).
 
     Raises UserError (the message the command line prints) for a bad setting or checkpoint, and
     MissingFileError (a FileNotFoundError) when the model file does not exist.
@@ -99,7 +100,7 @@ class Detector:
         self.options = options
         self.resolved: Resolved = resolve(options)
         self.predictor: Predictor = self.resolved.predictor(options.batch_size, options.workers, options.pdf_dpi,
-                                                            options.tile_settings())
+                                                            options.tile_settings(), options.max_pixels)
 
     # -- what it is -------------------------------------------------------------------------------
     @property
@@ -158,7 +159,8 @@ class Detector:
         predictor = self.predictor
         if batch_size is not None and batch_size != predictor.batch_size:
             predictor = Predictor(predictor.backend, predictor.resize, predictor.normalizer, predictor.postprocess,
-                                  batch_size=batch_size, workers=predictor.workers, pdf_dpi=predictor.pdf_dpi)
+                                  batch_size=batch_size, workers=predictor.workers, pdf_dpi=predictor.pdf_dpi,
+                                  tile=predictor.tile, max_pixels=predictor.max_pixels)
         report = _progress_reporter(progress, total)
         for done, result in enumerate(predictor.run(items, keep_images=keep_images, keep_maps=return_maps), 1):
             if result.error is not None and on_error == "raise":

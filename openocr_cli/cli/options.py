@@ -119,10 +119,15 @@ Std = Annotated[Optional[str], typer.Option(
 Tile = Annotated[Optional[str], typer.Option(
     "--tile", metavar="off|auto|N",
     help="Run large images as tiles at their own resolution, merging the tiles' probability maps before "
-         "post-processing: auto (only images the resize shrinks so far that their smallest text found is under "
-         "12 px), N (every image, tiles of at most N pixels, a multiple of 32), off (default: the normal resize).")]
+         "post-processing: auto (only images whose text, seen at full resolution in a few probe crops, the resize "
+         "would shrink below 12-px boxes), N (every image, tiles of at most N pixels, a multiple of 32), off "
+         "(default: the normal resize).")]
 TileOverlap = Annotated[Optional[int], typer.Option(
     "--tile-overlap", min=0, help="Pixels neighbouring tiles share (default 128: 64 px of context at each seam).")]
+MaxPixels = Annotated[Optional[int], typer.Option(
+    "--max-pixels", min=1, metavar="N",
+    help="Refuse images and PDF pages of more than N pixels, from the file's header before decoding (default "
+         "250,000,000: a 750 MB decoded image; each image needs about 3 bytes per pixel, twice that while decoding).")]
 PdfDpi = Annotated[float, typer.Option(
     "--pdf-dpi", min=1, max=2400, metavar="DPI",
     help="Resolution PDF pages are rendered at (each page is an input, doc.pdf#page=N; needs "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import glob
 import io
 import os
+import re
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Optional
@@ -21,6 +23,10 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", 
 
 
 EXIF_ORIENTATION = 0x0112
+# Decoding allocates 3 bytes per pixel at once, and inference needs a few times that on top: 250 megapixels
+# (a 750 MB image; an A0 drawing at 400 dpi, a 600-dpi A2 scan) keeps a tiled run under about 2 GB. Larger files
+# are refused from their header, before any pixel is decoded; --max-pixels raises the limit.
+MAX_PIXELS = 250_000_000
 
 
 def is_image_name(name: str) -> bool:
@@ -87,22 +93,43 @@ def _expand_pdfs(paths: list[str]) -> Iterable[str]:
             yield path
 
 
-def read_image(path: str | Path, pdf_dpi: float = pdf.DEFAULT_PDF_DPI) -> np.ndarray:
+def read_image(path: str | Path, pdf_dpi: float = pdf.DEFAULT_PDF_DPI, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode a file to a 3-channel BGR uint8 array (alpha dropped, grey expanded, EXIF applied).
 
-    `doc.pdf#page=N` renders that page at `pdf_dpi` (data.pdf), as does a .pdf path of a one-page PDF.
+    `doc.pdf#page=N` renders that page at `pdf_dpi` (data.pdf), as does a .pdf path of a one-page PDF. An image
+    or page of more than `max_pixels` pixels is an ImageReadError, found before its pixels are decoded.
     """
     text = str(path)
     ref = pdf.split_page_ref(text)
     if ref is not None:
-        return pdf.read_pdf(ref[0], ref[1], dpi=pdf_dpi)
+        return pdf.read_pdf(ref[0], ref[1], dpi=pdf_dpi, max_pixels=max_pixels)
     if pdf.is_pdf_name(text) and os.path.isfile(text):
-        return pdf.read_pdf(text, dpi=pdf_dpi)
+        return pdf.read_pdf(text, dpi=pdf_dpi, max_pixels=max_pixels)
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as exc:
         raise ImageReadError(f"cannot read {path}: {exc.strerror or exc}") from None
+    pixels = _header_pixels(data)
+    if pixels is not None and pixels > max_pixels:
+        raise ImageReadError(f"{path} is {pixels:,} pixels, over the limit of {max_pixels:,} (--max-pixels raises "
+                             "it; decoding takes 3 bytes per pixel)")
     return decode_image_bytes(data, text)
+
+
+def _header_pixels(data: np.ndarray) -> Optional[int]:
+    """The pixel count from the header alone (None: PIL cannot read it; OpenCV then decodes it or refuses, with
+    its own limit of 2**30 pixels). PIL refuses to open over 2x its MAX_IMAGE_PIXELS, saying the count."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+        return width * height
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        return int(found.group(1)) if found else None
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError):
+        return None
 
 
 def decode_image_bytes(data, name: str) -> np.ndarray:

@@ -80,7 +80,7 @@ def expand_pdf(path: str) -> Iterator[str]:
 
 
 def read_pdf(path: str, page: Optional[int] = None, dpi: float = DEFAULT_PDF_DPI,
-             size: Optional[tuple[int, int]] = None) -> np.ndarray:
+             size: Optional[tuple[int, int]] = None, max_pixels: Optional[int] = None) -> np.ndarray:
     """One page (1-based) as a BGR uint8 array rendered at `dpi`, upright (/Rotate applied), on white.
 
     `page` None reads a one-page PDF. `size` (h, w) renders at the scale that gives that size instead (a page
@@ -105,6 +105,10 @@ def read_pdf(path: str, page: Optional[int] = None, dpi: float = DEFAULT_PDF_DPI
             if max(width, height) * scale > MAX_SIDE:
                 raise ImageReadError(f"{page_ref(path, number)} is {width / 72:.0f} x {height / 72:.0f} in; at "
                                      f"{dpi:g} dpi it exceeds {MAX_SIDE} px: lower --pdf-dpi")
+            pixels = round(width * scale) * round(height * scale)
+            if max_pixels is not None and pixels > max_pixels:
+                raise ImageReadError(f"{page_ref(path, number)} at {dpi:g} dpi is {pixels:,} pixels, over the limit "
+                                     f"of {max_pixels:,}: lower --pdf-dpi (or raise --max-pixels)")
             image = _render(pdf_page, scale, page_ref(path, number))
         finally:
             pdf_page.close()

@@ -9,6 +9,7 @@ disappears (killed with SIGKILL), and a worker that dies is an error naming its 
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import queue
@@ -28,8 +29,8 @@ READY_TIMEOUT_S = 600.0  # a model load (download aside) that takes longer is st
 
 class DevicePool:
     """Workers started and loaded on construction; `stream(items)` yields (Result, encoded drawing or None)
-    in input order. `settings` is the first worker's Detector.describe(); `resize` / `tile_enabled` its
-    predictor's, for the command's small-text note."""
+    in input order. `settings` is the first worker's Detector.describe(); with --tile off the workers probe the
+    images the resize shrinks (Result.small_text, for predict's warning)."""
 
     def __init__(self, options: InferenceOptions, devices: list[str], vis: bool):
         ctx = mp.get_context("spawn")
@@ -51,8 +52,6 @@ class DevicePool:
             raise
         first = ready[0][2]
         self.settings: dict[str, dict] = first["settings"]
-        self.resize = first["resize"]
-        self.tile_enabled: bool = first["tile"]
 
     def stream(self, items: Iterable[Any]) -> Iterator[tuple[Result, Optional[bytes]]]:
         source = iter(items)
@@ -126,9 +125,11 @@ def _worker(options: InferenceOptions, device: str, vis: bool, tasks, results, p
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     try:
         resolved = resolve(options)
-        predictor = resolved.predictor(options.batch_size, options.workers, options.pdf_dpi, options.tile_settings())
-        results.put(("ready", device, {"settings": describe_settings(resolved.settings), "resize": predictor.resize,
-                                       "tile": predictor.tile.enabled}))
+        predictor = resolved.predictor(options.batch_size, options.workers, options.pdf_dpi, options.tile_settings(),
+                                       options.max_pixels)
+        if not predictor.tile.enabled:  # predict warns about images whose text the resize loses, on probes
+            predictor.tile = dataclasses.replace(predictor.tile, probe=True)
+        results.put(("ready", device, {"settings": describe_settings(resolved.settings)}))
         while (task := tasks.get()) is not None:
             chunk_id, start, items = task
             out = []

@@ -17,12 +17,13 @@ from typing import Any, Optional, Protocol, Union
 import numpy as np
 
 from openocr_cli import config as cfgmod
-from openocr_cli.data.images import ImageReadError, read_image
+from openocr_cli.data.images import MAX_PIXELS, ImageReadError, read_image
 from openocr_cli.data.pdf import DEFAULT_PDF_DPI
 from openocr_cli.data.pixels import as_bgr
 from openocr_cli.data.resize import Normalizer, ResizeSpec, resize_for_test
+from openocr_cli.inference import tiling
 from openocr_cli.inference.results import ImageResult, StageTimes
-from openocr_cli.inference.tiling import TileSettings, auto_reason, text_heights, tile_boxes, tiled_map
+from openocr_cli.inference.tiling import Probes, TileSettings, probe_inputs, probe_reason, tile_boxes, tiled_detections
 from openocr_cli.postprocess import DBPostProcess, make_postprocess
 
 # a file path, or pixels (a BGR uint8 ndarray, a PIL image)
@@ -49,16 +50,18 @@ class _Prepared:
     image: Optional[np.ndarray] = None
     error: Optional[str] = None
     seconds: float = 0.0
+    probes: Optional[Probes] = None  # --tile off with probe: full-resolution crops for the small-text warning
 
 
 class Predictor:
     def __init__(self, backend: Backend, resize: ResizeSpec, normalizer: Normalizer,
                  postprocess: DBPostProcess, batch_size: int = 1, workers: int = 2,
-                 pdf_dpi: float = DEFAULT_PDF_DPI, tile: TileSettings = TileSettings()):
+                 pdf_dpi: float = DEFAULT_PDF_DPI, tile: TileSettings = TileSettings(), max_pixels: int = MAX_PIXELS):
         if batch_size < 1:
             raise ValueError("batch size must be at least 1")
         self.pdf_dpi = pdf_dpi  # the resolution `doc.pdf#page=N` inputs are rendered at
         self.tile = tile  # off: the normal resize; auto / fixed: inference/tiling.py
+        self.max_pixels = max_pixels  # larger image files and PDF pages are refused before decoding
         self.backend = backend
         self.resize = resize
         self.normalizer = normalizer
@@ -86,7 +89,10 @@ class Predictor:
         A path is decoded (ImageReadError if it cannot be), pixels are converted (data.pixels, `name` in
         errors); then resized and normalised. run() prepares every input with it; int8 calibration too.
         """
-        image = read_image(str(item), self.pdf_dpi) if isinstance(item, (str, os.PathLike)) else as_bgr(item, name)
+        if isinstance(item, (str, os.PathLike)):
+            image = read_image(str(item), self.pdf_dpi, self.max_pixels)
+        else:
+            image = as_bgr(item, name)
         resized, src_hw = resize_for_test(image, self.resize)
         return self.normalizer(resized), src_hw, image
 
@@ -98,8 +104,10 @@ class Predictor:
         except ImageReadError as exc:
             return _Prepared(index, path, error=str(exc))
         keep_image = keep_image or path is None  # in-memory pixels are the caller's: kept, not copied
+        probes = probe_inputs(image, tensor.shape[1:], self.normalizer, count=tiling.WARN_PROBE_COUNT) \
+            if self.tile.probe else None
         return _Prepared(index, path, tensor, src_hw, image if keep_image else None,
-                         seconds=time.perf_counter() - start)
+                         seconds=time.perf_counter() - start, probes=probes)
 
     def run(self, paths: Iterable[Input], keep_images: bool = False, keep_maps: bool = False) -> Iterator[ImageResult]:
         """Yield one ImageResult per input, in input order (failed reads carry `error`).
@@ -175,31 +183,34 @@ class Predictor:
                 yield self._tiled_one(prepared, keep_images, keep_maps)
 
     def _tiled_one(self, prepared: _Prepared, keep_images: bool, keep_maps: bool) -> ImageResult:
-        """`auto`: the normal pass, then tiles only when its text came out too small; fixed: tiles."""
+        """`auto`: tiles when full-resolution probes show text the resize shrinks too far, else the normal pass
+        (an image the resize does not shrink runs exactly as with --tile off); fixed: tiles."""
         image = prepared.image
         h, w = image.shape[:2]
         reason, inference, post = f"--tile {self.tile.side}", 0.0, 0.0
         if self.tile.mode == "auto":
             start = time.perf_counter()
-            prob = self.backend(prepared.tensor[None])[0, 0]
+            probes = probe_inputs(image, prepared.tensor.shape[1:], self.normalizer)
+            reason = None if probes is None else probe_reason(probes, self.backend, self.postprocess)
             inference = time.perf_counter() - start
+        if reason is None:
+            start = time.perf_counter()
+            prob = self.backend(prepared.tensor[None])[0, 0]
+            inference += time.perf_counter() - start
             start = time.perf_counter()
             dets = self.postprocess(prob, h, w)
             post = time.perf_counter() - start
-            reason = auto_reason((h, w), prob.shape, text_heights([d.points for d in dets]))
-            if reason is None:
-                return ImageResult(prepared.index, prepared.path, dets, image if keep_images else None,
-                                   times=StageTimes(1, prepared.seconds, inference, post),
-                                   prob=prob if keep_maps else None, src_hw=(h, w))
-        start = time.perf_counter()
-        merged, count, (th, tw) = tiled_map(image, self.tile, self.normalizer, self.backend, self.batch_size)
+            return ImageResult(prepared.index, prepared.path, dets, image if keep_images else None,
+                               times=StageTimes(1, prepared.seconds, inference, post),
+                               prob=prob if keep_maps else None, src_hw=(h, w))
+        start = time.perf_counter()  # post-processing runs stripe by stripe between the tiles: timed as inference
+        tiled = tiled_detections(image, self.tile, self.normalizer, self.backend, self.postprocess, self.batch_size,
+                                 keep_map=keep_maps)
         inference += time.perf_counter() - start
-        start = time.perf_counter()
-        dets = self.postprocess(merged, h, w)
-        post += time.perf_counter() - start
-        return ImageResult(prepared.index, prepared.path, dets, image if keep_images else None,
-                           times=StageTimes(1, prepared.seconds, inference, post), prob=merged if keep_maps else None,
-                           src_hw=(h, w), tiling=f"{count} tiles of {th}x{tw} px: {reason}",
+        (th, tw) = tiled.tile_hw
+        return ImageResult(prepared.index, prepared.path, tiled.detections, image if keep_images else None,
+                           times=StageTimes(1, prepared.seconds, inference, post), prob=tiled.prob,
+                           src_hw=(h, w), tiling=f"{tiled.count} tiles of {th}x{tw} px: {reason}",
                            tiles=tile_boxes(h, w, self.tile))
 
     def _flush(self, items: list[_Prepared], done: dict[int, ImageResult], keep_maps: bool = False) -> None:
@@ -210,5 +221,7 @@ class Predictor:
             start = time.perf_counter()
             dets = self.postprocess(prob[0], *prepared.src_hw)
             times = StageTimes(1, prepared.seconds, inference, time.perf_counter() - start)
+            small = None if prepared.probes is None else probe_reason(prepared.probes, self.backend, self.postprocess)
             done[prepared.index] = ImageResult(prepared.index, prepared.path, dets, prepared.image, times=times,
-                                               prob=prob[0] if keep_maps else None, src_hw=prepared.src_hw)
+                                               prob=prob[0] if keep_maps else None, src_hw=prepared.src_hw,
+                                               small_text=small)

@@ -26,6 +26,7 @@ from typing import Any, Optional, Union
 
 from openocr_cli import config as cfgmod
 from openocr_cli.constants import POSTPROCESS_KEYS
+from openocr_cli.data.images import MAX_PIXELS
 from openocr_cli.data.pdf import DEFAULT_PDF_DPI
 from openocr_cli.data.resize import Normalizer, ResizeSpec
 from openocr_cli.errors import UserError
@@ -79,6 +80,7 @@ class InferenceOptions:
     pdf_dpi: float = DEFAULT_PDF_DPI
     tile: Optional[str] = None  # off / auto / a tile side in pixels (inference/tiling.py); None = off
     tile_overlap: Optional[int] = None
+    max_pixels: int = MAX_PIXELS  # larger images and PDF pages are refused before decoding (data/images.py)
 
     def tile_settings(self) -> TileSettings:
         """--tile / --tile-overlap checked and parsed (a bad value is a usage error naming the flag)."""
@@ -155,9 +157,9 @@ class Resolved:
         return self.settings["model"].value
 
     def predictor(self, batch_size: int = 1, workers: int = 2, pdf_dpi: float = DEFAULT_PDF_DPI,
-                  tile: TileSettings = TileSettings()) -> Predictor:
+                  tile: TileSettings = TileSettings(), max_pixels: int = MAX_PIXELS) -> Predictor:
         return Predictor(self.backend, self.resize, self.normalizer, self.postprocess, batch_size=batch_size,
-                         workers=workers, pdf_dpi=pdf_dpi, tile=tile)
+                         workers=workers, pdf_dpi=pdf_dpi, tile=tile, max_pixels=max_pixels)
 
 
 def resolve_postprocess(options: InferenceOptions, cfg: dict, model_layer: Optional[tuple[str, Mapping]] = None,

@@ -68,6 +68,7 @@ class Result:
     src_hw: Optional[tuple[int, int]] = None
     tiling: Optional[str] = None  # how and why the image was run as tiles (inference/tiling.py), None when it was not
     tiles: list[tuple[int, int, int, int]] = field(default_factory=list, repr=False)  # each tile's (x0, y0, x1, y1)
+    small_text: Optional[str] = None  # --tile off with probes: why the resize probably lost text of it (tiling.py)
 
     @property
     def name(self) -> str:

@@ -15,27 +15,30 @@ that side. The default overlap, DEFAULT_OVERLAP, gives 64 pixels of context: tex
 128 px tall crossing a seam is seen whole by one of the two tiles, and taller text is rare in
 scans that need tiling.
 
-Memory: the decoded image, its float32 map (4 bytes per pixel) and one batch of tiles; not the
-network's activations for the whole image, which is what makes full-resolution inference costly.
+Memory: the decoded image, one batch of tiles and one stripe (a row of tiles) of the merged map at a time,
+post-processed as it completes (Stripes); not the whole image's map, nor the network's activations for the
+whole image, which is what makes full-resolution inference costly.
+
+`auto` decides per image on probes: a few crops run at full resolution where the resize destroys the most
+detail; it tiles when their boxes would be too small after the resize (probe_inputs, probe_reason).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
+import cv2
 import numpy as np
 
 from openocr_cli.errors import UserError
+from openocr_cli.postprocess import DBPostProcess, Detection
 
 DEFAULT_SIDE = 960  # the default limit side: tiles run at the size the model is evaluated at
 DEFAULT_OVERLAP = 128
-# `auto` tiles a downscaled image when its smallest detected text (the 10th percentile of the boxes' heights)
-# is below this height after the resize. eval's recall-by-height shows the model loses most text under about
-# 8 px; the boxes that survive the resize are the larger ones, so text found at under 12 px means smaller text
-# of the same image was probably lost (on 2304x3072 mosaics with 12-55 px text, resized to 960: yes).
-AUTO_MIN_TEXT_PX = 12.0
 MODES = ("off", "auto")
 
 
@@ -46,6 +49,7 @@ class TileSettings:
     mode: str = "off"
     side: int = DEFAULT_SIDE
     overlap: int = DEFAULT_OVERLAP
+    probe: bool = False  # off: still probe shrunk images, to say which lost text to the resize (predict's warning)
 
     @property
     def enabled(self) -> bool:
@@ -71,7 +75,7 @@ def parse_tile(value, overlap: Optional[int] = None) -> TileSettings:
         if overlap < 0 or overlap >= settings.side // 2:
             raise UserError(f"--tile-overlap {overlap}: use 0 to less than half the tile side ({settings.side}).",
                             exit_code=2)
-        settings = TileSettings(settings.mode, settings.side, overlap)
+        settings = dataclasses.replace(settings, overlap=overlap)
     return settings
 
 
@@ -122,26 +126,109 @@ def _padded(crop: np.ndarray, side_h: int, side_w: int) -> np.ndarray:
     return np.pad(crop, ((0, side_h - h), (0, side_w - w), (0, 0)), mode="edge")
 
 
-def tiled_map(image: np.ndarray, settings: TileSettings, normalize: Callable[[np.ndarray], np.ndarray],
-              forward: Callable[[np.ndarray], np.ndarray], batch_size: int = 4
-              ) -> tuple[np.ndarray, int, tuple[int, int]]:
-    """The (h, w) float32 probability map of a BGR image from tiles at its own resolution, the tile count and
-    the tile size.
+@dataclass
+class Tiled:
+    """What a tiled image gave: its boxes, the tile count and size, and the merged map when it was asked for."""
+
+    detections: list[Detection]
+    count: int
+    tile_hw: tuple[int, int]
+    prob: Optional[np.ndarray] = None
+
+
+def tiled_detections(image: np.ndarray, settings: TileSettings, normalize: Callable[[np.ndarray], np.ndarray],
+                     forward: Callable[[np.ndarray], np.ndarray], post: DBPostProcess, batch_size: int = 4,
+                     keep_map: bool = False) -> Tiled:
+    """The boxes of a BGR image from tiles at its own resolution, one row of tiles (a stripe) at a time.
 
     `normalize` is the Predictor's (HWC uint8 -> CHW float32), `forward` the backend ((N,3,H,W) -> (N,1,H,W)).
+    Only one stripe of the merged float32 map exists at once (plus the rows of regions still open at its
+    lower edge), so memory grows with the tile side times the image width, not with the image area; the whole
+    map is assembled only with `keep_map` (eval --tune asks for it).
     """
     h, w = image.shape[:2]
     (tile_h, tile_w), tiles = grid(h, w, settings.side, settings.overlap)
-    merged = np.empty((h, w), np.float32)
-    for start in range(0, len(tiles), max(1, batch_size)):
-        part = tiles[start:start + batch_size]
-        batch = np.stack([normalize(_padded(image[t.y:t.y + tile_h, t.x:t.x + tile_w], tile_h, tile_w))
-                          for t in part])
-        maps = forward(batch)
-        for tile, prob in zip(part, maps):
-            (y0, y1), (x0, x1) = tile.own_y, tile.own_x
-            merged[y0:y1, x0:x1] = prob[0, y0 - tile.y:y1 - tile.y, x0 - tile.x:x1 - tile.x]
-    return merged, len(tiles), (tile_h, tile_w)
+    whole = np.empty((h, w), np.float32) if keep_map else None
+    stripes = Stripes(post, h, w, max_rows=CARRY_TILES * tile_h)
+    rows: dict[tuple[int, int], list[Tile]] = {}
+    for tile in tiles:
+        rows.setdefault(tile.own_y, []).append(tile)
+    for (y0, y1), row in rows.items():
+        stripe = np.empty((y1 - y0, w), np.float32)
+        for start in range(0, len(row), max(1, batch_size)):
+            part = row[start:start + batch_size]
+            batch = np.stack([normalize(_padded(image[t.y:t.y + tile_h, t.x:t.x + tile_w], tile_h, tile_w))
+                              for t in part])
+            for tile, prob in zip(part, forward(batch)):
+                x0, x1 = tile.own_x
+                stripe[:, x0:x1] = prob[0, y0 - tile.y:y1 - tile.y, x0 - tile.x:x1 - tile.x]
+        if whole is not None:
+            whole[y0:y1] = stripe
+        stripes.add(stripe, final=y1 == h)
+    return Tiled(stripes.detections, len(tiles), (tile_h, tile_w), whole)
+
+
+# OpenOCR keeps the first max_candidates (1000) contours of one network input, at most 960 x 960 pixels. A merged
+# map of a 100-megapixel scan has over 100 times that area and mostly small noise contours, so one cap over it
+# drops whole regions (recall 0.22 on a 12160x9120 mosaic of 1,165 words); each stripe gets the cap times its
+# area in 960 x 960 inputs instead, the density of candidates OpenOCR allows.
+CAP_AREA = 960 * 960
+# A region still open at a stripe's lower edge waits for the next stripe, with every row back to its top. One
+# taller than this many tiles (a ruled line down a drawing, a dark photo) is cut there: memory stays bounded
+# by the tile side, and such a region is not text DBNet boxes anyway.
+CARRY_TILES = 3
+
+
+class Stripes:
+    """Post-processing of a merged map fed stripe by stripe, top to bottom: a region is boxed once it is complete
+    (no row of it reaches the newest stripe's lower edge), with all of its rows, so one crossing a stripe border
+    gives the one box post-processing of the whole map gives (the score of a `fast`-mode box whose rectangle
+    reaches past its region's rows is taken from those rows only)."""
+
+    def __init__(self, post: DBPostProcess, h: int, w: int, max_rows: int):
+        self.post, self.h, self.w, self.max_rows = post, h, w, max_rows
+        self.pending = np.empty((0, w), np.float32)
+        self.top = 0  # image row of pending[0]
+        self.detections: list[Detection] = []
+
+    def add(self, stripe: np.ndarray, final: bool) -> None:
+        pending = np.concatenate([self.pending, stripe]) if len(self.pending) else stripe
+        cut = len(pending) if final else self._complete_rows(pending)
+        if cut:
+            self._box(pending[:cut])
+        self.pending, self.top = pending[cut:].copy(), self.top + cut
+
+    def _complete_rows(self, pending: np.ndarray) -> int:
+        """How many leading rows hold only complete regions: above every region that reaches the lower edge,
+        and not through any region."""
+        bitmap = (pending > self.post.thresh).astype(np.uint8)
+        if self.post.use_dilation:
+            bitmap = cv2.dilate(bitmap, np.ones((2, 2), np.uint8))
+        _, _, stats, _ = cv2.connectedComponentsWithStats(bitmap, connectivity=8)
+        tops = stats[1:, cv2.CC_STAT_TOP]
+        bottoms = tops + stats[1:, cv2.CC_STAT_HEIGHT]
+        open_ = bottoms >= len(pending)
+        cut = int(tops[open_].min()) if open_.any() else len(pending)
+        while True:
+            through = (tops < cut) & (bottoms > cut)
+            if not through.any():
+                break
+            cut = int(tops[through].min())
+        if cut == 0 and len(pending) > self.max_rows:
+            return len(pending)
+        return cut
+
+    def _box(self, rows: np.ndarray) -> None:
+        post = self.post
+        cap = max(post.max_candidates, math.ceil(post.max_candidates * rows.size / CAP_AREA))
+        if cap != post.max_candidates:
+            post = dataclasses.replace(post, max_candidates=cap)
+        for candidate in post.candidates(rows, top=self.top):
+            if candidate.score < post.box_thresh:
+                continue
+            det = post.expand(candidate, (self.h, self.w), self.h, self.w)
+            if det is not None:
+                self.detections.append(det)
 
 
 def tile_boxes(h: int, w: int, settings: TileSettings) -> list[tuple[int, int, int, int]]:
@@ -150,35 +237,116 @@ def tile_boxes(h: int, w: int, settings: TileSettings) -> list[tuple[int, int, i
     return [(t.x, t.y, min(t.x + tw, w), min(t.y + th, h)) for t in tiles]
 
 
-def auto_reason(src_hw: tuple[int, int], net_hw: tuple[int, int], text_heights: Sequence[float]) -> Optional[str]:
-    """Why `auto` tiles this image (None: it does not): the resize put its smallest text below AUTO_MIN_TEXT_PX.
+# --- the evidence `auto` (and predict --tile off's warning) decide on -------------------------------------------
+# A downscaled pass cannot say how small an image's text is: text the resize erased leaves no box, or blobs of
+# merged lines whose heights look fine. So a few crops are run at the image's own resolution ("probes"), where the
+# text is as the model was trained to see it, and their boxes' heights are scaled by the resize.
+PROBE_SIDE = 256  # px: 55-px text (about 80-px boxes) fits whole; 3 probes cost about 0.3 of a 960 x 720 pass
+PROBE_COUNT = 3
+# predict --tile off probes only the one crop that loses the most detail, for its warning: three would add about
+# 29 % to every 1280x720 photo the default run shrinks (measured), one about a third of that.
+WARN_PROBE_COUNT = 1
+# Probes go where the resize destroys the most detail: the mean absolute difference between the image and the
+# image downscaled as the network sees it and scaled back, measured on every k-th pixel of every k-th row (at
+# most PROBE_WORK_PIXELS of them: sampling, not averaging, keeps the fine detail of small text, and costs next to
+# nothing). Text, small text most of all, is where that detail is; blank margins have none, and cells under
+# PROBE_MIN_DETAIL (grey levels) are never probed.
+PROBE_WORK_PIXELS = 2_000_000
+PROBE_MIN_DETAIL = 1.0
+# A probe box under AUTO_MIN_TEXT_PX after the resize is text the normal pass loses: boxes are unclipped, about
+# 1.5x the text's height, and eval's recall-by-height shows the model loses most text under about 8 px. `auto`
+# tiles when at least AUTO_MIN_SMALL probe boxes, and AUTO_MIN_SHARE of them, are that small: one small box
+# (a footnote, a speck the model took for text) does not buy a tiled pass; a fifth of the text does.
+AUTO_MIN_TEXT_PX = 12.0
+AUTO_MIN_SMALL = 2
+AUTO_MIN_SHARE = 0.2
 
-    `text_heights` are the detected boxes' heights in source pixels from the normal pass. An image that
-    is not downscaled is never tiled, so its boxes stay exactly the normal ones.
-    """
-    scale = min(net_hw[0] / src_hw[0], net_hw[1] / src_hw[1])
+
+@dataclass(frozen=True)
+class Probes:
+    """Full-resolution crops of one image, normalised for the backend, where they lie and the resize's scale."""
+
+    batch: np.ndarray  # (K, 3, PROBE_SIDE, PROBE_SIDE) float32
+    boxes: tuple[tuple[int, int, int, int], ...]  # each crop's (x0, y0, x1, y1) in the image
+    src_hw: tuple[int, int]
+    net_hw: tuple[int, int]
+
+    @property
+    def scale(self) -> float:
+        return min(self.net_hw[0] / self.src_hw[0], self.net_hw[1] / self.src_hw[1])
+
+
+def probe_inputs(image: np.ndarray, net_hw: tuple[int, int], normalize: Callable[[np.ndarray], np.ndarray],
+                 side: int = PROBE_SIDE, count: int = PROBE_COUNT) -> Optional[Probes]:
+    """The probes of a BGR image the resize to `net_hw` shrinks (None when it does not, or it has no detail)."""
+    h, w = image.shape[:2]
+    scale = min(net_hw[0] / h, net_hw[1] / w)
     if scale >= 1.0:
         return None
-    if not text_heights:
-        return f"no text found at {scale:.2f}x (the resize to {net_hw[1]}x{net_hw[0]} may have erased it)" \
-            if scale < 0.5 else None
-    small = float(np.percentile(text_heights, 10)) * scale
-    if small < AUTO_MIN_TEXT_PX:
-        return (f"its smallest text is {small:.1f} px after the resize to {net_hw[1]}x{net_hw[0]} ({scale:.2f}x), "
-                f"below {AUTO_MIN_TEXT_PX:g} px")
-    return None
+    boxes = tuple(_probe_boxes(image, scale, side, count))
+    if not boxes:
+        return None
+    crops = [normalize(_padded(image[y0:y1, x0:x1], side, side)) for x0, y0, x1, y1 in boxes]
+    return Probes(np.stack(crops), boxes, (h, w), tuple(net_hw))
 
 
-def shrunk_text(src_hw: tuple[int, int], net_hw: tuple[int, int], text_heights: Sequence[float]) -> bool:
-    """Whether the resize left most of an image's detected boxes under AUTO_MIN_TEXT_PX, so that smaller text of
-    it was probably lost (predict then suggests --tile auto). Boxes are unclipped, about 1.5x the text's height:
-    12-pixel boxes hold 8-pixel text."""
-    scale = min(net_hw[0] / src_hw[0], net_hw[1] / src_hw[1])
-    return scale < 1.0 and bool(text_heights) and float(np.median(text_heights)) * scale < AUTO_MIN_TEXT_PX
+def _probe_boxes(image: np.ndarray, scale: float, side: int, count: int) -> list[tuple[int, int, int, int]]:
+    """Up to `count` side x side crops, one per grid cell, where the resize loses the most detail; not two in
+    neighbouring cells while other cells with detail remain (spread over the page, not one paragraph)."""
+    h, w = image.shape[:2]
+    # sampled at least twice as finely as the network sees the image, or the resize would lose nothing of it
+    step = max(1, min(math.ceil(math.sqrt(h * w / PROBE_WORK_PIXELS)), int(0.5 / scale)))
+    gray = cv2.cvtColor(np.ascontiguousarray(image[::step, ::step]), cv2.COLOR_BGR2GRAY)
+    gh, gw = gray.shape
+    rel = min(1.0, scale * step)
+    seen = cv2.resize(gray, (max(1, round(gw * rel)), max(1, round(gh * rel))), interpolation=cv2.INTER_AREA)
+    detail = cv2.absdiff(gray, cv2.resize(seen, (gw, gh), interpolation=cv2.INTER_LINEAR)).astype(np.float32)
+    rows, cols = -(-h // side), -(-w // side)
+    cells = cv2.resize(detail, (cols, rows), interpolation=cv2.INTER_AREA)
+    order = np.argsort(-cells, axis=None, kind="stable")
+    picked: list[tuple[int, int]] = []
+    for spread in (True, False):
+        for flat in order:
+            r, c = divmod(int(flat), cols)
+            if len(picked) == count or cells[r, c] < PROBE_MIN_DETAIL:
+                break
+            if (r, c) in picked or (spread and any(abs(r - pr) <= 1 and abs(c - pc) <= 1 for pr, pc in picked)):
+                continue
+            picked.append((r, c))
+    out = []
+    for r, c in picked:
+        y0, x0 = max(0, min(r * side, h - side)), max(0, min(c * side, w - side))
+        out.append((x0, y0, min(w, x0 + side), min(h, y0 + side)))
+    return out
 
 
-def text_heights(polygons: Sequence[np.ndarray]) -> list[float]:
-    """Each box's height: the shorter side of its minimum-area rectangle (source pixels)."""
-    import cv2
+def probe_reason(probes: Probes, forward: Callable[[np.ndarray], np.ndarray], post: DBPostProcess) -> Optional[str]:
+    """Why the resize loses text of this image (None: the probes show none it loses), from the probes' boxes."""
+    maps = forward(probes.batch)
+    h, w = probes.src_hw
+    heights = []
+    for (x0, y0, x1, y1), prob in zip(probes.boxes, maps):
+        ph, pw = y1 - y0, x1 - x0
+        for det in post(prob[0, :ph, :pw], ph, pw):
+            xs, ys = det.points[:, 0], det.points[:, 1]
+            # A box cut by the probe's edge (not the image's) is part of a word. Cut across its length (a line cut
+            # by a side edge, wider than tall) it keeps its height; cut along it (the last strokes of a word: a
+            # sliver taller than wide) its short side is the cut, not the text's height, and it is left out.
+            wide = np.ptp(xs) > np.ptp(ys)
+            side_cut = (x0 > 0 and xs.min() <= 1) or (x1 < w and xs.max() >= pw - 2)
+            end_cut = (y0 > 0 and ys.min() <= 1) or (y1 < h and ys.max() >= ph - 2)
+            if (side_cut and (end_cut or not wide)) or (end_cut and wide):
+                continue
+            heights.append(_height(det.points))
+    scale = probes.scale
+    small = sum(height * scale < AUTO_MIN_TEXT_PX for height in heights)
+    if small < AUTO_MIN_SMALL or small < AUTO_MIN_SHARE * len(heights):
+        return None
+    net_h, net_w = probes.net_hw
+    return (f"{small} of {len(heights)} boxes found at full resolution in {len(probes.boxes)} probes would be "
+            f"under {AUTO_MIN_TEXT_PX:g} px after the resize to {net_w}x{net_h} ({scale:.2f}x)")
 
-    return [float(min(cv2.minAreaRect(np.asarray(p, np.float32))[1])) for p in polygons]
+
+def _height(points: np.ndarray) -> float:
+    """A box's height: the shorter side of its minimum-area rectangle."""
+    return float(min(cv2.minAreaRect(np.asarray(points, np.float32))[1]))

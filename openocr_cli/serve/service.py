@@ -37,6 +37,7 @@ class ServeLimits:
     max_queue: int = 64
     max_upload_mb: float = 20.0
     max_pixels: int = 50_000_000
+    max_pages: int = 20
     timeout_s: float = 30.0
     decode_threads: int = 2
 
@@ -97,15 +98,33 @@ class DetectionService:
 
     # -- detection -----------------------------------------------------------------------------
     async def detect(self, request: DetectRequest) -> dict[str, Any]:
-        """The response body for one image."""
+        """The response body for one image, or for each page of a PDF in page order."""
         start = time.perf_counter()
         post = postprocess_for(self.predictor.postprocess, request.params)
         tiling = tiling_for(self.predictor.tile, self.detector.options.tile_overlap, request.params)
         loop = asyncio.get_running_loop()
+        if not uploads.is_pdf(request.data):
+            body = await self._detect(lambda: self._prepare(request.data, not tiling.enabled), post, tiling, start)
+            self.metrics.images.inc()
+            return body
+        with uploads.PdfUpload(request.data, self.limits.max_pages) as upload:
+            count = await loop.run_in_executor(self.pool, upload.count)
+            pages = []
+            for number in range(1, count + 1):  # one page at a time: memory is one page's, whatever the count
+                page = await self._detect(lambda n=number: self._prepare_page(upload, n, not tiling.enabled), post,
+                                          tiling, time.perf_counter())
+                pages.append({"page": number, **page})
+                self.metrics.images.inc()
+        return {"pages": pages, "page_count": count,
+                "timing_ms": {"total": round((time.perf_counter() - start) * 1000, 2)}}
+
+    async def _detect(self, prepare, post: DBPostProcess, tiling: TileSettings, start: float) -> dict[str, Any]:
+        """One image's response body; `prepare` decodes it (in a decode thread)."""
+        loop = asyncio.get_running_loop()
         batcher = self.batcher
         batcher.expect()
         try:
-            prepared = await loop.run_in_executor(self.pool, self._prepare, request.data, not tiling.enabled)
+            prepared = await loop.run_in_executor(self.pool, prepare)
         except BaseException:
             batcher.unexpect()
             raise
@@ -123,7 +142,6 @@ class DetectionService:
             began = time.perf_counter()
             detections = await loop.run_in_executor(self.pool, post, forward.prob, h, w)
             inference, postprocess, extra = forward.seconds, time.perf_counter() - began, {"batch": forward.batch}
-        self.metrics.images.inc()
         timing = {"decode": prepared.decode_s, "preprocess": prepared.preprocess_s, "queue": queue,
                   "inference": inference, "postprocess": postprocess, "total": time.perf_counter() - start}
         return {"detections": detections_json(detections), "width": w, "height": h,
@@ -132,6 +150,14 @@ class DetectionService:
     def _prepare(self, data: bytes, network_input: bool) -> _Prepared:
         start = time.perf_counter()
         image = uploads.decode(data, self.limits.max_pixels)
+        decoded = time.perf_counter()
+        tensor = self.predictor.network_input(image)[0] if network_input else None
+        return _Prepared(image, tensor, decoded - start, time.perf_counter() - decoded)
+
+    def _prepare_page(self, upload: uploads.PdfUpload, number: int, network_input: bool) -> _Prepared:
+        """Page `number` rendered as `predict doc.pdf` renders it (the server's --pdf-dpi), within --max-pixels."""
+        start = time.perf_counter()
+        image = upload.page(number, self.predictor.pdf_dpi, self.limits.max_pixels)
         decoded = time.perf_counter()
         tensor = self.predictor.network_input(image)[0] if network_input else None
         return _Prepared(image, tensor, decoded - start, time.perf_counter() - decoded)
@@ -149,4 +175,5 @@ class DetectionService:
                 "settings": self.detector.describe(),
                 "limits": {"max_batch": limits.max_batch, "max_wait_ms": limits.max_wait_ms,
                            "max_queue": limits.max_queue, "max_upload_mb": limits.max_upload_mb,
-                           "max_pixels": limits.max_pixels, "timeout_s": limits.timeout_s}}
+                           "max_pixels": limits.max_pixels, "max_pages": limits.max_pages,
+                           "timeout_s": limits.timeout_s}}

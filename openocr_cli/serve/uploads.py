@@ -9,12 +9,15 @@ would decode a truncated JPEG silently, grey below the cut.
 from __future__ import annotations
 
 import io
+import os
 import re
+import tempfile
 import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from openocr_cli.data import pdf
 from openocr_cli.data.images import decode_image_bytes
 from openocr_cli.errors import ImageReadError
 from openocr_cli.serve.problems import RequestError
@@ -83,3 +86,48 @@ def _truncated(data: bytes, kind: str) -> bool:
         return False
     except _BAD_IMAGE:
         return True
+
+
+def is_pdf(data: bytes) -> bool:
+    """A PDF by its signature (within the first KB, where PDF readers look for it)."""
+    return b"%PDF-" in data[:1024]
+
+
+class PdfUpload:
+    """An uploaded PDF in a temporary file (removed on exit), its pages rendered by data.pdf exactly as `predict
+    doc.pdf` renders them, so the boxes are the same."""
+
+    def __init__(self, data: bytes, max_pages: int):
+        self.data, self.max_pages, self.path = data, max_pages, ""
+
+    def __enter__(self) -> PdfUpload:
+        handle, self.path = tempfile.mkstemp(suffix=".pdf", prefix="openocr-det-upload-")
+        with os.fdopen(handle, "wb") as f:
+            f.write(self.data)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        os.unlink(self.path)
+
+    def count(self) -> int:
+        """The page count; RequestError for a PDF that cannot be read (422) or has more than max_pages (413)."""
+        try:
+            pages = pdf.page_count(self.path)
+        except ImageReadError as exc:
+            raise RequestError(422, _named(str(exc), self.path)) from None
+        if pages > self.max_pages:
+            raise RequestError(413, f"the PDF has {pages} pages, over the server's limit of {self.max_pages} "
+                                    "(--max-pages); send fewer pages per request.")
+        return pages
+
+    def page(self, number: int, dpi: float, max_pixels: int) -> np.ndarray:
+        try:
+            return pdf.read_pdf(self.path, number, dpi=dpi, max_pixels=max_pixels)
+        except ImageReadError as exc:
+            status = 413 if "over the limit" in str(exc) or "exceeds" in str(exc) else 422
+            raise RequestError(status, _named(str(exc), self.path)) from None
+
+
+def _named(message: str, path: str) -> str:
+    """A data.pdf message about the temporary file, about 'the PDF' instead."""
+    return message.replace(path, "the PDF")

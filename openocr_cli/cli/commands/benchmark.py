@@ -87,6 +87,8 @@ def benchmark(
     postprocess_file: opt.PostprocessFile = None,
     tile: opt.Tile = None,
     tile_overlap: opt.TileOverlap = None,
+    pdf_dpi: opt.PdfDpi = opt.DEFAULT_PDF_DPI,
+    max_pixels: opt.MaxPixels = None,
 ) -> None:
     """Time detection per stage and per image (p50, p95) for each backend x model x precision x size.
 
@@ -231,7 +233,8 @@ def _specs(resize: ResizeSpec, sides: Optional[list[int]], model: str) -> list[t
 
 def _with(predictor: Predictor, backend, resize: ResizeSpec) -> Predictor:
     return Predictor(backend, resize, predictor.normalizer, predictor.postprocess, batch_size=predictor.batch_size,
-                     workers=predictor.workers, pdf_dpi=predictor.pdf_dpi, tile=predictor.tile)
+                     workers=predictor.workers, pdf_dpi=predictor.pdf_dpi, tile=predictor.tile,
+                     max_pixels=predictor.max_pixels)
 
 
 def recommendation_line(chosen: bench.Recommendation) -> str:

@@ -63,6 +63,7 @@ def evaluate(
     pdf_dpi: opt.PdfDpi = opt.DEFAULT_PDF_DPI,
     tile: opt.Tile = None,
     tile_overlap: opt.TileOverlap = None,
+    max_pixels: opt.MaxPixels = None,
     tune_flag: Annotated[bool, typer.Option(
         "--tune",
         help="Also search thresh, box_thresh and unclip_ratio on the probability maps of this one model pass "

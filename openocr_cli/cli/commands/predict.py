@@ -12,10 +12,8 @@ from openocr_cli.cli import options as opt
 from openocr_cli.cli.commands import predict_extras as pre
 from openocr_cli.cli.commands import predict_scale as large
 from openocr_cli.cli.ui import console, err_console, rate_progress, table, warn
-from openocr_cli.data.resize import target_size
 from openocr_cli.errors import UserError
 from openocr_cli.inference.results import StageTimes
-from openocr_cli.inference.tiling import shrunk_text, text_heights
 
 RESULTS_NAME = "det_results.txt"
 TILED_NAME = "tiled.json"  # {image: how many tiles and why}, written when any image ran as tiles
@@ -52,6 +50,7 @@ def predict(
     pdf_dpi: opt.PdfDpi = opt.DEFAULT_PDF_DPI,
     tile: opt.Tile = None,
     tile_overlap: opt.TileOverlap = None,
+    max_pixels: opt.MaxPixels = None,
     save_format: pre.SaveFormat = None,
     min_rect: pre.MinRect = False,
     select_uncertain: pre.SelectUncertain = None,
@@ -103,7 +102,7 @@ def _predict(run: large.LargeRun, output: Path, tile, extras) -> None:
     times = StageTimes()
     tiled: dict[str, str] = {}
     start = time.perf_counter()
-    shrunk, first_shrunk = 0, ""  # images the resize shrank so far that most text found is under 8 px (--tile off)
+    shrunk, first_shrunk = 0, ""  # images whose full-resolution probes show text the resize loses (--tile off)
     with rate_progress() as bar:
         task = bar.add_task("predict", total=run.total)
         for result, drawing in run.stream(keep_maps=extras is not None and extras.needs_maps):
@@ -117,9 +116,8 @@ def _predict(run: large.LargeRun, output: Path, tile, extras) -> None:
             if extras is not None:
                 extras.add(result)
             boxes += len(result.detections)
-            if not run.tile_enabled and result.src_hw is not None and shrunk_text(
-                    result.src_hw, target_size(*result.src_hw, run.resize), text_heights(result.polygons)):
-                shrunk, first_shrunk = shrunk + 1, first_shrunk or result.name
+            if result.small_text is not None:
+                shrunk, first_shrunk = shrunk + 1, first_shrunk or f"{result.name}: {result.small_text}"
             if result.tiling is not None:
                 tiled[result.name] = result.tiling
                 err_console.print(f"tiled {result.name}: {result.tiling}", markup=False)
@@ -141,9 +139,8 @@ def _predict(run: large.LargeRun, output: Path, tile, extras) -> None:
     if tiled:
         opt.write_json(output / TILED_NAME, tiled)
     if shrunk:
-        warn(f"{shrunk} image(s) were shrunk so far by the resize that most text found is under 8 px "
-             f"(first: {first_shrunk}); small text in them was probably missed. Pass --tile auto to run such images "
-             "as tiles at their own resolution.")
+        warn(f"{shrunk} image(s) hold text the resize shrinks below what the model detects (first: {first_shrunk}); "
+             "it was probably missed. Pass --tile auto to run such images as tiles at their own resolution.")
     console.print(f"Results saved to {output}")
     opt.report_unreadable(run.recorded.errors + failures)
 

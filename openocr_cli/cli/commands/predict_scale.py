@@ -7,6 +7,7 @@ lazy input listing (data/listing.py) cut to the shard, without the images alread
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from enum import Enum
@@ -71,7 +72,7 @@ class LargeRun:
 
     `stream()` yields (Result, encoded drawing or None) for every input still to do, in input order; `writer`
     writes them; `finish()` marks run.json finished. `detector` is the in-process Detector (None with several
-    devices), `resize` / `tile_enabled` the predictor's.
+    devices). With --tile off the predictor probes the images the resize shrinks (Result.small_text).
     """
 
     def __init__(self, *, sources: list[str], recursive: bool, output: Path, vis: bool, fmt: str, resume: bool,
@@ -102,13 +103,15 @@ class LargeRun:
             from openocr_cli.api.detector import Detector
 
             self.detector = Detector.from_options(options)
+            predictor = self.detector.predictor
+            if not predictor.tile.enabled:  # probe the images the resize shrinks: the warning then rests on evidence
+                predictor.tile = dataclasses.replace(predictor.tile, probe=True)
             settings = self.detector.describe()
-            self.resize, self.tile_enabled = self.detector.predictor.resize, self.detector.predictor.tile.enabled
         else:
             from openocr_cli.inference.devices import DevicePool
 
             self.pool = DevicePool(options, devices, vis)
-            settings, self.resize, self.tile_enabled = self.pool.settings, self.pool.resize, self.pool.tile_enabled
+            settings = self.pool.settings
         try:
             self._start(options, settings, prior, vis, devices, extra_settings)
         except BaseException:

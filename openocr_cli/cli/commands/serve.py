@@ -40,6 +40,9 @@ def serve(
     max_pixels: Annotated[float, typer.Option(
         "--max-pixels", min=1, help="Largest image, in pixels, read from the file's header; larger ones get 413 "
                                     "without being decoded (decompression bombs).")] = 50e6,
+    max_pages: Annotated[int, typer.Option(
+        "--max-pages", min=1, help="Most pages of an uploaded PDF; longer ones get 413 before any page is "
+                                   "rendered. Pages run one at a time, each within --max-pixels.")] = 20,
     timeout_s: Annotated[float, typer.Option(
         "--timeout-s", min=0.001, help="Per request; a slower one gets 504 and its work is cancelled.")] = 30.0,
     api_key: Annotated[Optional[str], typer.Option(
@@ -70,6 +73,7 @@ def serve(
     postprocess_file: opt.PostprocessFile = None,
     tile: opt.Tile = None,
     tile_overlap: opt.TileOverlap = None,
+    pdf_dpi: opt.PdfDpi = opt.DEFAULT_PDF_DPI,
 ) -> None:
     """Serve the detector over HTTP: POST /v1/detect, a try-it page at /, /healthz, /metrics, /docs.
 
@@ -82,6 +86,8 @@ def serve(
       openocr-det serve --onnx-model det_int8.onnx --threads 2
 
       curl -F image=@page.jpg http://127.0.0.1:8000/v1/detect
+
+      curl -F image=@report.pdf http://127.0.0.1:8000/v1/detect    # {"pages": [{"page": 1, ...}, ...]}
 
       OPENOCR_DET_API_KEY=secret openocr-det serve --weights best.pth --host 0.0.0.0 --workers 2 --threads 1
     """
@@ -96,9 +102,9 @@ def serve(
     if not _loopback(host) and api_key is None:
         warn(f"serving on {host} without --api-key: anyone who can reach this port can use the detector.")
     limits = ServeLimits(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                         max_upload_mb=max_upload_mb, max_pixels=int(max_pixels), timeout_s=timeout_s,
-                         decode_threads=decode_threads)
-    options = opt.inference_options(locals(), workers=decode_threads, batch_size=max_batch)
+                         max_upload_mb=max_upload_mb, max_pixels=int(max_pixels), max_pages=max_pages,
+                         timeout_s=timeout_s, decode_threads=decode_threads)
+    options = opt.inference_options(locals(), workers=decode_threads, batch_size=max_batch, max_pixels=int(max_pixels))
 
     def listening(url: str) -> None:
         err_console.print(f"openocr-det serving on {url} (page: {url}/, API docs: {url}/docs); Ctrl+C to stop",
