@@ -20,7 +20,8 @@ from itertools import islice
 from typing import Any, Optional
 
 from openocr_cli.errors import UserError
-from openocr_cli.inference.resolve import InferenceOptions, describe_settings, resolve
+from openocr_cli.inference.options import InferenceOptions
+from openocr_cli.inference.resolve import describe_settings, resolve
 from openocr_cli.inference.results import Result
 from openocr_cli.inference.run_folder import encode_vis
 
@@ -125,11 +126,11 @@ def _worker(options: InferenceOptions, device: str, vis: bool, tasks, results, p
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     try:
         resolved = resolve(options)
-        predictor = resolved.predictor(options.batch_size, options.workers, options.pdf_dpi, options.tile_settings(),
-                                       options.max_pixels)
+        predictor = resolved.predictor(options)
         if not predictor.tile.enabled:  # predict warns about images whose text the resize loses, on probes
-            predictor.tile = dataclasses.replace(predictor.tile, probe=True)
-        results.put(("ready", device, {"settings": describe_settings(resolved.settings)}))
+            predictor = predictor.replace(tile=dataclasses.replace(predictor.tile, probe=True))
+        results.put(("ready", device, {"settings": describe_settings(resolved.settings), "resize": predictor.resize,
+                                       "tile": predictor.tile.enabled}))
         while (task := tasks.get()) is not None:
             chunk_id, start, items = task
             out = []

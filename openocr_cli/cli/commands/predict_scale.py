@@ -20,7 +20,7 @@ from openocr_cli.cli.ui import warn
 from openocr_cli.data import listing
 from openocr_cli.errors import UserError
 from openocr_cli.inference import run_folder as runs
-from openocr_cli.inference.resolve import InferenceOptions
+from openocr_cli.inference.options import InferenceOptions
 from openocr_cli.inference.results import Result
 
 
@@ -105,7 +105,7 @@ class LargeRun:
             self.detector = Detector.from_options(options)
             predictor = self.detector.predictor
             if not predictor.tile.enabled:  # probe the images the resize shrinks: the warning then rests on evidence
-                predictor.tile = dataclasses.replace(predictor.tile, probe=True)
+                self.detector.predictor = predictor.replace(tile=dataclasses.replace(predictor.tile, probe=True))
             settings = self.detector.describe()
         else:
             from openocr_cli.inference.devices import DevicePool
