@@ -45,7 +45,9 @@ def test_every_inference_flag_is_a_detector_keyword_with_the_same_default(comman
             if pname not in flags_of(InferenceOptions):
                 continue
             assert pname in keywords
-            if (name, pname) not in (("eval", "fuse"), ("serve", "workers"), ("benchmark", "weights")):
+            # the service's own limits: --workers are processes, --max-pixels is tighter per request (serve/limits)
+            if (name, pname) not in (("eval", "fuse"), ("serve", "workers"), ("serve", "max_pixels"),
+                                     ("benchmark", "weights")):
                 assert param.default == cli_default(keywords[pname].default), (name, pname)
             if pname != "overrides":  # -o / --override, as OpenOCR spells it
                 assert "--" + pname.replace("_", "-") in param.opts + param.secondary_opts, (name, pname)
