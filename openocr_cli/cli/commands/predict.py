@@ -92,8 +92,9 @@ a warning and listed at the end (exit 1).
                          fmt=output_format.value, resume=resume, overwrite=overwrite, shard=shard, devices=devices,
                          options=opt.inference_options(locals()))
     with run:
-        _predict(run, output, tile, pre.PredictExtras(output, save_format, min_rect, select_uncertain, run.detector)
-                 if run.detector is not None else None)
+        postprocess = run.detector.predictor.postprocess if run.detector is not None else None
+        _predict(run, output, tile, pre.PredictExtras(output, save_format, min_rect, select_uncertain, run.box_type,
+                                                      postprocess) if run.sees_every_result else None)
 
 
 def _predict(run: large.LargeRun, output: Path, tile, extras) -> None:
@@ -108,6 +109,8 @@ def _predict(run: large.LargeRun, output: Path, tile, extras) -> None:
         task = bar.add_task("predict", total=run.total)
         for result, drawing in run.stream(keep_maps=extras is not None and extras.needs_maps):
             run.writer.write(result, drawing)
+            if extras is not None:
+                extras.add_any(result)
             bar.update(task, advance=1, total=run.total)
             times += result.times
             if result.error is not None:

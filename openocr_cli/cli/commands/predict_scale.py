@@ -1,7 +1,8 @@
-"""predict's large-run options: --resume, --overwrite, --shard I/N, --devices, --format txt|jsonl.
+"""predict's large-run options: --resume, --overwrite, --shard I/N, --devices, --ray, --format txt|jsonl.
 
 `LargeRun` turns them into a run: what OUTPUT already holds (inference/run_folder.py: run.json, the recorded
-images, a torn last line), the detector in this process or one worker per device (inference/devices.py), the
+images, a torn last line), the detector in this process, one worker per device (inference/devices.py) or Ray
+actors (integrations/ray_run.py), the
 lazy input listing (data/listing.py) cut to the shard, without the images already recorded, and the writer.
 """
 
@@ -71,12 +72,18 @@ class LargeRun:
 
     `stream()` yields (Result, encoded drawing or None) for every input still to do, in input order; `writer`
     writes them; `finish()` marks run.json finished. `detector` is the in-process Detector (None with several
-    devices), `resize` / `tile_enabled` the predictor's.
+    devices or --ray), `resize` / `tile_enabled` / `box_type` the predictor's.
     """
 
     def __init__(self, *, sources: list[str], recursive: bool, output: Path, vis: bool, fmt: str, resume: bool,
                  overwrite: bool, shard: Optional[runs.Shard], devices: Optional[list[str]],
-                 options: InferenceOptions, extra_settings: Optional[dict] = None):
+                 options: InferenceOptions, extra_settings: Optional[dict] = None, ray: Optional[str] = None):
+        if ray is not None and devices is not None:
+            raise UserError("--devices starts workers on this machine; with --ray the cluster's actors are the "
+                            "workers: --ray with --device cuda runs one actor per GPU of every node.", exit_code=2)
+        if ray is not None and shard is not None:
+            raise UserError("--shard splits the inputs between separate jobs; --ray spreads one run over the whole "
+                            "cluster (its actors take the batches): drop --shard.", exit_code=2)
         if devices is not None and options.device is not None:
             raise UserError("--device and --devices both name devices; pass one (--devices cuda:0,cuda:1 runs a "
                             "worker per device).", exit_code=2)
@@ -98,7 +105,13 @@ class LargeRun:
                             f"{prior.get('started')}). Pass --resume to continue it, --overwrite to start again, or "
                             "another --output.", exit_code=2)
         self.detector = self.pool = None
-        if devices is None:
+        if ray is not None:
+            from openocr_cli.integrations.ray_run import RayPool
+
+            self.pool = RayPool(options, ray, vis)
+            settings, self.resize, self.tile_enabled = self.pool.settings, self.pool.resize, self.pool.tile_enabled
+            devices = [f"ray:{ray}"]
+        elif devices is None:
             from openocr_cli.api.detector import Detector
 
             self.detector = Detector.from_options(options)
@@ -109,6 +122,8 @@ class LargeRun:
 
             self.pool = DevicePool(options, devices, vis)
             settings, self.resize, self.tile_enabled = self.pool.settings, self.pool.resize, self.pool.tile_enabled
+        self.box_type = str(settings.get("box_type", {}).get("value", "quad"))
+        self.sees_every_result = ray is not None or self.detector is not None  # --save-format may run
         try:
             self._start(options, settings, prior, vis, devices, extra_settings)
         except BaseException:
@@ -173,8 +188,8 @@ class LargeRun:
     def stream(self, keep_maps: bool = False) -> Iterator[tuple[Result, Optional[bytes]]]:
         if self.pool is not None:
             if keep_maps:
-                raise UserError("this option needs the probability maps, which --devices workers do not send back; "
-                                "run it with --device.", exit_code=2)
+                raise UserError("this option needs the probability maps, which --devices and --ray workers do not send "
+                                "back; run it with --device.", exit_code=2)
             yield from self.pool.stream(self._items())
             return
         for result in self.detector.stream(self._items(), keep_images=self.writer.vis_dir is not None,
