@@ -14,9 +14,10 @@
 `RayDetector` is Ray's stateful-actor form: the model loads once per actor, each call runs one batch through the
 same predictor `Detector` uses (images batched only with others of the same network input size, so no padding),
 and returns the columns of integrations/columns.py. An image that cannot be decoded gives its row with `error` set;
-the batch goes on. Actors are restarted and their batches retried when a worker dies (`max_restarts`,
-`max_task_retries`): a block's rows are kept only from the attempt that finished, so every image is in the output
-once.
+the batch goes on. A worker that dies is replaced and its batches run again: Ray Data's actor pools are created
+with `max_restarts=-1` and `max_task_retries=-1` unless told otherwise (Ray >= 2.51; `map_options={"max_restarts":
+0}` turns it off), and a block's rows are kept only from the attempt that finished, so every image is in the output
+once (tests/test_ray.py kills a worker mid-run to show it).
 """
 
 from __future__ import annotations
@@ -36,8 +37,6 @@ from openocr_cli.integrations import columns
 
 IMAGE_COLUMNS = ("image", "bytes", "path")  # what read_images / read_binary_files / a list of paths give
 DEFAULT_BATCH = {"cpu": 16, "gpu": 32}
-MAX_RESTARTS = -1  # a dead actor is always replaced (spot nodes come and go)
-MAX_TASK_RETRIES = 5  # a batch that kills its actor this often fails the run instead of looping for ever
 
 
 class RayDetector:
@@ -118,20 +117,22 @@ def _item(value: Any, name: str, column: str) -> Union[str, np.ndarray, ImageRea
 def detect_dataset(source: Any, model: Union[str, os.PathLike] = DEFAULT_WEIGHTS, *,
                    concurrency: Union[int, tuple[int, int], None] = None, num_gpus: float = 0,
                    num_cpus: float = 1, batch_size: Optional[int] = None, image_column: Optional[str] = None,
-                   path_column: str = "path", max_restarts: int = MAX_RESTARTS,
-                   max_task_retries: int = MAX_TASK_RETRIES, **detector_options: Any):
+                   path_column: str = "path", map_options: Optional[dict[str, Any]] = None,
+                   **detector_options: Any):
     """Detection over `source` (a Ray Dataset, or a path / list of paths, s3:// and gs:// too, read with
     `read_binary_files` so images decode as predict decodes them); returns the lazy dataset of result columns.
 
     `concurrency`: actors, or (min, max) to autoscale; default: as many as the cluster's GPUs (`num_gpus` per
     actor) or CPUs (`num_cpus` per actor) allow. `batch_size`: rows per call (default 16 on CPU, 32 on GPU).
     On CPU each actor runs `num_cpus` threads; on GPU the device defaults to the actor's GPU ("cuda").
+    `map_options` go to `map_batches` as they are (e.g. memory=, accelerator_type=). Paths are read by tasks that
+    reserve no CPU (reading is I/O), so the actors may take every CPU without starving the reads.
     """
     import ray
     from ray.data import ActorPoolStrategy
 
     ds = source if isinstance(source, ray.data.Dataset) else ray.data.read_binary_files(
-        [os.fspath(p) for p in _as_list(source)], include_paths=True)
+        [os.fspath(p) for p in _as_list(source)], include_paths=True, num_cpus=0)
     gpu = num_gpus > 0
     detector_options.setdefault("device", "cuda" if gpu else "cpu")
     if not gpu:
@@ -143,15 +144,13 @@ def detect_dataset(source: Any, model: Union[str, os.PathLike] = DEFAULT_WEIGHTS
         ActorPoolStrategy(size=size)
     return ds.map_batches(RayDetector, fn_constructor_kwargs={"model": model, "image_column": image_column,
                                                               "path_column": path_column, **detector_options},
-                          **map_arguments(pool, batch, num_gpus, num_cpus, max_restarts, max_task_retries))
+                          **map_arguments(pool, batch, num_gpus, num_cpus), **(map_options or {}))
 
 
-def map_arguments(pool, batch: int, num_gpus: float, num_cpus: float, max_restarts: int,
-                  max_task_retries: int) -> dict[str, Any]:
+def map_arguments(pool, batch: int, num_gpus: float, num_cpus: float) -> dict[str, Any]:
     """`map_batches` keywords shared by detect_dataset and `predict --ray`."""
     return {"compute": pool, "batch_size": batch, "batch_format": "numpy", "num_cpus": num_cpus,
-            **({"num_gpus": num_gpus} if num_gpus > 0 else {}), "max_restarts": max_restarts,
-            "max_task_retries": max_task_retries}
+            **({"num_gpus": num_gpus} if num_gpus > 0 else {})}
 
 
 def default_actors(num_gpus: float = 0, num_cpus: float = 1) -> int:
@@ -178,7 +177,7 @@ def connect(address: Optional[str] = None) -> bool:
         return False
     try:
         if address in (None, "local"):
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
         else:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     except ConnectionError as exc:

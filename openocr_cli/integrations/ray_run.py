@@ -48,6 +48,17 @@ class RunActor(ray_data.RayDetector):
         return columns.table(rows, _run_columns())
 
 
+def quiet() -> None:
+    """predict shows its own progress: Ray Data's progress lines and INFO logs are not shown."""
+    import logging
+
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 class RayPool:
     """Ray joined (or started) and the model checked here on construction; `stream` runs the items on actors."""
 
@@ -68,6 +79,7 @@ class RayPool:
         import ray
         from ray.data import ActorPoolStrategy
 
+        quiet()
         paths = list(items)  # the listing is held here: about 100 bytes an image
         if not paths:
             return
@@ -82,8 +94,7 @@ class RayPool:
         ds = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths)],
                                  override_num_blocks=max(1, -(-len(paths) // batch)))
         out = ds.map_batches(RunActor, fn_constructor_args=(options, self.vis),
-                             **ray_data.map_arguments(ActorPoolStrategy(size=actors), batch, self.num_gpus, 1,
-                                                      ray_data.MAX_RESTARTS, ray_data.MAX_TASK_RETRIES))
+                             **ray_data.map_arguments(ActorPoolStrategy(size=actors), batch, self.num_gpus, 1))
         pending: dict[int, tuple[Result, Optional[bytes]]] = {}
         done = 0
         for part in out.iter_batches(batch_format="pyarrow", batch_size=None):
