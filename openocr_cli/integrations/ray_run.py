@@ -63,6 +63,10 @@ class RayPool:
     """Ray joined (or started) and the model checked here on construction; `stream` runs the items on actors."""
 
     def __init__(self, options: InferenceOptions, address: Optional[str], vis: bool, actors: Optional[int] = None):
+        try:
+            import ray.data  # noqa: F401
+        except ImportError:
+            raise UserError("--ray needs Ray Data: pip install 'openocr-det[ray]'.", exit_code=2) from None
         gpu = str(options.device or "").startswith("cuda")  # one GPU an actor: Ray hands each its own as cuda
         self.options = options.replace(device="cuda" if gpu else options.device or "cpu")
         self.num_gpus = 1 if gpu else 0
