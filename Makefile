@@ -56,6 +56,7 @@ bench: install
 	$(PY) benchmarks/bench_uncertain.py
 	$(PY) benchmarks/bench_serve.py
 	$(PY) benchmarks/bench_predict_scale.py
+	$(PY) benchmarks/bench_ray.py
 
 # Offline demo: generate a synthetic text set, train from scratch on CPU, evaluate, predict.
 DEMO ?= demo

@@ -247,3 +247,18 @@ def test_predict_ray_starts_a_local_cluster_for_the_run(model, tmp_path):
         path, text = line.split("\t")
         record = json.loads(record)
         assert record["image"] == path and record["detections"] == json.loads(text)
+
+
+def test_save_format_parquet_on_a_local_run_has_one_row_per_image_with_errors(cli, model, tmp_path):
+    folder = make_folder(tmp_path / "imgs", 5)
+    (folder / "0002.png").write_bytes(b"broken")
+    code, out, err = cli("predict", folder, "--onnx-model", model, "--device", "cpu", "--no-vis", "--output",
+                         tmp_path / "out", "--save-format", "parquet")
+    assert code == 1 and "0002.png" in err  # an unreadable image: listed, exit 1, as without parquet
+    rows = pq.read_table(tmp_path / "out" / "det_results.parquet").to_pylist()
+    assert [Path(r["path"]).name for r in rows] == [f"{i:04d}.png" for i in range(5)]
+    assert "not a decodable image" in rows[2]["error"] and rows[2]["width"] is None
+    lines = (tmp_path / "out" / "det_results.txt").read_text().splitlines()
+    assert [[{"points": p, "score": s} for p, s in zip(r["polygons"], r["scores"])] for r in rows if not r["error"]] \
+        == [json.loads(line.split("\t")[1]) for line in lines]
+    assert not list((tmp_path / "out").glob("*.partial"))
