@@ -62,7 +62,7 @@ def quiet() -> None:
 class RayPool:
     """Ray joined (or started) and the model checked here on construction; `stream` runs the items on actors."""
 
-    def __init__(self, options: InferenceOptions, address: Optional[str], vis: bool, actors: Optional[int] = None):
+    def __init__(self, options: InferenceOptions, address: Optional[str], vis: bool):
         try:
             import ray.data  # noqa: F401
         except ImportError:
@@ -76,7 +76,7 @@ class RayPool:
             self.settings["device"] = {"value": "cuda", "source": self.settings["device"]["source"]}
         self.resize, self.tile_enabled = detector.predictor.resize, detector.predictor.tile.enabled
         del detector
-        self.vis, self.actors = vis, actors
+        self.vis = vis
         self.started = ray_data.connect(address)
 
     def stream(self, items: Iterable[str]) -> Iterator[tuple[Result, Optional[bytes]]]:
@@ -93,8 +93,7 @@ class RayPool:
             options = options.replace(threads=1)
         batch = max(options.batch_size, ray_data.DEFAULT_BATCH["gpu" if gpu else "cpu"])
         options = options.replace(batch_size=batch)
-        actors = self.actors or ray_data.default_actors(self.num_gpus)
-        actors = max(1, min(actors, -(-len(paths) // batch)))
+        actors = max(1, min(ray_data.default_actors(self.num_gpus), -(-len(paths) // batch)))
         ds = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths)],
                                  override_num_blocks=max(1, -(-len(paths) // batch)))
         out = ds.map_batches(RunActor, fn_constructor_args=(options, self.vis),
