@@ -91,8 +91,8 @@ class RayPool:
         options = self.options
         if not gpu and options.threads is None:
             options = options.replace(threads=1)
+        # rows per call; the forward pass keeps --batch-size, so the floats are the ones a local run computes
         batch = max(options.batch_size, ray_data.DEFAULT_BATCH["gpu" if gpu else "cpu"])
-        options = options.replace(batch_size=batch)
         actors = max(1, min(ray_data.default_actors(self.num_gpus), -(-len(paths) // batch)))
         ds = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths)],
                                  override_num_blocks=max(1, -(-len(paths) // batch)))
