@@ -49,14 +49,14 @@ class RunActor(ray_data.RayDetector):
 
 
 def quiet() -> None:
-    """predict shows its own progress: Ray Data's progress lines and INFO logs are not shown."""
+    """predict shows its own progress: Ray Data's progress bars, its INFO lines and its note that the bars are off
+    are not shown (Ray's own warnings still are)."""
     import logging
 
     from ray.data import DataContext
 
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     DataContext.get_current().enable_progress_bars = False
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class RayPool:
