@@ -262,3 +262,20 @@ def test_save_format_parquet_on_a_local_run_has_one_row_per_image_with_errors(cl
     assert [[{"points": p, "score": s} for p, s in zip(r["polygons"], r["scores"])] for r in rows if not r["error"]] \
         == [json.loads(line.split("\t")[1]) for line in lines]
     assert not list((tmp_path / "out").glob("*.partial"))
+
+
+def test_predict_ray_resumes_a_cut_run_as_a_local_run_does(cli, cluster, model, tmp_path):
+    folder = make_folder(tmp_path / "imgs", 30)
+    code, _, err = cli("predict", folder, "--onnx-model", model, "--device", "cpu", "--no-vis", "--output",
+                       tmp_path / "local")
+    assert code == 0, err
+    local = (tmp_path / "local" / "det_results.txt").read_text()
+    code, _, err = cli("predict", folder, "--onnx-model", model, "--ray", "--no-vis", "--output", tmp_path / "ray")
+    assert code == 0, err
+    results = tmp_path / "ray" / "det_results.txt"
+    results.write_text("".join(local.splitlines(keepends=True)[:11]) + local.splitlines()[11][:9])  # a torn line
+    code, out, err = cli("predict", folder, "--onnx-model", model, "--ray", "--no-vis", "--resume", "--output",
+                         tmp_path / "ray")
+    assert code == 0, err
+    assert results.read_text() == local
+    assert "already recorded (skipped)" in out and "11" in out
