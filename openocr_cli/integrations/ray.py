@@ -46,12 +46,13 @@ class RayDetector:
     .xml; device, thresholds, tile, ...). `image_column` names the input column; by default the first of
     "image" (decoded arrays, RGB as `read_images` gives them; decode PNG/JPEG yourself or use
     `read_binary_files` to get predict's exact pixels), "bytes" (encoded files, decoded as predict decodes) and
-    "path" (files read by the actor) that the batch holds. `path_column` is copied to the output's `path`.
+    "path" (files read by the actor) that the batch holds. `path_column` is copied to the output's `path`
+    (null without one). `batch_size` (images a forward pass, same-size images only) is Detector's default, 1,
+    unless given: the floats are then the ones a default `predict` computes.
     """
 
     def __init__(self, model: Union[str, os.PathLike] = DEFAULT_WEIGHTS, *, image_column: Optional[str] = None,
                  path_column: str = "path", **detector_options: Any):
-        detector_options.setdefault("batch_size", DEFAULT_BATCH["cpu"])
         self._setup(Detector(model, **detector_options), image_column, path_column)
 
     def _setup(self, detector: Detector, image_column: Optional[str], path_column: str) -> None:
@@ -63,7 +64,11 @@ class RayDetector:
         """A batch ({column: array}, Ray's "numpy" format) -> an Arrow table of the result columns, one row an
         input, in batch order."""
         results, names = self._detect(batch)
-        return columns.table([columns.result_row(r, name) for r, name in zip(results, names)])
+        rows = [columns.result_row(r, name) for r, name in zip(results, names)]
+        if self.path_column not in batch:
+            for row in rows:
+                row["path"] = None  # image<N> numbers rows within one batch only: no name is better than a wrong one
+        return columns.table(rows)
 
     def _detect(self, batch: dict[str, Any], keep_images: bool = False) -> tuple[list[Result], list[str]]:
         column = self._input_column(batch)
@@ -123,7 +128,8 @@ def detect_dataset(source: Any, model: Union[str, os.PathLike] = DEFAULT_WEIGHTS
     `read_binary_files` so images decode as predict decodes them); returns the lazy dataset of result columns.
 
     `concurrency`: actors, or (min, max) to autoscale; default: as many as the cluster's GPUs (`num_gpus` per
-    actor) or CPUs (`num_cpus` per actor) allow. `batch_size`: rows per call (default 16 on CPU, 32 on GPU).
+    actor) or CPUs (`num_cpus` per actor) allow. `batch_size`: rows per call (default 16 on CPU, 32 on GPU; on
+    GPU also the images a forward pass).
     On CPU each actor runs `num_cpus` threads; on GPU the device defaults to the actor's GPU ("cuda").
     `map_options` go to `map_batches` as they are (e.g. memory=, accelerator_type=). Paths are read by tasks that
     reserve no CPU (reading is I/O), so the actors may take every CPU without starving the reads.
@@ -138,7 +144,8 @@ def detect_dataset(source: Any, model: Union[str, os.PathLike] = DEFAULT_WEIGHTS
     if not gpu:
         detector_options.setdefault("threads", max(1, int(num_cpus)))
     batch = batch_size or DEFAULT_BATCH["gpu" if gpu else "cpu"]
-    detector_options.setdefault("batch_size", batch)
+    if gpu:
+        detector_options.setdefault("batch_size", batch)  # a GPU wants full forward passes; a CPU does not care
     size = concurrency if concurrency is not None else default_actors(num_gpus, num_cpus)
     pool = ActorPoolStrategy(min_size=size[0], max_size=size[1]) if isinstance(size, tuple) else \
         ActorPoolStrategy(size=size)
