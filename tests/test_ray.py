@@ -264,6 +264,7 @@ def test_save_format_parquet_on_a_local_run_has_one_row_per_image_with_errors(cl
     assert not list((tmp_path / "out").glob("*.partial"))
 
 
+@pytest.mark.slow
 def test_predict_ray_resumes_a_cut_run_as_a_local_run_does(cli, cluster, model, tmp_path):
     folder = make_folder(tmp_path / "imgs", 30)
     code, _, err = cli("predict", folder, "--onnx-model", model, "--device", "cpu", "--no-vis", "--output",
