@@ -38,6 +38,8 @@ def predict(
     overwrite: large.Overwrite = False,
     shard: large.ShardOpt = None,
     devices: large.DevicesOpt = None,
+    ray: large.RayOpt = False,
+    ray_address: large.RayAddress = None,
 ) -> None:
     """Detect text regions in images and PDF pages.
 
@@ -61,6 +63,8 @@ a warning and listed at the end (exit 1).
       openocr-det predict /data/scans --onnx-model det.onnx --format jsonl --shard 3/8 --resume --output out/3
 
       openocr-det predict /data/scans -w best.pth --devices cuda:0,cuda:1 --no-vis --resume
+
+      openocr-det predict /shared/scans --onnx-model det.onnx --ray-address auto --no-vis --save-format parquet
     """
     if (save_format or select_uncertain) and (resume or devices):
         raise UserError("--save-format and --select-uncertain see only the images this process runs, so they do not "
@@ -68,7 +72,7 @@ a warning and listed at the end (exit 1).
                         "convert det_results.txt --from ppocr --to labelme ...`).", exit_code=2)
     run = large.LargeRun(sources=sources, recursive=recursive, output=output, vis=not no_vis,
                          fmt=output_format.value, resume=resume, overwrite=overwrite, shard=shard, devices=devices,
-                         options=options)
+                         options=options, ray=large.ray_target(ray, ray_address))
     with run:
         postprocess = run.detector.predictor.postprocess if run.detector is not None else None
         extras = (pre.PredictExtras(output, save_format, min_rect, select_uncertain, run.box_type, postprocess)

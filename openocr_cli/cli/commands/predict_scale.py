@@ -66,6 +66,20 @@ DevicesOpt = Annotated[Optional[str], typer.Option(
     help="One worker process per device over one input list, e.g. cuda:0,cuda:1 (cpu,cpu works too); results are "
          "written in input order to one file. Replaces --device.")]
 
+RayOpt = Annotated[bool, typer.Option(
+    "--ray", help="Run on a Ray cluster (pip install 'openocr-det\\[ray]'): Ray Data actors detect, this process "
+                  "writes the results as a local run does, in input order. A local cluster is started for the run "
+                  "unless --ray-address names one. CPU actors, one per CPU; --device cuda: one per GPU.")]
+RayAddress = Annotated[Optional[str], typer.Option(
+    "--ray-address", metavar="ADDRESS",
+    help="The cluster --ray joins (implies --ray): auto (the one this machine is part of), HOST:6379, or "
+         "ray://HOST:10001 (Ray Client); local starts one for the run. SRC must be at the same path on every node.")]
+
+
+def ray_target(ray: bool, address: Optional[str]) -> Optional[str]:
+    """--ray / --ray-address -> the address LargeRun takes ("local": a cluster for this run), None without Ray."""
+    return (address or "local") if ray or address else None
+
 
 class LargeRun:
     """One predict run into OUTPUT: decides fresh / resumed, loads the detector(s), lists the work.
