@@ -64,6 +64,7 @@ bench: install
 	$(PY) benchmarks/bench_serve.py
 	$(PY) benchmarks/bench_predict_scale.py
 	$(PY) benchmarks/bench_huge.py $(if $(WEIGHTS),--weights $(WEIGHTS))
+	$(PY) benchmarks/bench_ray.py
 
 # Offline demo: generate a synthetic text set, train from scratch on CPU, evaluate, predict.
 DEMO ?= demo

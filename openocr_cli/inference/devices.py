@@ -129,8 +129,7 @@ def _worker(options: InferenceOptions, device: str, vis: bool, tasks, results, p
         predictor = resolved.predictor(options)
         if not predictor.tile.enabled:  # predict warns about images whose text the resize loses, on probes
             predictor = predictor.replace(tile=dataclasses.replace(predictor.tile, probe=True))
-        results.put(("ready", device, {"settings": describe_settings(resolved.settings), "resize": predictor.resize,
-                                       "tile": predictor.tile.enabled}))
+        results.put(("ready", device, {"settings": describe_settings(resolved.settings)}))
         while (task := tasks.get()) is not None:
             chunk_id, start, items = task
             out = []

@@ -36,6 +36,8 @@ def predict(
     overwrite: large.Overwrite = False,
     shard: large.ShardOpt = None,
     devices: large.DevicesOpt = None,
+    ray: large.RayOpt = False,
+    ray_address: large.RayAddress = None,
 ) -> None:
     """Detect text regions in images and PDF pages.
 
@@ -59,6 +61,8 @@ a warning and listed at the end (exit 1).
       openocr-det predict /data/scans --onnx-model det.onnx --format jsonl --shard 3/8 --resume --output out/3
 
       openocr-det predict /data/scans -w best.pth --devices cuda:0,cuda:1 --no-vis --resume
+
+      openocr-det predict /shared/scans --onnx-model det.onnx --ray-address auto --no-vis --save-format parquet
     """
     if (save_format or select_uncertain) and (resume or devices):
         raise UserError("--save-format and --select-uncertain see only the images this process runs, so they do not "
@@ -66,10 +70,11 @@ a warning and listed at the end (exit 1).
                         "convert det_results.txt --from ppocr --to labelme ...`).", exit_code=2)
     run = large.LargeRun(sources=sources, recursive=recursive, output=output, vis=not no_vis,
                          fmt=output_format.value, resume=resume, overwrite=overwrite, shard=shard, devices=devices,
-                         options=options)
+                         options=options, ray=large.ray_target(ray, ray_address))
     with run:
-        extras = (pre.PredictExtras(output, save_format, min_rect, select_uncertain, run.detector)
-                  if run.detector is not None else None)
+        postprocess = run.detector.predictor.postprocess if run.detector is not None else None
+        extras = (pre.PredictExtras(output, save_format, min_rect, select_uncertain, run.box_type, postprocess)
+                  if run.sees_every_result else None)
         _predict(run, output, options.tile, extras)
 
 
@@ -85,6 +90,8 @@ def _predict(run: large.LargeRun, output: Path, tile, extras) -> None:
         task = bar.add_task("predict", total=run.total)
         for result, drawing in run.stream(keep_maps=extras is not None and extras.needs_maps):
             run.writer.write(result, drawing)
+            if extras is not None:
+                extras.add_any(result)
             bar.update(task, advance=1, total=run.total)
             times += result.times
             if result.error is not None:

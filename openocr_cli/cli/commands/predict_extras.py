@@ -1,6 +1,6 @@
-"""predict's pre-annotation options: --save-format (labelme, ppocrlabel, labelstudio, rrc), --min-rect and
---select-uncertain N. The writing lives in formats/preannotate.py, the score in evaluation/uncertainty.py; this
-module only turns the flags into them and reports what was written."""
+"""predict's pre-annotation options: --save-format (labelme, ppocrlabel, labelstudio, rrc, parquet), --min-rect and
+--select-uncertain N. The writing lives in formats/preannotate.py and integrations/columns.py (parquet), the score
+in evaluation/uncertainty.py; this module only turns the flags into them and reports what was written."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ from openocr_cli.cli.ui import console, warn
 from openocr_cli.errors import UserError
 
 SaveFormat = Annotated[Optional[list[str]], typer.Option(
-    "--save-format", metavar="labelme|ppocrlabel|labelstudio|rrc",
+    "--save-format", metavar="labelme|ppocrlabel|labelstudio|rrc|parquet",
     help="Also write the predictions for a person to correct (repeatable): labelme JSON per image, a PPOCRLabel "
          "folder (Label.txt, fileState.txt, images unchecked), Label Studio tasks (labelstudio.json), or the ICDAR "
-         "submission OUTPUT/submit.zip (rrc).")]
+         "submission OUTPUT/submit.zip (rrc); or as a table: OUTPUT/det_results.parquet, one row per image "
+         "(parquet; needs pyarrow).")]
 MinRect = Annotated[bool, typer.Option(
     "--min-rect", help="--save-format rrc with --box-type poly: write each polygon's minimum-area rectangle.")]
 SelectUncertain = Annotated[Optional[int], typer.Option(
@@ -27,18 +28,27 @@ SelectUncertain = Annotated[Optional[int], typer.Option(
          "uncertain first): the ones to label next.")]
 
 
+PARQUET = "parquet"
+
+
 class PredictExtras:
     """What predict does per result beyond det_results.txt; `add` per result, `finish` at the end, `abort` on error."""
 
     def __init__(self, output: Path, save_format: Optional[list[str]], min_rect: bool,
-                 select_uncertain: Optional[int], detector) -> None:
+                 select_uncertain: Optional[int], box_type: str, postprocess=None) -> None:
         from openocr_cli.formats.preannotate import Preannotator, parse_save_formats
 
-        formats = parse_save_formats(save_format)
+        names = [part.strip() for value in save_format or [] for part in value.split(",")]
+        formats = parse_save_formats([name for name in names if name.lower() != PARQUET])
         if min_rect and "rrc" not in formats:
             raise UserError("--min-rect applies to --save-format rrc; add --save-format rrc or drop --min-rect.",
                             exit_code=2)
-        self.postprocess = detector.predictor.postprocess
+        self.parquet = None
+        if any(name.lower() == PARQUET for name in names):
+            from openocr_cli.integrations.columns import ParquetResults
+
+            self.parquet = ParquetResults(output)
+        self.postprocess = postprocess  # the probability maps' post-processing (--select-uncertain)
         self.selection = None
         if select_uncertain is not None:
             from openocr_cli.evaluation.uncertainty import UncertainSelection
@@ -48,16 +58,23 @@ class PredictExtras:
         if formats:
             from openocr_cli._version import __version__
 
-            self.writer = Preannotator(output, formats, min_rect=min_rect, box_type=self.postprocess.box_type,
+            self.writer = Preannotator(output, formats, min_rect=min_rect, box_type=box_type,
                                        model_version=f"openocr-det {__version__}")
-            atexit.register(self.abort)  # an interrupted run leaves no unfinished Label.txt / zip / task list
+        if self.writer is not None or self.parquet is not None:
+            atexit.register(self.abort)  # an interrupted run leaves no unfinished Label.txt / zip / task list / table
         self.output = output
 
     @property
     def needs_maps(self) -> bool:
         return self.selection is not None
 
+    def add_any(self, result) -> None:
+        """Every result, an unreadable image's too (its parquet row carries the error)."""
+        if self.parquet is not None:
+            self.parquet.add(result)
+
     def add(self, result) -> None:
+        """A result whose image was read."""
         if self.writer is not None:
             self.writer.add(result)
         if self.selection is not None and result.prob is not None:
@@ -67,8 +84,12 @@ class PredictExtras:
         result.prob = None  # one map at a time: memory stays flat
 
     def finish(self) -> None:
+        atexit.unregister(self.abort)
+        if self.parquet is not None:
+            path = self.parquet.close()
+            console.print(f"parquet: {escape(str(path))} ({self.parquet.rows} rows)", highlight=False)
+            self.parquet = None
         if self.writer is not None:
-            atexit.unregister(self.abort)
             for kind, path in self.writer.close():
                 console.print(f"{kind}: {escape(str(path))}", highlight=False)
             for note in self.writer.notes:
@@ -81,5 +102,7 @@ class PredictExtras:
                           f"{escape(str(self.output / UNCERTAIN_NAME))}", highlight=False)
 
     def abort(self) -> None:
+        if self.parquet is not None:
+            self.parquet.abort()
         if self.writer is not None:
             self.writer.abort()

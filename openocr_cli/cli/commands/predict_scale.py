@@ -1,7 +1,8 @@
-"""predict's large-run options: --resume, --overwrite, --shard I/N, --devices, --format txt|jsonl.
+"""predict's large-run options: --resume, --overwrite, --shard I/N, --devices, --ray, --format txt|jsonl.
 
 `LargeRun` turns them into a run: what OUTPUT already holds (inference/run_folder.py: run.json, the recorded
-images, a torn last line), the detector in this process or one worker per device (inference/devices.py), the
+images, a torn last line), the detector in this process, one worker per device (inference/devices.py) or Ray
+actors (integrations/ray_run.py), the
 lazy input listing (data/listing.py) cut to the shard, without the images already recorded, and the writer.
 """
 
@@ -66,18 +67,39 @@ DevicesOpt = Annotated[Optional[str], typer.Option(
     help="One worker process per device over one input list, e.g. cuda:0,cuda:1 (cpu,cpu works too); results are "
          "written in input order to one file. Replaces --device.")]
 
+RayOpt = Annotated[bool, typer.Option(
+    "--ray", help="Run on a Ray cluster (pip install 'openocr-det\\[ray]'): Ray Data actors detect, this process "
+                  "writes the results as a local run does, in input order. A local cluster is started for the run "
+                  "unless --ray-address names one. CPU actors, one per CPU; --device cuda: one per GPU.")]
+RayAddress = Annotated[Optional[str], typer.Option(
+    "--ray-address", metavar="ADDRESS",
+    help="The cluster --ray joins (implies --ray): auto (the one this machine is part of), HOST:6379, or "
+         "ray://HOST:10001 (Ray Client); local starts one for the run. SRC must be at the same path on every node.")]
+
+
+def ray_target(ray: bool, address: Optional[str]) -> Optional[str]:
+    """--ray / --ray-address -> the address LargeRun takes ("local": a cluster for this run), None without Ray."""
+    return (address or "local") if ray or address else None
+
 
 class LargeRun:
     """One predict run into OUTPUT: decides fresh / resumed, loads the detector(s), lists the work.
 
     `stream()` yields (Result, encoded drawing or None) for every input still to do, in input order; `writer`
     writes them; `finish()` marks run.json finished. `detector` is the in-process Detector (None with several
-    devices). With --tile off the predictor probes the images the resize shrinks (Result.small_text).
+    devices or --ray), `box_type` the predictor's. With --tile off the predictor probes the images the resize
+    shrinks (Result.small_text).
     """
 
     def __init__(self, *, sources: list[str], recursive: bool, output: Path, vis: bool, fmt: str, resume: bool,
                  overwrite: bool, shard: Optional[runs.Shard], devices: Optional[list[str]],
-                 options: InferenceOptions, extra_settings: Optional[dict] = None):
+                 options: InferenceOptions, extra_settings: Optional[dict] = None, ray: Optional[str] = None):
+        if ray is not None and devices is not None:
+            raise UserError("--devices starts workers on this machine; with --ray the cluster's actors are the "
+                            "workers: --ray with --device cuda runs one actor per GPU of every node.", exit_code=2)
+        if ray is not None and shard is not None:
+            raise UserError("--shard splits the inputs between separate jobs; --ray spreads one run over the whole "
+                            "cluster (its actors take the batches): drop --shard.", exit_code=2)
         if devices is not None and options.device is not None:
             raise UserError("--device and --devices both name devices; pass one (--devices cuda:0,cuda:1 runs a "
                             "worker per device).", exit_code=2)
@@ -99,7 +121,13 @@ class LargeRun:
                             f"{prior.get('started')}). Pass --resume to continue it, --overwrite to start again, or "
                             "another --output.", exit_code=2)
         self.detector = self.pool = None
-        if devices is None:
+        if ray is not None:
+            from openocr_cli.integrations.ray_run import RayPool
+
+            self.pool = RayPool(options, ray, vis)
+            settings = self.pool.settings
+            devices = [f"ray:{ray}"]
+        elif devices is None:
             from openocr_cli.api.detector import Detector
 
             self.detector = Detector.from_options(options)
@@ -112,6 +140,8 @@ class LargeRun:
 
             self.pool = DevicePool(options, devices, vis)
             settings = self.pool.settings
+        self.box_type = str(settings.get("box_type", {}).get("value", "quad"))
+        self.sees_every_result = ray is not None or self.detector is not None  # --save-format may run
         try:
             self._start(options, settings, prior, vis, devices, extra_settings)
         except BaseException:
@@ -176,8 +206,8 @@ class LargeRun:
     def stream(self, keep_maps: bool = False) -> Iterator[tuple[Result, Optional[bytes]]]:
         if self.pool is not None:
             if keep_maps:
-                raise UserError("this option needs the probability maps, which --devices workers do not send back; "
-                                "run it with --device.", exit_code=2)
+                raise UserError("this option needs the probability maps, which --devices and --ray workers do not send "
+                                "back; run it with --device.", exit_code=2)
             yield from self.pool.stream(self._items())
             return
         for result in self.detector.stream(self._items(), keep_images=self.writer.vis_dir is not None,
