@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Annotated
@@ -91,9 +92,9 @@ a warning and listed at the end (exit 1).
     run = large.LargeRun(sources=sources, recursive=recursive, output=output, vis=not no_vis,
                          fmt=output_format.value, resume=resume, overwrite=overwrite, shard=shard, devices=devices,
                          options=opt.inference_options(locals()))
-    with run:
-        _predict(run, output, tile, pre.PredictExtras(output, save_format, min_rect, select_uncertain, run.detector)
-                 if run.detector is not None else None)
+    with run, (pre.PredictExtras(output, save_format, min_rect, select_uncertain, run.detector)
+               if run.detector is not None else contextlib.nullcontext()) as extras:
+        _predict(run, output, tile, extras)
 
 
 def _predict(run: large.LargeRun, output: Path, tile, extras) -> None:

@@ -4,7 +4,6 @@ module only turns the flags into them and reports what was written."""
 
 from __future__ import annotations
 
-import atexit
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -28,7 +27,11 @@ SelectUncertain = Annotated[Optional[int], typer.Option(
 
 
 class PredictExtras:
-    """What predict does per result beyond det_results.txt; `add` per result, `finish` at the end, `abort` on error."""
+    """What predict does per result beyond det_results.txt; `add` per result, `finish` at the end.
+
+    A context manager: leaving the block by an exception (an error, Ctrl-C) removes the unfinished Label.txt, zip
+    and task list. Not atexit: the console script ends with os._exit, which runs no exit handlers.
+    """
 
     def __init__(self, output: Path, save_format: Optional[list[str]], min_rect: bool,
                  select_uncertain: Optional[int], detector) -> None:
@@ -50,7 +53,6 @@ class PredictExtras:
 
             self.writer = Preannotator(output, formats, min_rect=min_rect, box_type=self.postprocess.box_type,
                                        model_version=f"openocr-det {__version__}")
-            atexit.register(self.abort)  # an interrupted run leaves no unfinished Label.txt / zip / task list
         self.output = output
 
     @property
@@ -68,7 +70,6 @@ class PredictExtras:
 
     def finish(self) -> None:
         if self.writer is not None:
-            atexit.unregister(self.abort)
             for kind, path in self.writer.close():
                 console.print(f"{kind}: {escape(str(path))}", highlight=False)
             for note in self.writer.notes:
@@ -80,6 +81,9 @@ class PredictExtras:
             console.print(f"uncertain: {len(self.selection.ranked())} of {self.selection.seen} images in "
                           f"{escape(str(self.output / UNCERTAIN_NAME))}", highlight=False)
 
-    def abort(self) -> None:
-        if self.writer is not None:
+    def __enter__(self) -> PredictExtras:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is not None and self.writer is not None:
             self.writer.abort()
