@@ -18,6 +18,7 @@ import typer
 
 from openocr_cli.cli.ui import console, quiet_unless_main, table
 from openocr_cli.errors import UserError
+from openocr_cli.training.allocator import keep_freed_memory
 from openocr_cli.training.settings import RESUME_FLAGS, TrainSettings
 
 if TYPE_CHECKING:  # torch is imported by the commands that run, not by `--help`
@@ -117,9 +118,6 @@ resumes from that checkpoint, as in OpenOCR.
       openocr-det train --weights none --device cpu --batch-size 4 -o Global.print_batch_step=10
     """
     from openocr_cli.api import training
-    from openocr_cli.training.allocator import keep_freed_memory
-
-    keep_freed_memory()  # no page faults for every step's buffers (training/allocator.py)
     from openocr_cli.training import distributed as ddp
 
     plan, device = ddp.plan_launch(gpus, nproc_per_node, nnodes, node_rank, master_addr, master_port,
@@ -133,6 +131,7 @@ resumes from that checkpoint, as in OpenOCR.
     if plan is not None:
         job = training.plan_train(**options)
         raise typer.Exit(_launch(plan, job.settings, training.load_job_data(job, [screen])))
+    keep_freed_memory()  # this process trains: its steps reuse freed memory (training/allocator.py)
     _finish(lambda: training.train(**options, callbacks=[screen]))
 
 
@@ -312,9 +311,6 @@ continues when --patience allows it.
       openocr-det resume output/det_repvit_db --epochs 600 --device cuda:1
     """
     from openocr_cli.api import training
-    from openocr_cli.training.allocator import keep_freed_memory
-
-    keep_freed_memory()  # no page faults for every step's buffers (training/allocator.py)
     from openocr_cli.training import distributed as ddp
 
     plan, device = ddp.plan_launch(gpus, nproc_per_node, nnodes, node_rank, master_addr, master_port,
@@ -326,4 +322,5 @@ continues when --patience allows it.
     if plan is not None:
         job = training.plan_resume(target, **changes)
         raise typer.Exit(_launch(plan, job.settings, training.load_job_data(job, [screen])))
+    keep_freed_memory()  # this process trains: its steps reuse freed memory (training/allocator.py)
     _finish(lambda: training.resume(target, **changes, callbacks=[screen]))
