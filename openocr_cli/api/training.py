@@ -10,8 +10,9 @@ The options are the command line's (settings.TRAIN_FLAGS says which config key e
 run folder gets the same files (latest.pth, best.pth, config.yml, train.log, metrics.jsonl,
 results.png). Nothing is printed: `progress=True` shows train.log's lines and the library's warnings on
 stderr, `callbacks` (training.callbacks.Callback) see every event, and otherwise the notes and warnings
-go to the "openocr_cli" logger. Errors are UserError with the command line's messages. A Ctrl-C
-(SIGINT) or SIGTERM ends the current step, saves latest.pth and raises TrainingInterrupted.
+go to the "openocr_cli" logger, train.log's lines to its child "openocr_cli.train_log". Errors are
+UserError with the command line's messages. A Ctrl-C (SIGINT) or SIGTERM ends the current step, saves
+latest.pth and raises TrainingInterrupted.
 
 Multi-process training stays with the command: `openocr-det train --gpus 0,1` launches torchrun, whose
 workers run the command again and so reach `run_job` here; these functions train in this process only.
@@ -265,18 +266,13 @@ def _progress_on_stderr(enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    from openocr_cli.training.run import RUN_LOGGER
-
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
-    run_logger, level = logging.getLogger(RUN_LOGGER), library_logger.level
-    run_logger.setLevel(logging.INFO)
+    level = library_logger.level
     library_logger.setLevel(logging.INFO)
-    run_logger.addHandler(handler)
-    library_logger.addHandler(handler)
+    library_logger.addHandler(handler)  # train.log's logger is its child: its records come here too
     try:
         yield
     finally:
-        run_logger.removeHandler(handler)
         library_logger.removeHandler(handler)
         library_logger.setLevel(level)
