@@ -62,11 +62,11 @@ class PredictExtras:
     def add(self, result) -> None:
         if self.writer is not None:
             self.writer.add(result)
-        if self.selection is not None and result.prob is not None:
+        if self.selection is not None and result.prob_map is not None:
             from openocr_cli.evaluation.uncertainty import image_uncertainty
 
-            self.selection.add(result.name, image_uncertainty(result.prob, self.postprocess).score)
-        result.prob = None  # one map at a time: memory stays flat
+            self.selection.add(result.name, image_uncertainty(result.prob_map, self.postprocess).score)
+        result.prob_map = None  # one map at a time: memory stays flat
 
     def finish(self) -> None:
         if self.writer is not None:
