@@ -11,8 +11,9 @@ settings.TRAIN_FLAGS says which config key each one writes); the run folder gets
 best.pth, config.yml, train.log, metrics.jsonl, results.png). Nothing is printed: `progress=True` shows
 train.log's lines and the library's warnings on stderr, `callbacks` (training.callbacks.Callback) see every
 event, and otherwise the notes and warnings go to the "openocr_cli" logger, train.log's lines to its child
-"openocr_cli.train_log". Errors are UserError with the command line's messages; an unknown keyword is a TypeError naming the nearest one. A Ctrl-C (SIGINT) or
-SIGTERM ends the current step, saves latest.pth and raises TrainingInterrupted.
+"openocr_cli.train_log". Errors are UserError with the command line's messages; an unknown keyword is a
+TypeError naming the nearest one. A Ctrl-C (SIGINT) or SIGTERM ends the current step, saves latest.pth and
+raises TrainingInterrupted.
 
 Multi-process training stays with the command: `openocr-det train --gpus 0,1` launches torchrun; these
 functions train in this process only (the plumbing is training/jobs.py).
