@@ -107,7 +107,7 @@ def main() -> None:
         u = image_uncertainty(result.prob_map, det.predictor.postprocess)
         for name in SIGNALS:
             signals[name][result.path] = getattr(u, name)
-        result.prob = None
+        result.prob_map = None
     same = [p for p, _ in rank(signals["score"].items(), args.select)]
     assert [os.path.normpath(p) for p in same] == [os.path.normpath(p) for p in selected], \
         "predict --select-uncertain and the in-process ranking disagree"

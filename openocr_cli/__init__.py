@@ -27,9 +27,11 @@ _PUBLIC = {
     "resume": "openocr_cli.api.training",
     "TrainResult": "openocr_cli.api.training",
     "TrainingInterrupted": "openocr_cli.training.trainer",
+    "keep_freed_memory": "openocr_cli.training.allocator",
 }
 __all__ = ["Detector", "EvalResult", "ImageReadError", "InferenceOptions", "MissingFileError", "Result", "Setting",
-           "TrainResult", "TrainingInterrupted", "UserError", "__version__", "resume", "train"]
+           "TrainResult", "TrainingInterrupted", "UserError", "__version__", "keep_freed_memory",
+           "resume", "train"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on demand
     from openocr_cli.api.detector import Detector
@@ -39,6 +41,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from openocr_cli.inference.options import InferenceOptions
     from openocr_cli.inference.resolve import Setting
     from openocr_cli.inference.results import Result
+    from openocr_cli.training.allocator import keep_freed_memory
     from openocr_cli.training.trainer import TrainingInterrupted
 
 

@@ -116,3 +116,54 @@ def test_the_commands_train_through_the_same_function(cli, tmp_path, synth, monk
             "--output", tmp_path / "run", "--epochs", "4"]
     code, _, err = cli("train", *args)
     assert code == 1 and "stopped by the test" in err and seen == [(4, None, False)]
+
+
+# glibc: does a 64 MB block come from the heap (keep_freed_memory) or from its own mapping, unmapped on free (glibc's
+# default for blocks above the mmap threshold, at most 32 MB)?
+HEAP_PROBE = """
+import ctypes, json, sys
+import numpy as np
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+def keeps_freed_blocks():
+    before = libc.mallinfo2().hblkhd
+    block = np.ones(64 << 20, np.uint8)
+    mapped = libc.mallinfo2().hblkhd - before >= 64 << 20
+    del block
+    return not mapped
+"""
+
+
+def run_probe(code: str, *args) -> list[str]:
+    done = subprocess.run([sys.executable, "-c", HEAP_PROBE + code, *map(str, args)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_the_library_leaves_the_allocator_alone_and_a_user_can_opt_in(tmp_path, synth):
+    """train() from Python does not change how the host process allocates; keep_freed_memory() opts in."""
+    code = ("import openocr_cli\n"
+            "data_dir, train_label, out = sys.argv[1:4]\n"
+            "openocr_cli.train(data_dir=data_dir, train_label=train_label, eval_label=None, weights='none', epochs=1,"
+            " output=out, batch_size=4, workers=0, device='cpu', seed=3, overrides=json.loads(sys.argv[4]) | "
+            "{'Eval.dataset.label_file_list': []})\n"
+            "print(keeps_freed_blocks(), openocr_cli.keep_freed_memory(), keeps_freed_blocks())\n")
+    out = run_probe(code, synth.data_dir, synth.train_label, tmp_path / "run", json.dumps(SMALL))
+    assert out == ["False", "True", "True"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_the_train_command_keeps_freed_memory(tmp_path, synth):
+    code = ("from openocr_cli.cli.app import main\n"
+            "sys.argv = ['openocr-det', 'train', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            "print(keeps_freed_blocks())\n")
+    args = ["--data-dir", synth.data_dir, "--train-label", synth.train_label, "--weights", "none", "--device", "cpu",
+            "--output", tmp_path / "run", "--epochs", "1", "--batch-size", "4", "--workers", "0",
+            *(f"-o{key}={json.dumps(value)}" for key, value in SMALL.items()), "-oEval.dataset.label_file_list=[]"]
+    assert run_probe(code, *args)[-1] == "True"  # after the run's own output

@@ -12,7 +12,7 @@ from openocr_cli.errors import UserError
 from openocr_cli.evaluation import tune
 from openocr_cli.evaluation.iou_metric import ImageRecord, evaluate_image, summarize
 from openocr_cli.evaluation.mapcache import MapCache
-from openocr_cli.inference.results import ImageResult
+from openocr_cli.inference.results import Result
 from openocr_cli.postprocess import DBPostProcess
 from tests.conftest import label_line
 
@@ -41,7 +41,7 @@ def _images(count=5, budget=None):
     labels = []
     for i in range(count):
         prob, gts, ignore = _blob_map(i)
-        cache.add(ImageResult(i, f"{i}.png", prob=prob, src_hw=(prob.shape[0] * 2, prob.shape[1] * 2)))
+        cache.add(Result(i, f"{i}.png", prob_map=prob, src_hw=(prob.shape[0] * 2, prob.shape[1] * 2)))
         labels.append(([g * 2 for g in gts], ignore))  # source pixels: twice the map size
     images = [tune.TuneImage(m, *labels[m.index]) for m in cache.maps]
     return cache, images

@@ -79,6 +79,44 @@ def test_quiet_console_shows_no_record(console_logging, capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_train_log_is_a_child_of_the_library_logger_left_to_the_display(console_logging, capsys):
+    """A caller's handler on "openocr_cli" gets train.log's lines too; the command's console does not repeat
+    them (the training display shows the run)."""
+    from openocr_cli.log import run_logger
+
+    assert run_logger.parent is logger
+    seen: list[str] = []
+    keep = logging.Handler()
+    keep.emit = lambda record: seen.append(record.getMessage())
+    logger.addHandler(keep)
+    run_logger.warning("step 3 skipped")
+    logging.getLogger("openocr_cli.training.tracking").warning("mlflow logging failed")
+    assert seen == ["step 3 skipped", "mlflow logging failed"]
+    assert " ".join(capsys.readouterr().err.split()) == "warning: mlflow logging failed"
+
+
+def test_every_library_logger_is_openocr_cli_or_a_child():
+    """One logger name: a module logs through `__name__` or a name under "openocr_cli"; other names are only
+    third-party loggers the package quietens."""
+    import ast
+    from pathlib import Path
+
+    import openocr_cli
+    from openocr_cli import log
+
+    foreign = {"uvicorn.access", "nncf", "torch.utils.cpp_extension", None}  # None: the root logger
+    names = set()
+    for path in Path(openocr_cli.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "getLogger":
+                arg = node.args[0] if node.args else None
+                if isinstance(arg, ast.Name) and arg.id == "RUN_LOGGER":
+                    names.add(log.RUN_LOGGER)
+                elif not (isinstance(arg, ast.Name) and arg.id == "__name__"):
+                    names.add(arg.value if isinstance(arg, ast.Constant) else None)
+    assert {n for n in names if n not in foreign} == {"openocr_cli", "openocr_cli.train_log"}
+
+
 def test_main_installs_the_handler_once(cli):
     for _ in range(3):
         assert cli("--version")[0] == 0

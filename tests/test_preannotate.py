@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -157,3 +161,58 @@ def test_an_interrupted_run_leaves_no_half_file(tmp_path):
             raise KeyboardInterrupt
     left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert not any(name.endswith((".part", "Label.txt", "submit.zip", "labelstudio.json")) for name in left), left
+
+
+# ------------------------------------------ the command, interrupted or failing: no .part file stays (issue 30)
+def _many_pages(folder: Path, count: int) -> Path:
+    folder.mkdir()
+    for i in range(count):
+        cv2.imwrite(str(folder / f"p{i:03d}.png"), page(i % 7))
+    return folder
+
+
+def _save_formats(images: Path, model: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "openocr_cli", "predict", str(images), "--onnx-model", str(model), "--device",
+            "cpu", "--workers", "1", "--output", str(out), "--save-format", "ppocrlabel,labelstudio,rrc"]
+
+
+def _unfinished(out: Path) -> list[str]:
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*.part"))
+
+
+def test_predict_interrupted_by_sigint_leaves_no_part_file(tmp_path):
+    """A real Ctrl-C in the middle of the images: the console script ends with os._exit (no atexit), so the
+    unfinished Label.txt, labelstudio.json and submit.zip must go while the interrupt unwinds."""
+    images = _many_pages(tmp_path / "imgs", 150)
+    model = tiny_model(tmp_path / "tiny.onnx")
+    out = tmp_path / "out"
+    env = dict(os.environ, OPENOCR_DET_OFFLINE="1", OPENOCR_DET_NO_PROGRESS="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(_save_formats(images, model, out), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    results = out / "det_results.txt"
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:  # a few images written, Label.txt.part open
+        if results.exists() and results.stat().st_size > 2000 and _unfinished(out):
+            break
+        time.sleep(0.002)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert _unfinished(out) == []
+    assert not any((out / name).exists() for name in ("labelstudio.json", "submit.zip", "ppocrlabel/imgs/Label.txt"))
+
+
+def test_predict_failing_mid_run_leaves_no_part_file(tmp_path):
+    """A file that cannot be written half way (a folder sits where an image's labelme JSON goes): a clear error
+    naming it, and the other formats' unfinished files removed."""
+    images = _many_pages(tmp_path / "imgs", 6)
+    model = tiny_model(tmp_path / "tiny.onnx")
+    out = tmp_path / "out"
+    (out / "labelme" / "imgs" / "p003.json").mkdir(parents=True)
+    done = subprocess.run([*_save_formats(images, model, out), "--save-format", "labelme"], capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, OPENOCR_DET_OFFLINE="1"))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "p003.json" in " ".join(done.stderr.split())
+    assert _unfinished(out) == []
+    assert not any((out / name).exists() for name in ("labelstudio.json", "submit.zip", "ppocrlabel/imgs/Label.txt"))

@@ -11,7 +11,7 @@ from openocr_cli.errors import UserError
 from openocr_cli.evaluation.evaluator import evaluate_model
 from openocr_cli.inference import predictor as predictor_module
 from openocr_cli.inference.predictor import Predictor
-from openocr_cli.inference.results import BOX_COLOR_BGR, ImageResult, StageTimes
+from openocr_cli.inference.results import BOX_COLOR_BGR, Result, StageTimes
 from openocr_cli.postprocess import Detection
 from tests.conftest import write_image
 
@@ -78,15 +78,15 @@ def test_each_image_carries_its_share_of_the_batch(tmp_path, clock):
 def test_image_result_line_json_and_drawing():
     image = np.zeros((32, 40, 3), np.uint8)
     points = np.array([[1, 2], [30, 2], [30, 20], [1, 20]], np.int32)
-    result = ImageResult(0, "imgs/a.png", [Detection(points, 0.87654321)], image)
+    result = Result(0, "imgs/a.png", [Detection(points, 0.87654321)], image)
     assert result.to_json() == [{"points": [[1, 2], [30, 2], [30, 20], [1, 20]], "score": 0.876543}]
     assert result.to_line() == 'imgs/a.png\t[{"points": [[1, 2], [30, 2], [30, 20], [1, 20]], "score": 0.876543}]\n'
-    assert ImageResult(1, "b.png").to_line() == "b.png\t[]\n"
+    assert Result(1, "b.png").to_line() == "b.png\t[]\n"
     drawn = result.plot()
     assert tuple(drawn[2, 15]) == tuple(drawn[11, 30]) == BOX_COLOR_BGR  # on the top and right edges
     assert tuple(drawn[11, 15]) == (0, 0, 0) and not image.any()  # inside untouched; the input is not drawn on
     with pytest.raises(ValueError, match="keep_images"):
-        ImageResult(2, "c.png").plot()
+        Result(2, "c.png").plot()
 
 
 def test_from_config_fills_only_the_stages_not_given(clock):

@@ -31,7 +31,7 @@ def test_same_size_inputs_are_batched_in_order_and_cancelled_jobs_skipped():
     batcher.unexpect()  # the sixth request failed to decode: nobody else is coming
     results = [f.result(timeout=30) for f in futures]
     batcher.close()
-    assert [float(r.prob[0, 0]) for r in results] == [0.0, 9.0, 1.0, 2.0]
+    assert [float(r.prob_map[0, 0]) for r in results] == [0.0, 9.0, 1.0, 2.0]
     assert [r.batch for r in results] == [3, 1, 3, 3] and calls == [3, 1]
     assert cancelled.cancelled()
 

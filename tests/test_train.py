@@ -579,30 +579,33 @@ def test_a_run_that_stays_nonfinite_stops_with_exit_1(cli, tmp_path, synth):
 
 
 def test_data_wait_warning_is_given_once(capsys, tmp_path):
-    """An epoch that waited for data more than 30 % of its time is reported once, in train.log and on screen."""
+    """An epoch that waited for data more than 30 % of its time is reported once, in train.log and on screen
+    (train.log's logger is a child of the library's, whose console handler leaves its lines to the display)."""
     import io
-    import logging
     from types import SimpleNamespace
 
     from rich.console import Console
 
+    from openocr_cli.cli import ui
     from openocr_cli.cli.training_display import TrainDisplay
+    from openocr_cli.log import logger
+    from openocr_cli.training.run import train_log
 
     display = TrainDisplay(Console(file=io.StringIO()))
-    logger = logging.getLogger("openocr_det")
-    handler = logging.FileHandler(tmp_path / "train.log")
-    logger.addHandler(handler)
+    handlers, level = list(logger.handlers), logger.level
+    ui.install_console_logging()
     try:
-        trainer = SimpleNamespace(epoch_data_wait=0.1, state=SimpleNamespace(epoch=1),
-                                  settings=SimpleNamespace(workers=0))
-        display.on_epoch_end(trainer)  # 10 %: no warning
-        trainer.epoch_data_wait, trainer.state.epoch = 0.6, 2
-        display.on_epoch_end(trainer)
-        trainer.state.epoch = 3
-        display.on_epoch_end(trainer)  # only once per run
+        with train_log(tmp_path):
+            trainer = SimpleNamespace(epoch_data_wait=0.1, state=SimpleNamespace(epoch=1),
+                                      settings=SimpleNamespace(workers=0))
+            display.on_epoch_end(trainer)  # 10 %: no warning
+            trainer.epoch_data_wait, trainer.state.epoch = 0.6, 2
+            display.on_epoch_end(trainer)
+            trainer.state.epoch = 3
+            display.on_epoch_end(trainer)  # only once per run
     finally:
-        logger.removeHandler(handler)
-        handler.close()
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
     log = (tmp_path / "train.log").read_text()
     assert log.count("waiting for data") == 1 and "epoch 2 spent 60%" in log and "--workers" in log
     assert " ".join(capsys.readouterr().err.split()).count("waiting for data") == 1

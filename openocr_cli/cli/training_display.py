@@ -4,7 +4,6 @@ samples/s and ETA; a line per logging step and a table per evaluation."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import time
 from collections.abc import Iterator
@@ -14,10 +13,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from openocr_cli.cli.ui import table, warn
+from openocr_cli.log import run_logger
 from openocr_cli.training.callbacks import Callback, EvalReport, StepReport
 
 DATA_WAIT_WARNING = 0.3  # an epoch waiting for data longer than this share of its time is starved
-log = logging.getLogger("openocr_det")
 
 
 class TrainDisplay(Callback):
@@ -81,7 +80,7 @@ class TrainDisplay(Callback):
                        f"data: the GPU/CPU is starved. Use more loader processes (--workers, now "
                        f"{trainer.settings.workers}) or faster storage.")
             warn(message)
-            log.warning(message)
+            run_logger.warning(message)
 
     def on_eval(self, trainer, report: EvalReport) -> None:
         mark = " (new best, saved best.pth)" if report.improved else ""

@@ -23,6 +23,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from openocr_cli.log import RUN_LOGGER
 from openocr_cli.log import logger as library_logger
 
 console = Console(highlight=False)
@@ -131,10 +132,13 @@ class ConsoleLogHandler(logging.Handler):
     printed as written (no rich markup). A record may carry a table, `extra={"table": (title, columns,
     rows)}`: it is shown as that table (ui.table) instead of its message, so the message should say the
     same in plain text for other logging handlers. Printing goes through err_console, so a quiet
-    console (non-zero DDP ranks, quiet_unless_main) shows nothing.
+    console (non-zero DDP ranks, quiet_unless_main) shows nothing. train.log's lines (its child
+    log.RUN_LOGGER) are left to the training display, which shows the run its own way.
     """
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.name == RUN_LOGGER:
+            return
         try:
             spec = getattr(record, "table", None)
             if spec is not None:

@@ -8,7 +8,6 @@ what makes "stop + resume" bit-for-bit equal to an uninterrupted run.
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 from collections.abc import Iterator, Sequence
@@ -25,8 +24,7 @@ from openocr_cli.data.decode_cache import CacheSummary, DecodeCache, check_mode
 from openocr_cli.data.images import image_size
 from openocr_cli.data.labels import LabelProblem, LabelSample, LabelSet, read_label_files
 from openocr_cli.data.transforms import DecodeImage, DetLabelEncode, build_ops
-
-log = logging.getLogger("openocr_det")
+from openocr_cli.log import run_logger
 
 MAX_SAMPLE_RETRIES = 10
 MAX_EXT_TRIES = 20
@@ -204,8 +202,8 @@ class TrainDataset(Dataset):
                 reason = "a transform dropped it"
             except Exception as exc:  # a broken sample must not kill a long run; it is logged
                 reason = f"{type(exc).__name__}: {exc}"
-            log.warning("sample %s (%s:%s) skipped, %s; using another sample",
-                        self.samples[index].image, self.samples[index].source, self.samples[index].line, reason)
+            run_logger.warning("sample %s (%s:%s) skipped, %s; using another sample",
+                               self.samples[index].image, self.samples[index].source, self.samples[index].line, reason)
             index = int(np.random.randint(len(self.samples)))
         raise RuntimeError(f"{MAX_SAMPLE_RETRIES} consecutive samples failed in the transform chain; "
                            "see train.log for the reasons.")

@@ -12,7 +12,7 @@ import numpy as np
 from openocr_cli.data.labels import LabelSample
 from openocr_cli.evaluation.iou_metric import ImageMatch, ImageRecord, match_image, summarize
 from openocr_cli.inference.predictor import Predictor
-from openocr_cli.inference.results import ImageResult, StageTimes
+from openocr_cli.inference.results import Result, StageTimes
 
 
 @dataclass
@@ -74,7 +74,7 @@ def _score(sample: LabelSample, detections: list[np.ndarray], scores: Sequence[f
 
 def evaluate_model(predictor: Predictor, samples: Sequence[LabelSample],
                    on_image: Callable[[], None] = lambda: None,
-                   on_map: Optional[Callable[[ImageResult], None]] = None) -> EvalResult:
+                   on_map: Optional[Callable[[Result], None]] = None) -> EvalResult:
     """Run the predictor on every labelled image and score it (OpenOCR's DetMetric numbers).
 
     `images` counts the images scored, `seconds` is their forward-pass time and `fps` their ratio,
@@ -92,7 +92,7 @@ def evaluate_model(predictor: Predictor, samples: Sequence[LabelSample],
             continue
         if on_map is not None:
             on_map(result)
-            result.prob = None
+            result.prob_map = None
         scored.append(_score(samples[result.index], [d.points for d in result.detections],
                              [d.score for d in result.detections]))
         scored[-1].tiling, scored[-1].tiles = result.tiling, result.tiles

@@ -63,7 +63,7 @@ class MapCache:
         self._folder: Optional[Path] = None
 
     def add(self, result) -> None:
-        prob = np.ascontiguousarray(result.prob, dtype=np.float32)
+        prob = np.ascontiguousarray(result.prob_map, dtype=np.float32)
         if prob.ndim != 2:
             raise ValueError(f"expected an (h, w) map, got shape {prob.shape}")
         if self.in_memory + prob.nbytes <= self.budget:

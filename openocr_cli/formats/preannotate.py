@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Optional
@@ -55,6 +56,17 @@ def parse_save_formats(values: Optional[Sequence[str]]) -> list[str]:
             if name not in names:
                 names.append(name)
     return [name for name in SAVE_FORMATS if name in names]
+
+
+@contextmanager
+def _writing(what: str) -> Iterator[None]:
+    """A file that cannot be written (a folder in its place, a full disk) is a UserError naming it."""
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename2 or exc.filename
+        raise UserError(f"cannot write {what}{f' ({where})' if where else ''}: {exc.strerror}. Free that path or "
+                        "choose another --output.") from None
 
 
 @dataclass
@@ -106,6 +118,10 @@ class Preannotator:
 
     # -- per image ------------------------------------------------------------------------------------
     def add(self, result) -> None:
+        with _writing(f"the pre-annotations of {result.name}"):
+            self._add(result)
+
+    def _add(self, result) -> None:
         regions = [Region(p.tolist(), UNKNOWN_TEXT, False, s) for p, s in zip(result.polygons, result.scores)]
         height, width = result.src_hw if result.src_hw is not None else (None, None)
         page = split_page_ref(result.path) if result.path is not None else None
@@ -170,6 +186,10 @@ class Preannotator:
     # -- the end --------------------------------------------------------------------------------------
     def close(self) -> list[tuple[str, Path]]:
         """Finish every file and move it into place; returns (format, path) of what was written."""
+        with _writing("the pre-annotation files"):
+            return self._close()
+
+    def _close(self) -> list[tuple[str, Path]]:
         if "labelme" in self.formats and (self.output / LABELME_DIR).is_dir():
             self.written.append(("labelme", self.output / LABELME_DIR))
         for folder in self._folders.values():

@@ -135,7 +135,7 @@ def _worker(options: InferenceOptions, device: str, vis: bool, tasks, results, p
             out = []
             for result in predictor.run(items, keep_images=vis):
                 drawing = encode_vis(result) if vis and result.error is None else None
-                result.index, result.image, result.prob = start + result.index, None, None
+                result.index, result.image, result.prob_map = start + result.index, None, None
                 out.append((result, drawing))
             results.put(("done", chunk_id, out))
     except UserError as exc:

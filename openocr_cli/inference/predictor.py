@@ -23,7 +23,7 @@ from openocr_cli.data.pdf import DEFAULT_PDF_DPI
 from openocr_cli.data.pixels import as_bgr
 from openocr_cli.data.resize import Normalizer, ResizeSpec, resize_for_test
 from openocr_cli.inference import tiling
-from openocr_cli.inference.results import ImageResult, StageTimes
+from openocr_cli.inference.results import Result, StageTimes
 from openocr_cli.inference.tiling import Probes, TileSettings, probe_inputs, probe_reason, tile_boxes, tiled_detections
 from openocr_cli.postprocess import DBPostProcess, make_postprocess
 
@@ -118,8 +118,8 @@ class Predictor:
         return _Prepared(index, path, tensor, src_hw, image if keep_image else None,
                          seconds=time.perf_counter() - start, probes=probes)
 
-    def run(self, paths: Iterable[Input], keep_images: bool = False, keep_maps: bool = False) -> Iterator[ImageResult]:
-        """Yield one ImageResult per input, in input order (failed reads carry `error`).
+    def run(self, paths: Iterable[Input], keep_images: bool = False, keep_maps: bool = False) -> Iterator[Result]:
+        """Yield one Result per input, in input order (failed reads carry `error`).
 
         An input is a file path, or in-memory pixels (a BGR uint8 ndarray or a PIL image; see
         data.pixels), whose result has no path and always keeps its image.
@@ -134,7 +134,7 @@ class Predictor:
         max_pending = self.batch_size * 4
         prefetch = max(self.batch_size * 2, self.workers * 2)
         buckets: dict[tuple[int, int], list[_Prepared]] = {}
-        done: dict[int, ImageResult] = {}
+        done: dict[int, Result] = {}
         next_out = 0
         with ThreadPoolExecutor(self.workers, thread_name_prefix="preprocess") as pool:
             queue: deque[Future] = deque()
@@ -151,7 +151,7 @@ class Predictor:
                     break
                 prepared = queue.popleft().result()
                 if prepared.error is not None:
-                    done[prepared.index] = ImageResult(prepared.index, prepared.path, error=prepared.error)
+                    done[prepared.index] = Result(prepared.index, prepared.path, error=prepared.error)
                 else:
                     bucket = buckets.setdefault(prepared.tensor.shape[1:], [])
                     bucket.append(prepared)
@@ -172,7 +172,7 @@ class Predictor:
             yield done.pop(next_out)
             next_out += 1
 
-    def _run_tiled(self, paths: Iterable[Input], keep_images: bool, keep_maps: bool) -> Iterator[ImageResult]:
+    def _run_tiled(self, paths: Iterable[Input], keep_images: bool, keep_maps: bool) -> Iterator[Result]:
         """One image at a time (each may be many tiles), decoding the next ones in the pool meanwhile."""
         with ThreadPoolExecutor(self.workers, thread_name_prefix="preprocess") as pool:
             queue: deque[Future] = deque()
@@ -187,11 +187,11 @@ class Predictor:
                     return
                 prepared = queue.popleft().result()
                 if prepared.error is not None:
-                    yield ImageResult(prepared.index, prepared.path, error=prepared.error)
+                    yield Result(prepared.index, prepared.path, error=prepared.error)
                     continue
                 yield self._tiled_one(prepared, keep_images, keep_maps)
 
-    def _tiled_one(self, prepared: _Prepared, keep_images: bool, keep_maps: bool) -> ImageResult:
+    def _tiled_one(self, prepared: _Prepared, keep_images: bool, keep_maps: bool) -> Result:
         """`auto`: tiles when full-resolution probes show text the resize shrinks too far, else the normal pass
         (an image the resize does not shrink runs exactly as with --tile off); fixed: tiles."""
         image = prepared.image
@@ -209,20 +209,20 @@ class Predictor:
             start = time.perf_counter()
             dets = self.postprocess(prob, h, w)
             post = time.perf_counter() - start
-            return ImageResult(prepared.index, prepared.path, dets, image if keep_images else None,
+            return Result(prepared.index, prepared.path, dets, image if keep_images else None,
                                times=StageTimes(1, prepared.seconds, inference, post),
-                               prob=prob if keep_maps else None, src_hw=(h, w))
+                               prob_map=prob if keep_maps else None, src_hw=(h, w))
         start = time.perf_counter()  # post-processing runs stripe by stripe between the tiles: timed as inference
         tiled = tiled_detections(image, self.tile, self.normalizer, self.backend, self.postprocess, self.batch_size,
                                  keep_map=keep_maps)
         inference += time.perf_counter() - start
         (th, tw) = tiled.tile_hw
-        return ImageResult(prepared.index, prepared.path, tiled.detections, image if keep_images else None,
-                           times=StageTimes(1, prepared.seconds, inference, post), prob=tiled.prob,
+        return Result(prepared.index, prepared.path, tiled.detections, image if keep_images else None,
+                           times=StageTimes(1, prepared.seconds, inference, post), prob_map=tiled.prob,
                            src_hw=(h, w), tiling=f"{tiled.count} tiles of {th}x{tw} px: {reason}",
                            tiles=tile_boxes(h, w, self.tile))
 
-    def _flush(self, items: list[_Prepared], done: dict[int, ImageResult], keep_maps: bool = False) -> None:
+    def _flush(self, items: list[_Prepared], done: dict[int, Result], keep_maps: bool = False) -> None:
         start = time.perf_counter()
         maps = self.backend(np.stack([p.tensor for p in items]))
         inference = (time.perf_counter() - start) / len(items)
@@ -231,6 +231,6 @@ class Predictor:
             dets = self.postprocess(prob[0], *prepared.src_hw)
             times = StageTimes(1, prepared.seconds, inference, time.perf_counter() - start)
             small = None if prepared.probes is None else probe_reason(prepared.probes, self.backend, self.postprocess)
-            done[prepared.index] = ImageResult(prepared.index, prepared.path, dets, prepared.image, times=times,
-                                               prob=prob[0] if keep_maps else None, src_hw=prepared.src_hw,
+            done[prepared.index] = Result(prepared.index, prepared.path, dets, prepared.image, times=times,
+                                          prob_map=prob[0] if keep_maps else None, src_hw=prepared.src_hw,
                                                small_text=small)

@@ -1,6 +1,6 @@
 """Per-image results and det_results.txt: `image_path<TAB>[{"points": [[x, y], ...], "score": s}, ...]`.
 
-One line per image, written by `ImageResult.to_line`. OpenOCR's format plus a score, so OpenOCR
+One line per image, written by `Result.to_line`. OpenOCR's format plus a score, so OpenOCR
 tooling still reads it; `read_predictions` lets `eval` score any detector's output written this way.
 """
 
@@ -64,7 +64,7 @@ class Result:
     image: Optional[np.ndarray] = field(default=None, repr=False)
     error: Optional[str] = None
     times: StageTimes = field(default_factory=StageTimes, repr=False)
-    prob: Optional[np.ndarray] = field(default=None, repr=False)
+    prob_map: Optional[np.ndarray] = field(default=None, repr=False)
     src_hw: Optional[tuple[int, int]] = None
     tiling: Optional[str] = None  # how and why the image was run as tiles (inference/tiling.py), None when it was not
     tiles: list[tuple[int, int, int, int]] = field(default_factory=list, repr=False)  # each tile's (x0, y0, x1, y1)
@@ -83,10 +83,6 @@ class Result:
     @property
     def scores(self) -> list[float]:
         return [float(d.score) for d in self.detections]
-
-    @property
-    def prob_map(self) -> Optional[np.ndarray]:
-        return self.prob
 
     def to_json(self) -> list[dict]:
         """The boxes as det_results.txt holds them: integer points, score rounded to 6 decimals."""
@@ -130,9 +126,6 @@ class Result:
 def _missing(name: str, why: str) -> np.ndarray:
     raise ValueError(f"{name}: the image was not kept (predict with keep_images=True) and cannot be read "
                      f"again ({why}).")
-
-
-ImageResult = Result  # the engine's name for it
 
 
 def detections_json(detections: list[Detection]) -> list[dict]:

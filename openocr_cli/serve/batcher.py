@@ -23,7 +23,7 @@ import numpy as np
 class Forward:
     """One forward pass's share for one input: its (h, w) map, its share of the batch time, the batch size."""
 
-    prob: np.ndarray
+    prob_map: np.ndarray
     seconds: float
     batch: int
 

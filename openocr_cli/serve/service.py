@@ -74,7 +74,7 @@ class DetectionService:
         blank = np.full((*WARM_UP_SIZE, 3), 255, np.uint8)
         tensor, src_hw, _ = self.predictor.network_input(blank)
         forward = self.batcher.submit(tensor, expected=False).result()
-        self.predictor.postprocess(forward.prob, *src_hw)
+        self.predictor.postprocess(forward.prob_map, *src_hw)
         self.ready = True
 
     def stop(self) -> None:
@@ -140,7 +140,7 @@ class DetectionService:
             forward: Forward = await asyncio.wrap_future(batcher.submit(prepared.tensor))
             queue = max(0.0, time.perf_counter() - submitted - forward.seconds * forward.batch)
             began = time.perf_counter()
-            detections = await loop.run_in_executor(self.pool, post, forward.prob, h, w)
+            detections = await loop.run_in_executor(self.pool, post, forward.prob_map, h, w)
             inference, postprocess, extra = forward.seconds, time.perf_counter() - began, {"batch": forward.batch}
         timing = {"decode": prepared.decode_s, "preprocess": prepared.preprocess_s, "queue": queue,
                   "inference": inference, "postprocess": postprocess, "total": time.perf_counter() - start}

@@ -7,6 +7,9 @@ kernel (sys 23.7 s of 89 s), and a step took 3.29 s. Served from the heap and ne
 same steps take 2.52 s (sys 4.6 s), at a higher peak RSS (3.7 GB instead of 2.8 GB for batch 8 at
 480x480), which the next step reuses. Numbers are unchanged: only where memory comes from differs.
 Other C libraries (macOS, musl) and Windows keep their defaults.
+
+The setting holds for the whole process and cannot be taken back, so only the command (`train`, `resume`) sets it;
+the library never does. A program that calls `openocr_cli.train()` opts in with `openocr_cli.keep_freed_memory()`.
 """
 
 from __future__ import annotations
@@ -14,13 +17,28 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from typing import Optional
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 KEEP = 2**31 - 1  # mallopt takes an int: the largest free heap top kept
 
 
+_kept: Optional[bool] = None  # what the one request to glibc answered; None: not asked in this process
+
+
 def keep_freed_memory() -> bool:
-    """Serve large blocks from the heap and keep freed ones (glibc's mallopt); False where that is not glibc."""
+    """Serve large blocks from the heap and keep freed ones, for the rest of this process (glibc's mallopt).
+
+    True when glibc took the setting, False where the C library is not glibc. glibc is asked once per process;
+    later calls return its first answer.
+    """
+    global _kept
+    if _kept is None:
+        _kept = _ask_glibc()
+    return _kept
+
+
+def _ask_glibc() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:

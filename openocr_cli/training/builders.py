@@ -7,7 +7,6 @@ and the resumable data loader (workers kept across epochs).
 
 from __future__ import annotations
 
-import logging
 import math
 import signal
 from typing import Optional
@@ -19,13 +18,12 @@ from openocr_cli.checkpoint import load_weights
 from openocr_cli.data.dataset import ResumableSampler, TrainDataset
 from openocr_cli.data.labels import LabelSample
 from openocr_cli.errors import UserError
+from openocr_cli.log import run_logger
 from openocr_cli.model import build_detector
 from openocr_cli.training import distributed as ddp
 from openocr_cli.training.loss import DBLoss
 from openocr_cli.training.schedules import build_scheduler
 from openocr_cli.training.settings import TrainSettings
-
-log = logging.getLogger("openocr_det")
 
 
 def build_model(settings: TrainSettings, device: torch.device, role: ddp.Role) -> torch.nn.Module:
@@ -36,7 +34,7 @@ def build_model(settings: TrainSettings, device: torch.device, role: ddp.Role) -
         if device.type == "cuda":  # before the optimizer is built: conversion makes new BN modules
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         else:
-            log.warning("SyncBatchNorm needs CUDA; training with per-process BatchNorm on %s", device)
+            run_logger.warning("SyncBatchNorm needs CUDA; training with per-process BatchNorm on %s", device)
     return model
 
 
@@ -48,7 +46,7 @@ def memory_format(device: torch.device) -> torch.memory_format:
 def load_pretrained(model: torch.nn.Module, weights: Optional[str]) -> None:
     """OpenOCR's fine-tuning start: every tensor whose name and shape match, the rest reported."""
     if not weights:
-        log.info("training from scratch (no pretrained weights)")
+        run_logger.info("training from scratch (no pretrained weights)")
         return
     from openocr_cli.hub import resolve_weights
 
@@ -57,7 +55,7 @@ def load_pretrained(model: torch.nn.Module, weights: Optional[str]) -> None:
     except UserError as exc:
         raise UserError(f"{exc} To train from scratch instead, pass --weights none.") from exc
     report = load_weights(model, path, strict=False)
-    log.info("loaded pretrained weights %s (%d tensors, %d missing)", path, report.loaded, len(report.missing))
+    run_logger.info("loaded pretrained weights %s (%d tensors, %d missing)", path, report.loaded, len(report.missing))
 
 
 def build_loss(settings: TrainSettings) -> DBLoss:
@@ -153,7 +151,7 @@ def build_loader(samples: list[LabelSample], settings: TrainSettings, sampler: R
     dataset = TrainDataset(samples, settings.transforms, settings.seed, cache=settings.cache)
     summary = dataset.prepare_cache(settings.workers)  # ram: decoded here, before the workers fork
     if summary is not None:
-        log.info("%s", summary.describe())
+        run_logger.info("%s", summary.describe())
     return DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler, num_workers=settings.workers,
                       pin_memory=device.type == "cuda", drop_last=settings.drop_last,
                       persistent_workers=settings.workers > 0, worker_init_fn=_init_worker)

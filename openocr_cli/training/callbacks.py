@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from openocr_cli.log import run_logger
 from openocr_cli.training.loss import LOSS_KEYS
 
 if TYPE_CHECKING:
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from openocr_cli.training.distributed import Role
     from openocr_cli.training.settings import TrainSettings
 
-log = logging.getLogger("openocr_det")
 
 
 @dataclass
@@ -128,24 +127,24 @@ class RunLog(Callback):
         where = {"epoch": report.epoch, "global_step": report.global_step}
         if report.nonfinite_images is not None:
             self._write({"type": "nonfinite", **where, "images": report.nonfinite_images})
-            log.warning("step %d skipped: non-finite loss or gradients; batch images: %s", report.global_step,
-                        ", ".join(report.nonfinite_images))
+            run_logger.warning("step %d skipped: non-finite loss or gradients; batch images: %s", report.global_step,
+                               ", ".join(report.nonfinite_images))
         if report.smoothed is None:
             return
         self._write({"type": "train", **where, **report.smoothed, "lr": report.lr,
                      "samples_per_s": report.samples_per_s, "data_wait": report.data_wait})
-        log.info("epoch: [%d/%d], global_step: %d, lr: %.6f, %s, ips: %.2f samples/s, data wait: %.0f%%",
-                 report.epoch, trainer.settings.epochs, report.global_step, report.lr,
-                 ", ".join(f"{k}: {report.smoothed[k]:.6f}" for k in LOSS_KEYS), report.samples_per_s,
-                 100 * (report.data_wait or 0))
+        run_logger.info("epoch: [%d/%d], global_step: %d, lr: %.6f, %s, ips: %.2f samples/s, data wait: %.0f%%",
+                        report.epoch, trainer.settings.epochs, report.global_step, report.lr,
+                        ", ".join(f"{k}: {report.smoothed[k]:.6f}" for k in LOSS_KEYS), report.samples_per_s,
+                        100 * (report.data_wait or 0))
 
     def on_eval(self, trainer: Any, report: EvalReport) -> None:
         record = {f.name: getattr(report, f.name) for f in fields(report) if f.name != "previews"}
         self._write({"type": "eval", "epoch": record.pop("epoch"), "global_step": record.pop("global_step"),
                      **record})
-        log.info("%s metric, precision: %.6f, recall: %.6f, hmean: %.6f, fps: %.2f; best hmean: %.6f",
-                 "starting weights" if report.baseline else "cur", report.precision, report.recall, report.hmean,
-                 report.fps or 0, report.best_hmean)
+        run_logger.info("%s metric, precision: %.6f, recall: %.6f, hmean: %.6f, fps: %.2f; best hmean: %.6f",
+                        "starting weights" if report.baseline else "cur", report.precision, report.recall, report.hmean,
+                        report.fps or 0, report.best_hmean)
 
 
 class EarlyStopping(Callback):

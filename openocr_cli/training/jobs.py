@@ -144,10 +144,8 @@ def load_job_data(job: TrainJob, callbacks: Sequence[Callback] = ()) -> RunData:
 def run_job(job: TrainJob, callbacks: Sequence[Callback] = (), progress: bool = False,
             data: Optional[RunData] = None) -> TrainResult:
     """Check the job's data (unless given) and train it in this process."""
-    from openocr_cli.training.allocator import keep_freed_memory
     from openocr_cli.training.run import run_training
 
-    keep_freed_memory()  # no page faults for every step's buffers (training/allocator.py)
     with _progress_on_stderr(progress):
         if data is None:
             data = load_job_data(job, callbacks)
@@ -174,18 +172,13 @@ def _progress_on_stderr(enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    from openocr_cli.training.run import RUN_LOGGER
-
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
-    run_logger, level = logging.getLogger(RUN_LOGGER), library_logger.level
-    run_logger.setLevel(logging.INFO)
+    level = library_logger.level
     library_logger.setLevel(logging.INFO)
-    run_logger.addHandler(handler)
-    library_logger.addHandler(handler)
+    library_logger.addHandler(handler)  # train.log's logger is its child: its records come here too
     try:
         yield
     finally:
-        run_logger.removeHandler(handler)
         library_logger.removeHandler(handler)
         library_logger.setLevel(level)

@@ -18,15 +18,15 @@ from typing import Optional
 import torch
 
 from openocr_cli.inference.backends.torch_backend import resolve_device
+from openocr_cli.log import run_logger
 from openocr_cli.training import distributed as ddp
 from openocr_cli.training.callbacks import Callback, EarlyStopping, ResultsPlot, RunLog, notify, within
 from openocr_cli.training.run_data import RunData
 from openocr_cli.training.settings import TrainSettings
 from openocr_cli.training.trainer import Trainer, TrainingInterrupted
 
-LOG_FORMAT = "[%(asctime)s] %(name)s %(levelname)s: %(message)s"
-# train.log's logger: a run file's lines, kept apart from the library's notes ("openocr_cli", shown on screen)
-RUN_LOGGER = "openocr_det"
+# OpenOCR's train.log layout, with the program's name where OpenOCR writes its logger's ("opendet")
+LOG_FORMAT = "[%(asctime)s] openocr_det %(levelname)s: %(message)s"
 
 
 @dataclass
@@ -44,13 +44,12 @@ def train_log(output_dir: Path, enabled: bool = True) -> Iterator[None]:
     output_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(output_dir / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter(LOG_FORMAT, "%Y/%m/%d %H:%M:%S"))
-    logger = logging.getLogger(RUN_LOGGER)
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
+    run_logger.setLevel(logging.INFO)
+    run_logger.addHandler(handler)
     try:
         yield
     finally:
-        logger.removeHandler(handler)
+        run_logger.removeHandler(handler)
         handler.close()
 
 
@@ -76,22 +75,21 @@ def run_training(settings: TrainSettings, data: RunData, resume: Optional[dict] 
     if settings.patience:
         callbacks.append(EarlyStopping(settings.patience, settings.min_delta))
     device = ddp.init(role, resolve_device(settings.device))
-    logger = logging.getLogger(RUN_LOGGER)
     ended_together = False  # every rank reached the same end (not an error on this one)
     try:
         with train_log(settings.output_dir, enabled=role.is_main):
             if settings.ignored:
-                logger.info("config keys OpenOCR defines but openocr-det does not use (ignored): %s",
-                            ", ".join(settings.ignored))
+                run_logger.info("config keys OpenOCR defines but openocr-det does not use (ignored): %s",
+                                ", ".join(settings.ignored))
             notify(callbacks, "on_run_start", settings, role)
             trainer = Trainer(settings, data, device, role, resume=resume, callbacks=callbacks)
             if trainer.finished:
                 ended_together = True
                 return RunOutcome(trainer, already_finished=True)
             batch = settings.batch_size
-            logger.info("run with torch %s and device %s; world size %d, batch %d per process, effective batch %d, "
-                        "lr %g; %d train / %d eval images", torch.__version__, device, role.world_size, batch,
-                        batch * role.world_size, trainer.lr, len(data.train), len(data.eval))
+            run_logger.info("run with torch %s and device %s; world size %d, batch %d per process, effective batch "
+                            "%d, lr %g; %d train / %d eval images", torch.__version__, device, role.world_size, batch,
+                            batch * role.world_size, trainer.lr, len(data.train), len(data.eval))
             try:
                 with within(callbacks, "running", trainer):
                     trainer.train()

@@ -33,6 +33,7 @@ import numpy as np
 import yaml
 
 from openocr_cli.errors import UserError
+from openocr_cli.log import run_logger
 from openocr_cli.training.callbacks import Callback, EvalReport, StepReport
 from openocr_cli.training.settings import TRACKERS, TrainSettings
 
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
     from openocr_cli.evaluation.evaluator import ScoredImage
 
 log = logging.getLogger(__name__)
-run_log = logging.getLogger("openocr_det")  # train.log
 
 # tracker -> (module it needs, the pip package that provides it, its display name)
 PACKAGES: dict[str, tuple[str, str, str]] = {
@@ -229,7 +229,7 @@ class TensorBoardTracker(Tracker):
         # a resumed run hides what an earlier process logged after this checkpoint (a fresh run: everything)
         self.writer = SummaryWriter(str(folder), purge_step=step + 1 if step else 0)
         self.writer.add_text("config", _indented(config_text(trainer.settings.cfg)), step)
-        run_log.info("TensorBoard events: %s (tensorboard --logdir %s)", folder, folder)
+        run_logger.info("TensorBoard events: %s (tensorboard --logdir %s)", folder, folder)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         for tag, value in values.items():
@@ -291,7 +291,7 @@ class MlflowTracker(Tracker):
             record["tracking_uri"] = uri  # a resume from another folder finds the same local store
         trainer.state.tracking["mlflow"] = record
         self._log_config(trainer.settings.cfg, resumed)
-        run_log.info("MLflow run %s (%s) in %s", run_id, "continued" if resumed else "new", uri)
+        run_logger.info("MLflow run %s (%s) in %s", run_id, "continued" if resumed else "new", uri)
 
     def _create_run(self, trainer: Any) -> str:
         client = self.client

@@ -10,7 +10,6 @@ optimizer clearly. Kept: the first step at lr 0, coupled weight decay, evaluatio
 from __future__ import annotations
 
 import contextlib
-import logging
 import signal
 import time
 import warnings
@@ -26,6 +25,7 @@ import yaml
 from openocr_cli.checkpoint import save_checkpoint, standard_layout
 from openocr_cli.errors import UserError
 from openocr_cli.evaluation.evaluator import EvalResult, evaluate_model
+from openocr_cli.log import run_logger
 from openocr_cli.training import builders
 from openocr_cli.training import distributed as ddp
 from openocr_cli.training.callbacks import Callback, EvalReport, StepReport
@@ -34,7 +34,6 @@ from openocr_cli.training.run_data import RunData
 from openocr_cli.training.settings import TrainSettings
 from openocr_cli.training.state import TrainState, seed_everything, set_rng_state
 
-log = logging.getLogger("openocr_det")
 EVAL_PREVIEWS = 3  # evaluation images (with their detections) each EvalReport carries, for the trackers to draw
 
 
@@ -133,11 +132,11 @@ class Trainer:
         ckpt = self.checkpoint(full)
         bad = _nonfinite_tensors(ckpt)
         if bad:
-            log.error("not saving %s: %d tensor(s) are not finite (first: %s); the previous file is kept",
-                      path, len(bad), bad[0])
+            run_logger.error("not saving %s: %d tensor(s) are not finite (first: %s); the previous file is kept",
+                             path, len(bad), bad[0])
             return path
         save_checkpoint(ckpt, path)
-        log.info("saved %s (epoch %d, step %d)", path, self.state.epoch, self.state.global_step)
+        run_logger.info("saved %s (epoch %d, step %d)", path, self.state.epoch, self.state.global_step)
         return path
 
     def _emit(self, event: str, *args) -> None:
@@ -382,7 +381,7 @@ def _deferred_interrupts():
         if flag.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         flag.requested = True
-        log.warning("stop requested (signal %d): finishing the current step and saving latest.pth", signum)
+        run_logger.warning("stop requested (signal %d): finishing the current step and saving latest.pth", signum)
 
     previous = {}
     try:

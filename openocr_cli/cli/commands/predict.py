@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Annotated
@@ -71,10 +72,9 @@ a warning and listed at the end (exit 1).
     run = large.LargeRun(sources=sources, recursive=recursive, output=output, vis=not no_vis,
                          fmt=output_format.value, resume=resume, overwrite=overwrite, shard=shard, devices=devices,
                          options=options, ray=large.ray_target(ray, ray_address))
-    with run:
-        postprocess = run.detector.predictor.postprocess if run.detector is not None else None
-        extras = (pre.PredictExtras(output, save_format, min_rect, select_uncertain, run.box_type, postprocess)
-                  if run.sees_every_result else None)
+    postprocess = run.detector.predictor.postprocess if run.detector is not None else None
+    with run, (pre.PredictExtras(output, save_format, min_rect, select_uncertain, run.box_type, postprocess)
+               if run.sees_every_result else contextlib.nullcontext()) as extras:
         _predict(run, output, options.tile, extras)
 
 

@@ -4,7 +4,6 @@ in evaluation/uncertainty.py; this module only turns the flags into them and rep
 
 from __future__ import annotations
 
-import atexit
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -32,7 +31,11 @@ PARQUET = "parquet"
 
 
 class PredictExtras:
-    """What predict does per result beyond det_results.txt; `add` per result, `finish` at the end, `abort` on error."""
+    """What predict does per result beyond det_results.txt; `add` per result, `finish` at the end.
+
+    A context manager: leaving the block by an exception (an error, Ctrl-C) removes the unfinished Label.txt, zip
+    and task list. Not atexit: the console script ends with os._exit, which runs no exit handlers.
+    """
 
     def __init__(self, output: Path, save_format: Optional[list[str]], min_rect: bool,
                  select_uncertain: Optional[int], box_type: str, postprocess=None) -> None:
@@ -60,8 +63,6 @@ class PredictExtras:
 
             self.writer = Preannotator(output, formats, min_rect=min_rect, box_type=box_type,
                                        model_version=f"openocr-det {__version__}")
-        if self.writer is not None or self.parquet is not None:
-            atexit.register(self.abort)  # an interrupted run leaves no unfinished Label.txt / zip / task list / table
         self.output = output
 
     @property
@@ -77,14 +78,13 @@ class PredictExtras:
         """A result whose image was read."""
         if self.writer is not None:
             self.writer.add(result)
-        if self.selection is not None and result.prob is not None:
+        if self.selection is not None and result.prob_map is not None:
             from openocr_cli.evaluation.uncertainty import image_uncertainty
 
-            self.selection.add(result.name, image_uncertainty(result.prob, self.postprocess).score)
-        result.prob = None  # one map at a time: memory stays flat
+            self.selection.add(result.name, image_uncertainty(result.prob_map, self.postprocess).score)
+        result.prob_map = None  # one map at a time: memory stays flat
 
     def finish(self) -> None:
-        atexit.unregister(self.abort)
         if self.parquet is not None:
             path = self.parquet.close()
             console.print(f"parquet: {escape(str(path))} ({self.parquet.rows} rows)", highlight=False)
@@ -101,7 +101,12 @@ class PredictExtras:
             console.print(f"uncertain: {len(self.selection.ranked())} of {self.selection.seen} images in "
                           f"{escape(str(self.output / UNCERTAIN_NAME))}", highlight=False)
 
-    def abort(self) -> None:
+    def __enter__(self) -> PredictExtras:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is None:
+            return
         if self.parquet is not None:
             self.parquet.abort()
         if self.writer is not None:

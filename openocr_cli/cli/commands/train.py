@@ -19,6 +19,7 @@ import typer
 from openocr_cli.cli import options as opt
 from openocr_cli.cli.ui import console, quiet_unless_main, table
 from openocr_cli.errors import UserError
+from openocr_cli.training.allocator import keep_freed_memory
 from openocr_cli.training.options import TrainOptions, option_names
 from openocr_cli.training.settings import RESUME_FLAGS, TrainSettings
 
@@ -66,9 +67,6 @@ resumes from that checkpoint, as in OpenOCR.
       openocr-det train --weights none --device cpu --batch-size 4 -o Global.print_batch_step=10
     """
     from openocr_cli.api import training
-    from openocr_cli.training.allocator import keep_freed_memory
-
-    keep_freed_memory()  # no page faults for every step's buffers (training/allocator.py)
     from openocr_cli.training import distributed as ddp
     from openocr_cli.training import jobs
 
@@ -79,6 +77,7 @@ resumes from that checkpoint, as in OpenOCR.
     if plan is not None:
         job = jobs.plan_train(options)
         raise typer.Exit(_launch(plan, job.settings, jobs.load_job_data(job, [screen])))
+    keep_freed_memory()  # this process trains: its steps reuse freed memory (training/allocator.py)
     _finish(lambda: training.train(**options.values(), callbacks=[screen]))
 
 
@@ -246,9 +245,6 @@ continues when --patience allows it.
       openocr-det resume output/det_repvit_db --epochs 600 --device cuda:1
     """
     from openocr_cli.api import training
-    from openocr_cli.training.allocator import keep_freed_memory
-
-    keep_freed_memory()  # no page faults for every step's buffers (training/allocator.py)
     from openocr_cli.training import distributed as ddp
     from openocr_cli.training import jobs
 
@@ -260,4 +256,5 @@ continues when --patience allows it.
     if plan is not None:
         job = jobs.plan_resume(target, options)
         raise typer.Exit(_launch(plan, job.settings, jobs.load_job_data(job, [screen])))
+    keep_freed_memory()  # this process trains: its steps reuse freed memory (training/allocator.py)
     _finish(lambda: training.resume(target, **options.values(RESUME_FLAGS), callbacks=[screen]))

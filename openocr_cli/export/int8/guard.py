@@ -88,7 +88,7 @@ def run_model(predictor: Predictor, images: Sequence[str], samples: Optional[Seq
             raise ValueError(result.error)
         polys = [d.points for d in result.detections]
         polygons.append(polys)
-        maps.append(result.prob)
+        maps.append(result.prob_map)
         seconds += result.times.inference
         count += 1
         if samples is not None:

@@ -51,9 +51,6 @@ def onnx_providers(spec: Optional[str]) -> list[Provider]:
     return [(CUDA, {"device_id": int(match.group(1) or 0)}), CPU]
 
 
-OnnxModelInfo = ModelInfo  # the name callers knew before OpenVINO read the same files
-
-
 def describe(session: ort.InferenceSession, path: Path) -> ModelInfo:
     """Check the session's inputs and outputs against what a DB detector looks like."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
@@ -90,7 +87,7 @@ class OnnxBackend:
 
     name = "onnx"
 
-    def __init__(self, session: ort.InferenceSession, info: OnnxModelInfo):
+    def __init__(self, session: ort.InferenceSession, info: ModelInfo):
         self.session = session
         self.info = info
 
