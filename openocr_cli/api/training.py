@@ -84,7 +84,7 @@ def plan_train(*, config: Optional[PathLike] = None, overrides: Overrides = None
                eval_label: Optional[Paths] = None, weights: Union[str, os.PathLike, bool, None] = None,
                output: Optional[PathLike] = None, epochs: Optional[int] = None, lr: Optional[float] = None,
                batch_size: Optional[int] = None, workers: Optional[int] = None, device: Optional[str] = None,
-               seed: Optional[int] = None, amp: Optional[bool] = None, eval_every: Optional[int] = None,
+               seed: Optional[int] = None, amp: Union[str, bool, None] = None, eval_every: Optional[int] = None,
                save_every: Optional[int] = None, patience: Optional[int] = None, min_delta: Optional[float] = None,
                scale_lr: bool = False, sync_bn: bool = False, skip_bad: bool = False,
                overwrite: bool = False, cache: Optional[str] = None, log: Union[str, Sequence[str], None] = None
@@ -199,7 +199,7 @@ def train(data_dir: Optional[PathLike] = None, train_label: Optional[Paths] = No
           eval_label: Optional[Paths] = None, *, weights: Union[str, os.PathLike, bool, None] = None,
           output: Optional[PathLike] = None, epochs: Optional[int] = None, lr: Optional[float] = None,
           batch_size: Optional[int] = None, workers: Optional[int] = None, device: Optional[str] = None,
-          seed: Optional[int] = None, amp: Optional[bool] = None, eval_every: Optional[int] = None,
+          seed: Optional[int] = None, amp: Union[str, bool, None] = None, eval_every: Optional[int] = None,
           save_every: Optional[int] = None, patience: Optional[int] = None, min_delta: Optional[float] = None,
           scale_lr: bool = False, sync_bn: bool = False, config: Optional[PathLike] = None,
           overrides: Overrides = None, skip_bad: bool = False, overwrite: bool = False, progress: bool = False,
