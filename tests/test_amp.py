@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from openocr_cli.data.synth import generate
 from openocr_cli.errors import UserError
 from openocr_cli.model import build_detector
 from openocr_cli.training.builders import autocast_dtype
@@ -12,12 +13,17 @@ from openocr_cli.training.callbacks import Callback
 from openocr_cli.training.run_data import load_run_data
 from openocr_cli.training.settings import TrainSettings, apply_flags
 from openocr_cli.training.trainer import Trainer
-from tests.test_train import small_settings, synth, train_args  # noqa: F401 (synth is a fixture)
+from tests.test_train import small_settings, train_args
 
 CPU = torch.device("cpu")
 NATIVE_BF16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 needs_bf16 = pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has neither AVX-512 BF16 nor AMX")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("synth"), num_train=10, num_test=3, seed=3, size=(96, 128))
 
 
 class Losses(Callback):

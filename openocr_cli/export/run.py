@@ -7,7 +7,7 @@ that carries what was written and measured (`result`), so a caller can still sho
 
 The float32 model of an int8 run is written to a temporary folder, verified, quantized with
 calibration images that the float model's own Predictor preprocesses (so they are exactly what predict
-feeds the network), and checked against the float32 model on the check images (export/int8/guard.py),
+feeds the network), and checked against the float32 model on the check images (evaluation/guard.py),
 keeping stages in float32 while the check fails (export/int8/search.py).
 
 torch and onnx are imported when an export runs, not with this module (the CLI imports it for --help).
@@ -65,7 +65,7 @@ class ExportRequest:
     `format` is onnx (a .onnx file) or openvino (an IR .xml + .bin). `opset` defaults to DEFAULT_OPSET,
     INT8_OPSET with `int8`. `calib_data` is a folder of images or a label file; `check_data` (default: the
     calibration label file, else its images) is where the int8 model is checked against float32 (with labels
-    the hmean drop too, and `max_drop`, in points, applies; see export/int8/guard.py for the rule);
+    the hmean drop too, and `max_drop`, in points, applies; see evaluation/guard.py for the rule);
     `data_dir` is the folder label paths are relative to (default: the config's Eval.dataset.data_dir).
     """
 
@@ -243,7 +243,7 @@ def export_checkpoint(request: ExportRequest,
             # a static model takes exactly its size, as predict then resizes every image
             resize = ResizeSpec(image_shape=options.size) if not request.dynamic else \
                 ResizeSpec.from_params(cfgmod.resize_params(cfg))
-            from openocr_cli.export.int8.guard import DEFAULT_MIN_AGREEMENT
+            from openocr_cli.evaluation.guard import DEFAULT_MIN_AGREEMENT
 
             min_agreement = DEFAULT_MIN_AGREEMENT if request.min_agreement is None else request.min_agreement
             checker = Checker(check, resize, normalizer, post, request.max_drop, min_agreement)

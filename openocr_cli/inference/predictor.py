@@ -66,6 +66,11 @@ class Predictor:
         self.batch_size = batch_size
         self.workers = max(1, workers)
 
+    def with_backend(self, backend: Backend) -> Predictor:
+        """The same pipeline around another forward pass (e.g. the model at another precision)."""
+        return Predictor(backend, self.resize, self.normalizer, self.postprocess, batch_size=self.batch_size,
+                         workers=self.workers, pdf_dpi=self.pdf_dpi, tile=self.tile)
+
     @classmethod
     def from_config(cls, backend: Backend, cfg: dict, *, resize: ResizeSpec | None = None,
                     normalizer: Normalizer | None = None, postprocess: DBPostProcess | None = None,

@@ -41,6 +41,7 @@ DEFAULT_WEIGHTS = "repvit"
 DEFAULT_ONNX_MODEL = "repvit-onnx"
 BACKENDS = ("torch", "onnx", "openvino")
 FILE_BACKENDS = ("onnx", "openvino")  # a model file run by a runtime, never torch
+PRECISIONS = ("fp32", "bf16", "fp16")  # --precision: torch autocast, OpenVINO's inference precision hint
 CHECKPOINT_SOURCE = "the checkpoint's saved config"
 METADATA_SOURCE = "the ONNX model's metadata"  # an .onnx file's, whichever runtime reads it
 IR_METADATA_SOURCE = "the OpenVINO IR's metadata"  # an .xml file's rt_info
@@ -79,6 +80,7 @@ class InferenceOptions:
     pdf_dpi: float = DEFAULT_PDF_DPI
     tile: Optional[str] = None  # off / auto / a tile side in pixels (inference/tiling.py); None = off
     tile_overlap: Optional[int] = None
+    precision: Optional[str] = None  # fp32 / bf16 / fp16 for torch (autocast) and OpenVINO (its hint); None = fp32
 
     def tile_settings(self) -> TileSettings:
         """--tile / --tile-overlap checked and parsed (a bad value is a usage error naming the flag)."""
@@ -109,6 +111,17 @@ class InferenceOptions:
             raise UserError("--openvino-model is used by the openvino backend only; drop it or pass --backend "
                             "openvino.", exit_code=2)
         return self.backend
+
+    def precision_name(self) -> str:
+        """fp32 unless asked; bf16 / fp16 only for the backends that can change it (onnx runs its file's)."""
+        precision = (self.precision or "fp32").strip().lower()
+        if precision not in PRECISIONS:
+            raise UserError(f"--precision {self.precision} is not one of {', '.join(PRECISIONS)}.", exit_code=2)
+        if precision != "fp32" and self.backend_name() == "onnx":
+            raise UserError(f"--precision {precision}: the onnx backend runs a file at the precision it was exported "
+                            "with; export one (export --fp16) or run this file with --openvino-model "
+                            f"{self.onnx_model or DEFAULT_ONNX_MODEL} --precision {precision}.", exit_code=2)
+        return precision
 
     def model_name(self) -> str:
         """The model as the caller named it (the .pth / .onnx / .xml path or registry name this run uses)."""
@@ -237,6 +250,7 @@ def resolve(options: InferenceOptions) -> Resolved:
     cfg = options.load_config()
     options.tile_settings()  # a bad --tile fails before the model loads
     backend_name = options.backend_name()
+    precision = options.precision_name()
     resolve_postprocess(options, cfg, note_model_values=False)  # fail fast on bad values
     resize, resize_settings = resolve_resize(options, cfg)
     if backend_name in FILE_BACKENDS:
@@ -258,6 +272,7 @@ def resolve(options: InferenceOptions) -> Resolved:
         "model": Setting(options.model_name(), explicit if _named(options) else "default"),
         "backend": Setting(backend_name, explicit if options.backend else "default"),
         "device": Setting(device, explicit if options.device else "default"),
+        "precision": Setting(precision, explicit if options.precision else "default"),
         **resize_settings, **norm_settings, **post_settings,
     }
     return Resolved(cfg, backend, resize, normalizer, postprocess, settings)
@@ -296,8 +311,9 @@ def _torch_backend(options: InferenceOptions, cfg: dict) -> Backend:
 
         torch.set_num_threads(options.threads)
     weights = resolve_weights(options.weights)
-    return TorchBackend.from_checkpoint(weights, device, cfg.get("Architecture"), strict=not options.non_strict,
-                                        fuse=options.fuse)
+    backend = TorchBackend.from_checkpoint(weights, device, cfg.get("Architecture"), strict=not options.non_strict,
+                                           fuse=options.fuse)
+    return backend.with_precision(options.precision_name())
 
 
 def _metadata_source(path: Path) -> str:
@@ -316,7 +332,7 @@ def _load_file_backend(options: InferenceOptions, name: str):
 
     # no .xml is in the registry: the loader's own message names a missing IR and its .bin
     path = Path(name).expanduser() if name.lower().endswith(".xml") else resolve_weights(name)
-    return OpenVinoBackend.load(path, options.device, options.threads)
+    return OpenVinoBackend.load(path, options.device, options.threads, options.precision_name())
 
 
 def _file_backend(options: InferenceOptions, resize: ResizeSpec, resize_settings: dict[str, Setting]):

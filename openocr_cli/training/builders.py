@@ -1,8 +1,9 @@
 """The pieces a training run is built from, one function each, in the order the trainer calls them.
 
-Mixed precision (which autocast dtype this device runs, cuDNN's settings), model (optionally SyncBatchNorm; channels-last on CUDA), pretrained weights, DB loss, optimizer
-(OpenOCR's `filter_bias_and_bn` parameter groups, one fused update kernel), learning-rate schedule
-and the resumable data loader (workers kept across epochs).
+Mixed precision (which autocast dtype this device runs, cuDNN's settings), model (optionally
+SyncBatchNorm; channels-last on CUDA), pretrained weights, DB loss, optimizer (OpenOCR's
+`filter_bias_and_bn` parameter groups, one fused update kernel), learning-rate schedule and the
+resumable data loader (workers kept across epochs).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 export_run.py exports and verifies the float32 model, then calls `quantize_export` with a `Checker` that
 runs candidate files (onnxruntime or OpenVINO, by suffix) through the Predictor eval uses, and judges them
-against the float32 run (export/int8/guard.py); export/int8/search.py chooses which stages stay float32.
+against the float32 run (evaluation/guard.py); export/int8/search.py chooses which stages stay float32.
 Nothing here prints; torch is not imported.
 """
 
@@ -22,7 +22,7 @@ from openocr_cli.fileio import atomic_path
 
 if TYPE_CHECKING:
     from openocr_cli.data.labels import LabelSample
-    from openocr_cli.export.int8.guard import Run, Verdict
+    from openocr_cli.evaluation.guard import Run, Verdict
     from openocr_cli.export.int8.search import Attempt
     from openocr_cli.inference.predictor import Predictor
     from openocr_cli.postprocess import DBPostProcess
@@ -137,7 +137,7 @@ class Checker:
         return Predictor(backend, self.resize, self.normalizer, self.postprocess)
 
     def run(self, path: Path) -> Run:
-        from openocr_cli.export.int8.guard import run_model
+        from openocr_cli.evaluation.guard import run_model
 
         try:
             return run_model(self.predictor(path), self.check.images, self.check.samples)
@@ -145,7 +145,7 @@ class Checker:
             raise UserError(f"a check image could not be read: {exc}") from None
 
     def __call__(self, path: Path) -> Verdict:
-        from openocr_cli.export.int8.guard import judge
+        from openocr_cli.evaluation.guard import judge
 
         assert self.reference is not None, "run the float32 model first (Checker.reference)"
         return judge(self.reference, self.run(path), self.max_drop, self.min_agreement)
