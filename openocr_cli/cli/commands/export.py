@@ -148,7 +148,11 @@ file size, agreement, hmean drop, ms per image and the decision of every attempt
     except ExportFailed as exc:
         if exc.result.int8 is not None:
             _print_int8(exc.result.int8)
+        if exc.result.fp16_check is not None:
+            _print_fp16(exc.result.fp16_check, check_data)
         raise
+    if result.fp16_check is not None:
+        _print_fp16(result.fp16_check, check_data)
     if result.int8 is not None:
         _print_int8(result.int8)
         console.print(f"Exported int8 model: {result.path}")
@@ -177,6 +181,18 @@ def _print(result: ExportResult, kept: bool = True) -> None:
                         ["input", "max abs diff", "mean abs diff", "ok"],
                         [(f"{r.batch}x3x{r.height}x{r.width}", f"{r.max_abs:.2e}", f"{r.mean_abs:.2e}",
                           "yes" if r.max_abs <= report.tolerance else "NO") for r in report.rows]))
+
+
+def _print_fp16(verdict, source) -> None:
+    """--fp16 --check-data: the fp16 file against the float32 model, decided by the int8 guard's rule."""
+    drop = "-" if verdict.drop is None else \
+        f"{verdict.drop:.2f} [{verdict.interval[0]:.2f}, {verdict.interval[1]:.2f}]"
+    hmean = "-" if verdict.hmean is None else f"{verdict.hmean:.4f}"
+    console.print(table(f"fp16 accuracy check on {source}", ["hmean", "drop [95% CI]", "agreement", "max |dp|",
+                                                               "decision"],
+                        [(hmean, drop, f"{verdict.agreement['hmean']:.4f}", f"{verdict.max_prob_diff:.3f}",
+                          verdict.decision)]))
+    console.print(f"decision: {verdict.reason}.", markup=False)
 
 
 def _print_int8(int8: Int8Export) -> None:

@@ -84,10 +84,10 @@ def load_calibration(calib_data: Path, data_dir: Optional[Path], count: int, cfg
     return Calibration(calib_data, pick_evenly(images, count), samples)
 
 
-def load_check_set(check_data: Optional[Path], calibration: Calibration, data_dir: Optional[Path],
+def load_check_set(check_data: Optional[Path], calibration: Optional[Calibration], data_dir: Optional[Path],
                    cfg: dict) -> CheckSet:
     """--check-data (a label file or a folder), else the calibration label file's samples, else its images."""
-    if check_data is None:
+    if check_data is None and calibration is not None:
         if calibration.samples is not None:
             return CheckSet(calibration.source, [str(s.image) for s in calibration.samples], calibration.samples)
         return CheckSet(calibration.source, list(calibration.images), None)
