@@ -114,7 +114,7 @@ def check_precision(predictor: Predictor, samples: Sequence[LabelSample], candid
     rule's verdict on `candidate` (the evaluation `predictor` made at its own precision) against it."""
     from openocr_cli.evaluation.evaluator import evaluate_model
 
-    reference = evaluate_model(predictor.with_backend(predictor.backend.with_precision("fp32")), samples, on_image)
+    reference = evaluate_model(predictor.replace(backend=predictor.backend.with_precision("fp32")), samples, on_image)
     name = getattr(predictor.backend, "precision", "candidate")
     return reference, judge(Run.from_eval(reference), Run.from_eval(candidate), max_drop, min_agreement, name)
 

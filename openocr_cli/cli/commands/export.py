@@ -94,8 +94,9 @@ def export(
         "--calib-images", min=1, help="Calibration images used, spread evenly over --calib-data.")] = 64,
     check_data: Annotated[Optional[Path], typer.Option(
         "--check-data", metavar="LABEL_FILE|DIR",
-        help="Images the int8 model is checked on against float32: a label file (agreement and the hmean drop "
-             "with a bootstrap interval) or a folder (agreement only). Default: --calib-data.",
+        help="Images the int8 (or --fp16) model is checked on against float32 before the file is kept: a label "
+             "file (agreement and the hmean drop with a bootstrap interval) or a folder (agreement only). Default "
+             "with --int8: --calib-data; --fp16 is checked only when this is given.",
         show_default=False)] = None,
     max_drop: Annotated[float, typer.Option(
         "--max-drop", min=0.0,
