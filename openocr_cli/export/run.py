@@ -281,10 +281,10 @@ def _check_fp16(request: ExportRequest, cfg: dict, model, path: Path, check, nor
     resize = ResizeSpec(image_shape=request.size or DEFAULT_SIZE) if not request.dynamic else \
         ResizeSpec.from_params(cfgmod.resize_params(cfg))
     min_agreement = DEFAULT_MIN_AGREEMENT if request.min_agreement is None else request.min_agreement
-    checker = Checker(check, resize, normalizer, post, request.max_drop, min_agreement)
-    torch_float = Predictor(TorchBackend(model, torch.device("cpu")), resize, normalizer, post)
+    stages = Predictor(TorchBackend(model, torch.device("cpu")), resize, normalizer, post)
+    checker = Checker(check, stages, request.max_drop, min_agreement)
     try:
-        reference = run_model(torch_float, check.images, check.samples)
+        reference = run_model(stages, check.images, check.samples)
     except ValueError as exc:  # an unreadable check image
         raise UserError(f"a check image could not be read: {exc}") from None
     return judge(reference, checker.run(path), request.max_drop, min_agreement, "fp16")
