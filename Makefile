@@ -56,6 +56,8 @@ bench: install
 	$(PY) benchmarks/bench_uncertain.py
 	$(PY) benchmarks/bench_serve.py
 	$(PY) benchmarks/bench_predict_scale.py
+	$(PY) benchmarks/bench_amp.py step
+	$(PY) benchmarks/bench_amp.py predict --openvino
 
 # Offline demo: generate a synthetic text set, train from scratch on CPU, evaluate, predict.
 DEMO ?= demo
