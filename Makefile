@@ -65,6 +65,8 @@ bench: install
 	$(PY) benchmarks/bench_predict_scale.py
 	$(PY) benchmarks/bench_huge.py $(if $(WEIGHTS),--weights $(WEIGHTS))
 	$(PY) benchmarks/bench_ray.py
+	$(PY) benchmarks/bench_amp.py step
+	$(PY) benchmarks/bench_amp.py predict --openvino
 
 # Offline demo: generate a synthetic text set, train from scratch on CPU, evaluate, predict.
 DEMO ?= demo

@@ -12,12 +12,15 @@ its per-step `avg_batch_cost` (print_batch_step 1, also wait included) gives its
 taken round by round and its median printed. `openrec` (the recogniser package train_det imports) is not
 needed: its two imports are answered with opendet's transforms and a plain torch.optim.Adam + the same LR
 schedule, as OpenOCR builds them for this config (tqdm, for its evaluation progress bar, likewise if missing).
---against DIR adds a third contender: openocr-det from another checkout (e.g. `git worktree add /tmp/base
+--amp off,bf16 times each mixed-precision mode (`train -o Global.amp=MODE`) as a contender of its own, in the
+same rounds, and prints each mode's ratio to float32 (docs/guides/mixed-precision.md).
+--against DIR adds a further contender: openocr-det from another checkout (e.g. `git worktree add /tmp/base
 HEAD~1`), for before/after figures.
 
     .venv/bin/python benchmarks/bench_train.py [--steps 12] [--warmup 3] [--rounds 2] [--json out.json]
     .venv/bin/python benchmarks/bench_train.py --openocr ~/OpenOCR --rounds 3 --json train.json
     .venv/bin/python benchmarks/bench_train.py --openocr ~/OpenOCR --rounds 3 --cache disk
+    .venv/bin/python benchmarks/bench_train.py --amp off,bf16 --rounds 2 --json amp.json
 """
 
 from __future__ import annotations
@@ -54,17 +57,18 @@ def steady_rate(steps: list[tuple[int, float, int]], warmup: int) -> float:
 class Ours:
     """`python -m openocr_cli train` from a checkout (this one by default)."""
 
-    def __init__(self, name: str, checkout: Path, args, data: Path, work: Path):
+    def __init__(self, name: str, checkout: Path, args, data: Path, work: Path, amp: str = "off"):
         self.name, self.checkout, self.args, self.data, self.work = name, checkout, args, data, work
+        self.amp = amp
 
     def run(self, round_no: int) -> list[tuple[int, float, int]]:
-        out = self.work / f"{self.name}-{round_no}"
+        out = self.work / f"{self.name.replace(' ', '-')}-{round_no}"
         a = self.args
         cmd = [sys.executable, "-m", "openocr_cli", "train", "--data-dir", str(self.data),
                "--train-label", str(self.data / "train_label.txt"), "--weights", "none", "--device", "cpu",
                "--epochs", "1", "--batch-size", str(a.batch_size), "--workers", str(a.workers), "--output", str(out),
                "--overwrite", "-o", f"{CROP_KEY}=[{a.crop}, {a.crop}]", "-o", "Global.print_batch_step=1",
-               "-o", "Eval.dataset.label_file_list=[]"]
+               "-o", "Eval.dataset.label_file_list=[]", "-o", f"Global.amp={self.amp}"]
         if a.cache != "none":
             cmd += ["--cache", a.cache]
         env = {**os.environ, "PYTHONPATH": str(self.checkout), "OPENOCR_DET_NO_PROGRESS": "1",
@@ -185,6 +189,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                    help="our decode cache (train --cache); disk is filled before the rounds and timed apart")
     p.add_argument("--image-size", default="720x1280", help="synthetic image size HxW")
     p.add_argument("--openocr", type=Path, help="OpenOCR source tree: also time its train_det.py")
+    p.add_argument("--amp", default="off", help="mixed-precision modes to time, comma-separated (off,bf16,...)")
     p.add_argument("--against", type=Path, help="another openocr-det checkout to time in the same rounds")
     p.add_argument("--work", type=Path, help="folder for data and runs (default: a temporary one)")
     p.add_argument("--json", type=Path, help="write the figures as JSON")
@@ -199,7 +204,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     data = work / "data"
     if not (data / "train_label.txt").is_file():
         generate(data, num_train=a.steps * a.batch_size, num_test=0, seed=0, size=(h, w))
-    contenders = [Ours("openocr-det", REPO, a, data, work)]
+    modes = [m.strip() for m in a.amp.split(",") if m.strip()]
+    contenders = [Ours("openocr-det" if m == "off" else f"openocr-det {m}", REPO, a, data, work, amp=m)
+                  for m in (["off"] + [m for m in modes if m != "off"])]
     if a.against:
         contenders.append(Ours("against", a.against.resolve(), a, data, work))
     if a.openocr:
@@ -229,6 +236,13 @@ def main(argv: Optional[list[str]] = None) -> None:
             result[key] = ratio
             print(f"{other}: median {statistics.median(rates[other]):.2f} samples/s; "
                   f"openocr-det / {other} = {ratio:.3f} (median of per-round ratios)")
+    for c in contenders[1:]:
+        if isinstance(c, Ours) and c.amp != "off":
+            ratio = statistics.median(x / y for x, y in zip(rates[c.name], ours))
+            result[f"amp_{c.amp}_samples_per_s"] = statistics.median(rates[c.name])
+            result[f"amp_{c.amp}_ratio"] = ratio
+            print(f"{c.name}: median {statistics.median(rates[c.name]):.2f} samples/s; {c.amp} / float32 = "
+                  f"{ratio:.3f} (median of per-round ratios)")
     if a.json:
         a.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 

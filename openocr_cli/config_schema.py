@@ -110,7 +110,7 @@ SCHEMA: dict[str, Node] = {
                          "cal_metric_during_train", "pretrained_model", "checkpoints", "use_tensorboard", "seed",
                          "use_amp", "grad_clip_val", "accumulation_steps", "use_sync_bn"), USED),
         # openocr-det's own training guards (saved with the config, so resume keeps them)
-        **dict.fromkeys(("patience", "min_delta", "max_nonfinite_steps", "scale_lr"), USED),
+        **dict.fromkeys(("patience", "min_delta", "max_nonfinite_steps", "scale_lr", "amp"), USED),
         "use_mlflow": USED,  # openocr-det's MLflow tracker (`--log mlflow`), beside OpenOCR's use_tensorboard
         # read by OpenOCR's inference/export tools, its recognition models or its wandb logger: no effect here
         **dict.fromkeys(("distributed", "model_type", "infer_img", "save_res_path", "save_inference_dir",

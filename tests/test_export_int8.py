@@ -185,7 +185,7 @@ def test_int8_whose_check_images_hold_no_text_fails_and_says_why(cli, tmp_path, 
     (["--int8"], "--int8 needs calibration images"),
     (["--int8", "--fp16", "--calib-data", "."], "choose one"),
     (["--calib-data", "."], "for --int8 only"),
-    (["--check-data", "."], "for --int8 only"),
+    (["--check-data", "."], "for --int8 and --fp16 only"),
     (["--format", "openvino", "--output", "m.onnx"], "writes .xml"),
     (["--int8", "--calib-data", "missing_dir"], "does not exist"),
 ])

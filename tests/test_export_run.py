@@ -49,7 +49,7 @@ def test_static_export_from_python_prints_nothing_and_returns_the_report(tmp_pat
 @pytest.mark.parametrize("changes, message", [
     ({"int8": True, "fp16": True, "calib_data": "."}, "choose one"),
     ({"int8": True}, "--int8 needs calibration images"),
-    ({"data_dir": "."}, "for --int8 only"),
+    ({"data_dir": "."}, "for --int8 and --fp16 only"),
     ({"size": (100, 96), "dynamic": False}, "multiples of 32"),
 ])
 def test_bad_requests_are_usage_errors(tmp_path, random_ckpt, changes, message):

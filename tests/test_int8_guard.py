@@ -1,12 +1,12 @@
-"""The int8 guard's decision rule (export/int8/guard.py) and the stage search (export/int8/search.py)."""
+"""The int8 guard's decision rule (evaluation/guard.py) and the stage search (export/int8/search.py)."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from openocr_cli.evaluation.guard import FAIL, PASS, Run, Verdict, bootstrap_drop, judge
 from openocr_cli.evaluation.iou_metric import ImageRecord
-from openocr_cli.export.int8.guard import FAIL, PASS, Run, Verdict, bootstrap_drop, judge
 from openocr_cli.export.int8.search import STAGES, best, search
 
 

@@ -56,6 +56,8 @@ class Detector:
     the resize would shrink below what the model detects (`tile=1024`: every image, 1024-pixel tiles;
     `tile_overlap` in pixels); the tile maps are merged before post-processing, so a word across a seam is one
     box (inference/tiling.py).
+    `precision="bf16"` (or "fp16" on CUDA) runs the torch forward pass under autocast, or OpenVINO at that
+    inference precision hint; weights and outputs stay float32 (default "fp32"; docs/guides/mixed-precision.md).
 
     Raises UserError (the message the command line prints) for a bad setting or checkpoint, and
     MissingFileError (a FileNotFoundError) when the model file does not exist.

@@ -51,6 +51,8 @@ def train(data_dir: Optional[PathLike] = None, train_label: Any = None, eval_lab
     decode cache of the training images ("none", "ram" or "disk"; None keeps Train.dataset.cache).
     `log` turns experiment trackers on: "tensorboard", "mlflow" or both in a list (the command's --log;
     training.tracking says what they record and where); a resumed run keeps logging to the same records.
+    `amp` is the training step's mixed precision: "off", "bf16", "fp16" or "auto" (True means "auto"; the
+    command's --amp, config Global.amp; docs/guides/mixed-precision.md).
 
     Unlike the command, this leaves the process's memory allocator as it is; `openocr_cli.keep_freed_memory()`
     before it makes steps faster on Linux (about a quarter on CPU) by keeping freed memory for the rest of the
@@ -66,8 +68,8 @@ def resume(target: Optional[PathLike] = None, *, progress: bool = False, callbac
     """Continue a stopped run exactly where it stopped, as `openocr-det resume` does.
 
     `target` is the run folder or its latest.pth (None: the newest run under ./output). Only `epochs`,
-    `device`, `workers`, `eval_every`, `save_every`, `patience`, `min_delta` and `cache` may change, and `log` may add
-    a tracker (the run's own trackers go on logging to the same records). A run that had already finished
+    `device`, `workers`, `eval_every`, `save_every`, `patience`, `min_delta`, `cache` and `amp` may change, and
+    `log` may add a tracker (the run's own trackers go on logging to the same records). A run that had already finished
     returns at once with `already_finished` set.
     """
     check_keywords(options, RESUME_FLAGS, "resume()")

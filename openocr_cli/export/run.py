@@ -7,7 +7,7 @@ that carries what was written and measured (`result`), so a caller can still sho
 
 The float32 model of an int8 run is written to a temporary folder, verified, quantized with
 calibration images that the float model's own Predictor preprocesses (so they are exactly what predict
-feeds the network), and checked against the float32 model on the check images (export/int8/guard.py),
+feeds the network), and checked against the float32 model on the check images (evaluation/guard.py),
 keeping stages in float32 while the check fails (export/int8/search.py).
 
 torch and onnx are imported when an export runs, not with this module (the CLI imports it for --help).
@@ -47,6 +47,7 @@ from openocr_cli.inference.resolve import (
 )
 
 if TYPE_CHECKING:
+    from openocr_cli.evaluation.guard import Verdict
     from openocr_cli.export.onnx_export import ExportOptions, ExportReport
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class ExportRequest:
     `format` is onnx (a .onnx file) or openvino (an IR .xml + .bin). `opset` defaults to DEFAULT_OPSET,
     INT8_OPSET with `int8`. `calib_data` is a folder of images or a label file; `check_data` (default: the
     calibration label file, else its images) is where the int8 model is checked against float32 (with labels
-    the hmean drop too, and `max_drop`, in points, applies; see export/int8/guard.py for the rule);
+    the hmean drop too, and `max_drop`, in points, applies; see evaluation/guard.py for the rule);
     `data_dir` is the folder label paths are relative to (default: the config's Eval.dataset.data_dir).
     """
 
@@ -111,6 +112,7 @@ class ExportResult:
     report: ExportReport
     float_path: Optional[Path] = None
     int8: Optional[Int8Export] = None
+    fp16_check: Optional[Verdict] = None  # --fp16 with --check-data: the fp16 file against the float32 model
 
     @property
     def files(self) -> list[Path]:
@@ -171,10 +173,11 @@ def _check_int8_request(request: ExportRequest) -> None:
     if request.int8 and request.calib_data is None:
         raise UserError("--int8 needs calibration images: --calib-data DIR (a folder of images like the ones you "
                         "run) or --calib-data LABEL_FILE (also checks the accuracy).", exit_code=2)
-    if not request.int8 and (request.calib_data is not None or request.data_dir is not None or
-                             request.check_data is not None or request.min_agreement is not None):
-        raise UserError("--calib-data, --check-data, --data-dir and --min-agreement are for --int8 only.",
-                        exit_code=2)
+    if not request.int8 and request.calib_data is not None:
+        raise UserError("--calib-data is for --int8 only.", exit_code=2)
+    if not (request.int8 or request.fp16) and (request.data_dir is not None or request.check_data is not None or
+                                               request.min_agreement is not None):
+        raise UserError("--check-data, --data-dir and --min-agreement are for --int8 and --fp16 only.", exit_code=2)
 
 
 def export_checkpoint(request: ExportRequest,
@@ -212,6 +215,8 @@ def export_checkpoint(request: ExportRequest,
     if request.int8:
         calibration = load_calibration(Path(request.calib_data), _path(request.data_dir), request.calib_images, cfg)
         check = load_check_set(_path(request.check_data), calibration, _path(request.data_dir), cfg)
+    elif request.fp16 and request.check_data is not None:
+        check = load_check_set(_path(request.check_data), None, _path(request.data_dir), cfg)
 
     entry = get_entry(weights) if not Path(weights).expanduser().is_file() else None
     if (entry is not None and entry.format == "onnx") or weights.lower().endswith(".onnx"):
@@ -246,7 +251,7 @@ def export_checkpoint(request: ExportRequest,
             # a static model takes exactly its size, as predict then resizes every image
             resize = ResizeSpec(image_shape=options.size) if not request.dynamic else \
                 ResizeSpec.from_params(cfgmod.resize_params(cfg))
-            from openocr_cli.export.int8.guard import DEFAULT_MIN_AGREEMENT
+            from openocr_cli.evaluation.guard import DEFAULT_MIN_AGREEMENT
 
             min_agreement = DEFAULT_MIN_AGREEMENT if request.min_agreement is None else request.min_agreement
             stages = Predictor(TorchBackend(model, torch.device("cpu")), resize, normalizer, post)
@@ -255,7 +260,34 @@ def export_checkpoint(request: ExportRequest,
             message = int8_failure(result.int8)
             if message is not None:
                 raise ExportFailed(message, result)
+        elif check is not None:
+            result.fp16_check = _check_fp16(request, cfg, model, path, check, normalizer, post)
+            if not result.fp16_check.ok:
+                raise ExportFailed(f"the fp16 model failed the accuracy check against float32: "
+                                   f"{result.fp16_check.reason}. {path} was kept for inspection; do not use it "
+                                   "(export without --fp16 for a float32 model).", result)
     return result
+
+
+def _check_fp16(request: ExportRequest, cfg: dict, model, path: Path, check, normalizer, post):
+    """The fp16 file (onnxruntime or OpenVINO, by suffix) against the float32 PyTorch model on the check images,
+    judged by the int8 guard's rule (evaluation/guard.py)."""
+    import torch
+
+    from openocr_cli.evaluation.guard import DEFAULT_MIN_AGREEMENT, judge, run_model
+    from openocr_cli.inference.backends.torch_backend import TorchBackend
+    from openocr_cli.inference.predictor import Predictor
+
+    resize = ResizeSpec(image_shape=request.size or DEFAULT_SIZE) if not request.dynamic else \
+        ResizeSpec.from_params(cfgmod.resize_params(cfg))
+    min_agreement = DEFAULT_MIN_AGREEMENT if request.min_agreement is None else request.min_agreement
+    stages = Predictor(TorchBackend(model, torch.device("cpu")), resize, normalizer, post)
+    checker = Checker(check, stages, request.max_drop, min_agreement)
+    try:
+        reference = run_model(stages, check.images, check.samples)
+    except ValueError as exc:  # an unreadable check image
+        raise UserError(f"a check image could not be read: {exc}") from None
+    return judge(reference, checker.run(path), request.max_drop, min_agreement, "fp16")
 
 
 def _path(value) -> Optional[Path]:

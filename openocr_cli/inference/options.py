@@ -30,6 +30,7 @@ from openocr_cli.option_table import check_ranges, flags_of, option
 DEFAULT_WEIGHTS = "repvit"
 DEFAULT_ONNX_MODEL = "repvit-onnx"
 BACKENDS = ("torch", "onnx", "openvino")
+PRECISIONS = ("fp32", "bf16", "fp16")  # --precision: torch autocast, OpenVINO's inference precision hint
 
 BACKEND_HELP = (
     "torch runs the --weights checkpoint with PyTorch; onnx runs the --onnx-model file with onnxruntime; openvino runs "
@@ -39,6 +40,10 @@ POSTPROCESS_HELP = (
     "thresh / box_thresh / unclip_ratio from a JSON file: the `tuned` object `eval --tune --json` writes, or a flat "
     "object with those keys. Order, lowest first: config, the checkpoint's saved config or the ONNX metadata, this "
     "file, -o PostProcess.*, the --thresh/--box-thresh/--unclip-ratio flags.")
+PRECISION_HELP = (
+    "Forward-pass precision: torch autocast (bf16 on CPUs with AVX-512 BF16 or AMX and on CUDA, fp16 on CUDA) or "
+    "OpenVINO's inference precision hint; weights and outputs stay float32 (default fp32). eval also runs fp32 and "
+    "reports the hmean drop with its bootstrap interval (docs/guides/mixed-precision.md).")
 TILE_HELP = (
     "Run large images as tiles at their own resolution, merging the tiles' probability maps before post-processing: "
     "auto (only images whose text, seen at full resolution in a few probe crops, the resize would shrink below "
@@ -111,6 +116,7 @@ class InferenceOptions:
         MAX_PIXELS, "Refuse images and PDF pages of more than N pixels, from the file's header before decoding "
                     "(default 250,000,000: a 750 MB decoded image; each image needs about 3 bytes per pixel, twice "
                     "that while decoding).", low=1, metavar="N")
+    precision: Optional[str] = option(None, PRECISION_HELP, choices=PRECISIONS)
     origin: str = "flag"
 
     def __post_init__(self) -> None:
@@ -172,6 +178,15 @@ class InferenceOptions:
             raise UserError("--openvino-model is used by the openvino backend only; drop it or pass --backend "
                             "openvino.", exit_code=2)
         return self.backend
+
+    def precision_name(self) -> str:
+        """fp32 unless asked; bf16 / fp16 only for the backends that can change it (onnx runs its file's)."""
+        precision = self.precision or "fp32"
+        if precision != "fp32" and self.backend_name() == "onnx":
+            raise UserError(f"{self.spell('precision')}{precision}: the onnx backend runs a file at the precision it "
+                            "was exported with; export one (export --fp16) or run this file with --openvino-model "
+                            f"{self.onnx_model or DEFAULT_ONNX_MODEL} --precision {precision}.", exit_code=2)
+        return precision
 
     def model_name(self) -> str:
         """The model as the caller named it (the .pth / .onnx / .xml path or registry name this run uses)."""

@@ -162,6 +162,7 @@ def resolve(options: InferenceOptions) -> Resolved:
     cfg = options.load_config()
     options.tile_settings()  # a bad --tile fails before the model loads
     backend_name = options.backend_name()
+    precision = options.precision_name()
     resolve_postprocess(options, cfg, note_model_values=False)  # fail fast on bad values
     resize, resize_settings = resolve_resize(options, cfg)
     if backend_name in FILE_BACKENDS:
@@ -183,6 +184,7 @@ def resolve(options: InferenceOptions) -> Resolved:
         "model": Setting(options.model_name(), explicit if options.named_model() else "default"),
         "backend": Setting(backend_name, explicit if options.backend else "default"),
         "device": Setting(device, explicit if options.device else "default"),
+        "precision": Setting(precision, explicit if options.precision else "default"),
         **resize_settings, **norm_settings, **post_settings,
     }
     return Resolved(cfg, backend, resize, normalizer, postprocess, settings)
@@ -214,8 +216,9 @@ def _torch_backend(options: InferenceOptions, cfg: dict) -> Backend:
 
         torch.set_num_threads(options.threads)
     weights = resolve_weights(options.weights)
-    return TorchBackend.from_checkpoint(weights, device, cfg.get("Architecture"), strict=not options.non_strict,
-                                        fuse=options.fuse)
+    backend = TorchBackend.from_checkpoint(weights, device, cfg.get("Architecture"), strict=not options.non_strict,
+                                           fuse=options.fuse)
+    return backend.with_precision(options.precision_name())
 
 
 def _metadata_source(path: Path) -> str:
@@ -234,7 +237,7 @@ def _load_file_backend(options: InferenceOptions, name: str):
 
     # no .xml is in the registry: the loader's own message names a missing IR and its .bin
     path = Path(name).expanduser() if name.lower().endswith(".xml") else resolve_weights(name)
-    return OpenVinoBackend.load(path, options.device, options.threads)
+    return OpenVinoBackend.load(path, options.device, options.threads, options.precision_name())
 
 
 def _file_backend(options: InferenceOptions, resize: ResizeSpec, resize_settings: dict[str, Setting]):

@@ -1,8 +1,9 @@
 """The pieces a training run is built from, one function each, in the order the trainer calls them.
 
-Model (optionally SyncBatchNorm; channels-last on CUDA), pretrained weights, DB loss, optimizer
-(OpenOCR's `filter_bias_and_bn` parameter groups, one fused update kernel), learning-rate schedule
-and the resumable data loader (workers kept across epochs).
+Mixed precision (which autocast dtype this device runs, cuDNN's settings), model (optionally
+SyncBatchNorm; channels-last on CUDA), pretrained weights, DB loss, optimizer (OpenOCR's
+`filter_bias_and_bn` parameter groups, one fused update kernel), learning-rate schedule and the
+resumable data loader (workers kept across epochs).
 """
 
 from __future__ import annotations
@@ -23,7 +24,67 @@ from openocr_cli.model import build_detector
 from openocr_cli.training import distributed as ddp
 from openocr_cli.training.loss import DBLoss
 from openocr_cli.training.schedules import build_scheduler
-from openocr_cli.training.settings import TrainSettings
+from openocr_cli.training.settings import LEGACY_AMP, TrainSettings
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
+    """The dtype the training step's forward pass autocasts to on `device` (None: float32 throughout).
+
+    bf16 where the hardware runs it natively (CPUs with AVX-512 BF16 or AMX, CUDA GPUs with bf16); fp16 on CUDA
+    only, with a GradScaler; `auto` takes bf16 where native, else fp16 on older GPUs and float32 on CPUs.
+    A combination the device would only emulate (5x slower than float32, not faster) is a usage error."""
+    from openocr_cli.inference.backends.torch_backend import precision_problem
+
+    if mode == "off" or (mode == LEGACY_AMP and device.type != "cuda"):  # OpenOCR's use_amp does nothing on CPU
+        return None
+    if mode == LEGACY_AMP:
+        return torch.float16
+    if mode == "auto":
+        if precision_problem("bf16", device) is None:
+            return torch.bfloat16
+        if device.type == "cuda":
+            return torch.float16
+        run_logger.warning("--amp auto: %s, so training runs in float32", machine_precisions(device))
+        return None
+    problem = precision_problem(mode, device)
+    if problem is not None:
+        raise UserError(f"--amp {mode} cannot train on {device}: {problem}. {machine_precisions(device)}: "
+                        f"{amp_advice(device)}", exit_code=2)
+    return AMP_DTYPES[mode]
+
+
+def machine_precisions(device: torch.device) -> str:
+    """What `device` runs natively, in a user's words (for the messages above)."""
+    from openocr_cli.inference.backends.torch_backend import precision_problem
+
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return f"{name} runs fp16" + (" and bf16" if precision_problem("bf16", device) is None else " but not bf16")
+    if precision_problem("bf16", device) is None:
+        return "this CPU has native bf16 (AVX-512 BF16 or AMX) and no fast fp16"
+    return "this CPU has neither native bf16 (AVX-512 BF16, AMX) nor fast fp16"
+
+
+def amp_advice(device: torch.device) -> str:
+    from openocr_cli.inference.backends.torch_backend import precision_problem
+
+    if precision_problem("bf16", device) is None:
+        return "use --amp bf16 (or --amp auto)."
+    if device.type == "cuda":
+        return "use --amp fp16 (or --amp auto)."
+    return "train in float32 (--amp off), or on a CUDA GPU."
+
+
+def configure_cuda(device: torch.device) -> None:
+    """cuDNN picks the fastest convolution algorithm per input shape (training crops all share one size, so it
+    searches once); TF32 tensor-core matmuls and convolutions on Ampere and later (float32 weights and results)."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = True
 
 
 def build_model(settings: TrainSettings, device: torch.device, role: ddp.Role) -> torch.nn.Module:

@@ -22,6 +22,10 @@ LOG_HELP = (
     "Experiment tracking: tensorboard (events in OUTPUT/tensorboard; config Global.use_tensorboard) or mlflow "
     "(MLFLOW_TRACKING_URI, default ./mlruns); repeatable. Needs the package (pip install tensorboard / mlflow-skinny). "
     "Under an external torchrun spell it --tracker.")
+AMP_HELP = (
+    "Mixed precision (autocast; weights, loss and checkpoints stay float32): bf16 on CPUs with AVX-512 BF16 or AMX "
+    "and on CUDA GPUs that have it, fp16 (with loss scaling) on CUDA, auto = bf16 where native, else fp16 on a GPU, "
+    "float32 on a CPU; True means auto (config: Global.amp; default off). resume may switch it.")
 CACHE_HELP = (
     "Decode cache for the training images: none, ram (decoded once into memory, size checked) or disk (.npy files in "
     "the user cache, read memory-mapped) (config: Train.dataset.cache; default none). The samples are bit-identical "
@@ -54,7 +58,8 @@ class TrainOptions:
     workers: Optional[int] = option(None, "Data-loading worker processes (config default: 8).", low=0)
     device: Optional[str] = option(None, "cpu, cuda or cuda:N (default: cuda if available).")
     seed: Optional[int] = option(None, "Random seed (config default: 48).")
-    amp: Optional[bool] = option(None, "Mixed precision on CUDA.", names=("--amp/--no-amp",))
+    amp: Union[str, bool, None] = option(
+        None, AMP_HELP, metavar="off|bf16|fp16|auto", cli_type=Optional[str])
     eval_every: Optional[int] = option(
         None, "Evaluate every N iterations, 0 = only at epoch ends (config default: 1000).", low=0)
     save_every: Optional[int] = option(None, "Also save latest.pth every N iterations (default: off).", low=0)

@@ -35,7 +35,7 @@ TRAIN_FLAGS: dict[str, tuple[str, ...]] = {
     "eval_label": ("Eval.dataset.label_file_list",), "weights": ("Global.pretrained_model",),
     "output": ("Global.output_dir",), "epochs": ("Global.epoch_num",), "lr": ("Optimizer.lr",),
     "batch_size": ("Train.loader.batch_size_per_card",), "workers": ("Train.loader.num_workers",),
-    "device": ("Global.device",), "seed": ("Global.seed",), "amp": ("Global.use_amp",),
+    "device": ("Global.device",), "seed": ("Global.seed",), "amp": ("Global.amp",),
     "sync_bn": ("Global.use_sync_bn",), "eval_every": ("Global.eval_batch_step",),
     "save_every": ("Global.save_iter_step",), "patience": ("Global.patience",),
     "min_delta": ("Global.min_delta",), "scale_lr": ("Global.scale_lr",), "cache": ("Train.dataset.cache",),
@@ -45,7 +45,11 @@ TRACKERS: dict[str, str] = {"tensorboard": "Global.use_tensorboard", "mlflow": "
 TRAIN_FLAGS["log"] = tuple(TRACKERS.values())
 # what may change when a run is resumed: nothing that would make it a different run (a tracker may be added; the
 # decode cache gives bit-identical samples, so it may be switched too)
-RESUME_FLAGS = ("epochs", "device", "workers", "eval_every", "save_every", "patience", "min_delta", "log", "cache")
+# (nor --amp: a run moved to a machine without bf16 continues in float32, or the other way round)
+RESUME_FLAGS = ("epochs", "device", "workers", "eval_every", "save_every", "patience", "min_delta", "log", "cache",
+                "amp")
+# --amp / Global.amp: mixed precision of the training step (training.builders.autocast_dtype decides per device)
+AMP_MODES = ("off", "bf16", "fp16", "auto")
 _KEEP = object()  # a flag's value that leaves its key as the config has it
 
 
@@ -60,6 +64,8 @@ def _flag_values(name: str, value: Any) -> tuple:
         return ([0, int(value)],)
     if name == "data_dir":
         return (str(value), str(value))
+    if name == "amp":
+        return (amp_mode(value, "--amp"),)
     if name == "log":  # turns the named trackers on; the others keep the config's setting
         value = [value] if isinstance(value, str) else list(value)
         unknown = sorted(set(value) - set(TRACKERS))
@@ -206,7 +212,7 @@ class TrainSettings:
     log_window: int
     grad_clip: float
     accumulation: int
-    use_amp: bool
+    amp: str  # AMP_MODES: off, bf16, fp16 or auto
     sync_bn: bool
     scale_lr: bool
     patience: int
@@ -252,7 +258,7 @@ class TrainSettings:
             log_window=_int(cfg, "Global.log_smooth_window", 20, 1),
             grad_clip=_float(cfg, "Global.grad_clip_val", 0.0),
             accumulation=_int(cfg, "Global.accumulation_steps", 1, 1),
-            use_amp=_bool(cfg, "Global.use_amp", False), sync_bn=_bool(cfg, "Global.use_sync_bn", False),
+            amp=_amp(cfg), sync_bn=_bool(cfg, "Global.use_sync_bn", False),
             scale_lr=_bool(cfg, "Global.scale_lr", False), patience=_int(cfg, "Global.patience", 0),
             min_delta=_float(cfg, "Global.min_delta", 0.0),
             max_nonfinite_steps=_int(cfg, "Global.max_nonfinite_steps", 20, 1),
@@ -260,6 +266,31 @@ class TrainSettings:
             ignored=report.ignored, cache=_cache(cfg),
             trackers=tuple(name for name, key in TRACKERS.items() if _bool(cfg, key, False)),
         )
+
+
+def amp_mode(value: Any, where: str) -> str:
+    """off / bf16 / fp16 / auto (any case); a bool means auto (True) or off (False), as `amp=True` once did."""
+    if isinstance(value, bool):
+        return "auto" if value else "off"
+    text = str(value).strip().lower()
+    if text not in AMP_MODES:
+        raise UserError(f"{where} is {value!r}; it must be one of {', '.join(AMP_MODES)}.", exit_code=2)
+    return text
+
+
+def _amp(cfg: dict) -> str:
+    """Global.amp when set; else OpenOCR's Global.use_amp, whose true means float16 with a GradScaler on CUDA (and
+    nothing on a CPU, as in OpenOCR): "fp16-cuda", which autocast_dtype turns into fp16 or off by device."""
+    value = _get(cfg, "Global.amp")
+    if value is not None:
+        try:
+            return amp_mode(value, "config key Global.amp")
+        except UserError as exc:
+            raise UserError(str(exc)) from None  # a config value, not a flag: exit 1
+    return LEGACY_AMP if _bool(cfg, "Global.use_amp", False) else "off"
+
+
+LEGACY_AMP = "fp16-cuda"  # OpenOCR's Global.use_amp: true
 
 
 def _cache(cfg: dict) -> str:

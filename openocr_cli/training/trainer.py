@@ -55,7 +55,8 @@ class Trainer:
         self.settings, self.device, self.role = settings, device, role
         self.output_dir = settings.output_dir
         self.callbacks = list(callbacks)
-        self.use_amp = settings.use_amp and device.type == "cuda"
+        self.amp_dtype = builders.autocast_dtype(settings.amp, device)  # None: float32; refused before any work
+        builders.configure_cuda(device)
         self.stop_reason: Optional[str] = None
         self.nonfinite_streak = 0
         self.epoch_data_wait = 0.0  # share of the last epoch's wall time spent waiting for data
@@ -71,7 +72,8 @@ class Trainer:
         self.lr = builders.learning_rate(settings, role)
         self.optimizer = builders.build_optimizer(self.model, settings, self.lr)
         self.scheduler = builders.build_schedule(self.optimizer, settings, self.steps_per_epoch, self.lr)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        # fp16 gradients underflow without loss scaling; bf16 has float32's range and needs none
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         norms = (m for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
         self.batch_norm_buffers = [b for m in norms for b in m.buffers()]
         self.state = TrainState()
@@ -92,7 +94,7 @@ class Trainer:
         self.model.load_state_dict({k.removeprefix("module."): v for k, v in ckpt["state_dict"].items()})
         builders.load_optimizer_state(self.optimizer, ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler") and self.use_amp:
+        if ckpt.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(ckpt["scaler"])
         self.state = TrainState.from_checkpoint(ckpt, self.steps_per_epoch, self.settings.batch_size,
                                                 self.role.world_size)
@@ -121,7 +123,7 @@ class Trainer:
                 **self.state.to_checkpoint(full, self.steps_per_epoch, self.settings.batch_size,
                                            self.role.world_size)}
         if full:
-            ckpt["scaler"] = self.scaler.state_dict() if self.use_amp else None
+            ckpt["scaler"] = self.scaler.state_dict() if self.scaler.is_enabled() else None
         return ckpt
 
     def save(self, name: str, full: bool = True) -> Path:
@@ -150,14 +152,15 @@ class Trainer:
         images, *labels = [t.to(self.device, non_blocking=True) for t in batch]
         images = images.contiguous(memory_format=self.memory_format)  # the weights' layout (channels-last)
         batch_norm_state = [b.clone() for b in self.batch_norm_buffers]
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        with _autocast(self.device, self.amp_dtype):
             preds = self.net(images)
-        losses = self.loss_fn(preds, labels)
+        losses = self.loss_fn(preds, labels)  # in float32 whatever the forward pass ran in (training.loss)
         # every rank skips together (DDP reduces gradients during backward)
         finite = not ddp.any_rank([not bool(torch.isfinite(losses["loss"]))], self.role, self.device)[0]
         if finite:
             self.scaler.scale(losses["loss"] / self.settings.accumulation).backward()
-            finite = self.use_amp or _gradients_finite(self.model)  # AMP: the GradScaler skips such steps
+            # fp16: the GradScaler skips such steps itself (and lowers its scale)
+            finite = self.scaler.is_enabled() or _gradients_finite(self.model)
         if not finite:
             return self._skip_step(batch_norm_state)
         self.nonfinite_streak = 0
@@ -188,7 +191,7 @@ class Trainer:
                 f"training stopped: {self.nonfinite_streak} consecutive steps had a non-finite loss or gradients "
                 f"(last at step {self.state.global_step + 1}). Likely causes: a learning rate too high for this "
                 f"data (now {self.lr:g}; try --lr {self.lr / 10:g}), broken labels (run `openocr-det check-data`), "
-                "or mixed precision (--no-amp). The skipped batches are listed in train.log; latest.pth holds the "
+                "or mixed precision (--amp off). The skipped batches are listed in train.log; latest.pth holds the "
                 "last good state.")
         return None
 
@@ -350,6 +353,11 @@ class _DataWait:
 
     def epoch_share(self) -> float:
         return self.epoch[0] / max(self.epoch[1], 1e-9)
+
+
+def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    """Autocast to `dtype` (weights, loss and optimizer state stay float32); no context at all for float32."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def _gradients_finite(model: torch.nn.Module) -> bool:

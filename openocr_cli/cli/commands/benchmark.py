@@ -27,7 +27,8 @@ ONNX_NOTE = ("--precisions applies to the torch and openvino backends; an ONNX m
 
 
 @opt.inference_command(
-    without=("weights", "onnx_model", "openvino_model", "backend", "limit_side_len", "mean", "std"),
+    without=("weights", "onnx_model", "openvino_model", "backend", "limit_side_len", "mean", "std",
+             "precision"),  # benchmark compares precisions: --precisions
     fuse={"help": "Time the re-parameterised (fused) torch model, as predict and export run it (default). The hmean "
                   "equals `eval --fuse`; --no-fuse times the model eval runs by default."})
 def benchmark(

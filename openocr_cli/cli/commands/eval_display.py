@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 from openocr_cli.cli.ui import console, table, warn
+from openocr_cli.evaluation.guard import CONFIDENCE, Verdict
 from openocr_cli.evaluation.sizes import SizeRow
 from openocr_cli.evaluation.tune import TuneOutcome
 
@@ -52,3 +53,14 @@ def print_tune(outcome: TuneOutcome, images: int, grids: dict) -> None:
     if edges and outcome.best is not base:
         warn(f"a tuned value is at the end of its searched range, so a wider range may do better: try "
              f"--tune {','.join(edges)}.")
+
+
+def print_precision_check(verdict: Verdict, reference_hmean: float, precision: str) -> None:
+    """`eval --precision`: the candidate against the same model at float32, and the guard's verdict."""
+    lo, hi = verdict.interval or (0.0, 0.0)
+    console.print(table(f"{precision} against fp32 (the int8 guard's rule)",
+                        ["fp32 hmean", f"{precision} hmean", "drop (pts)", f"{100 * CONFIDENCE:.0f}% interval",
+                         "agreement", "verdict"],
+                        [(f"{reference_hmean:.4f}", f"{verdict.hmean:.4f}", f"{verdict.drop:+.2f}",
+                          f"{lo:+.2f} to {hi:+.2f}", f"{verdict.agreement['hmean']:.4f}", verdict.decision)]))
+    (console.print if verdict.ok else warn)(f"{precision}: {verdict.reason}.")

@@ -84,6 +84,7 @@ def evaluate(
     data_dir, files = opt.labelled_data(cfg, "Eval", data_dir, label_file)
 
     out: dict = {}
+    check_precision = False
     with MapCache() as cache:
         if predictions is not None:
             for flag, given in (("--tune", grids is not None), ("--sizes", size_list is not None)):
@@ -112,8 +113,11 @@ def evaluate(
                 result = evaluate_model(predictor, samples, lambda: bar.advance(task),
                                         on_map=cache.add if grids is not None else None)
             shown = _settings_shown(detector)
+            check_precision = detector.settings["precision"].value != "fp32"
 
         _print(result)
+        if check_precision:
+            out["precision_check"] = _check_precision(predictor, samples, result)
         buckets = result.by_height = details.by_height(result.scored, resize)
         out.update(result.as_dict())
         display.print_by_height(buckets)
@@ -137,6 +141,20 @@ def evaluate(
     if json_out is not None:
         opt.write_json(json_out, out)
     opt.report_unreadable(result.failures, "could not be read and were not scored")
+
+
+def _check_precision(predictor, samples, result: EvalResult) -> dict:
+    """--precision bf16/fp16: the same model again at float32, the hmean drop and its bootstrap interval."""
+    from openocr_cli.evaluation.guard import check_precision
+
+    precision = predictor.backend.precision
+    with progress() as bar:
+        task = bar.add_task("eval fp32 (reference)", total=len(samples))
+        reference, verdict = check_precision(predictor, samples, result, lambda: bar.advance(task))
+    display.print_precision_check(verdict, reference.hmean, precision)
+    return {"precision": precision, "fp32_hmean": reference.hmean, "hmean": verdict.hmean, "drop": verdict.drop,
+            "interval": list(verdict.interval or ()), "agreement": verdict.agreement["hmean"],
+            "decision": verdict.decision, "basis": verdict.basis, "reason": verdict.reason}
 
 
 def _advance(bar, task):

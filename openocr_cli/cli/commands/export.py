@@ -94,8 +94,9 @@ def export(
         "--calib-images", min=1, help="Calibration images used, spread evenly over --calib-data.")] = 64,
     check_data: Annotated[Optional[Path], typer.Option(
         "--check-data", metavar="LABEL_FILE|DIR",
-        help="Images the int8 model is checked on against float32: a label file (agreement and the hmean drop "
-             "with a bootstrap interval) or a folder (agreement only). Default: --calib-data.",
+        help="Images the int8 (or --fp16) model is checked on against float32 before the file is kept: a label "
+             "file (agreement and the hmean drop with a bootstrap interval) or a folder (agreement only). Default "
+             "with --int8: --calib-data; --fp16 is checked only when this is given.",
         show_default=False)] = None,
     max_drop: Annotated[float, typer.Option(
         "--max-drop", min=0.0,
@@ -148,7 +149,11 @@ file size, agreement, hmean drop, ms per image and the decision of every attempt
     except ExportFailed as exc:
         if exc.result.int8 is not None:
             _print_int8(exc.result.int8)
+        if exc.result.fp16_check is not None:
+            _print_fp16(exc.result.fp16_check, check_data)
         raise
+    if result.fp16_check is not None:
+        _print_fp16(result.fp16_check, check_data)
     if result.int8 is not None:
         _print_int8(result.int8)
         console.print(f"Exported int8 model: {result.path}")
@@ -177,6 +182,18 @@ def _print(result: ExportResult, kept: bool = True) -> None:
                         ["input", "max abs diff", "mean abs diff", "ok"],
                         [(f"{r.batch}x3x{r.height}x{r.width}", f"{r.max_abs:.2e}", f"{r.mean_abs:.2e}",
                           "yes" if r.max_abs <= report.tolerance else "NO") for r in report.rows]))
+
+
+def _print_fp16(verdict, source) -> None:
+    """--fp16 --check-data: the fp16 file against the float32 model, decided by the int8 guard's rule."""
+    drop = "-" if verdict.drop is None else \
+        f"{verdict.drop:.2f} [{verdict.interval[0]:.2f}, {verdict.interval[1]:.2f}]"
+    hmean = "-" if verdict.hmean is None else f"{verdict.hmean:.4f}"
+    console.print(table(f"fp16 accuracy check on {source}", ["hmean", "drop [95% CI]", "agreement", "max |dp|",
+                                                               "decision"],
+                        [(hmean, drop, f"{verdict.agreement['hmean']:.4f}", f"{verdict.max_prob_diff:.3f}",
+                          verdict.decision)]))
+    console.print(f"decision: {verdict.reason}.", markup=False)
 
 
 def _print_int8(int8: Int8Export) -> None:

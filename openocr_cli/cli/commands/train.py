@@ -188,7 +188,7 @@ def _summary(result: TrainResult) -> None:
 UNSAFE_ON_RESUME = {
     "--lr": "the learning rate", "--batch-size": "the batch size", "--seed": "the seed", "--config": "the config",
     "--override": "config values", "--data-dir": "the data", "--train-label": "the data", "--weights": "the weights",
-    "--amp": "mixed precision", "--no-amp": "mixed precision", "--output": "the run folder",
+    "--output": "the run folder",
     "--scale-lr": "the learning rate",
 }
 
@@ -234,9 +234,10 @@ def resume(
 
     Restores model, optimizer, scheduler, AMP scaler, epoch, iteration, RNG states, sampler position and best \
 metric. Also resumes OpenOCR's own latest.pth (at the next epoch, as OpenOCR does). Only --epochs, --device, \
---workers, --eval-every, --save-every, --patience, --min-delta and --cache may change, and --log may add a \
-tracker (the run's own go on logging to the same TensorBoard folder and MLflow run); a run that stopped early \
-continues when --patience allows it.
+--workers, --eval-every, --save-every, --patience, --min-delta, --cache and --amp may change (a run moved to \
+another machine may switch mixed precision; it then no longer repeats the uninterrupted run bit for bit), and \
+--log may add a tracker (the run's own go on logging to the same TensorBoard folder and MLflow run); a run \
+that stopped early continues when --patience allows it.
 
     Examples:
 

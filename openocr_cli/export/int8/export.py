@@ -2,7 +2,7 @@
 
 export_run.py exports and verifies the float32 model, then calls `quantize_export` with a `Checker` that
 runs candidate files (onnxruntime or OpenVINO, by suffix) through the Predictor eval uses, and judges them
-against the float32 run (export/int8/guard.py); export/int8/search.py chooses which stages stay float32.
+against the float32 run (evaluation/guard.py); export/int8/search.py chooses which stages stay float32.
 Nothing here prints; torch is not imported.
 """
 
@@ -21,7 +21,7 @@ from openocr_cli.fileio import atomic_path
 
 if TYPE_CHECKING:
     from openocr_cli.data.labels import LabelSample
-    from openocr_cli.export.int8.guard import Run, Verdict
+    from openocr_cli.evaluation.guard import Run, Verdict
     from openocr_cli.export.int8.search import Attempt
     from openocr_cli.inference.predictor import Predictor
 
@@ -82,10 +82,10 @@ def load_calibration(calib_data: Path, data_dir: Optional[Path], count: int, cfg
     return Calibration(calib_data, pick_evenly(images, count), samples)
 
 
-def load_check_set(check_data: Optional[Path], calibration: Calibration, data_dir: Optional[Path],
+def load_check_set(check_data: Optional[Path], calibration: Optional[Calibration], data_dir: Optional[Path],
                    cfg: dict) -> CheckSet:
     """--check-data (a label file or a folder), else the calibration label file's samples, else its images."""
-    if check_data is None:
+    if check_data is None and calibration is not None:
         if calibration.samples is not None:
             return CheckSet(calibration.source, [str(s.image) for s in calibration.samples], calibration.samples)
         return CheckSet(calibration.source, list(calibration.images), None)
@@ -132,7 +132,7 @@ class Checker:
         return self.stages.replace(backend=backend)
 
     def run(self, path: Path) -> Run:
-        from openocr_cli.export.int8.guard import run_model
+        from openocr_cli.evaluation.guard import run_model
 
         try:
             return run_model(self.predictor(path), self.check.images, self.check.samples)
@@ -140,7 +140,7 @@ class Checker:
             raise UserError(f"a check image could not be read: {exc}") from None
 
     def __call__(self, path: Path) -> Verdict:
-        from openocr_cli.export.int8.guard import judge
+        from openocr_cli.evaluation.guard import judge
 
         assert self.reference is not None, "run the float32 model first (Checker.reference)"
         return judge(self.reference, self.run(path), self.max_drop, self.min_agreement)

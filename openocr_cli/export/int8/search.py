@@ -5,7 +5,7 @@ the detection metric: on an OpenOCR-trained model, 4 to 32 such tensors kept flo
 or made it worse, while the whole neck and head kept float gave the float32 model's precision and
 recall. So the candidates are the network's stages, and their effect is measured, not guessed:
 
-1. quantize everything; stop if the guard (export/int8/guard.py) passes;
+1. quantize everything; stop if the guard (evaluation/guard.py) passes;
 2. keep one stage float at a time (head, neck, then backbone stages from the deepest), stopping at
    the first that passes;
 3. keep the stages that helped agreement most, two, then three, ... together, until one passes.
@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from openocr_cli.export.int8.guard import NOTHING_TO_COMPARE, Verdict
+from openocr_cli.evaluation.guard import NOTHING_TO_COMPARE, Verdict
 
 
 def _features(first: int, last: int) -> str:

@@ -103,9 +103,12 @@ class TorchBackend:
 
     def with_precision(self, precision: str) -> TorchBackend:
         """The same model (shared, not copied) run at another precision; refused where it cannot run."""
+        if precision == self.precision:
+            return self
         problem = precision_problem(precision, self.device)
         if problem is not None:
-            raise UserError(f"cannot run {precision} on {self.device}: {problem}.", exit_code=2)
+            raise UserError(f"--precision {precision} cannot run on {self.device}: {problem}; use --precision fp32"
+                            f"{' or bf16' if precision_problem('bf16', self.device) is None else ''}.", exit_code=2)
         variant = copy.copy(self)
         variant.precision = precision
         return variant

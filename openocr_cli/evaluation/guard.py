@@ -1,27 +1,29 @@
-"""Whether an int8 model may replace its float32 one: agreement, a paired bootstrap, and one decision rule.
+"""Whether a lower-precision model (int8, fp16, bf16) may replace its float32 one: agreement, a paired bootstrap,
+and one decision rule, shared by `export --int8` and `eval --precision`.
 
 hmean against ground truth on a few dozen images is decided by a handful of boxes, so a raw
 "int8 lost 2.6 points" can be noise: the same model may lose 0.1 points on other images. Two
 measurements are therefore made on the check images, and a rule decides on them:
 
-* **Agreement**, labels or not: the int8 detections scored against the float32 detections as if
-  those were ground truth (the eval metric: IoU > 0.5, one-to-one), plus the largest difference of
-  the two probability maps. Both models see the same pixels, so this measures quantization alone.
+* **Agreement**, labels or not: the candidate's detections scored against the float32 detections as
+  if those were ground truth (the eval metric: IoU > 0.5, one-to-one), plus the largest difference of
+  the two probability maps (when both runs kept them). Both models see the same pixels, so this
+  measures the precision change alone.
 * **The hmean drop with a paired bootstrap interval** (labels only): images are resampled with
   replacement BOOTSTRAP_SAMPLES times, both models' hmean recomputed on each resample, and the
-  central CONFIDENCE interval of 100 x (float32 - int8) taken.
+  central CONFIDENCE interval of 100 x (float32 - candidate) taken.
 
-The rule (docs/guides/export.md, "int8 without losing accuracy"):
+The rule (docs/guides/export.md, "int8 without losing accuracy"; docs/guides/mixed-precision.md):
 1. The float32 model finds no text on the check images: nothing can be compared, the check fails.
 2. With labels, an interval entirely above --max-drop fails (the loss is real); an interval entirely
    at or below it passes (the loss is within the limit).
-3. Otherwise the set is too small to resolve --max-drop (said so), or there are no labels: the int8
-   model passes when its agreement hmean is at least --min-agreement.
+3. Otherwise the set is too small to resolve --max-drop (said so), or there are no labels: the
+   candidate passes when its agreement hmean is at least --min-agreement.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
@@ -31,11 +33,13 @@ from openocr_cli.evaluation.iou_metric import ImageRecord, match_image, summariz
 
 if TYPE_CHECKING:
     from openocr_cli.data.labels import LabelSample
+    from openocr_cli.evaluation.evaluator import EvalResult
     from openocr_cli.inference.predictor import Predictor
 
 BOOTSTRAP_SAMPLES = 2000
 CONFIDENCE = 0.95
 DEFAULT_MIN_AGREEMENT = 0.95
+DEFAULT_MAX_DROP = 0.5  # points of hmean
 
 PASS, FAIL = "pass", "fail"
 NOTHING_TO_COMPARE = "nothing to compare"
@@ -46,7 +50,7 @@ class Run:
     """One model on the check images: polygons and probability map per image, scores against labels."""
 
     polygons: list[list[np.ndarray]]
-    maps: list[np.ndarray]
+    maps: Optional[list[np.ndarray]]  # None: not kept (a whole evaluation's maps would not fit in memory)
     records: Optional[list[ImageRecord]]  # against the labels, per image (None without labels)
     ms_per_image: float
 
@@ -58,16 +62,22 @@ class Run:
     def boxes(self) -> int:
         return sum(len(p) for p in self.polygons)
 
+    @classmethod
+    def from_eval(cls, result: EvalResult) -> Run:
+        """An evaluation's detections and per-image scores (no maps) as a Run."""
+        return cls([s.detections for s in result.scored], None, list(result.records),
+                   1000.0 * result.seconds / max(result.images, 1))
+
 
 @dataclass(frozen=True)
 class Verdict:
-    """An int8 model's measurements against the float32 run, and the rule's decision on them."""
+    """A candidate's measurements against the float32 run, and the rule's decision on them."""
 
-    agreement: dict[str, float]  # precision / recall / hmean of int8 boxes against float32 boxes
-    max_prob_diff: float
-    mean_prob_diff: float
+    agreement: dict[str, float]  # precision / recall / hmean of the candidate's boxes against float32 boxes
+    max_prob_diff: Optional[float]  # None when the runs kept no maps
+    mean_prob_diff: Optional[float]
     hmean: Optional[float]
-    drop: Optional[float]  # points, 100 x (float32 - int8)
+    drop: Optional[float]  # points, 100 x (float32 - candidate)
     interval: Optional[tuple[float, float]]  # CONFIDENCE bootstrap interval of `drop`
     ms_per_image: float
     decision: str  # PASS or FAIL
@@ -95,6 +105,18 @@ def run_model(predictor: Predictor, images: Sequence[str], samples: Optional[Seq
             sample = samples[result.index]
             records.append(match_image(sample.polys, sample.ignore, polys).record())
     return Run(polygons, maps, records if samples is not None else None, 1000.0 * seconds / max(count, 1))
+
+
+def check_precision(predictor: Predictor, samples: Sequence[LabelSample], candidate: EvalResult,
+                    on_image: Callable[[], None] = lambda: None, max_drop: float = DEFAULT_MAX_DROP,
+                    min_agreement: float = DEFAULT_MIN_AGREEMENT) -> tuple[EvalResult, Verdict]:
+    """`eval --precision bf16|fp16`: the same model evaluated again at float32 on the same labelled images, and the
+    rule's verdict on `candidate` (the evaluation `predictor` made at its own precision) against it."""
+    from openocr_cli.evaluation.evaluator import evaluate_model
+
+    reference = evaluate_model(predictor.replace(backend=predictor.backend.with_precision("fp32")), samples, on_image)
+    name = getattr(predictor.backend, "precision", "candidate")
+    return reference, judge(Run.from_eval(reference), Run.from_eval(candidate), max_drop, min_agreement, name)
 
 
 def agreement(reference: Run, candidate: Run) -> dict[str, float]:
@@ -131,27 +153,30 @@ def bootstrap_drop(reference: Sequence[ImageRecord], candidate: Sequence[ImageRe
     return float(lo), float(hi)
 
 
-def judge(reference: Run, candidate: Run, max_drop: float, min_agreement: float) -> Verdict:
-    """The measurements of `candidate` against `reference`, and the decision rule of this module."""
+def judge(reference: Run, candidate: Run, max_drop: float, min_agreement: float, name: str = "int8") -> Verdict:
+    """The measurements of `candidate` (called `name` in the reasons) against `reference`, and the decision rule
+    of this module."""
     agree = agreement(reference, candidate)
-    diffs = [np.abs(a.astype(np.float64) - b) for a, b in zip(candidate.maps, reference.maps)]
-    max_diff = max((float(d.max()) for d in diffs), default=0.0)
-    mean_diff = float(np.mean([d.mean() for d in diffs])) if diffs else 0.0
+    max_diff = mean_diff = None
+    if reference.maps is not None and candidate.maps is not None:
+        diffs = [np.abs(a.astype(np.float64) - b) for a, b in zip(candidate.maps, reference.maps)]
+        max_diff = max((float(d.max()) for d in diffs), default=0.0)
+        mean_diff = float(np.mean([d.mean() for d in diffs])) if diffs else 0.0
     hmean = drop = interval = None
     if reference.records is not None and candidate.records is not None:
         hmean = candidate.hmean
         drop = 100.0 * (reference.hmean - hmean)
         interval = bootstrap_drop(reference.records, candidate.records)
-    decision, basis, reason = _decide(reference, agree["hmean"], drop, interval, max_drop, min_agreement)
+    decision, basis, reason = _decide(reference, agree["hmean"], drop, interval, max_drop, min_agreement, name)
     return Verdict(agree, max_diff, mean_diff, hmean, drop, interval, candidate.ms_per_image, decision, basis, reason)
 
 
 def _decide(reference: Run, agree: float, drop: Optional[float], interval: Optional[tuple[float, float]],
-            max_drop: float, min_agreement: float) -> tuple[str, str, str]:
+            max_drop: float, min_agreement: float, name: str) -> tuple[str, str, str]:
     images = len(reference.polygons)
     if reference.boxes == 0:
         return FAIL, NOTHING_TO_COMPARE, (
-            f"the float32 model finds no text on the {images} check image(s), so the int8 model cannot be "
+            f"the float32 model finds no text on the {images} check image(s), so the {name} model cannot be "
             "checked against it; pass --check-data with images that contain text (or a label file)")
     unresolved = ""
     if interval is not None:
