@@ -26,7 +26,7 @@ from openocr_cli.errors import ImageReadError, MissingFileError, UserError
 from openocr_cli.evaluation.evaluator import EvalResult, evaluate_model
 from openocr_cli.inference.options import InferenceOptions, option_names
 from openocr_cli.inference.predictor import Predictor
-from openocr_cli.inference.resolve import Resolved, Setting, describe_settings, resolve
+from openocr_cli.inference.resolve import ConfigLayers, Resolved, Setting, describe_settings, resolve
 from openocr_cli.inference.results import Result
 from openocr_cli.option_table import check_keywords, flags_of
 
@@ -76,15 +76,16 @@ class Detector:
         self._setup(InferenceOptions(**options, origin="argument"))
 
     @classmethod
-    def from_options(cls, options: InferenceOptions) -> Detector:
-        """A detector from an InferenceOptions (how the commands build theirs)."""
+    def from_options(cls, options: InferenceOptions, config: Optional[ConfigLayers] = None) -> Detector:
+        """A detector from an InferenceOptions (how the commands build theirs); `config`: the config the command
+        already read for these options (resolve.ConfigLayers), so it is read once."""
         det = cls.__new__(cls)
-        det._setup(options)
+        det._setup(options, config)
         return det
 
-    def _setup(self, options: InferenceOptions) -> None:
+    def _setup(self, options: InferenceOptions, config: Optional[ConfigLayers] = None) -> None:
         self.options = options
-        self.resolved: Resolved = resolve(options)
+        self.resolved: Resolved = resolve(options, config)
         self.predictor: Predictor = self.resolved.predictor(options)
 
     # -- what it is -------------------------------------------------------------------------------

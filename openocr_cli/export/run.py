@@ -38,13 +38,8 @@ from openocr_cli.export.int8.export import (
     quantize_export,
 )
 from openocr_cli.fileio import atomic_path
-from openocr_cli.inference.resolve import (
-    CHECKPOINT_SOURCE,
-    DEFAULT_WEIGHTS,
-    InferenceOptions,
-    resolve_normalizer,
-    resolve_postprocess,
-)
+from openocr_cli.inference.options import DEFAULT_WEIGHTS, InferenceOptions
+from openocr_cli.inference.resolve import CHECKPOINT_SOURCE, ConfigLayers, PostprocessLayers, resolve_normalizer
 
 if TYPE_CHECKING:
     from openocr_cli.evaluation.guard import Verdict
@@ -206,8 +201,8 @@ def export_checkpoint(request: ExportRequest,
     inference = InferenceOptions(weights=weights, config=request.config, overrides=tuple(request.overrides),
                                  postprocess=request.postprocess, non_strict=request.non_strict, fuse=request.fuse,
                                  origin=request.origin)
-    cfg = inference.load_config()
-    resolve_postprocess(inference, cfg, note_model_values=False)  # a bad --postprocess fails before the export
+    cfg = ConfigLayers.load(inference).cfg
+    post_layers = PostprocessLayers(inference, cfg)  # a bad --postprocess fails before the export
     options = ExportOptions(opset=opset, dynamic=request.dynamic, size=request.size or DEFAULT_SIZE,
                             fp16=request.fp16, exporter=request.exporter)
     path = output_path(request)
@@ -226,7 +221,7 @@ def export_checkpoint(request: ExportRequest,
 
     # the metadata carries the values predict/eval would use: config < checkpoint (unless --config is
     # explicit) < --postprocess < -o
-    post, _ = resolve_postprocess(inference, cfg, (CHECKPOINT_SOURCE, from_saved_config(loaded.saved_config)),
+    post, _ = post_layers.resolve((CHECKPOINT_SOURCE, from_saved_config(loaded.saved_config)),
                                   note_model_values=False)
     normalizer, norm = resolve_normalizer(inference, cfg)
     metadata = build_metadata(mean=norm["mean"].value, std=norm["std"].value, postprocess=dataclasses.asdict(post),

@@ -157,10 +157,6 @@ class InferenceOptions:
     def replace(self, **changes: Any) -> InferenceOptions:
         return dataclasses.replace(self, **changes)
 
-    def load_config(self) -> dict:
-        """The config file (or the packaged one) with every -o override applied."""
-        return cfgmod.apply_overrides(cfgmod.load_config(self.config), self.overrides)
-
     def backend_name(self) -> str:
         """openvino / onnx when that model is given, else torch; an explicit backend must agree with the model."""
         if self.onnx_model and self.openvino_model:

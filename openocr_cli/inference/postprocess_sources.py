@@ -3,7 +3,8 @@
 Only the three values `eval --tune` searches (thresh, box_thresh, unclip_ratio) travel this way.
 Order, lowest first: the packaged config, the checkpoint's saved config (its `PostProcess`
 section) or the ONNX model's metadata `postprocess`, an explicit --config (which replaces both), the
---postprocess file, `-o PostProcess.KEY=...`, and the --thresh / --box-thresh / --unclip-ratio flags.
+--postprocess file, `-o PostProcess.KEY=...`, and the --thresh / --box-thresh / --unclip-ratio flags:
+`layered_params` stacks them as named layers (inference/layers.py) and reads value and source in one lookup.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Optional
 from openocr_cli import config as cfgmod
 from openocr_cli.constants import POSTPROCESS_KEYS
 from openocr_cli.errors import UserError
+from openocr_cli.inference.layers import given, layered
 
 TUNABLE = ("thresh", "box_thresh", "unclip_ratio")
 
@@ -109,17 +111,12 @@ def override_keys(overrides: Sequence[str]) -> set[str]:
 def layered_params(cfg: dict, overrides: Sequence[str], layers: Sequence[tuple[str, Mapping[str, float]]],
                    flags: Mapping[str, Any], explicit: str = "flag") -> tuple[dict, dict[str, str]]:
     """DBPostProcess keyword arguments with every layer applied, and where each value came from (`explicit`
-    names the flags' layer; keys nothing sets keep DBPostProcess's defaults and the source "default")."""
-    params = cfgmod.postprocess_params(cfg)
-    source = {k: "config" if k in params else "default" for k in POSTPROCESS_KEYS}
-    for name, values in layers:
-        for key, value in values.items():
-            params[key], source[key] = value, name
-    for key in override_keys(overrides) & set(params):
-        params[key] = cfgmod.postprocess_params(cfg)[key]
-        source[key] = "-o"
-    for key, value in flags.items():
-        if value is not None:
-            params[key] = value
-            source[key] = explicit
-    return params, source
+    names the flags' layer; keys nothing sets keep DBPostProcess's defaults and the source "default").
+
+    `cfg` has the -o overrides applied; `layers` (the model's values, the postprocess= file) are lowest first.
+    """
+    config = cfgmod.postprocess_params(cfg)
+    chain = layered((explicit, given(flags)), ("-o", {k: config[k] for k in override_keys(overrides) if k in config}),
+                    *reversed(layers), ("config", config))
+    return ({key: setting.value for key, setting in chain.items()},
+            {key: chain[key].source if key in chain else "default" for key in POSTPROCESS_KEYS})

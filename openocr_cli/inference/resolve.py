@@ -11,8 +11,10 @@ precedence holds everywhere. Per value, lowest first:
 4. `-o PostProcess.KEY=...` overrides;
 5. explicit arguments (the command's flags, the Detector's keyword arguments).
 
-An ONNX or OpenVINO model with a fixed input size outranks every resize setting. Nothing here prints: notes go
-to the logger, the commands show them.
+Each layer is built once: the config file is read once (`ConfigLayers`: as read and with -o), the post-processing
+file once (`PostprocessLayers`), and each value with its source comes out of one lookup over the named layers
+(inference/layers.py). An ONNX or OpenVINO model with a fixed input size outranks every resize setting. Nothing
+here prints: notes go to the logger, the commands show them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from openocr_cli.data.resize import Normalizer, ResizeSpec
 from openocr_cli.errors import UserError
 from openocr_cli.inference import postprocess_sources as ppfile
 from openocr_cli.inference.backends.onnx_metadata import CHANNEL_ORDERS, normalization
+from openocr_cli.inference.layers import Setting, given, layered
 from openocr_cli.inference.options import DEFAULT_WEIGHTS, InferenceOptions
 from openocr_cli.inference.predictor import Backend, Predictor
 from openocr_cli.postprocess import DBPostProcess, make_postprocess
@@ -41,25 +44,25 @@ METADATA_SOURCE = "the ONNX model's metadata"  # an .onnx file's, whichever runt
 IR_METADATA_SOURCE = "the OpenVINO IR's metadata"  # an .xml file's rt_info
 
 
-def _explicit_postprocess(options: InferenceOptions) -> dict[str, Any]:
-    return {k: getattr(options, k) for k in ("thresh", "box_thresh", "unclip_ratio", "score_mode", "box_type")}
-
-
-def _file_layer(options: InferenceOptions) -> Optional[tuple[str, dict[str, float]]]:
-    if options.postprocess is None:
-        return None
-    if isinstance(options.postprocess, Mapping):
-        return "postprocess=", ppfile.check_values(dict(options.postprocess), "postprocess=")
-    label = f"--postprocess {options.postprocess}" if options.origin == "flag" else f"postprocess={options.postprocess}"
-    return label, ppfile.read_postprocess_file(Path(options.postprocess))
-
-
 @dataclass(frozen=True)
-class Setting:
-    """One resolved value and the layer it came from."""
+class ConfigLayers:
+    """The config as read (once) and with the -o overrides applied: the two lowest layers of every setting.
 
-    value: Any
-    source: str
+    `matches` tells whether another options object names the same config and overrides (benchmark resolves one
+    model after another from one reading)."""
+
+    read: dict
+    cfg: dict
+    config: Optional[Path]
+    overrides: tuple[str, ...]
+
+    @classmethod
+    def load(cls, options: InferenceOptions) -> ConfigLayers:
+        read = cfgmod.load_config(options.config)
+        return cls(read, cfgmod.apply_overrides(read, options.overrides), options.config, options.overrides)
+
+    def matches(self, options: InferenceOptions) -> bool:
+        return (self.config, self.overrides) == (options.config, options.overrides)
 
 
 @dataclass
@@ -85,32 +88,53 @@ class Resolved:
                          max_pixels=options.max_pixels)
 
 
-def resolve_postprocess(options: InferenceOptions, cfg: dict, model_layer: Optional[tuple[str, Mapping]] = None,
-                        note_model_values: bool = True) -> tuple[DBPostProcess, dict[str, Setting]]:
-    """DBPostProcess from config < model < file < -o < explicit values, with the source of every key."""
-    if options.config is not None:  # an explicit config outranks the values the model carries
-        model_layer = None
-    layers = [model_layer] if model_layer and model_layer[1] else []
-    file_layer = _file_layer(options)
-    if file_layer is not None:
-        layers.append(file_layer)
-    params, sources = ppfile.layered_params(cfg, options.overrides, layers, _explicit_postprocess(options),
-                                            explicit=options.origin)
-    postprocess = make_postprocess(params)
-    if note_model_values and layers and model_layer:
-        base = make_postprocess(cfgmod.postprocess_params(cfg))
-        changed = [f"{k} {getattr(postprocess, k):g}" for k, src in sources.items()
-                   if src == model_layer[0] and getattr(postprocess, k) != getattr(base, k)]
-        if changed:
-            log.info(f"note: post-processing {', '.join(changed)} from {model_layer[0]} (the config says "
-                     "otherwise; flags, -o or --postprocess override it).")
-    return postprocess, {k: Setting(getattr(postprocess, k), sources[k]) for k in POSTPROCESS_KEYS}
+class PostprocessLayers:
+    """Post-processing's layers, each built once: the config (with -o), the model's values, the postprocess= file,
+    -o, the explicit values. Made before the model loads, it reads the file and checks every value given so far
+    (a bad one fails fast); `resolve` adds the model's layer and gives the DBPostProcess and each key's source."""
+
+    def __init__(self, options: InferenceOptions, cfg: dict):
+        self.options, self.cfg = options, cfg
+        self.file = self._file_layer()
+        self.resolve(note_model_values=False)
+
+    def _file_layer(self) -> Optional[tuple[str, dict[str, float]]]:
+        options = self.options
+        if options.postprocess is None:
+            return None
+        if isinstance(options.postprocess, Mapping):
+            return "postprocess=", ppfile.check_values(dict(options.postprocess), "postprocess=")
+        label = (f"--postprocess {options.postprocess}" if options.origin == "flag" else
+                 f"postprocess={options.postprocess}")
+        return label, ppfile.read_postprocess_file(Path(options.postprocess))
+
+    def resolve(self, model_layer: Optional[tuple[str, Mapping]] = None,
+                note_model_values: bool = True) -> tuple[DBPostProcess, dict[str, Setting]]:
+        """DBPostProcess from config < model < file < -o < explicit values, with the source of every key."""
+        options = self.options
+        if options.config is not None:  # an explicit config outranks the values the model carries
+            model_layer = None
+        layers = [model_layer] if model_layer and model_layer[1] else []
+        if self.file is not None:
+            layers.append(self.file)
+        explicit = {key: getattr(options, key) for key in ("thresh", "box_thresh", "unclip_ratio", "score_mode",
+                                                            "box_type")}
+        params, sources = ppfile.layered_params(self.cfg, options.overrides, layers, explicit, explicit=options.origin)
+        postprocess = make_postprocess(params)
+        if note_model_values and layers and model_layer:
+            base = make_postprocess(cfgmod.postprocess_params(self.cfg))
+            changed = [f"{k} {getattr(postprocess, k):g}" for k, src in sources.items()
+                       if src == model_layer[0] and getattr(postprocess, k) != getattr(base, k)]
+            if changed:
+                log.info(f"note: post-processing {', '.join(changed)} from {model_layer[0]} (the config says "
+                         "otherwise; flags, -o or --postprocess override it).")
+        return postprocess, {k: Setting(getattr(postprocess, k), sources[k]) for k in POSTPROCESS_KEYS}
 
 
-def resolve_resize(options: InferenceOptions, cfg: dict) -> tuple[ResizeSpec, dict[str, Setting]]:
+def resolve_resize(options: InferenceOptions, config: ConfigLayers) -> tuple[ResizeSpec, dict[str, Setting]]:
     """DetResizeForTest from the config's Eval pipeline (or -o), replaced by explicit limit settings."""
-    params = cfgmod.resize_params(cfg)
-    base = cfgmod.resize_params(cfgmod.load_config(options.config)) if options.overrides else params
+    params = cfgmod.resize_params(config.cfg)
+    base = cfgmod.resize_params(config.read)
     sources = {key: "-o" if params.get(key) != base.get(key) else "config"
                for key in ("limit_side_len", "limit_type", "image_shape", "resize_long")}
     if options.limit_side_len is not None or options.limit_type is not None:
@@ -141,30 +165,30 @@ class RgbNormalizer(Normalizer):
 def resolve_normalizer(options: InferenceOptions, cfg: dict, metadata: Optional[Mapping[str, str]] = None,
                        model_source: str = METADATA_SOURCE) -> tuple[Normalizer, dict[str, Setting]]:
     """mean/std: explicit values, else the model's metadata, else the config's NormalizeImage (ImageNet)."""
-    params = cfgmod.normalize_params(cfg)
     meta_mean, meta_std, order = normalization(metadata or {})
     if order is not None and order not in CHANNEL_ORDERS:
         raise UserError(f"the model's metadata gives channel_order {order!r}; openocr-det feeds BGR "
                         "or RGB only.")
-    chosen = {}
-    for key, explicit, meta in (("mean", options.mean, meta_mean), ("std", options.std, meta_std)):
-        value, source = ((explicit, options.origin) if explicit else (meta, model_source) if meta else
-                         (params[key], "config"))
-        chosen[key] = Setting(tuple(float(v) for v in value), source)
-    chosen["channel_order"] = Setting(order or "BGR", model_source if order else "config")
+    chain = layered((options.origin, given({"mean": options.mean or None, "std": options.std or None})),
+                    (model_source, given({"mean": meta_mean or None, "std": meta_std or None, "channel_order": order})),
+                    ("config", {**cfgmod.normalize_params(cfg), "channel_order": "BGR"}))
+    chosen = {key: Setting(tuple(float(v) for v in chain[key].value), chain[key].source) for key in ("mean", "std")}
+    chosen["channel_order"] = chain["channel_order"]
     kind = RgbNormalizer if order == "RGB" else Normalizer
     return kind(chosen["mean"].value, chosen["std"].value), chosen
 
 
-def resolve(options: InferenceOptions) -> Resolved:
-    """Load the config and the model once and decide every setting (settings are checked before the model
-    loads, so a bad value fails fast)."""
-    cfg = options.load_config()
+def resolve(options: InferenceOptions, config: Optional[ConfigLayers] = None) -> Resolved:
+    """Read the config and load the model once and decide every setting (settings are checked before the model
+    loads, so a bad value fails fast). `config`: the config already read for the same config and -o."""
+    if config is None or not config.matches(options):
+        config = ConfigLayers.load(options)
+    cfg = config.cfg
     options.tile_settings()  # a bad --tile fails before the model loads
     backend_name = options.backend_name()
     precision = options.precision_name()
-    resolve_postprocess(options, cfg, note_model_values=False)  # fail fast on bad values
-    resize, resize_settings = resolve_resize(options, cfg)
+    post = PostprocessLayers(options, cfg)  # every post-processing value checked before the model loads
+    resize, resize_settings = resolve_resize(options, config)
     if backend_name in FILE_BACKENDS:
         backend, resize, resize_settings, metadata, meta_source = _file_backend(options, resize, resize_settings)
         normalizer, norm_settings = resolve_normalizer(options, cfg, metadata, meta_source)
@@ -178,7 +202,7 @@ def resolve(options: InferenceOptions) -> Resolved:
         normalizer, norm_settings = resolve_normalizer(options, cfg)
         model_layer = (CHECKPOINT_SOURCE, ppfile.from_saved_config(backend.saved_config))
         device = str(backend.device)
-    postprocess, post_settings = resolve_postprocess(options, cfg, model_layer)
+    postprocess, post_settings = post.resolve(model_layer)
     explicit = options.origin
     settings = {
         "model": Setting(options.model_name(), explicit if options.named_model() else "default"),

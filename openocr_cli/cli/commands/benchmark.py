@@ -21,6 +21,7 @@ from openocr_cli.errors import UserError
 from openocr_cli.evaluation import speed_rows as bench
 from openocr_cli.evaluation.sizes import parse_sizes, size_spec
 from openocr_cli.inference.options import InferenceOptions
+from openocr_cli.inference.resolve import ConfigLayers
 
 ONNX_NOTE = ("--precisions applies to the torch and openvino backends; an ONNX model run with onnxruntime runs "
              "at the precision it was exported with")
@@ -97,20 +98,20 @@ printed fastest first.
     wanted = bench.parse_precisions(precisions)
     sides = parse_sizes(sizes_text) if sizes_text is not None else None
     base = options
-    cfg = base.load_config()
-    paths, samples = _inputs(cfg, images, data_dir, label_file)
+    config = ConfigLayers.load(base)  # read once for the inputs and every model
+    paths, samples = _inputs(config.cfg, images, data_dir, label_file)
     if not weights and not onnx_model and not openvino_model:
         weights = [opt.DEFAULT_WEIGHTS]
 
     cases: list[bench.Case] = []  # every model is loaded before any timing, so bad input fails fast
     for name in weights or []:
-        cases += _torch_cases(base, name, wanted, sides)
+        cases += _torch_cases(base, config, name, wanted, sides)
     if onnx_model and wanted != ["fp32"]:
         err_console.print(f"note: {ONNX_NOTE}.")
     for name in onnx_model or []:
-        cases += _onnx_cases(base, name, sides)
+        cases += _onnx_cases(base, config, name, sides)
     for name in openvino_model or []:
-        cases += _openvino_cases(base, name, wanted, sides)
+        cases += _openvino_cases(base, config, name, wanted, sides)
     if not cases:
         raise UserError("nothing to benchmark: every precision asked for was skipped (see the notes above). "
                         "Pass --precisions fp32, or an --onnx-model.")
@@ -145,7 +146,7 @@ def _inputs(cfg: dict, images: Optional[list[str]], data_dir: Optional[Path],
     return [str(s.image) for s in samples], samples
 
 
-def _torch_cases(base: InferenceOptions, weights: str, wanted: list[str],
+def _torch_cases(base: InferenceOptions, config: ConfigLayers, weights: str, wanted: list[str],
                  sides: Optional[list[int]]) -> list[bench.Case]:
     from openocr_cli.inference.backends.torch_backend import (  # torch: this branch only
         precision_problem,
@@ -164,25 +165,26 @@ def _torch_cases(base: InferenceOptions, weights: str, wanted: list[str],
             err_console.print(f"note: skipped torch {precision} for {weights}: {problem}.")
     if not runnable:
         return []
-    predictor = Detector.from_options(base.replace(weights=weights, backend="torch")).predictor
+    predictor = Detector.from_options(base.replace(weights=weights, backend="torch"), config).predictor
     return [bench.Case("torch", weights, precision, side, predictor.replace(
         backend=predictor.backend.with_precision(precision), resize=spec))
             for precision in runnable for side, spec in _specs(predictor.resize, sides, weights)]
 
 
-def _onnx_cases(base: InferenceOptions, model: str, sides: Optional[list[int]]) -> list[bench.Case]:
-    predictor = Detector.from_options(base.replace(onnx_model=model, backend="onnx")).predictor
+def _onnx_cases(base: InferenceOptions, config: ConfigLayers, model: str,
+                sides: Optional[list[int]]) -> list[bench.Case]:
+    predictor = Detector.from_options(base.replace(onnx_model=model, backend="onnx"), config).predictor
     info = predictor.backend.info
     precision = bench.onnx_precision(info.metadata, lambda: bench.graph_op_types(info.path))
     return [bench.Case("onnx", model, precision, side, predictor.replace(resize=spec))
             for side, spec in _specs(predictor.resize, sides, model)]
 
 
-def _openvino_cases(base: InferenceOptions, model: str, wanted: list[str],
+def _openvino_cases(base: InferenceOptions, config: ConfigLayers, model: str, wanted: list[str],
                     sides: Optional[list[int]]) -> list[bench.Case]:
     """An int8 file: one int8 row. Any other: one row per --precisions value the device runs (the model compiled
     again at that precision hint), the others skipped with a note as torch's are."""
-    predictor = Detector.from_options(base.replace(openvino_model=model, backend="openvino")).predictor
+    predictor = Detector.from_options(base.replace(openvino_model=model, backend="openvino"), config).predictor
     backend = predictor.backend
     if backend.is_int8():
         if wanted != ["fp32"]:

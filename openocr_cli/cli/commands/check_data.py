@@ -26,7 +26,7 @@ def check_data_command(
     json_out: Annotated[Optional[Path], typer.Option(
         "--json", help="Also write the report to this JSON file.")] = None,
     config: opt.ConfigPath = None,
-    override: opt.Overrides = None,
+    overrides: opt.Overrides = None,
     crops: Annotated[int, typer.Option(
         "--crops", min=0,
         help="Training samples drawn through the training transforms to measure crops without text (0 skips).")] = 200,
@@ -50,7 +50,7 @@ def check_data_command(
 
       openocr-det check-data --config my_repvit_db.yml -o Eval.dataset.transforms.2.DetResizeForTest.limit_side_len=1280
     """
-    cfg = cfgmod.apply_overrides(cfgmod.load_config(config), override or [])
+    cfg = cfgmod.apply_overrides(cfgmod.load_config(config), overrides or [])
     data_dir, files = opt.labelled_data(cfg, "Train", data_dir, label_file)
     missing = next((f for f in files if not f.is_file()), None)
     if missing is not None:

@@ -20,7 +20,7 @@ from openocr_cli.evaluation import details, sizes, tune
 from openocr_cli.evaluation.evaluator import EvalResult, evaluate_model, evaluate_predictions
 from openocr_cli.evaluation.mapcache import MEMORY_ENV, MapCache
 from openocr_cli.evaluation.report import write_report
-from openocr_cli.inference.resolve import resolve_resize
+from openocr_cli.inference.resolve import ConfigLayers, resolve_resize
 from openocr_cli.inference.results import read_predictions
 
 
@@ -80,7 +80,8 @@ def evaluate(
     """
     grids = tune.parse_ranges(tune_ranges) if tune_flag or tune_ranges is not None else None
     size_list = sizes.parse_sizes(sizes_text) if sizes_text is not None else None
-    cfg = options.load_config()
+    config = ConfigLayers.load(options)  # read once: the labels' defaults, the resize, the detector
+    cfg = config.cfg
     data_dir, files = opt.labelled_data(cfg, "Eval", data_dir, label_file)
 
     out: dict = {}
@@ -94,7 +95,7 @@ def evaluate(
             preds = read_predictions(predictions)
             samples = load_labels(files, data_dir, check_images=False)
             result = evaluate_predictions(preds, samples)
-            resize, _ = resolve_resize(options, cfg)
+            resize, _ = resolve_resize(options, config)
             shown = {"predictions": predictions}
             if result.unmatched:
                 warn(f"{len(result.unmatched)} labelled image(s) have no line in {predictions} and count as "
@@ -103,7 +104,7 @@ def evaluate(
             from openocr_cli.api.detector import Detector
 
             samples = load_labels(files, data_dir, check_images=True)
-            detector = Detector.from_options(options)
+            detector = Detector.from_options(options, config)
             predictor = detector.predictor
             resize = predictor.resize
             if size_list is not None:

@@ -108,9 +108,9 @@ def export(
         help="Agreement (hmean of int8 boxes against float32 boxes) an int8 model needs when labels cannot decide: "
              "no labels, or too few to resolve --max-drop (default 0.95).", show_default=False)] = None,
     config: ConfigPath = None,
-    override: Overrides = None,
+    overrides: Overrides = None,
     non_strict: NonStrict = False,
-    postprocess_file: PostprocessFile = None,
+    postprocess: PostprocessFile = None,
 ) -> None:
     """Export a checkpoint to ONNX (or an OpenVINO IR) and verify it against PyTorch.
 
@@ -143,7 +143,7 @@ file size, agreement, hmean drop, ms per image and the decision of every attempt
         weights=weights, output=output, format=format.value, opset=opset, fuse=fuse, dynamic=dynamic, size=size,
         fp16=fp16, exporter=exporter.value, tolerance=tolerance, int8=int8, calib_data=calib_data, data_dir=data_dir,
         calib_images=calib_images, check_data=check_data, max_drop=max_drop, min_agreement=min_agreement,
-        config=config, overrides=tuple(override or ()), postprocess=postprocess_file, non_strict=non_strict)
+        config=config, overrides=tuple(overrides or ()), postprocess=postprocess, non_strict=non_strict)
     try:
         result = export_checkpoint(request, on_float=lambda partial: _print(partial, kept=not int8))
     except ExportFailed as exc:
