@@ -1,13 +1,17 @@
 """One worker's detection service: a loaded Detector, its decode threads and its micro-batcher.
 
-A request's image is checked and decoded in a thread (uploads.py), resized and normalised exactly as `predict`
-does, run through the model with other requests' images (batcher.py), and post-processed in a thread with its
-own settings, so the boxes are the ones det_results.txt holds for the same file and settings.
+A request's image is sized from its header and checked against the request's budgets (tiles, decoded pixels in
+flight), decoded in a thread (uploads.py), resized and normalised exactly as `predict` does, run through the
+model with other requests' images (batcher.py), and post-processed in a thread with its own settings, so the
+boxes are the ones det_results.txt holds for the same file and settings. A tiled image sends its tiles through
+the same batcher a batch at a time, so other requests run between them, and stops at the next batch once its
+request is cancelled (timeout or shutdown).
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,14 +22,17 @@ import numpy as np
 from openocr_cli.api.detector import Detector
 from openocr_cli.inference.predictor import Predictor
 from openocr_cli.inference.results import detections_json
-from openocr_cli.inference.tiling import TileSettings
+from openocr_cli.inference.tiling import TileSettings, grid
 from openocr_cli.postprocess import DBPostProcess
 from openocr_cli.serve import uploads
 from openocr_cli.serve.batcher import Forward, MicroBatcher
+from openocr_cli.serve.memory import default_pixels_in_flight, return_free_memory
+from openocr_cli.serve.problems import RequestError
 from openocr_cli.serve.prometheus import ServiceMetrics
 from openocr_cli.serve.requests import DetectRequest, postprocess_for, tiling_for
 
 WARM_UP_SIZE = (480, 640)  # a blank page, run once before /healthz says ready
+RETRY_AFTER_S = 1
 
 
 @dataclass(frozen=True)
@@ -39,15 +46,30 @@ class ServeLimits:
     max_pixels: int = 50_000_000
     timeout_s: float = 30.0
     decode_threads: int = 2
+    max_tiles: int = 256
+    max_pixels_in_flight: Optional[int] = None  # None: from the machine's memory (serve/memory.py)
+    read_timeout_s: float = 10.0
+    min_upload_kbps: float = 64.0
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
 
+    @property
+    def pixels_in_flight_budget(self) -> int:
+        if self.max_pixels_in_flight is not None:
+            return int(self.max_pixels_in_flight)
+        return default_pixels_in_flight(self.max_pixels)
+
+
+class Cancelled(Exception):
+    """A request's remaining tiles were dropped (its timeout passed or the server is stopping)."""
+
 
 @dataclass
 class _Prepared:
-    image: np.ndarray
+    image: Optional[np.ndarray]
+    size: tuple[int, int]  # (h, w)
     tensor: Optional[np.ndarray]
     decode_s: float
     preprocess_s: float
@@ -60,10 +82,14 @@ class DetectionService:
         self.limits = limits
         self.metrics = metrics
         self.pool = ThreadPoolExecutor(max(1, limits.decode_threads), thread_name_prefix="decode")
+        self.tiler = ThreadPoolExecutor(1, thread_name_prefix="tiles")  # one tiled image at a time
         self.batcher: Optional[MicroBatcher] = None
+        self.pixel_budget = limits.pixels_in_flight_budget
         self.inflight = 0
+        self.pixels_in_flight = 0
         self.ready = False
         self.draining = False
+        self._cancels: set[threading.Event] = set()
 
     # -- life ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -77,23 +103,42 @@ class DetectionService:
         self.ready = True
 
     def stop(self) -> None:
+        """Drop every tiled request's remaining tiles, finish what the model has, stop the threads."""
         self.draining = True
+        for cancel in list(self._cancels):
+            cancel.set()
         if self.batcher is not None:
             self.batcher.close()
+        self.tiler.shutdown(wait=True)
         self.pool.shutdown(wait=True)
 
-    # -- admission (the gate calls these before the body is read) ----------------------------------
-    def admit(self) -> bool:
-        """Take a place in the bounded queue, or False when it is full (the caller answers 503 at once)."""
+    # -- admission (once the body is read: a slow client holds no place) -----------------------------
+    def admit(self) -> None:
+        """Take a place in the bounded queue, or RequestError 503 when it is full."""
         if self.inflight >= self.limits.max_queue:
-            return False
+            raise RequestError(503, f"the server is busy ({self.limits.max_queue} requests queued, --max-queue); "
+                                    "retry after the Retry-After seconds.", {"Retry-After": str(RETRY_AFTER_S)})
         self.inflight += 1
         self.metrics.queue_depth.set(self.inflight)
-        return True
 
     def release(self) -> None:
         self.inflight -= 1
         self.metrics.queue_depth.set(self.inflight)
+
+    def _reserve(self, pixels: int) -> None:
+        """Count an image's decoded pixels in flight, or 503 when they would pass the budget (one image alone
+        always fits: --max-pixels already bounds it)."""
+        if self.pixels_in_flight and self.pixels_in_flight + pixels > self.pixel_budget:
+            raise RequestError(503, f"the server is busy: {self.pixels_in_flight:,} decoded pixels are in flight and "
+                                    f"this image's {pixels:,} would pass the limit of {self.pixel_budget:,} "
+                                    "(--max-pixels-in-flight); retry after the Retry-After seconds.",
+                               {"Retry-After": str(RETRY_AFTER_S)})
+        self.pixels_in_flight += pixels
+
+    def _unreserve(self, pixels: int) -> None:
+        self.pixels_in_flight -= pixels
+        if self.pixels_in_flight == 0 and not self.draining:  # a burst is over: hand freed pages back
+            self.pool.submit(return_free_memory)
 
     # -- detection -----------------------------------------------------------------------------
     async def detect(self, request: DetectRequest) -> dict[str, Any]:
@@ -102,17 +147,43 @@ class DetectionService:
         post = postprocess_for(self.predictor.postprocess, request.params)
         tiling = tiling_for(self.predictor.tile, self.detector.options.tile_overlap, request.params)
         loop = asyncio.get_running_loop()
+        width, height = await loop.run_in_executor(self.pool, uploads.image_size, request.data, self.limits.max_pixels)
+        if tiling.enabled:
+            self._check_tiles(height, width, tiling)
+        self._reserve(width * height)
+        try:
+            return await self._detect(request.data, post, tiling, start)
+        finally:
+            self._unreserve(width * height)
+
+    def _check_tiles(self, h: int, w: int, tiling: TileSettings) -> None:
+        count = len(grid(h, w, tiling.side, tiling.overlap)[1])  # auto tiles at most as many
+        if count > self.limits.max_tiles:
+            raise RequestError(422, f"tile={tiling.side} on this {w}x{h} image is {count:,} tiles, over the server's limit "
+                                    f"of {self.limits.max_tiles:,} per request (--max-tiles); use a larger tile or "
+                                    "a smaller image.")
+
+    async def _detect(self, data: bytes, post: DBPostProcess, tiling: TileSettings, start: float) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
         batcher = self.batcher
         batcher.expect()
         try:
-            prepared = await loop.run_in_executor(self.pool, self._prepare, request.data, not tiling.enabled)
+            prepared = await loop.run_in_executor(self.pool, self._prepare, data, not tiling.enabled)
         except BaseException:
             batcher.unexpect()
             raise
-        h, w = prepared.image.shape[:2]
+        h, w = prepared.size
         submitted = time.perf_counter()
         if tiling.enabled:
-            result = await asyncio.wrap_future(batcher.submit_call(lambda: self._tiled(prepared.image, post, tiling)))
+            batcher.unexpect()
+            cancel = threading.Event()
+            self._cancels.add(cancel)
+            try:
+                result = await asyncio.wrap_future(self.tiler.submit(self._tiled, prepared.image, post, tiling,
+                                                                     cancel))
+            finally:
+                cancel.set()  # a timed-out request's tiles stop at the next batch
+                self._cancels.discard(cancel)
             waited = time.perf_counter() - submitted
             detections, inference, postprocess = result.detections, result.times.inference, result.times.postprocess
             extra = {"tiling": result.tiling} if result.tiling is not None else {}
@@ -130,16 +201,29 @@ class DetectionService:
                 "timing_ms": {k: round(v * 1000, 2) for k, v in timing.items()}, **extra}
 
     def _prepare(self, data: bytes, network_input: bool) -> _Prepared:
+        """Decode; for the normal path keep only the network input (the full-size pixels are freed here)."""
         start = time.perf_counter()
         image = uploads.decode(data, self.limits.max_pixels)
         decoded = time.perf_counter()
-        tensor = self.predictor.network_input(image)[0] if network_input else None
-        return _Prepared(image, tensor, decoded - start, time.perf_counter() - decoded)
+        size = image.shape[:2]
+        if not network_input:
+            return _Prepared(image, size, None, decoded - start, 0.0)
+        tensor = self.predictor.network_input(image)[0]
+        return _Prepared(None, size, tensor, decoded - start, time.perf_counter() - decoded)
 
-    def _tiled(self, image: np.ndarray, post: DBPostProcess, tiling: TileSettings):
-        """A tiled image on the inference thread (tiles are batched among themselves, not with others)."""
+    def _tiled(self, image: np.ndarray, post: DBPostProcess, tiling: TileSettings, cancel: threading.Event):
+        """A tiled image, its tiles a batch at a time through the shared batcher (other requests run between
+        them); Cancelled once `cancel` is set."""
+        batcher = self.batcher
+
+        def forward(batch: np.ndarray) -> np.ndarray:
+            if cancel.is_set():
+                raise Cancelled("the request's remaining tiles were cancelled")
+            futures = [batcher.submit(tensor, expected=False) for tensor in batch]
+            return np.stack([future.result().prob[None] for future in futures])
+
         base = self.predictor
-        predictor = Predictor(base.backend, base.resize, base.normalizer, post, batch_size=self.limits.max_batch,
+        predictor = Predictor(forward, base.resize, base.normalizer, post, batch_size=self.limits.max_batch,
                               workers=1, tile=tiling)
         return next(iter(predictor.run([image])))
 
@@ -149,4 +233,6 @@ class DetectionService:
                 "settings": self.detector.describe(),
                 "limits": {"max_batch": limits.max_batch, "max_wait_ms": limits.max_wait_ms,
                            "max_queue": limits.max_queue, "max_upload_mb": limits.max_upload_mb,
-                           "max_pixels": limits.max_pixels, "timeout_s": limits.timeout_s}}
+                           "max_pixels": limits.max_pixels, "timeout_s": limits.timeout_s,
+                           "max_tiles": limits.max_tiles, "max_pixels_in_flight": self.pixel_budget,
+                           "read_timeout_s": limits.read_timeout_s, "min_upload_kbps": limits.min_upload_kbps}}
