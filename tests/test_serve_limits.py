@@ -9,7 +9,6 @@ from __future__ import annotations
 import glob
 import http.client
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -114,7 +113,7 @@ def _trickle(port: int, stop: threading.Event, length: int = 200_000) -> str:
                 try:
                     answer = sock.recv(200)
                     return answer.split(b"\r\n", 1)[0].decode()
-                except socket.timeout:
+                except TimeoutError:
                     sock.settimeout(30)
         except OSError as exc:
             return f"closed: {exc}"

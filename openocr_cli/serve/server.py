@@ -46,7 +46,8 @@ class _Server(uvicorn.Server):
 
 def serve(options: InferenceOptions, limits: ServeLimits, *, host: str = "127.0.0.1", port: int = 8000,
           workers: int = 1, api_key: Optional[str] = None, cors_origins: Sequence[str] = (),
-          allowed_hosts: Optional[Sequence[str]] = None, access_log: bool = False, on_listening: Callable[[str], None] = lambda url: None,
+          allowed_hosts: Optional[Sequence[str]] = None,
+          access_log: bool = False, on_listening: Callable[[str], None] = lambda url: None,
           on_ready: Callable[[], None] = lambda: None) -> None:
     """Serve until SIGTERM / SIGINT. `on_listening(url)` once the socket is bound (the real port), `on_ready()`
     once a single process has warmed up (with several workers, /healthz tells). `allowed_hosts` None: the bound

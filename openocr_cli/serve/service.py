@@ -159,9 +159,9 @@ class DetectionService:
     def _check_tiles(self, h: int, w: int, tiling: TileSettings) -> None:
         count = len(grid(h, w, tiling.side, tiling.overlap)[1])  # auto tiles at most as many
         if count > self.limits.max_tiles:
-            raise RequestError(422, f"tile={tiling.side} on this {w}x{h} image is {count:,} tiles, over the server's limit "
-                                    f"of {self.limits.max_tiles:,} per request (--max-tiles); use a larger tile or "
-                                    "a smaller image.")
+            raise RequestError(422, f"tile={tiling.side} on this {w}x{h} image is {count:,} tiles, over the server's "
+                                    f"limit of {self.limits.max_tiles:,} per request (--max-tiles); use a larger tile "
+                                    "or a smaller image.")
 
     async def _detect(self, data: bytes, post: DBPostProcess, tiling: TileSettings, start: float) -> dict[str, Any]:
         loop = asyncio.get_running_loop()

@@ -130,7 +130,8 @@ def serve(
 
     try:
         run_server(options, limits, host=host, port=port, workers=workers, api_key=api_key,
-                   cors_origins=cors_origin or (), allowed_hosts=allowed_hosts, access_log=access_log, on_listening=listening, on_ready=ready)
+                   cors_origins=cors_origin or (), allowed_hosts=allowed_hosts, access_log=access_log,
+                   on_listening=listening, on_ready=ready)
     except OSError as exc:
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}. Choose another --port or --host.") \
             from None
