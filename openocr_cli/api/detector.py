@@ -158,7 +158,8 @@ class Detector:
         predictor = self.predictor
         if batch_size is not None and batch_size != predictor.batch_size:
             predictor = Predictor(predictor.backend, predictor.resize, predictor.normalizer, predictor.postprocess,
-                                  batch_size=batch_size, workers=predictor.workers, pdf_dpi=predictor.pdf_dpi)
+                                  batch_size=batch_size, workers=predictor.workers, pdf_dpi=predictor.pdf_dpi,
+                                  limits=predictor.limits)
         report = _progress_reporter(progress, total)
         for done, result in enumerate(predictor.run(items, keep_images=keep_images, keep_maps=return_maps), 1):
             if result.error is not None and on_error == "raise":

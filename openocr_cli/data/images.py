@@ -5,7 +5,9 @@ from __future__ import annotations
 import glob
 import io
 import os
+import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +23,44 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", 
 
 
 EXIF_ORIENTATION = 0x0112
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """The largest input file (bytes) and image (pixels, from the header) read_image decodes; None: no limit.
+
+    Both are checked before the file is read, so one huge file in a folder costs nothing and fails alone.
+    """
+
+    max_bytes: Optional[int] = 512 * 1024 ** 2
+    max_pixels: Optional[int] = 150_000_000
+
+    def check_file(self, path: str) -> None:
+        """ImageReadError naming the file and the flag when it is over a limit (sized without decoding)."""
+        try:
+            size = os.path.getsize(path)
+        except OSError as exc:
+            raise ImageReadError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if self.max_bytes is not None and size > self.max_bytes:
+            raise ImageReadError(f"{path} is {size / 1024 ** 2:,.1f} MB, over the limit of "
+                                 f"{self.max_bytes / 1024 ** 2:g} MB (--max-image-mb); it was not read")
+        if self.max_pixels is None:
+            return
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as image:  # the header only
+                    width, height = image.size
+        except Image.DecompressionBombError:
+            width, height = 2 * Image.MAX_IMAGE_PIXELS, 1
+        except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError):
+            return  # a format PIL cannot size: OpenCV decides
+        if width * height > self.max_pixels:
+            raise ImageReadError(f"{path} is {width}x{height} = {width * height:,} pixels, over the limit of "
+                                 f"{self.max_pixels:,} (--max-pixels); it was not decoded")
+
+
+NO_LIMITS = ImageLimits(None, None)
 
 
 def is_image_name(name: str) -> bool:
@@ -87,10 +127,12 @@ def _expand_pdfs(paths: list[str]) -> Iterable[str]:
             yield path
 
 
-def read_image(path: str | Path, pdf_dpi: float = pdf.DEFAULT_PDF_DPI) -> np.ndarray:
+def read_image(path: str | Path, pdf_dpi: float = pdf.DEFAULT_PDF_DPI,
+               limits: ImageLimits = NO_LIMITS) -> np.ndarray:
     """Decode a file to a 3-channel BGR uint8 array (alpha dropped, grey expanded, EXIF applied).
 
-    `doc.pdf#page=N` renders that page at `pdf_dpi` (data.pdf), as does a .pdf path of a one-page PDF.
+    `doc.pdf#page=N` renders that page at `pdf_dpi` (data.pdf), as does a .pdf path of a one-page PDF. A file
+    over `limits` is an ImageReadError before it is read.
     """
     text = str(path)
     ref = pdf.split_page_ref(text)
@@ -98,6 +140,7 @@ def read_image(path: str | Path, pdf_dpi: float = pdf.DEFAULT_PDF_DPI) -> np.nda
         return pdf.read_pdf(ref[0], ref[1], dpi=pdf_dpi)
     if pdf.is_pdf_name(text) and os.path.isfile(text):
         return pdf.read_pdf(text, dpi=pdf_dpi)
+    limits.check_file(text)
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as exc:
@@ -111,7 +154,10 @@ def decode_image_bytes(data, name: str) -> np.ndarray:
     buffer = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
     if buffer.size == 0:
         raise ImageReadError(f"{name} is empty")
-    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # OpenCV refuses buffers over 2 GB, images over its own pixel limit
+        raise ImageReadError(f"{name} cannot be decoded ({str(exc).strip().splitlines()[-1]})") from None
     if image is None or image.size == 0:
         raise ImageReadError(f"{name} is not a decodable image")
     return image

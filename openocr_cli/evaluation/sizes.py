@@ -65,6 +65,7 @@ def sweep(predictor: Predictor, samples: Sequence[LabelSample], sizes: Sequence[
             rows.append(SizeRow(side, main))
             continue
         sized = Predictor(predictor.backend, spec, predictor.normalizer, predictor.postprocess,
-                          batch_size=predictor.batch_size, workers=predictor.workers, pdf_dpi=predictor.pdf_dpi)
+                          batch_size=predictor.batch_size, workers=predictor.workers, pdf_dpi=predictor.pdf_dpi,
+                          limits=predictor.limits)
         rows.append(SizeRow(side, evaluate_model(sized, samples, on_size(side))))
     return rows

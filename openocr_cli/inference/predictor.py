@@ -17,7 +17,7 @@ from typing import Any, Optional, Protocol, Union
 import numpy as np
 
 from openocr_cli import config as cfgmod
-from openocr_cli.data.images import ImageReadError, read_image
+from openocr_cli.data.images import ImageLimits, ImageReadError, read_image
 from openocr_cli.data.pdf import DEFAULT_PDF_DPI
 from openocr_cli.data.pixels import as_bgr
 from openocr_cli.data.resize import Normalizer, ResizeSpec, resize_for_test
@@ -54,10 +54,12 @@ class _Prepared:
 class Predictor:
     def __init__(self, backend: Backend, resize: ResizeSpec, normalizer: Normalizer,
                  postprocess: DBPostProcess, batch_size: int = 1, workers: int = 2,
-                 pdf_dpi: float = DEFAULT_PDF_DPI, tile: TileSettings = TileSettings()):
+                 pdf_dpi: float = DEFAULT_PDF_DPI, tile: TileSettings = TileSettings(),
+                 limits: ImageLimits = ImageLimits()):
         if batch_size < 1:
             raise ValueError("batch size must be at least 1")
         self.pdf_dpi = pdf_dpi  # the resolution `doc.pdf#page=N` inputs are rendered at
+        self.limits = limits  # the largest file and image a path may be (checked before reading)
         self.tile = tile  # off: the normal resize; auto / fixed: inference/tiling.py
         self.backend = backend
         self.resize = resize
@@ -86,7 +88,10 @@ class Predictor:
         A path is decoded (ImageReadError if it cannot be), pixels are converted (data.pixels, `name` in
         errors); then resized and normalised. run() prepares every input with it; int8 calibration too.
         """
-        image = read_image(str(item), self.pdf_dpi) if isinstance(item, (str, os.PathLike)) else as_bgr(item, name)
+        if isinstance(item, (str, os.PathLike)):
+            image = read_image(str(item), self.pdf_dpi, self.limits)
+        else:
+            image = as_bgr(item, name)
         resized, src_hw = resize_for_test(image, self.resize)
         return self.normalizer(resized), src_hw, image
 

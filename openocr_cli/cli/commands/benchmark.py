@@ -231,7 +231,7 @@ def _specs(resize: ResizeSpec, sides: Optional[list[int]], model: str) -> list[t
 
 def _with(predictor: Predictor, backend, resize: ResizeSpec) -> Predictor:
     return Predictor(backend, resize, predictor.normalizer, predictor.postprocess, batch_size=predictor.batch_size,
-                     workers=predictor.workers, pdf_dpi=predictor.pdf_dpi, tile=predictor.tile)
+                     workers=predictor.workers, pdf_dpi=predictor.pdf_dpi, tile=predictor.tile, limits=predictor.limits)
 
 
 def recommendation_line(chosen: bench.Recommendation) -> str:
