@@ -22,6 +22,7 @@ from typing import Optional
 import uvicorn
 
 from openocr_cli.api.detector import Detector
+from openocr_cli.fileio import process_alive
 from openocr_cli.inference.resolve import InferenceOptions
 from openocr_cli.serve.app import ENVIRONMENT_KEY, KEY_ENVIRONMENT_KEY, SUPERVISOR_KEY, create_app, write_setup
 from openocr_cli.serve.connections import HEAD_TIMEOUT_ATTRIBUTE, HeadTimeoutProtocol
@@ -92,18 +93,8 @@ def _remove_dead_scratch() -> None:
     """The folders of supervisors that were killed (SIGKILL leaves no `finally`): their pid is gone."""
     for folder in glob.glob(os.path.join(tempfile.gettempdir(), SCRATCH_PREFIX + "*")):
         pid = os.path.basename(folder)[len(SCRATCH_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def _log_access_lines() -> None:

@@ -26,6 +26,7 @@ import yaml
 from openocr_cli.checkpoint import save_checkpoint, standard_layout
 from openocr_cli.errors import UserError
 from openocr_cli.evaluation.evaluator import EvalResult, evaluate_model
+from openocr_cli.fileio import remove_stale_temporaries
 from openocr_cli.training import builders
 from openocr_cli.training import distributed as ddp
 from openocr_cli.training.callbacks import Callback, EvalReport, StepReport
@@ -236,6 +237,8 @@ class Trainer:
     def _prepare_output(self) -> None:
         if self.role.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            for path in remove_stale_temporaries(self.output_dir):  # a killed run's half-written checkpoint
+                log.info("removed %s, left by a run that was killed while saving", path.name)
             with open(self.output_dir / "config.yml", "w", encoding="utf-8") as f:
                 yaml.safe_dump(self.settings.cfg, f, sort_keys=False, allow_unicode=True)
 
