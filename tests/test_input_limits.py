@@ -14,8 +14,9 @@ import pytest
 from tests.conftest import write_image
 from tests.test_onnx_backend import tiny_model
 
-PEAK_REPORT = ("import atexit, resource, sys; atexit.register(lambda: print('PEAK_KB', "
-               "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)); "
+# VmHWM is this process's own peak (ru_maxrss would carry the forking parent's over exec)
+PEAK_REPORT = ("import atexit, re, sys; atexit.register(lambda: print('PEAK_KB', re.search(r'VmHWM:\\s+(\\d+)', "
+               "open('/proc/self/status').read()).group(1), file=sys.stderr)); "
                "from openocr_cli.cli.app import main; sys.argv = ['openocr-det'] + sys.argv[1:]; main()")
 
 
@@ -101,3 +102,20 @@ def test_D8_convert_from_ppocr_refuses_a_line_a_tab_in_a_name_would_forge(cli, t
     code, _, err = cli("convert", source, "--from", "ppocr", "--to", "coco", "--output", tmp_path / "coco")
     assert code != 0 and f"{source}:1" in err and f"{source}:2" in err, err
     assert "more than one TAB" in err
+
+
+# -- D10: an rrc zip's members are size-capped -------------------------------------------------------------------
+def test_D10_an_rrc_zip_bomb_member_is_refused_without_being_read_whole(tmp_path):
+    import zipfile
+
+    bomb = tmp_path / "submit.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("res_a.txt", "w") as member:  # 200 MB of one digit: about 200 KB compressed
+            for _ in range(200):
+                member.write(b"0" * 1024 ** 2)
+        archive.writestr("res_b.txt", "1,1,9,1,9,9,1,9\n")
+    assert bomb.stat().st_size < 1024 ** 2
+    code, _, err, peak_mb = run_measured("convert", str(bomb), "--from", "rrc", "--to", "ppocr", "--output",
+                                         str(tmp_path / "labels.txt"))
+    assert "res_a.txt" in err and "over the 16 MB" in err and "Traceback" not in err, err
+    assert peak_mb < 300, peak_mb
