@@ -26,6 +26,14 @@ class MissingFileError(UserError, FileNotFoundError):
         UserError.__init__(self, message, exit_code)
 
 
+class SettingError(UserError, ValueError):
+    """A setting outside its range (a threshold, unclip_ratio, a size): exit code 2 on the command line, and a
+    ValueError for Python callers; the server answers it with 422."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        UserError.__init__(self, message, exit_code)
+
+
 class ImageReadError(ValueError):
     """A file (or in-memory image) that exists but cannot be decoded as an image; the message names it."""
 

@@ -119,3 +119,21 @@ def test_D10_an_rrc_zip_bomb_member_is_refused_without_being_read_whole(tmp_path
                                          str(tmp_path / "labels.txt"))
     assert "res_a.txt" in err and "over the 16 MB" in err and "Traceback" not in err, err
     assert peak_mb < 300, peak_mb
+
+
+# -- D6: numeric ranges checked in one place --------------------------------------------------------------------
+@pytest.mark.parametrize("flag, value, words", [("--unclip-ratio", "1e9", "unclip_ratio must be a number above 0"),
+                                                ("--limit-side-len", "100000", "1 to 8192 pixels")])
+def test_D6_a_setting_out_of_range_is_exit_2_in_the_cli(cli, model, tmp_path, flag, value, words):
+    write_image(tmp_path / "a.png")
+    code, _, err = cli("predict", tmp_path / "a.png", "--onnx-model", model, "--output", tmp_path / "o", flag, value)
+    assert code == 2 and words in " ".join(err.split()) and "Traceback" not in err, err
+
+
+def test_D6_a_setting_out_of_range_is_a_value_error_in_the_api(model):
+    from openocr_cli import Detector
+
+    with pytest.raises(ValueError, match="unclip_ratio"):
+        Detector(str(model), unclip_ratio=1e9)
+    with pytest.raises(ValueError, match="8192"):
+        Detector(str(model), limit_side_len=10 ** 6)

@@ -192,8 +192,10 @@ def test_D14_host_allow_list_and_browser_posts_need_a_non_simple_header(model, p
         assert srv.stop() == 0
 
 
-def test_D7_deeply_nested_json_is_400(model):
+def test_D6_D7_settings_out_of_range_are_422_and_deeply_nested_json_is_400(model, pages):
     with Server("--onnx-model", str(model)) as srv:
+        status, _, body = srv.detect((pages / "p0.png").read_bytes(), fields={"unclip_ratio": "1e9"})
+        assert status == 422 and "unclip_ratio must be a number above 0 and at most 10" in body["error"], body
         status, _, body = srv.request("/v1/detect", b"[" * 100_000, {"Content-Type": "application/json"})
         assert status == 400 and "nested too deeply" in body["error"], body
         assert srv.get("/healthz")[0] == 200
