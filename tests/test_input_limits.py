@@ -137,3 +137,26 @@ def test_D6_a_setting_out_of_range_is_a_value_error_in_the_api(model):
         Detector(str(model), unclip_ratio=1e9)
     with pytest.raises(ValueError, match="8192"):
         Detector(str(model), limit_side_len=10 ** 6)
+
+
+# -- D15: the CLI's file-size and pixel limits, checked before reading --------------------------------------------
+def test_D15_images_over_the_pixel_or_file_size_limit_are_skipped_by_name_before_reading(model, tmp_path):
+    from tests.test_serve import png_header_only
+
+    folder = tmp_path / "imgs"
+    write_image(folder / "ok.png", 96, 128)
+    (folder / "huge.png").write_bytes(png_header_only(20000, 20000))  # 400 M pixels declared in a few KB
+    out = tmp_path / "out"
+    code, _, err, peak_mb = run_measured("predict", str(folder), "--onnx-model", str(model), "--output", str(out),
+                                         "--no-vis")
+    flat = " ".join(err.split())
+    assert code == 1 and "huge.png is 400,000,000 pixels" in flat and "--max-pixels" in flat, err
+    assert peak_mb < 500, peak_mb
+    assert [Path(line.split("\t")[0]).name for line in (out / "det_results.txt").read_text().splitlines()] == \
+        ["ok.png"]
+    code, _, err, _ = run_measured("predict", str(folder / "ok.png"), "--onnx-model", str(model), "--output",
+                                   str(tmp_path / "o2"), "--max-pixels", "1000")
+    assert code == 1 and "128x96 = 12,288 pixels, over the limit of 1,000 (--max-pixels)" in " ".join(err.split())
+    code, _, err, _ = run_measured("predict", str(folder / "ok.png"), "--onnx-model", str(model), "--output",
+                                   str(tmp_path / "o3"), "--max-image-mb", "0.001")
+    assert code == 1 and "(--max-image-mb); it was not read" in " ".join(err.split()), err

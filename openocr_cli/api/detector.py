@@ -56,9 +56,12 @@ class Detector:
     `tile="auto"` runs an image in tiles at its own resolution when the resize would shrink its text below
     what the model detects (`tile=1024`: every image, 1024-pixel tiles; `tile_overlap` in pixels); the tile
     maps are merged before post-processing, so a word across a seam is one box (inference/tiling.py).
+    `max_image_mb` (default 512) and `max_pixels` (default 150e6, from the header) bound the files `predict`
+    reads: a larger one is an ImageReadError before it is read.
 
-    Raises UserError (the message the command line prints) for a bad setting or checkpoint, and
-    MissingFileError (a FileNotFoundError) when the model file does not exist.
+    Raises UserError (the message the command line prints) for a bad setting or checkpoint (a setting out of
+    its range is a SettingError, also a ValueError), and MissingFileError (a FileNotFoundError) when the model
+    file does not exist.
     """
 
     def __init__(self, model: Union[str, os.PathLike] = DEFAULT_WEIGHTS, *, device: Optional[str] = None,
@@ -71,7 +74,8 @@ class Detector:
                  backend: Optional[str] = None, threads: Optional[int] = None, batch_size: int = 1,
                  workers: int = 2, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                  non_strict: bool = False, fuse: bool = True, pdf_dpi: float = DEFAULT_PDF_DPI,
-                 tile: Union[str, int, None] = None, tile_overlap: Optional[int] = None):
+                 tile: Union[str, int, None] = None, tile_overlap: Optional[int] = None,
+                 max_image_mb: Optional[float] = None, max_pixels: Optional[float] = None):
         name = os.fspath(model)
         kind = backend or _backend_for(name)
         if isinstance(postprocess, (str, os.PathLike)):
@@ -85,7 +89,7 @@ class Detector:
             box_type=box_type, limit_side_len=limit_side_len, limit_type=limit_type,
             mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None,
             non_strict=non_strict, fuse=fuse, pdf_dpi=pdf_dpi, tile=None if tile is None else str(tile),
-            tile_overlap=tile_overlap, origin="argument")
+            tile_overlap=tile_overlap, max_image_mb=max_image_mb, max_pixels=max_pixels, origin="argument")
         self._setup(options)
 
     @classmethod
@@ -99,7 +103,7 @@ class Detector:
         self.options = options
         self.resolved: Resolved = resolve(options)
         self.predictor: Predictor = self.resolved.predictor(options.batch_size, options.workers, options.pdf_dpi,
-                                                            options.tile_settings())
+                                                            options.tile_settings(), options.image_limits())
 
     # -- what it is -------------------------------------------------------------------------------
     @property

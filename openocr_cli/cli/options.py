@@ -123,6 +123,12 @@ Tile = Annotated[Optional[str], typer.Option(
          "12 px), N (every image, tiles of at most N pixels, a multiple of 32), off (default: the normal resize).")]
 TileOverlap = Annotated[Optional[int], typer.Option(
     "--tile-overlap", min=0, help="Pixels neighbouring tiles share (default 128: 64 px of context at each seam).")]
+MaxImageMb = Annotated[Optional[float], typer.Option(
+    "--max-image-mb", min=0.001, help="Largest input file read, in MB (default 512); a larger one is skipped by "
+                                      "name without being read.")]
+MaxPixels = Annotated[Optional[float], typer.Option(
+    "--max-pixels", min=1, help="Largest image decoded, in pixels from the file's header (default 150e6); a larger "
+                                "one is skipped by name without being decoded.")]
 PdfDpi = Annotated[float, typer.Option(
     "--pdf-dpi", min=1, max=2400, metavar="DPI",
     help="Resolution PDF pages are rendered at (each page is an input, doc.pdf#page=N; needs "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import io
 import os
+import re
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -51,13 +52,16 @@ class ImageLimits:
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 with Image.open(path) as image:  # the header only
                     width, height = image.size
-        except Image.DecompressionBombError:
-            width, height = 2 * Image.MAX_IMAGE_PIXELS, 1
+            size, pixels = f"{width}x{height} = {width * height:,} pixels", width * height
+        except Image.DecompressionBombError as exc:  # PIL's own limit: its message has the count
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            pixels = int(found.group(1)) if found else 2 * Image.MAX_IMAGE_PIXELS
+            size = f"{pixels:,} pixels"
         except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError):
             return  # a format PIL cannot size: OpenCV decides
-        if width * height > self.max_pixels:
-            raise ImageReadError(f"{path} is {width}x{height} = {width * height:,} pixels, over the limit of "
-                                 f"{self.max_pixels:,} (--max-pixels); it was not decoded")
+        if pixels > self.max_pixels:
+            raise ImageReadError(f"{path} is {size}, over the limit of {self.max_pixels:,} (--max-pixels); it was "
+                                 "not decoded")
 
 
 NO_LIMITS = ImageLimits(None, None)

@@ -126,7 +126,8 @@ def _worker(options: InferenceOptions, device: str, vis: bool, tasks, results, p
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     try:
         resolved = resolve(options)
-        predictor = resolved.predictor(options.batch_size, options.workers, options.pdf_dpi, options.tile_settings())
+        predictor = resolved.predictor(options.batch_size, options.workers, options.pdf_dpi, options.tile_settings(),
+                                       options.image_limits())
         results.put(("ready", device, {"settings": describe_settings(resolved.settings), "resize": predictor.resize,
                                        "tile": predictor.tile.enabled}))
         while (task := tasks.get()) is not None:

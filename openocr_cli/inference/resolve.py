@@ -26,9 +26,10 @@ from typing import Any, Optional, Union
 
 from openocr_cli import config as cfgmod
 from openocr_cli.constants import POSTPROCESS_KEYS
+from openocr_cli.data.images import ImageLimits
 from openocr_cli.data.pdf import DEFAULT_PDF_DPI
 from openocr_cli.data.resize import Normalizer, ResizeSpec
-from openocr_cli.errors import UserError
+from openocr_cli.errors import SettingError, UserError
 from openocr_cli.inference import postprocess_sources as ppfile
 from openocr_cli.inference.backends.onnx_metadata import CHANNEL_ORDERS, normalization
 from openocr_cli.inference.predictor import Backend, Predictor
@@ -79,10 +80,21 @@ class InferenceOptions:
     pdf_dpi: float = DEFAULT_PDF_DPI
     tile: Optional[str] = None  # off / auto / a tile side in pixels (inference/tiling.py); None = off
     tile_overlap: Optional[int] = None
+    max_image_mb: Optional[float] = None  # None: ImageLimits' defaults
+    max_pixels: Optional[float] = None
 
     def tile_settings(self) -> TileSettings:
         """--tile / --tile-overlap checked and parsed (a bad value is a usage error naming the flag)."""
         return parse_tile(self.tile, self.tile_overlap)
+
+    def image_limits(self) -> ImageLimits:
+        """--max-image-mb / --max-pixels as ImageLimits (a value not above 0 is a SettingError naming the flag)."""
+        default = ImageLimits()
+        for flag, value in (("--max-image-mb", self.max_image_mb), ("--max-pixels", self.max_pixels)):
+            if value is not None and not value > 0:
+                raise SettingError(f"{flag} {value!r}: use a number above 0.")
+        return ImageLimits(default.max_bytes if self.max_image_mb is None else int(self.max_image_mb * 1024 ** 2),
+                           default.max_pixels if self.max_pixels is None else int(self.max_pixels))
     origin: str = "flag"
 
     def replace(self, **changes: Any) -> InferenceOptions:
@@ -155,9 +167,9 @@ class Resolved:
         return self.settings["model"].value
 
     def predictor(self, batch_size: int = 1, workers: int = 2, pdf_dpi: float = DEFAULT_PDF_DPI,
-                  tile: TileSettings = TileSettings()) -> Predictor:
+                  tile: TileSettings = TileSettings(), limits: ImageLimits = ImageLimits()) -> Predictor:
         return Predictor(self.backend, self.resize, self.normalizer, self.postprocess, batch_size=batch_size,
-                         workers=workers, pdf_dpi=pdf_dpi, tile=tile)
+                         workers=workers, pdf_dpi=pdf_dpi, tile=tile, limits=limits)
 
 
 def resolve_postprocess(options: InferenceOptions, cfg: dict, model_layer: Optional[tuple[str, Mapping]] = None,

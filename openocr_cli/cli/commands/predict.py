@@ -52,6 +52,8 @@ def predict(
     pdf_dpi: opt.PdfDpi = opt.DEFAULT_PDF_DPI,
     tile: opt.Tile = None,
     tile_overlap: opt.TileOverlap = None,
+    max_image_mb: opt.MaxImageMb = None,
+    max_pixels: opt.MaxPixels = None,
     save_format: pre.SaveFormat = None,
     min_rect: pre.MinRect = False,
     select_uncertain: pre.SelectUncertain = None,
