@@ -55,6 +55,7 @@ bench: install
 	$(PY) benchmarks/bench_tune.py
 	$(PY) benchmarks/bench_uncertain.py
 	$(PY) benchmarks/bench_serve.py
+	$(PY) benchmarks/bench_serve_limits.py
 	$(PY) benchmarks/bench_predict_scale.py
 
 # Offline demo: generate a synthetic text set, train from scratch on CPU, evaluate, predict.

@@ -114,6 +114,9 @@ def serve(
         raise UserError(f"--api-key / {API_KEY_ENV} is empty; give a key or unset it.", exit_code=2)
     if not _loopback(host) and api_key is None:
         warn(f"serving on {host} without --api-key: anyone who can reach this port can use the detector.")
+    if not _loopback(host) and not allowed_hosts:
+        warn(f"only requests with Host {host}, localhost or 127.0.0.1 are answered (421 otherwise); add "
+             "--allowed-hosts NAME for the name clients use.")
     limits = ServeLimits(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          max_upload_mb=max_upload_mb, max_pixels=int(max_pixels), timeout_s=timeout_s,
                          decode_threads=decode_threads, max_tiles=max_tiles,
