@@ -27,7 +27,7 @@ from openocr_cli.serve.gate import ANY_HOST, Gate
 from openocr_cli.serve.problems import RequestError
 from openocr_cli.serve.prometheus import ServiceMetrics
 from openocr_cli.serve.requests import FLOAT_PARAMS, PARAMS, read_detect_request
-from openocr_cli.serve.service import DetectionService, ServeLimits
+from openocr_cli.serve.service import Cancelled, DetectionService, ServeLimits
 
 log = logging.getLogger(__name__)
 ENVIRONMENT_KEY = "OPENOCR_DET_SERVE_SETUP"  # the pickled setup file the worker processes read
@@ -76,6 +76,9 @@ def create_app(detector: Detector, limits: ServeLimits = ServeLimits(), api_key:
             body = await asyncio.wait_for(_detect(service, request), limits.timeout_s)
         except RequestError as exc:
             return problem(exc)
+        except Cancelled:  # the server is stopping: its tiles were dropped
+            return problem(RequestError(503, "the server is shutting down; retry on another instance or after it "
+                                             "restarts.", {"Retry-After": "1"}))
         except TimeoutError:
             return problem(RequestError(504, f"the request took longer than {limits.timeout_s:g} s (--timeout-s) and "
                                              "was cancelled; retry later or with a smaller image."))

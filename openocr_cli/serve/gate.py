@@ -145,8 +145,11 @@ def _limited(receive, limit: int, max_mb: float, grace_s: float, min_rate: float
     the body is behind `grace_s` + bytes / `min_rate` seconds since the first read."""
     seen = [0]
     started = time.monotonic()
+    complete = [False]
 
     async def wrapped():
+        if complete[0]:  # the body is in: later calls wait for a disconnect, with no deadline
+            return await receive()
         deadline = started + grace_s + seen[0] / min_rate
         try:
             message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
@@ -155,6 +158,7 @@ def _limited(receive, limit: int, max_mb: float, grace_s: float, min_rate: float
                                     f"after {grace_s:g} s, --read-timeout-s); reading stopped.",
                                {"Connection": "close"}) from None
         if message["type"] == "http.request":
+            complete[0] = not message.get("more_body", False)
             seen[0] += len(message.get("body", b""))
             if seen[0] > limit:
                 raise RequestError(413, f"the body passed the server's limit of {max_mb:g} MB (--max-upload-mb); "

@@ -68,11 +68,21 @@ class Cancelled(Exception):
 
 @dataclass
 class _Prepared:
-    image: Optional[np.ndarray]
-    size: tuple[int, int]  # (h, w)
-    tensor: Optional[np.ndarray]
+    size: tuple[int, int]  # (h, w) of the decoded image
+    tensor: np.ndarray
     decode_s: float
     preprocess_s: float
+
+
+class _Reservation:
+    """An image's pixels in the budget, released once (by whichever thread finishes with them)."""
+
+    def __init__(self, service: DetectionService, pixels: int):
+        self.service, self.pixels, self._done = service, pixels, threading.Lock()
+
+    def release(self, *_: Any) -> None:
+        if self._done.acquire(blocking=False):
+            self.service._unreserve(self.pixels)
 
 
 class DetectionService:
@@ -90,6 +100,7 @@ class DetectionService:
         self.ready = False
         self.draining = False
         self._cancels: set[threading.Event] = set()
+        self._pixels_lock = threading.Lock()
 
     # -- life ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -125,20 +136,24 @@ class DetectionService:
         self.inflight -= 1
         self.metrics.queue_depth.set(self.inflight)
 
-    def _reserve(self, pixels: int) -> None:
+    def _reserve(self, pixels: int) -> _Reservation:
         """Count an image's decoded pixels in flight, or 503 when they would pass the budget (one image alone
-        always fits: --max-pixels already bounds it)."""
-        if self.pixels_in_flight and self.pixels_in_flight + pixels > self.pixel_budget:
-            raise RequestError(503, f"the server is busy: {self.pixels_in_flight:,} decoded pixels are in flight and "
-                                    f"this image's {pixels:,} would pass the limit of {self.pixel_budget:,} "
-                                    "(--max-pixels-in-flight); retry after the Retry-After seconds.",
-                               {"Retry-After": str(RETRY_AFTER_S)})
-        self.pixels_in_flight += pixels
+        always fits: --max-pixels already bounds it). Released when the thread holding the pixels is done."""
+        with self._pixels_lock:
+            if self.pixels_in_flight and self.pixels_in_flight + pixels > self.pixel_budget:
+                raise RequestError(503, f"the server is busy: {self.pixels_in_flight:,} decoded pixels are in flight "
+                                        f"and this image's {pixels:,} would pass the limit of {self.pixel_budget:,} "
+                                        "(--max-pixels-in-flight); retry after the Retry-After seconds.",
+                                   {"Retry-After": str(RETRY_AFTER_S)})
+            self.pixels_in_flight += pixels
+        return _Reservation(self, pixels)
 
     def _unreserve(self, pixels: int) -> None:
-        self.pixels_in_flight -= pixels
-        if self.pixels_in_flight == 0 and not self.draining:  # a burst is over: hand freed pages back
-            self.pool.submit(return_free_memory)
+        with self._pixels_lock:
+            self.pixels_in_flight -= pixels
+            idle = self.pixels_in_flight == 0
+        if idle and not self.draining:  # a burst is over: hand the freed pages back
+            return_free_memory()
 
     # -- detection -----------------------------------------------------------------------------
     async def detect(self, request: DetectRequest) -> dict[str, Any]:
@@ -150,11 +165,10 @@ class DetectionService:
         width, height = await loop.run_in_executor(self.pool, uploads.image_size, request.data, self.limits.max_pixels)
         if tiling.enabled:
             self._check_tiles(height, width, tiling)
-        self._reserve(width * height)
-        try:
-            return await self._detect(request.data, post, tiling, start)
-        finally:
-            self._unreserve(width * height)
+        reservation = self._reserve(width * height)
+        if tiling.enabled:
+            return await self._detect_tiled(request.data, post, tiling, reservation, start)
+        return await self._detect_whole(request.data, post, reservation, start)
 
     def _check_tiles(self, h: int, w: int, tiling: TileSettings) -> None:
         count = len(grid(h, w, tiling.side, tiling.overlap)[1])  # auto tiles at most as many
@@ -163,57 +177,72 @@ class DetectionService:
                                     f"limit of {self.limits.max_tiles:,} per request (--max-tiles); use a larger tile "
                                     "or a smaller image.")
 
-    async def _detect(self, data: bytes, post: DBPostProcess, tiling: TileSettings, start: float) -> dict[str, Any]:
+    async def _detect_whole(self, data: bytes, post: DBPostProcess, reservation: _Reservation,
+                            start: float) -> dict[str, Any]:
+        """Decode and resize in a decode thread (the pixels are released when it is done, even if the request
+        was cancelled meanwhile), then one forward pass with other requests' images."""
         loop = asyncio.get_running_loop()
         batcher = self.batcher
         batcher.expect()
+        job = self.pool.submit(self._prepare, data)
+        job.add_done_callback(reservation.release)
         try:
-            prepared = await loop.run_in_executor(self.pool, self._prepare, data, not tiling.enabled)
+            prepared = await asyncio.wrap_future(job)
         except BaseException:
             batcher.unexpect()
             raise
-        h, w = prepared.size
+        (h, w), submitted = prepared.size, time.perf_counter()
+        forward: Forward = await asyncio.wrap_future(batcher.submit(prepared.tensor))
+        queue = max(0.0, time.perf_counter() - submitted - forward.seconds * forward.batch)
+        began = time.perf_counter()
+        detections = await loop.run_in_executor(self.pool, post, forward.prob, h, w)
+        times = {"decode": prepared.decode_s, "preprocess": prepared.preprocess_s, "queue": queue,
+                 "inference": forward.seconds, "postprocess": time.perf_counter() - began}
+        return self._answer(detections, h, w, times, start, {"batch": forward.batch})
+
+    async def _detect_tiled(self, data: bytes, post: DBPostProcess, tiling: TileSettings, reservation: _Reservation,
+                            start: float) -> dict[str, Any]:
+        """Decode and run the tiles on the tile thread; a cancelled request stops at its next tile."""
+        cancel = threading.Event()
+        self._cancels.add(cancel)
         submitted = time.perf_counter()
-        if tiling.enabled:
-            batcher.unexpect()
-            cancel = threading.Event()
-            self._cancels.add(cancel)
-            try:
-                result = await asyncio.wrap_future(self.tiler.submit(self._tiled, prepared.image, post, tiling,
-                                                                     cancel))
-            finally:
-                cancel.set()  # a timed-out request's tiles stop at the next batch
-                self._cancels.discard(cancel)
-            waited = time.perf_counter() - submitted
-            detections, inference, postprocess = result.detections, result.times.inference, result.times.postprocess
-            extra = {"tiling": result.tiling} if result.tiling is not None else {}
-            queue = max(0.0, waited - inference - postprocess)
-        else:
-            forward: Forward = await asyncio.wrap_future(batcher.submit(prepared.tensor))
-            queue = max(0.0, time.perf_counter() - submitted - forward.seconds * forward.batch)
-            began = time.perf_counter()
-            detections = await loop.run_in_executor(self.pool, post, forward.prob, h, w)
-            inference, postprocess, extra = forward.seconds, time.perf_counter() - began, {"batch": forward.batch}
+        job = self.tiler.submit(self._tiled, data, post, tiling, cancel)
+        job.add_done_callback(reservation.release)
+        try:
+            decode_s, result = await asyncio.wrap_future(job)
+        finally:
+            cancel.set()
+            self._cancels.discard(cancel)
+        h, w = result.src_hw
+        inference, postprocess = result.times.inference, result.times.postprocess
+        queue = max(0.0, time.perf_counter() - submitted - decode_s - inference - postprocess)
+        times = {"decode": decode_s, "preprocess": 0.0, "queue": queue, "inference": inference,
+                 "postprocess": postprocess}
+        return self._answer(result.detections, h, w, times, start,
+                            {"tiling": result.tiling} if result.tiling is not None else {})
+
+    def _answer(self, detections, h: int, w: int, times: dict[str, float], start: float, extra: dict) -> dict:
         self.metrics.images.inc()
-        timing = {"decode": prepared.decode_s, "preprocess": prepared.preprocess_s, "queue": queue,
-                  "inference": inference, "postprocess": postprocess, "total": time.perf_counter() - start}
+        timing = {**times, "total": time.perf_counter() - start}
         return {"detections": detections_json(detections), "width": w, "height": h,
                 "timing_ms": {k: round(v * 1000, 2) for k, v in timing.items()}, **extra}
 
-    def _prepare(self, data: bytes, network_input: bool) -> _Prepared:
-        """Decode; for the normal path keep only the network input (the full-size pixels are freed here)."""
+    def _prepare(self, data: bytes) -> _Prepared:
+        """Decode and resize: only the network input is kept (the full-size pixels are freed here)."""
         start = time.perf_counter()
         image = uploads.decode(data, self.limits.max_pixels)
         decoded = time.perf_counter()
-        size = image.shape[:2]
-        if not network_input:
-            return _Prepared(image, size, None, decoded - start, 0.0)
         tensor = self.predictor.network_input(image)[0]
-        return _Prepared(None, size, tensor, decoded - start, time.perf_counter() - decoded)
+        return _Prepared(image.shape[:2], tensor, decoded - start, time.perf_counter() - decoded)
 
-    def _tiled(self, image: np.ndarray, post: DBPostProcess, tiling: TileSettings, cancel: threading.Event):
-        """A tiled image, its tiles a batch at a time through the shared batcher (other requests run between
-        them); Cancelled once `cancel` is set."""
+    def _tiled(self, data: bytes, post: DBPostProcess, tiling: TileSettings, cancel: threading.Event):
+        """(decode seconds, the tiled result): the tiles one at a time through the shared batcher, so other
+        requests run between them and a cancelled request (Cancelled) stops at its next tile."""
+        if cancel.is_set():
+            raise Cancelled("the request was cancelled before its tiles started")
+        start = time.perf_counter()
+        image = uploads.decode(data, self.limits.max_pixels)
+        decode_s = time.perf_counter() - start
         batcher = self.batcher
 
         def forward(batch: np.ndarray) -> np.ndarray:
@@ -223,9 +252,8 @@ class DetectionService:
             return np.stack([future.result().prob[None] for future in futures])
 
         base = self.predictor
-        predictor = Predictor(forward, base.resize, base.normalizer, post, batch_size=self.limits.max_batch,
-                              workers=1, tile=tiling)
-        return next(iter(predictor.run([image])))
+        predictor = Predictor(forward, base.resize, base.normalizer, post, batch_size=1, workers=1, tile=tiling)
+        return decode_s, next(iter(predictor.run([image])))
 
     def info(self) -> dict[str, Any]:
         limits = self.limits
