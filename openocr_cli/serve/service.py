@@ -105,10 +105,12 @@ class DetectionService:
     # -- life ----------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the inference thread and run one blank page through everything (first-call costs paid)."""
-        self.batcher = MicroBatcher(self.predictor.backend, self.limits.max_batch, self.limits.max_wait_ms / 1000,
-                                    on_batch=self.metrics.batch_size.observe)
         blank = np.full((*WARM_UP_SIZE, 3), 255, np.uint8)
         tensor, src_hw, _ = self.predictor.network_input(blank)
+        # after a burst (inputs larger than two pages), the runtime's grown buffers go back: RSS returns near idle
+        self.batcher = MicroBatcher(self.predictor.backend, self.limits.max_batch, self.limits.max_wait_ms / 1000,
+                                    on_batch=self.metrics.batch_size.observe, on_idle=self._release_memory,
+                                    idle_above=2 * tensor.size)
         forward = self.batcher.submit(tensor, expected=False).result()
         self.predictor.postprocess(forward.prob, *src_hw)
         self.ready = True
@@ -147,6 +149,12 @@ class DetectionService:
                                    {"Retry-After": str(RETRY_AFTER_S)})
             self.pixels_in_flight += pixels
         return _Reservation(self, pixels)
+
+    def _release_memory(self) -> None:
+        release = getattr(self.predictor.backend, "release_memory", None)
+        if release is not None:
+            release()
+        return_free_memory()
 
     def _unreserve(self, pixels: int) -> None:
         with self._pixels_lock:
