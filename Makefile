@@ -62,6 +62,7 @@ bench: install
 	$(PY) benchmarks/bench_tune.py
 	$(PY) benchmarks/bench_uncertain.py
 	$(PY) benchmarks/bench_serve.py
+	$(PY) benchmarks/bench_serve_limits.py
 	$(PY) benchmarks/bench_predict_scale.py
 	$(PY) benchmarks/bench_huge.py $(if $(WEIGHTS),--weights $(WEIGHTS))
 	$(PY) benchmarks/bench_ray.py

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import torch
 
-from openocr_cli.errors import MissingFileError, UserError
+from openocr_cli.errors import MissingFileError, UserError, disk_full, is_no_space
 from openocr_cli.fileio import atomic_path
 
 log = logging.getLogger(__name__)
@@ -219,6 +219,22 @@ def save_checkpoint(obj: Mapping[str, Any], path: Path) -> None:
     then the folder fsynced (fileio.atomic_path); an interrupted save leaves the previous file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, durable=True) as tmp:
-        with open(tmp, "wb") as f:
-            torch.save(dict(obj), f)
+    needed = path.stat().st_size if path.exists() else _tensor_bytes(obj)  # what the same model saves
+    try:
+        with atomic_path(path, durable=True) as tmp:
+            with open(tmp, "wb") as f:
+                torch.save(dict(obj), f)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as RuntimeError
+        if any(is_no_space(e) for e in (exc, exc.__cause__, exc.__context__)):
+            raise disk_full(path.parent, needed) from None
+        raise
+
+
+def _tensor_bytes(tree: Any) -> int:
+    if isinstance(tree, torch.Tensor):
+        return tree.element_size() * tree.nelement()
+    if isinstance(tree, Mapping):
+        return sum(_tensor_bytes(v) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in tree)
+    return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -49,6 +50,9 @@ def load_config(path: Optional[Path] = None) -> dict:
     return cfg
 
 
+_EXPONENT_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`Global.epoch_num=10` -> (["Global", "epoch_num"], 10); the value is parsed as YAML."""
     key, sep, raw = text.partition("=")
@@ -60,6 +64,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str) and _EXPONENT_NUMBER.match(value.strip()):  # YAML 1.1 reads 1e9 as text
+        value = float(value)
     return key.split("."), value
 
 

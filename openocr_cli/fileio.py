@@ -2,12 +2,14 @@
 
 One helper for every writer (checkpoints, ONNX files, plots, JSON, downloads): the temporary file sits in
 the target's folder (a rename across file systems is not atomic), carries the process id (two runs may
-write the same target), and is removed when the writer fails.
+write the same target), and is removed when the writer fails. A killed writer cannot remove it: the next run
+in that folder does (`remove_stale_temporaries`), once the process id in its name is gone.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,3 +46,37 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = Fal
 
 def atomic_write_text(path: str | os.PathLike, text: str, durable: bool = False) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), durable)
+
+
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp$")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the `.NAME.PID.tmp` files atomic_path left in `folder` when process PID was killed (that process is
+    gone); the removed paths."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        found = _TEMPORARY.match(name)
+        if found and int(found.group(1)) != os.getpid() and not process_alive(int(found.group(1))):
+            path = Path(folder) / name
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists (someone else's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True

@@ -7,7 +7,6 @@ change (openocr-compat: postprocess-overrides): settings never change after cons
 
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass
 
@@ -15,11 +14,14 @@ import cv2
 import numpy as np
 import shapely
 
-from openocr_cli.errors import UserError
+from openocr_cli.errors import SettingError
 from openocr_cli.geometry import offset_polygon
 
 SCORE_MODES = ("slow", "fast")
 BOX_TYPES = ("quad", "poly")
+# unclip_ratio expands a box by area * ratio / perimeter: 1.5 is OpenOCR's, eval --tune searches 1.0-2.5; far above
+# 10 the offset overflows the polygon clipper (1e9 raised OverflowError deep in pyclipper)
+MAX_UNCLIP_RATIO = 10.0
 MIN_SIZE = 3  # fixed in OpenOCR; boxes need sside >= 3 before and >= MIN_SIZE + 2 after unclip
 
 
@@ -106,8 +108,8 @@ class DBPostProcess:
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a number between 0 and 1, got {value!r}")
         ratio = self.unclip_ratio
-        if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not (math.isfinite(ratio) and ratio > 0):
-            raise ValueError(f"unclip_ratio must be a finite number > 0, got {ratio!r}")
+        if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0 < ratio <= MAX_UNCLIP_RATIO:
+            raise ValueError(f"unclip_ratio must be a number above 0 and at most {MAX_UNCLIP_RATIO:g}, got {ratio!r}")
         cand = self.max_candidates
         if isinstance(cand, bool) or not isinstance(cand, numbers.Integral) or cand < 1:
             raise ValueError(f"max_candidates must be a positive integer, got {cand!r}")
@@ -198,4 +200,4 @@ def make_postprocess(params: dict) -> DBPostProcess:
     try:
         return DBPostProcess(**params)
     except (TypeError, ValueError) as exc:
-        raise UserError(f"post-processing settings are invalid: {exc}", exit_code=2) from None
+        raise SettingError(f"post-processing settings are invalid: {exc}") from None

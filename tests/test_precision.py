@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from openocr_cli.errors import UserError
-from openocr_cli.inference.resolve import InferenceOptions
+from openocr_cli.inference.options import InferenceOptions
 from tests.conftest import label_line, write_image
 
 NATIVE_BF16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()

@@ -3,6 +3,8 @@ job never runs, a failing model reaches every caller of its batch."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -46,3 +48,19 @@ def test_a_failing_model_fails_its_callers_and_the_thread_goes_on():
         future.result(timeout=30)
     assert batcher.submit_call(lambda: 42, expected=False).result(timeout=30) == 42
     batcher.close()
+
+
+def test_D2_on_idle_runs_once_a_burst_of_large_inputs_is_over():
+    import threading
+
+    idle = threading.Event()
+    runs = []
+    batcher = MicroBatcher(echo, max_batch=4, max_wait_s=0.0, on_idle=lambda: (runs.append(1), idle.set()),
+                           idle_above=3 * 4 * 4)
+    batcher.submit(np.zeros((3, 4, 4), np.float32), expected=False).result(timeout=30)  # one small input: no
+    assert not idle.wait(0.3)
+    batcher.submit(np.zeros((3, 8, 8), np.float32), expected=False).result(timeout=30)  # a large one: yes, once
+    assert idle.wait(30)
+    time.sleep(0.3)
+    batcher.close()
+    assert runs == [1]

@@ -59,8 +59,9 @@ class Detector:
     `precision="bf16"` (or "fp16" on CUDA) runs the torch forward pass under autocast, or OpenVINO at that
     inference precision hint; weights and outputs stay float32 (default "fp32"; docs/guides/mixed-precision.md).
 
-    Raises UserError (the message the command line prints) for a bad setting or checkpoint, and
-    MissingFileError (a FileNotFoundError) when the model file does not exist.
+    Raises UserError (the message the command line prints) for a bad setting or checkpoint (a setting out of
+    its range is a SettingError, also a ValueError), and MissingFileError (a FileNotFoundError) when the model
+    file does not exist.
     """
 
     def __init__(self, model: Union[str, os.PathLike, None] = None, **options: Any):

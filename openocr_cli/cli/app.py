@@ -12,7 +12,7 @@ import typer
 
 from openocr_cli._version import __version__
 from openocr_cli.cli.ui import DownloadBar, error, install_console_logging
-from openocr_cli.errors import UserError
+from openocr_cli.errors import UserError, disk_full, is_no_space
 from openocr_cli.hub import set_default_progress
 
 
@@ -177,6 +177,13 @@ def main() -> None:
             _print_traceback(exc)
         error(str(exc))
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if not is_no_space(exc):
+            raise
+        if debug_enabled():
+            _print_traceback(exc)
+        error(str(disk_full(os.path.dirname(exc.filename) if exc.filename else os.getcwd())))
+        sys.exit(1)
     except KeyboardInterrupt:
         error("interrupted.")
         sys.exit(130)

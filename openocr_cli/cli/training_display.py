@@ -58,7 +58,13 @@ class TrainDisplay(Callback):
         if report.nonfinite_images is not None:
             stats = "step skipped: non-finite loss or gradients"
             shown = ", ".join(report.nonfinite_images[:4]) + (" ..." if len(report.nonfinite_images) > 4 else "")
-            warn(f"step {report.global_step} skipped: the loss or the gradients are not finite (images: {shown})")
+            streak = getattr(trainer, "nonfinite_streak", 1)
+            if streak > 1:  # in a row, whatever the images: the weights diverge
+                warn(f"step {report.global_step} skipped: the loss or the gradients are not finite again ({streak} "
+                     f"steps in a row): the weights are diverging, most likely the learning rate ({report.lr:g}) is "
+                     "too high")
+            else:
+                warn(f"step {report.global_step} skipped: the loss or the gradients are not finite (images: {shown})")
         else:
             stats = (f"loss {losses['loss']:.4f} (shrink {losses['loss_shrink_maps']:.3f} thresh "
                      f"{losses['loss_threshold_maps']:.3f} binary {losses['loss_binary_maps']:.3f}) "

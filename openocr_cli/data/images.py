@@ -8,6 +8,7 @@ import os
 import re
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -26,7 +27,51 @@ EXIF_ORIENTATION = 0x0112
 # Decoding allocates 3 bytes per pixel at once, and inference needs a few times that on top: 250 megapixels
 # (a 750 MB image; an A0 drawing at 400 dpi, a 600-dpi A2 scan) keeps a tiled run under about 2 GB. Larger files
 # are refused from their header, before any pixel is decoded; --max-pixels raises the limit.
-MAX_PIXELS = 250_000_000
+
+
+MAX_IMAGE_MB = 512  # --max-image-mb: a larger file is skipped by name without being read
+MAX_PIXELS = 150_000_000  # --max-pixels: about 450 MB decoded, twice that while decoding
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """The largest input file (bytes) and image (pixels, from the header) read_image decodes; None: no limit.
+
+    Both are checked before the file is read, so one huge file in a folder costs nothing and fails alone.
+    """
+
+    max_bytes: Optional[int] = MAX_IMAGE_MB * 1024 ** 2
+    max_pixels: Optional[int] = MAX_PIXELS
+
+    def check_file(self, path: str) -> None:
+        """ImageReadError naming the file and the flag when it is over a limit (sized without decoding)."""
+        try:
+            size = os.path.getsize(path)
+        except OSError as exc:
+            raise ImageReadError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if self.max_bytes is not None and size > self.max_bytes:
+            raise ImageReadError(f"{path} is {size / 1024 ** 2:,.1f} MB, over the limit of "
+                                 f"{self.max_bytes / 1024 ** 2:g} MB (--max-image-mb); it was not read")
+        if self.max_pixels is None:
+            return
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as image:  # the header only
+                    width, height = image.size
+            size, pixels = f"{width}x{height} = {width * height:,} pixels", width * height
+        except Image.DecompressionBombError as exc:  # PIL's own limit: its message has the count
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            pixels = int(found.group(1)) if found else 2 * Image.MAX_IMAGE_PIXELS
+            size = f"{pixels:,} pixels"
+        except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError):
+            return  # a format PIL cannot size: OpenCV decides
+        if pixels > self.max_pixels:
+            raise ImageReadError(f"{path} is {size}, over the limit of {self.max_pixels:,} (--max-pixels); it was "
+                                 "not decoded")
+
+
+NO_LIMITS = ImageLimits(None, None)
 
 
 def is_image_name(name: str) -> bool:
@@ -93,43 +138,25 @@ def _expand_pdfs(paths: list[str]) -> Iterable[str]:
             yield path
 
 
-def read_image(path: str | Path, pdf_dpi: float = pdf.DEFAULT_PDF_DPI, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def read_image(path: str | Path, pdf_dpi: float = pdf.DEFAULT_PDF_DPI,
+               limits: ImageLimits = NO_LIMITS) -> np.ndarray:
     """Decode a file to a 3-channel BGR uint8 array (alpha dropped, grey expanded, EXIF applied).
 
-    `doc.pdf#page=N` renders that page at `pdf_dpi` (data.pdf), as does a .pdf path of a one-page PDF. An image
-    or page of more than `max_pixels` pixels is an ImageReadError, found before its pixels are decoded.
+    `doc.pdf#page=N` renders that page at `pdf_dpi` (data.pdf), as does a .pdf path of a one-page PDF. A file
+    over `limits` is an ImageReadError before it is read.
     """
     text = str(path)
     ref = pdf.split_page_ref(text)
     if ref is not None:
-        return pdf.read_pdf(ref[0], ref[1], dpi=pdf_dpi, max_pixels=max_pixels)
+        return pdf.read_pdf(ref[0], ref[1], dpi=pdf_dpi, max_pixels=limits.max_pixels)
     if pdf.is_pdf_name(text) and os.path.isfile(text):
-        return pdf.read_pdf(text, dpi=pdf_dpi, max_pixels=max_pixels)
+        return pdf.read_pdf(text, dpi=pdf_dpi, max_pixels=limits.max_pixels)
+    limits.check_file(text)
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as exc:
         raise ImageReadError(f"cannot read {path}: {exc.strerror or exc}") from None
-    pixels = _header_pixels(data)
-    if pixels is not None and pixels > max_pixels:
-        raise ImageReadError(f"{path} is {pixels:,} pixels, over the limit of {max_pixels:,} (--max-pixels raises "
-                             "it; decoding takes 3 bytes per pixel)")
     return decode_image_bytes(data, text)
-
-
-def _header_pixels(data: np.ndarray) -> Optional[int]:
-    """The pixel count from the header alone (None: PIL cannot read it; OpenCV then decodes it or refuses, with
-    its own limit of 2**30 pixels). PIL refuses to open over 2x its MAX_IMAGE_PIXELS, saying the count."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-        return width * height
-    except Image.DecompressionBombError as exc:
-        found = re.search(r"\((\d+) pixels\)", str(exc))
-        return int(found.group(1)) if found else None
-    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError):
-        return None
 
 
 def decode_image_bytes(data, name: str) -> np.ndarray:
@@ -138,7 +165,10 @@ def decode_image_bytes(data, name: str) -> np.ndarray:
     buffer = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
     if buffer.size == 0:
         raise ImageReadError(f"{name} is empty")
-    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # OpenCV refuses buffers over 2 GB, images over its own pixel limit
+        raise ImageReadError(f"{name} cannot be decoded ({str(exc).strip().splitlines()[-1]})") from None
     if image is None or image.size == 0:
         raise ImageReadError(f"{name} is not a decodable image")
     return image

@@ -16,9 +16,10 @@ import numpy as np
 
 from openocr_cli.config_schema import TRANSFORM_PARAMS
 from openocr_cli.constants import IMAGENET_MEAN, IMAGENET_STD
-from openocr_cli.errors import UserError
+from openocr_cli.errors import SettingError, UserError
 
 LIMIT_TYPES = ("max", "min", "resize_long")
+MAX_SIDE = 8192  # a network input side: 8192 x 8192 is 800 MB as the float32 input alone
 # The DetResizeForTest parameters ResizeSpec.from_params reads (config checks accept exactly these).
 RESIZE_PARAMS = TRANSFORM_PARAMS["DetResizeForTest"]
 
@@ -50,10 +51,12 @@ class ResizeSpec:
 
     def validate(self) -> None:
         if self.limit_type not in LIMIT_TYPES:
-            raise UserError(f"limit type '{self.limit_type}' is not supported; use one of {', '.join(LIMIT_TYPES)}.",
-                            exit_code=2)
-        if self.limit_side_len < 1 or (self.resize_long is not None and self.resize_long < 1):
-            raise UserError("the limit side length must be a positive number of pixels.", exit_code=2)
+            raise SettingError(f"limit type '{self.limit_type}' is not supported; use one of "
+                               f"{', '.join(LIMIT_TYPES)}.")
+        for side in [self.limit_side_len] + ([self.resize_long] if self.resize_long is not None else []):
+            if not 1 <= side <= MAX_SIDE:
+                raise SettingError(f"the limit side length must be 1 to {MAX_SIDE} pixels, got {side}; for large "
+                                   "images use --tile.")
 
 
 def _round32(v: int) -> int:

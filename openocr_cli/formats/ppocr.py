@@ -35,6 +35,9 @@ def read(source: Path, images_dir: Optional[Path]) -> Dataset:
 
 def parse_line(raw: str, where: str) -> ImageLabels:
     image_field, annotation = split_line(raw)
+    if raw.count("\t") > 1 or any(ord(c) < 32 for c in image_field):  # a name holding a TAB or CR forges records
+        raise ValueError("more than one TAB, or a control character in the image path: an image name with a TAB "
+                         "or line break cannot be told from the record; fix the line")
     key, _ = resolve_image_field(image_field, Path("."))
     parse_regions(annotation)  # validation only: it converts the points to float32
     regions = []

@@ -34,6 +34,7 @@ from openocr_cli.formats.label_model import (
 
 PREFIX = "res_"
 ZIP_NAME = "submit.zip"
+MAX_MEMBER_BYTES = 16 * 1024 ** 2  # one image's boxes; a zip bomb's member is refused after this much
 COORDINATES = 8
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _LINE = re.compile(r"^\s*" + r"\s*,\s*".join([r"(-?\d+)"] * COORDINATES) + r"\s*(?:,\s*([0-9.eE+-]+)\s*)?$")
@@ -126,10 +127,23 @@ def _members(source: Path, problems: list[Problem]) -> Iterable[tuple[str, str, 
                 if not name.lower().endswith(".txt"):
                     problems.append(Problem(f"{source}: {info.filename}", "not a res_<image>.txt file"))
                     continue
-                yield f"{source}: {info.filename}", name, archive.read(info)
+                with archive.open(info) as member:  # the declared size may lie: read at most the cap
+                    data = member.read(MAX_MEMBER_BYTES + 1)
+                if len(data) > MAX_MEMBER_BYTES:
+                    problems.append(Problem(f"{source}: {info.filename}", _too_large(info.file_size)))
+                    continue
+                yield f"{source}: {info.filename}", name, data
         return
     for file in text_files(source):
+        if file.stat().st_size > MAX_MEMBER_BYTES:
+            problems.append(Problem(str(file), _too_large(file.stat().st_size)))
+            continue
         yield str(file), file.name, file.read_bytes()
+
+
+def _too_large(size: int) -> str:
+    return (f"{size:,} bytes, over the {MAX_MEMBER_BYTES // 1024 ** 2} MB a res_<image>.txt may be (about 400,000 "
+            "boxes); not read")
 
 
 FORMAT = Format("rrc", "ICDAR Robust Reading submission: submit.zip of res_<image>.txt, x1,y1,...,x4,y4", read,

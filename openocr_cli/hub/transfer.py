@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Optional, Protocol
@@ -24,10 +25,11 @@ if TYPE_CHECKING:
     import urllib.request
 
 from openocr_cli._version import __version__
-from openocr_cli.errors import UserError
+from openocr_cli.errors import UserError, disk_full, is_no_space
 from openocr_cli.hub.cache import EntryFiles, discard_partial, read_json, write_json
 from openocr_cli.hub.registry import ModelEntry
 
+MAX_UNPINNED_BYTES = 512 * 1024 ** 2  # a registry file with no published size: the released files are ~10x smaller
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 16
@@ -258,28 +260,52 @@ class Download:
             if self.entry.size is not None and total is not None and total != self.entry.size:
                 raise _Failed(f"the server offers {total:,} B but {self.entry.filename} is "
                               f"{self.entry.size:,} B", "http", False)
-            write_json(files.part_meta, {"url": url, "etag": response.headers.get("ETag"),
-                                         "last_modified": response.headers.get("Last-Modified"),
-                                         "total": total})
+            limit = self.entry.size or MAX_UNPINNED_BYTES
+            if total is not None and total > limit:
+                raise _Failed(self.too_large(limit), "http", False)
+            if total is not None:
+                self.check_space(total - have)
             self.bar.update(have, total)
             got = have
-            with open(files.part, mode) as out:
-                while True:
-                    try:
-                        chunk = response.read(CHUNK)
-                    except (OSError, http.client.HTTPException) as exc:
-                        raise _network_failure(exc) from None
-                    if not chunk:
-                        break
-                    try:
+            try:
+                write_json(files.part_meta, {"url": url, "etag": response.headers.get("ETag"),
+                                             "last_modified": response.headers.get("Last-Modified"),
+                                             "total": total})
+                with open(files.part, mode) as out:  # a failed write surfaces at write() or at close()
+                    while True:
+                        try:
+                            chunk = response.read(CHUNK)
+                        except (OSError, http.client.HTTPException) as exc:
+                            raise _network_failure(exc) from None
+                        if not chunk:
+                            break
                         out.write(chunk)
-                    except OSError as exc:
-                        raise UserError(f"cannot write to the model cache {files.part.parent}: "
-                                        f"{exc.strerror}. Free some space or set OPENOCR_DET_HOME.") from None
-                    got += len(chunk)
-                    self.bar.update(got, total)
+                        got += len(chunk)
+                        if got > limit:  # an endless or oversized stream: TLS alone does not vouch for it
+                            break
+                        self.bar.update(got, total)
+            except OSError as exc:
+                if is_no_space(exc):
+                    discard_partial(files)
+                    raise disk_full(files.part.parent, total or self.entry.size) from None
+                raise UserError(f"cannot write to the model cache {files.part.parent}: "
+                                f"{exc.strerror}. Free some space or set OPENOCR_DET_HOME.") from None
+            if got > limit:
+                discard_partial(files)
+                raise _Failed(self.too_large(limit), "http", False)
         if total is not None and got < total:
             raise _Failed(f"the connection closed after {got:,} of {total:,} B", "network", True)
+
+    def too_large(self, limit: int) -> str:
+        pinned = "its registry size" if self.entry.size else "the cap for files without a published size"
+        return f"the server sends more than {limit:,} B for {self.entry.filename} ({pinned}); not saved"
+
+    def check_space(self, needed: int) -> None:
+        """A download that cannot fit is refused before a byte is written (and a partial of it removed)."""
+        folder = self.files.part.parent
+        if shutil.disk_usage(folder).free < needed:
+            discard_partial(self.files)
+            raise disk_full(folder, needed)
 
     def explain(self, failures: list[tuple[str, str, _Failed]], custom_url: bool) -> str:
         lines = [f"could not download {self.entry.name} ({self.entry.filename}):"]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from openocr_cli import config as cfgmod
-from openocr_cli.data.images import MAX_PIXELS
+from openocr_cli.data.images import MAX_IMAGE_MB, MAX_PIXELS, ImageLimits
 from openocr_cli.data.pdf import DEFAULT_PDF_DPI
 from openocr_cli.errors import UserError
 from openocr_cli.inference.tiling import TileSettings, parse_tile
@@ -112,10 +112,12 @@ class InferenceOptions:
     tile: Optional[str] = option(None, TILE_HELP, metavar="off|auto|N", cli_type=Optional[str])
     tile_overlap: Optional[int] = option(
         None, "Pixels neighbouring tiles share (default 128: 64 px of context at each seam).", low=0)
+    max_image_mb: float = option(
+        MAX_IMAGE_MB, "Largest input file read, in MB; a larger one is skipped by name without being read.", low=0.001)
     max_pixels: int = option(
-        MAX_PIXELS, "Refuse images and PDF pages of more than N pixels, from the file's header before decoding "
-                    "(default 250,000,000: a 750 MB decoded image; each image needs about 3 bytes per pixel, twice "
-                    "that while decoding).", low=1, metavar="N")
+        MAX_PIXELS, "Refuse images and PDF pages of more than N pixels, from the file's header before decoding (each "
+                    "image needs about 3 bytes per pixel, twice that while decoding); a larger one is skipped by name.",
+        low=1, metavar="N")
     precision: Optional[str] = option(None, PRECISION_HELP, choices=PRECISIONS)
     origin: str = "flag"
 
@@ -149,6 +151,10 @@ class InferenceOptions:
         if self.origin == "flag":
             return flags_of(InferenceOptions)[name][1].flag_names(name)[0].split("/")[0] + " "
         return f"{name}="
+
+    def image_limits(self) -> ImageLimits:
+        """--max-image-mb / --max-pixels as the limits read_image checks before reading a file."""
+        return ImageLimits(int(self.max_image_mb * 1024 ** 2), int(self.max_pixels))
 
     def tile_settings(self) -> TileSettings:
         """--tile / --tile-overlap checked and parsed (a bad value is a usage error naming the flag)."""

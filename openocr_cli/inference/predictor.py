@@ -18,7 +18,7 @@ from typing import Any, Optional, Protocol, Union
 import numpy as np
 
 from openocr_cli import config as cfgmod
-from openocr_cli.data.images import MAX_PIXELS, ImageReadError, read_image
+from openocr_cli.data.images import ImageLimits, ImageReadError, read_image
 from openocr_cli.data.pdf import DEFAULT_PDF_DPI
 from openocr_cli.data.pixels import as_bgr
 from openocr_cli.data.resize import Normalizer, ResizeSpec, resize_for_test
@@ -67,7 +67,7 @@ class Predictor:
     workers: int = 2
     pdf_dpi: float = DEFAULT_PDF_DPI  # the resolution `doc.pdf#page=N` inputs are rendered at
     tile: TileSettings = TileSettings()  # off: the normal resize; auto / fixed: inference/tiling.py
-    max_pixels: int = MAX_PIXELS  # larger image files and PDF pages are refused before decoding
+    limits: ImageLimits = ImageLimits()  # the largest file and image a path may be (checked before reading)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -99,7 +99,7 @@ class Predictor:
         errors); then resized and normalised. run() prepares every input with it; int8 calibration too.
         """
         if isinstance(item, (str, os.PathLike)):
-            image = read_image(str(item), self.pdf_dpi, self.max_pixels)
+            image = read_image(str(item), self.pdf_dpi, self.limits)
         else:
             image = as_bgr(item, name)
         resized, src_hw = resize_for_test(image, self.resize)

@@ -35,6 +35,7 @@ from openocr_cli.log import logger as log
 RUN_NAME = "run.json"
 RESULT_NAMES = {"txt": "det_results.txt", "jsonl": "det_results.jsonl"}
 RECORD_VERSION = 1
+UNSAFE_NAME_CHARACTERS = "\t\r\n"  # each would split or end a det_results.txt record
 VIS_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # resolved settings that do not change a box: where it ran (compared by kind), the model's name (its sha256 is)
 _NOT_COMPARED = {"model", "device"}
@@ -349,7 +350,11 @@ class ResultWriter:
 
     def write(self, result: Result, vis: Optional[bytes] = None) -> None:
         """One result; `vis` is its drawing already encoded (a device worker's), else it is drawn here. A full
-        disk or an unwritable folder is a UserError (the lines before stay complete: --resume goes on)."""
+        disk or an unwritable folder is a UserError (the lines before stay complete: --resume goes on). A name
+        det_results.txt cannot hold (a TAB or line break would forge a record) becomes the result's error."""
+        if self.fmt == "txt" and result.error is None and any(c in result.name for c in UNSAFE_NAME_CHARACTERS):
+            result.error = (f"{result.name!r}: the file name contains a TAB or line break, which det_results.txt "
+                            "cannot hold; rename the file or use --format jsonl")
         try:
             self._write(result, vis)
         except OSError as exc:

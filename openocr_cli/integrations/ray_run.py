@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from openocr_cli.api.detector import Detector
 from openocr_cli.errors import UserError
-from openocr_cli.inference.resolve import InferenceOptions
+from openocr_cli.inference.options import InferenceOptions
 from openocr_cli.inference.results import Result, StageTimes
 from openocr_cli.inference.run_folder import encode_vis
 from openocr_cli.integrations import columns

@@ -23,21 +23,28 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from openocr_cli._version import __version__
 from openocr_cli.api.detector import Detector
 from openocr_cli.errors import first_line
-from openocr_cli.serve.gate import Gate
+from openocr_cli.serve.gate import ANY_HOST, Gate
 from openocr_cli.serve.problems import RequestError
 from openocr_cli.serve.prometheus import ServiceMetrics
 from openocr_cli.serve.requests import FLOAT_PARAMS, PARAMS, read_detect_request
-from openocr_cli.serve.service import DetectionService, ServeLimits
+from openocr_cli.serve.service import Cancelled, DetectionService, ServeLimits
 
 log = logging.getLogger(__name__)
 ENVIRONMENT_KEY = "OPENOCR_DET_SERVE_SETUP"  # the pickled setup file the worker processes read
+KEY_ENVIRONMENT_KEY = "OPENOCR_DET_SERVE_KEY"  # the API key, for the workers only: never written to a file
+SUPERVISOR_KEY = "OPENOCR_DET_SERVE_SUPERVISOR"  # the supervisor's pid: a worker ends when it does
+PR_SET_PDEATHSIG = 1
 PAGE_CONFIG_MARK = "/*SERVER_CONFIG*/null"
 PAGE_CSP = ("default-src 'none'; img-src 'self' blob: data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
             "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
 def create_app(detector: Detector, limits: ServeLimits = ServeLimits(), api_key: Optional[str] = None,
-               cors_origins: Sequence[str] = ()) -> FastAPI:
+               cors_origins: Sequence[str] = (), allowed_hosts: Sequence[str] = (ANY_HOST,)) -> FastAPI:
+    """The app; `allowed_hosts` the Host names it answers (gate.default_allowed_hosts for a bound address, "*" for
+    any). An empty or blank `api_key` is a ValueError: a key that is there must protect something."""
+    if api_key is not None and not api_key.strip():
+        raise ValueError("the API key is empty or blank; give a key or None for no key.")
     metrics = ServiceMetrics(limits.max_batch)
     service = DetectionService(detector, limits, metrics)
 
@@ -69,6 +76,9 @@ def create_app(detector: Detector, limits: ServeLimits = ServeLimits(), api_key:
             body = await asyncio.wait_for(_detect(service, request), limits.timeout_s)
         except RequestError as exc:
             return problem(exc)
+        except Cancelled:  # the server is stopping: its tiles were dropped
+            return problem(RequestError(503, "the server is shutting down; retry on another instance or after it "
+                                             "restarts.", {"Retry-After": "1"}))
         except TimeoutError:
             return problem(RequestError(504, f"the request took longer than {limits.timeout_s:g} s (--timeout-s) and "
                                              "was cancelled; retry later or with a smaller image."))
@@ -99,17 +109,23 @@ def create_app(detector: Detector, limits: ServeLimits = ServeLimits(), api_key:
     async def index() -> HTMLResponse:
         return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff"})
 
-    app.add_middleware(Gate, service=service, metrics=metrics, api_key=api_key)
+    app.add_middleware(Gate, service=service, metrics=metrics, api_key=api_key, allowed_hosts=allowed_hosts)
     if cors_origins:  # outside the gate: a browser's preflight carries no key
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])
+                           allow_headers=["Authorization", "Content-Type", "X-Requested-With"])
     return app
 
 
 async def _detect(service: DetectionService, request: Request) -> dict:
-    return await service.detect(await read_detect_request(request))
+    """Read the body, then take a queue place (a slow upload holds none), then detect."""
+    detect_request = await read_detect_request(request)
+    service.admit()
+    try:
+        return await service.detect(detect_request)
+    finally:
+        service.release()
 
 
 def problem(exc: RequestError) -> JSONResponse:
@@ -127,18 +143,38 @@ def _page(service: DetectionService, needs_key: bool) -> str:
 
 
 # -- worker processes ------------------------------------------------------------------------------
-def write_setup(path: str, options, limits: ServeLimits, api_key: Optional[str], cors_origins: Sequence[str]) -> None:
-    """What every worker process needs to build the same app (read by app_from_environment)."""
+def write_setup(path: str, options, limits: ServeLimits, cors_origins: Sequence[str],
+                allowed_hosts: Sequence[str]) -> None:
+    """What every worker process needs to build the same app (read by app_from_environment); not the key."""
     with open(path, "wb") as f:
-        pickle.dump({"options": options, "limits": limits, "api_key": api_key, "cors": list(cors_origins)}, f)
+        pickle.dump({"options": options, "limits": limits, "cors": list(cors_origins), "hosts": list(allowed_hosts)},
+                    f)
 
 
 def app_from_environment() -> FastAPI:
     """uvicorn's app factory in each worker of `serve --workers N`: one model per process, loaded once."""
+    _end_with_supervisor()
     with open(os.environ[ENVIRONMENT_KEY], "rb") as f:
         setup = pickle.load(f)
     detector = Detector.from_options(setup["options"])
-    return create_app(detector, setup["limits"], setup["api_key"], setup["cors"])
+    return create_app(detector, setup["limits"], os.environ.get(KEY_ENVIRONMENT_KEY), setup["cors"], setup["hosts"])
+
+
+def _end_with_supervisor() -> None:
+    """SIGTERM this worker (a drain) when its supervisor dies, even by SIGKILL: Linux's parent-death signal. If
+    the supervisor is already gone, end now."""
+    import ctypes
+    import ctypes.util
+    import signal
+
+    supervisor = int(os.environ.get(SUPERVISOR_KEY, "0"))
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the worker outlives a killed supervisor
+        return
+    if supervisor and os.getppid() != supervisor:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 _PARAM_DOCS = {"thresh": "pixel threshold on the probability map", "box_thresh": "minimum box score",

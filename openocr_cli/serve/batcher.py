@@ -3,7 +3,9 @@
 One inference thread owns the backend. It takes the oldest waiting input and the other waiting inputs of
 the same size (as `predict` batches: no padding, so a batch gives the boxes single images give), waits up to
 `max_wait` for more only while other requests are still being decoded, and runs at most `max_batch` at once.
-A job whose caller gave up (timeout) is cancelled and skipped if it has not started.
+A job whose caller gave up (timeout) is cancelled and skipped if it has not started. When the queue runs dry
+after inputs larger than `idle_above` elements, `on_idle` runs on the inference thread (the service hands the
+runtime's grown buffers back there).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class _Job:
 
 class MicroBatcher:
     def __init__(self, backend: Callable[[np.ndarray], np.ndarray], max_batch: int = 8, max_wait_s: float = 0.005,
-                 on_batch: Optional[Callable[[int], None]] = None):
+                 on_batch: Optional[Callable[[int], None]] = None, on_idle: Optional[Callable[[], None]] = None,
+                 idle_above: int = 0):
         self.backend = backend
         self.max_batch = max(1, max_batch)
         self.max_wait_s = max(0.0, max_wait_s)
@@ -46,6 +49,8 @@ class MicroBatcher:
         self._cv = threading.Condition()
         self._coming = 0  # requests being decoded that will submit soon: worth waiting for
         self._closed = False
+        self.on_idle, self.idle_above = on_idle, idle_above
+        self._largest = 0  # the largest forward input (elements) since on_idle last ran
         self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
         self._thread.start()
 
@@ -99,6 +104,16 @@ class MicroBatcher:
     def _next_batch(self) -> Optional[list[_Job]]:
         with self._cv:
             while True:
+                if not self._jobs and self._coming == 0 and self._largest > self.idle_above and self.on_idle:
+                    self._largest = 0
+                    self._cv.release()  # run it unlocked: callers may submit meanwhile
+                    try:
+                        self.on_idle()
+                    except Exception:  # freeing memory is best effort: the thread goes on
+                        pass
+                    finally:
+                        self._cv.acquire()
+                    continue
                 while not self._jobs and not self._closed:
                     self._cv.wait()
                 if not self._jobs:
@@ -132,7 +147,9 @@ class MicroBatcher:
     def _forward(self, batch: list[_Job]) -> None:
         start = time.perf_counter()
         try:
-            maps = self.backend(np.stack([job.tensor for job in batch]))
+            stacked = np.stack([job.tensor for job in batch])
+            self._largest = max(self._largest, stacked.size)
+            maps = self.backend(stacked)
         except Exception as exc:  # the model failed: every caller of this batch hears why
             for job in batch:
                 job.future.set_exception(exc)

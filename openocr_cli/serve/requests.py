@@ -22,6 +22,7 @@ FLOAT_PARAMS = ("thresh", "box_thresh", "unclip_ratio")
 PARAMS = (*FLOAT_PARAMS, "box_type", "tile")
 IMAGE_FIELD = "image"
 BASE64_FIELD = "image_base64"
+MIN_REQUEST_TILE = 128  # a request's own tile side: smaller tiles cost more per pixel than they can find
 USAGE = ("send multipart/form-data with the image in a file field named `image` (curl -F image=@page.jpg URL) or "
          "application/json {\"image_base64\": \"...\"}")
 
@@ -79,6 +80,8 @@ def _read_json(body: bytes, params: dict[str, Any]) -> bytes:
         document = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError(400, f"the body is not valid JSON ({exc}); {USAGE}.") from None
+    except RecursionError:  # '[' * 100000: nested deeper than the parser goes
+        raise RequestError(400, f"the JSON body is nested too deeply; {USAGE}.") from None
     if not isinstance(document, dict):
         raise RequestError(422, f"the JSON body must be an object; {USAGE}.")
     for key, value in document.items():
@@ -133,6 +136,9 @@ def tiling_for(base: TileSettings, server_overlap: Optional[int], params: dict[s
         chosen = parse_tile(params["tile"])
     except UserError as exc:
         raise RequestError(422, str(exc).replace("--tile", "tile", 1)) from None
+    if chosen.mode == "fixed" and chosen.side < MIN_REQUEST_TILE:
+        raise RequestError(422, f"tile={chosen.side}: a request's tile side must be at least {MIN_REQUEST_TILE} "
+                                "pixels (or auto / off).")
     if server_overlap is not None and server_overlap < chosen.side // 2:
         return TileSettings(chosen.mode, chosen.side, server_overlap)
     return chosen

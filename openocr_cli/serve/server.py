@@ -7,6 +7,7 @@ SIGTERM / SIGINT drain: uvicorn stops accepting, finishes the requests in flight
 
 from __future__ import annotations
 
+import glob
 import inspect
 import logging
 import os
@@ -21,12 +22,16 @@ from typing import Optional
 import uvicorn
 
 from openocr_cli.api.detector import Detector
+from openocr_cli.fileio import process_alive
 from openocr_cli.inference.options import InferenceOptions
-from openocr_cli.serve.app import ENVIRONMENT_KEY, create_app, write_setup
+from openocr_cli.serve.app import ENVIRONMENT_KEY, KEY_ENVIRONMENT_KEY, SUPERVISOR_KEY, create_app, write_setup
+from openocr_cli.serve.connections import HEAD_TIMEOUT_ATTRIBUTE, HeadTimeoutProtocol
+from openocr_cli.serve.gate import default_allowed_hosts
 from openocr_cli.serve.prometheus import MULTIPROCESS_ENV
 from openocr_cli.serve.service import ServeLimits
 
 DRAIN_GRACE_S = 5.0  # beyond --timeout-s, how long a drain waits for the last responses
+SCRATCH_PREFIX = "openocr-det-serve-"  # + the supervisor's pid: a dead supervisor's folder is removed at start-up
 
 
 class _Server(uvicorn.Server):
@@ -42,10 +47,14 @@ class _Server(uvicorn.Server):
 
 def serve(options: InferenceOptions, limits: ServeLimits, *, host: str = "127.0.0.1", port: int = 8000,
           workers: int = 1, api_key: Optional[str] = None, cors_origins: Sequence[str] = (),
+          allowed_hosts: Optional[Sequence[str]] = None,
           access_log: bool = False, on_listening: Callable[[str], None] = lambda url: None,
           on_ready: Callable[[], None] = lambda: None) -> None:
     """Serve until SIGTERM / SIGINT. `on_listening(url)` once the socket is bound (the real port), `on_ready()`
-    once a single process has warmed up (with several workers, /healthz tells)."""
+    once a single process has warmed up (with several workers, /healthz tells). `allowed_hosts` None: the bound
+    address, localhost and 127.0.0.1 (gate.default_allowed_hosts)."""
+    hosts = list(allowed_hosts) if allowed_hosts else default_allowed_hosts(host)
+    _remove_dead_scratch()
     detector = Detector.from_options(options)  # every model error surfaces here, before the socket opens
     # log_config None: uvicorn's loggers propagate to the process's logging instead of uvicorn installing handlers
     # bound to whatever sys.stderr is at that moment (in-process callers, tests, notebooks)
@@ -53,24 +62,39 @@ def serve(options: InferenceOptions, limits: ServeLimits, *, host: str = "127.0.
         _log_access_lines()
     common = {"host": host, "port": port, "log_level": "info" if access_log else "warning", "log_config": None,
               "access_log": access_log, "lifespan": "on",
-              "timeout_graceful_shutdown": int(limits.timeout_s + DRAIN_GRACE_S), "server_header": False}
+              "timeout_graceful_shutdown": int(limits.timeout_s + DRAIN_GRACE_S), "server_header": False,
+              "http": HeadTimeoutProtocol}
     if workers == 1:
-        config = uvicorn.Config(create_app(detector, limits, api_key, cors_origins), **common)
+        config = uvicorn.Config(create_app(detector, limits, api_key, cors_origins, hosts), **common)
+        setattr(config, HEAD_TIMEOUT_ATTRIBUTE, limits.read_timeout_s)
         _serve_one(config, on_listening, on_ready)
         return
     del detector
-    scratch = tempfile.mkdtemp(prefix="openocr-det-serve-")
+    scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
     try:
         setup = os.path.join(scratch, "setup.pickle")
-        write_setup(setup, options, limits, api_key, cors_origins)
+        write_setup(setup, options, limits, cors_origins, hosts)  # no key: it goes by the environment
         metrics_dir = os.path.join(scratch, "metrics")
         os.mkdir(metrics_dir)
         os.environ[ENVIRONMENT_KEY] = setup
         os.environ[MULTIPROCESS_ENV] = metrics_dir
+        os.environ[SUPERVISOR_KEY] = str(os.getpid())
+        if api_key is not None:
+            os.environ[KEY_ENVIRONMENT_KEY] = api_key
         config = uvicorn.Config("openocr_cli.serve.app:app_from_environment", factory=True, workers=workers, **common)
+        setattr(config, HEAD_TIMEOUT_ATTRIBUTE, limits.read_timeout_s)
         _serve_many(config, on_listening)
     finally:
+        os.environ.pop(KEY_ENVIRONMENT_KEY, None)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _remove_dead_scratch() -> None:
+    """The folders of supervisors that were killed (SIGKILL leaves no `finally`): their pid is gone."""
+    for folder in glob.glob(os.path.join(tempfile.gettempdir(), SCRATCH_PREFIX + "*")):
+        pid = os.path.basename(folder)[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _log_access_lines() -> None:

@@ -127,8 +127,13 @@ class RunLog(Callback):
         where = {"epoch": report.epoch, "global_step": report.global_step}
         if report.nonfinite_images is not None:
             self._write({"type": "nonfinite", **where, "images": report.nonfinite_images})
-            run_logger.warning("step %d skipped: non-finite loss or gradients; batch images: %s", report.global_step,
-                               ", ".join(report.nonfinite_images))
+            if getattr(trainer, "nonfinite_streak", 1) > 1:  # in a row: the weights, not these images
+                run_logger.warning("step %d skipped: non-finite loss or gradients again (%d steps in a row, whatever "
+                                   "the images): the weights are diverging, most likely the learning rate (%g) is too "
+                                   "high", report.global_step, trainer.nonfinite_streak, report.lr)
+            else:
+                run_logger.warning("step %d skipped: non-finite loss or gradients; batch images: %s",
+                                   report.global_step, ", ".join(report.nonfinite_images))
         if report.smoothed is None:
             return
         self._write({"type": "train", **where, **report.smoothed, "lr": report.lr,

@@ -25,6 +25,7 @@ import yaml
 from openocr_cli.checkpoint import save_checkpoint, standard_layout
 from openocr_cli.errors import UserError
 from openocr_cli.evaluation.evaluator import EvalResult, evaluate_model
+from openocr_cli.fileio import remove_stale_temporaries
 from openocr_cli.log import run_logger
 from openocr_cli.training import builders
 from openocr_cli.training import distributed as ddp
@@ -35,6 +36,9 @@ from openocr_cli.training.settings import TrainSettings
 from openocr_cli.training.state import TrainState, seed_everything, set_rng_state
 
 EVAL_PREVIEWS = 3  # evaluation images (with their detections) each EvalReport carries, for the trackers to draw
+
+
+NONFINITE_AT_END = 3  # a run whose last steps were this many non-finite ones in a row did not end trained
 
 
 class TrainingDiverged(UserError):
@@ -187,13 +191,15 @@ class Trainer:
             self.scheduler.step()
         self.nonfinite_streak += 1
         if self.nonfinite_streak >= self.settings.max_nonfinite_steps:
-            raise TrainingDiverged(
-                f"training stopped: {self.nonfinite_streak} consecutive steps had a non-finite loss or gradients "
-                f"(last at step {self.state.global_step + 1}). Likely causes: a learning rate too high for this "
-                f"data (now {self.lr:g}; try --lr {self.lr / 10:g}), broken labels (run `openocr-det check-data`), "
-                "or mixed precision (--amp off). The skipped batches are listed in train.log; latest.pth holds the "
-                "last good state.")
+            raise TrainingDiverged(self._diverged(self.state.global_step + 1))
         return None
+
+    def _diverged(self, last_step: int) -> str:
+        return (f"training stopped: {self.nonfinite_streak} consecutive steps had a non-finite loss or gradients "
+                f"(every step from {last_step - self.nonfinite_streak + 1} to {last_step}, whatever their images): "
+                f"the weights diverged, most likely because the learning rate is too high for this data (now "
+                f"{self.lr:g}; try --lr {self.lr / 10:g}). Other causes: broken labels (run `openocr-det "
+                "check-data`) or mixed precision (--no-amp). latest.pth holds the last good state.")
 
     def evaluate(self) -> Optional[EvalResult]:
         """Every rank scores its share of the eval images; the per-image records are gathered, so
@@ -238,6 +244,8 @@ class Trainer:
     def _prepare_output(self) -> None:
         if self.role.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            for path in remove_stale_temporaries(self.output_dir):  # a killed run's half-written checkpoint
+                run_logger.info("removed %s, left by a run that was killed while saving", path.name)
             with open(self.output_dir / "config.yml", "w", encoding="utf-8") as f:
                 yaml.safe_dump(self.settings.cfg, f, sort_keys=False, allow_unicode=True)
 
@@ -270,6 +278,8 @@ class Trainer:
                         break
             finally:
                 builders.release_workers(self.loader)  # persistent workers end with the run, not at exit
+        if self.nonfinite_streak >= min(NONFINITE_AT_END, self.settings.max_nonfinite_steps):
+            raise TrainingDiverged(self._diverged(self.state.global_step))  # a short run that ended diverged
         self._emit("on_train_end")
         return self.state.best
 

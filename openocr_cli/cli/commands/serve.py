@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Annotated, Optional
 
 import typer
@@ -50,6 +51,22 @@ def serve(
     cors_origin: Annotated[Optional[list[str]], typer.Option(
         "--cors-origin", help="Allow browser pages from this origin to call the API (repeatable; none by "
                               "default).")] = None,
+    allowed_hosts: Annotated[Optional[list[str]], typer.Option(
+        "--allowed-hosts", help="Answer requests whose Host header is this name (repeatable; `*` for any). Default: "
+                                "the --host address, localhost and 127.0.0.1; others get 421 (DNS rebinding).")] = None,
+    max_tiles: Annotated[int, typer.Option(
+        "--max-tiles", min=1, help="Most tiles one tiled request may run; more get 422 before decoding.")] = 256,
+    max_pixels_in_flight: Annotated[Optional[float], typer.Option(
+        "--max-pixels-in-flight", min=1, help="Decoded pixels of all requests in flight per worker; a request over "
+                                              "it gets 503 with Retry-After. Default: a quarter of the machine's "
+                                              "memory at 16 bytes a pixel.")] = None,
+    read_timeout_s: Annotated[float, typer.Option(
+        "--read-timeout-s", min=0.1, help="A request's headers must arrive within this (else the connection is "
+                                          "closed), and its body gets this long before --min-upload-kbps "
+                                          "applies.")] = 10.0,
+    min_upload_kbps: Annotated[float, typer.Option(
+        "--min-upload-kbps", min=0.001, help="Slowest average upload accepted after --read-timeout-s; slower "
+                                             "bodies get 408.")] = 64.0,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request (uvicorn's access log).")]
     = False,
     decode_threads: Annotated[int, typer.Option(
@@ -77,13 +94,20 @@ def serve(
     except ImportError as exc:
         raise UserError(f"serve needs {exc.name}: {EXTRA_HINT}") from None
 
+    if api_key is None and API_KEY_ENV in os.environ:  # an empty variable reaches here as no key: fail closed
+        api_key = os.environ[API_KEY_ENV]
     if api_key is not None and not api_key.strip():
         raise UserError(f"--api-key / {API_KEY_ENV} is empty; give a key or unset it.", exit_code=2)
     if not _loopback(host) and api_key is None:
         warn(f"serving on {host} without --api-key: anyone who can reach this port can use the detector.")
+    if not _loopback(host) and not allowed_hosts:
+        warn(f"only requests with Host {host}, localhost or 127.0.0.1 are answered (421 otherwise); add "
+             "--allowed-hosts NAME for the name clients use.")
     limits = ServeLimits(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          max_upload_mb=max_upload_mb, max_pixels=int(max_pixels), max_pages=max_pages,
-                         timeout_s=timeout_s, decode_threads=decode_threads)
+                         timeout_s=timeout_s, decode_threads=decode_threads, max_tiles=max_tiles,
+                         max_pixels_in_flight=None if max_pixels_in_flight is None else int(max_pixels_in_flight),
+                         read_timeout_s=read_timeout_s, min_upload_kbps=min_upload_kbps)
     options = options.replace(workers=decode_threads, batch_size=max_batch, max_pixels=int(max_pixels))
 
     def listening(url: str) -> None:
@@ -95,7 +119,8 @@ def serve(
 
     try:
         run_server(options, limits, host=host, port=port, workers=workers, api_key=api_key,
-                   cors_origins=cors_origin or (), access_log=access_log, on_listening=listening, on_ready=ready)
+                   cors_origins=cors_origin or (), allowed_hosts=allowed_hosts, access_log=access_log,
+                   on_listening=listening, on_ready=ready)
     except OSError as exc:
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}. Choose another --port or --host.") \
             from None
