@@ -24,7 +24,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -103,6 +103,8 @@ def plan_train(*, config: Optional[PathLike] = None, overrides: Overrides = None
                       eval_every=eval_every, save_every=save_every, sync_bn=sync_bn or None, patience=patience,
                       min_delta=min_delta, scale_lr=scale_lr or None, cache=cache, log=log)
     settings = TrainSettings.from_config(cfg)
+    settings = replace(settings, train_data=settings.train_data.given(data_dir),
+                       eval_data=settings.eval_data.given(data_dir))  # messages name the flag
     _require_trackers(settings)
     checkpoint = read_resumable(settings.checkpoints) if settings.checkpoints else None
     out = settings.output_dir

@@ -55,9 +55,6 @@ def check_data_command(
     missing = next((f for f in files if not f.is_file()), None)
     if missing is not None:
         raise UserError(f"label file {missing} does not exist. Pass an existing file to --label-file.")
-    if not data_dir.is_dir():
-        raise UserError(f"data folder {data_dir} does not exist. Pass the folder the label paths are relative to "
-                        "with --data-dir.")
 
     with console.status("checking labels, images and training crops ..."):
         report = check_data(files, data_dir, cfg, crops=crops, seed=seed, cache=_cache_mode(cfg, cache))

@@ -106,7 +106,7 @@ def evaluate(
     grids = tune.parse_ranges(tune_ranges) if tune_flag or tune_ranges is not None else None
     size_list = sizes.parse_sizes(sizes_text) if sizes_text is not None else None
     cfg = options.load_config()
-    data_dir, files = opt.labelled_data(cfg, "Eval", data_dir, label_file)
+    data_dir, files = opt.labelled_data(cfg, "Eval", data_dir, label_file, images=predictions is None)
 
     out: dict = {}
     with MapCache() as cache:
