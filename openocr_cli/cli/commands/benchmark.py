@@ -258,4 +258,4 @@ def _print(rows: list[bench.BenchRow], runs: int) -> None:
     images = rows[0].images if rows else 0
     console.print(table(f"benchmark: {images} images x {runs} timed run(s), ms per image p50 / p95, fastest first",
                         ["backend", "model", "precision", "limit_side_len", "images/s", "hmean", "total",
-                         "preprocess", "inference", "postprocess"], shown))
+                         "preprocess", "inference", "postprocess"], shown, keys=4))
