@@ -205,3 +205,18 @@ def test_registry_model_without_metadata_is_normalised_by_its_registry_entry(cli
     assert code == 0, err
     assert "normalisation from the config (ImageNet)" in " ".join(err.split())
     assert (tmp_path / "out" / "det_results.txt").read_text() == (tmp_path / "out2" / "det_results.txt").read_text()
+
+
+def test_a_model_that_states_nothing_gets_a_note_naming_the_values_used(cli, tmp_path, image_dir, random_onnx):
+    """Another tool's export (PaddleOCR's det.onnx) has no metadata: the note names what it runs with."""
+    foreign = tiny_model(tmp_path / "det.onnx")
+    code, _, err = cli("predict", image_dir, "--onnx-model", foreign, "--output", tmp_path / "a", "--device", "cpu",
+                       "--no-vis", "--limit-type", "min", "--limit-side-len", "736", "--unclip-ratio", "1.5")
+    flat = " ".join(err.split())
+    assert code == 0, err
+    assert "det.onnx states no pre- or post-processing" in flat
+    assert ("limit_side_len 736, limit_type min, mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225], "
+            "channel_order BGR, thresh 0.3, box_thresh 0.6, unclip_ratio 1.5") in flat
+    code, _, err = cli("predict", image_dir, "--onnx-model", random_onnx, "--output", tmp_path / "b", "--device",
+                       "cpu", "--no-vis")
+    assert code == 0 and "states no pre- or post-processing" not in err  # our exports say what they need

@@ -239,6 +239,7 @@ def resolve(options: InferenceOptions) -> Resolved:
     backend_name = options.backend_name()
     resolve_postprocess(options, cfg, note_model_values=False)  # fail fast on bad values
     resize, resize_settings = resolve_resize(options, cfg)
+    metadata: Mapping[str, str] = {}
     if backend_name in FILE_BACKENDS:
         backend, resize, resize_settings, metadata, meta_source = _file_backend(options, resize, resize_settings)
         normalizer, norm_settings = resolve_normalizer(options, cfg, metadata, meta_source)
@@ -253,6 +254,8 @@ def resolve(options: InferenceOptions) -> Resolved:
         model_layer = (CHECKPOINT_SOURCE, ppfile.from_saved_config(backend.saved_config))
         device = str(backend.device)
     postprocess, post_settings = resolve_postprocess(options, cfg, model_layer)
+    if backend_name in FILE_BACKENDS and not any(key in metadata for key in STATED_KEYS):
+        log.info(_unstated_note(backend.info.path, {**resize_settings, **norm_settings, **post_settings}))
     explicit = options.origin
     settings = {
         "model": Setting(options.model_name(), explicit if _named(options) else "default"),
@@ -261,6 +264,26 @@ def resolve(options: InferenceOptions) -> Resolved:
         **resize_settings, **norm_settings, **post_settings,
     }
     return Resolved(cfg, backend, resize, normalizer, postprocess, settings)
+
+
+STATED_KEYS = ("mean", "std", "postprocess", "resize")  # what an openocr-det export says about pre/post-processing
+NOTED = ("limit_side_len", "limit_type", "image_shape", "resize_long", "mean", "std", "channel_order", "thresh",
+         "box_thresh", "unclip_ratio")
+
+
+def _unstated_note(path: Path, settings: Mapping[str, Setting]) -> str:
+    """A model file that states no pre/post-processing (another tool's export) runs with values it may not
+    have been trained with: name them, and how to change them."""
+    values = ", ".join(f"{key} {_shown(settings[key].value)}" for key in NOTED if key in settings)
+    return (f"note: {Path(path).name} states no pre- or post-processing (no openocr-det metadata), so it runs with "
+            f"{values}. If it was trained with other values, pass them: --limit-side-len/--limit-type, --mean/--std, "
+            "--thresh/--box-thresh/--unclip-ratio (PaddleOCR's models: docs/guides/other-tools.md).")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _named(options: InferenceOptions) -> bool:
