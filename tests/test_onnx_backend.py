@@ -220,3 +220,22 @@ def test_a_model_that_states_nothing_gets_a_note_naming_the_values_used(cli, tmp
     code, _, err = cli("predict", image_dir, "--onnx-model", random_onnx, "--output", tmp_path / "b", "--device",
                        "cpu", "--no-vis")
     assert code == 0 and "states no pre- or post-processing" not in err  # our exports say what they need
+
+
+def test_weights_flag_takes_an_onnx_file_like_onnx_model(cli, tmp_path, image_dir, random_onnx):
+    """`-w model.onnx` works wherever --onnx-model does (predict, eval, benchmark), as Detector("model.onnx")."""
+    code, _, err = cli("predict", image_dir, "-w", random_onnx, "--output", tmp_path / "w", "--device", "cpu",
+                       "--no-vis")
+    assert code == 0, err
+    code, _, err = cli("predict", image_dir, "--onnx-model", random_onnx, "--output", tmp_path / "o", "--device",
+                       "cpu", "--no-vis")
+    assert code == 0, err
+    assert (tmp_path / "w" / "det_results.txt").read_text() == (tmp_path / "o" / "det_results.txt").read_text()
+    out_json = tmp_path / "bench.json"
+    code, _, err = cli("benchmark", "-w", random_onnx, "--images", image_dir, "--sizes", "64", "--runs", "1",
+                       "--json", out_json)
+    assert code == 0, err
+    rows = json.loads(out_json.read_text())["rows"]
+    assert [(r["backend"], r["model"]) for r in rows] == [("onnx", str(random_onnx))]
+    code, _, err = cli("predict", image_dir, "--backend", "torch", "-w", random_onnx, "--output", tmp_path / "t")
+    assert code == 2 and "--onnx-model" in err

@@ -56,7 +56,8 @@ def _three_floats(value: Optional[str]) -> Optional[tuple[float, float, float]]:
 
 Weights = Annotated[str, typer.Option(
     "--weights", "-w",
-    help="Checkpoint .pth (OpenOCR or ours) or a model name from `openocr-det download --list`.")]
+    help="Checkpoint .pth (OpenOCR or ours) or a model name from `openocr-det download --list`; a .onnx / .xml "
+         "file runs as --onnx-model / --openvino-model.")]
 ConfigPath = Annotated[Optional[Path], typer.Option(
     "--config", "-c", help="OpenOCR-style YAML config (default: packaged repvit_db.yml).")]
 Overrides = Annotated[Optional[list[str]], typer.Option(

@@ -85,6 +85,19 @@ class InferenceOptions:
         return parse_tile(self.tile, self.tile_overlap)
     origin: str = "flag"
 
+    def __post_init__(self) -> None:
+        """`-w model.onnx` / `-w model.xml` mean --onnx-model / --openvino-model, as Detector("model.onnx") does."""
+        name = self.weights.lower()
+        if self.onnx_model or self.openvino_model or not name.endswith((".onnx", ".xml")):
+            return
+        if name.endswith(".xml") or self.backend == "openvino":
+            object.__setattr__(self, "openvino_model", self.weights)
+        elif self.backend in (None, "onnx"):
+            object.__setattr__(self, "onnx_model", self.weights)
+        else:
+            return  # --backend torch -w model.onnx: refused with the way to run it (_torch_backend)
+        object.__setattr__(self, "weights", DEFAULT_WEIGHTS)
+
     def replace(self, **changes: Any) -> InferenceOptions:
         return dataclasses.replace(self, **changes)
 

@@ -30,7 +30,8 @@ ONNX_NOTE = ("--precisions applies to the torch and openvino backends; an ONNX m
 def benchmark(
     weights: Annotated[Optional[list[str]], typer.Option(
         "--weights", "-w",
-        help="Checkpoint .pth or model name to time with PyTorch (repeatable). Default, when no --onnx-model or "
+        help="Checkpoint .pth or model name to time with PyTorch (repeatable; a .onnx / .xml file is timed as "
+             "--onnx-model / --openvino-model). Default, when no --onnx-model or "
              f"--openvino-model is given either: {opt.DEFAULT_WEIGHTS}.")] = None,
     onnx_model: Annotated[Optional[list[str]], typer.Option(
         "--onnx-model",
@@ -114,6 +115,10 @@ printed fastest first.
     base = opt.inference_options(locals(), weights=opt.DEFAULT_WEIGHTS, onnx_model=None, openvino_model=None)
     cfg = base.load_config()
     paths, samples = _inputs(cfg, images, data_dir, label_file)
+    files = [w for w in weights or [] if w.lower().endswith((".onnx", ".xml"))]  # -w model.onnx: as --onnx-model
+    weights = [w for w in weights or [] if w not in files]
+    onnx_model = (onnx_model or []) + [f for f in files if f.lower().endswith(".onnx")]
+    openvino_model = (openvino_model or []) + [f for f in files if f.lower().endswith(".xml")]
     if not weights and not onnx_model and not openvino_model:
         weights = [opt.DEFAULT_WEIGHTS]
 
