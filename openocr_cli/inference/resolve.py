@@ -327,10 +327,16 @@ def _torch_backend(options: InferenceOptions, cfg: dict) -> Backend:
     from openocr_cli.inference.backends.torch_backend import TorchBackend, resolve_device  # torch: this branch only
 
     device = resolve_device(options.device)
-    if options.threads is not None:
-        import torch
+    import torch
 
+    if options.threads is not None:
         torch.set_num_threads(options.threads)
+    elif device.type == "cpu":  # a busy CPU: fewer threads than cores (inference/cpu_threads.py)
+        from openocr_cli.inference.cpu_threads import fit_torch_threads
+
+        note = fit_torch_threads(torch)
+        if note:
+            log.info(note)
     weights = resolve_weights(options.weights)
     return TorchBackend.from_checkpoint(weights, device, cfg.get("Architecture"), strict=not options.non_strict,
                                         fuse=options.fuse)

@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 
 from openocr_cli.inference.backends.torch_backend import resolve_device
+from openocr_cli.inference.cpu_threads import fit_torch_threads
 from openocr_cli.training import distributed as ddp
 from openocr_cli.training.callbacks import Callback, EarlyStopping, ResultsPlot, RunLog, notify, within
 from openocr_cli.training.run_data import RunData
@@ -77,6 +78,10 @@ def run_training(settings: TrainSettings, data: RunData, resume: Optional[dict] 
         callbacks.append(EarlyStopping(settings.patience, settings.min_delta))
     device = ddp.init(role, resolve_device(settings.device))
     logger = logging.getLogger(RUN_LOGGER)
+    if device.type == "cpu" and not role.distributed:  # a busy CPU: fewer threads than cores
+        note = fit_torch_threads(torch, "OMP_NUM_THREADS")
+        if note:
+            logging.getLogger("openocr_cli").info(note)
     ended_together = False  # every rank reached the same end (not an error on this one)
     try:
         with train_log(settings.output_dir, enabled=role.is_main):
