@@ -145,3 +145,5 @@ def test_missing_inputs_are_named(cli, tmp_path, mixed):
     assert code == 1 and "nodir (from --data-dir) does not exist" in " ".join(err.split())
     code, _, _ = cli("check-data", "--data-dir", root, "--label-file", main, "--crops", "-1")
     assert code == 2
+    code, out, _ = cli("check-data", "--data-dir", root, "--label-file", main, "--crops", "0")
+    assert code == 1 and "not measured (--crops 0)" in out and "0.0 %" not in out and "0.0%" not in out

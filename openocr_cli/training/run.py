@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,8 +79,8 @@ def run_training(settings: TrainSettings, data: RunData, resume: Optional[dict] 
         callbacks.append(EarlyStopping(settings.patience, settings.min_delta))
     device = ddp.init(role, resolve_device(settings.device))
     logger = logging.getLogger(RUN_LOGGER)
-    if device.type == "cpu" and not role.distributed:  # a busy CPU: fewer threads than cores
-        note = fit_torch_threads(torch, "OMP_NUM_THREADS")
+    if device.type == "cpu" and not role.distributed and "OMP_NUM_THREADS" not in os.environ:
+        note = fit_torch_threads(torch, "OMP_NUM_THREADS=N")  # a busy CPU: fewer threads than cores
         if note:
             logging.getLogger("openocr_cli").info(note)
     ended_together = False  # every rank reached the same end (not an error on this one)

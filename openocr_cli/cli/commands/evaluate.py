@@ -156,6 +156,9 @@ def evaluate(
             outcome = _tune(cache, samples, predictor, grids, tune_jobs)
             display.print_tune(outcome, len(cache.maps), grids)
             out.update(outcome.as_dict(grids))
+            advice = tune.small_sample_warning(sum(not ignored for s in samples for ignored in s.ignore))
+            if advice:
+                warn(advice)
     if report is not None:
         write_report(report, result, shown, workers, pdf_dpi)
         console.print(f"Report: {report / 'index.html'} (errors per image in {report / 'errors.json'})")
