@@ -151,6 +151,9 @@ def evaluate(
                 rows = sizes.sweep(predictor, samples, size_list, result,
                                    lambda side: _advance(bar, bar.add_task(f"eval @{side}", total=len(samples))))
             display.print_sizes(rows)
+            note = sizes.same_input_note(rows, samples, resize)
+            if note:
+                err_console.print(f"note: {note}", markup=False)
             out["sizes"] = [row.as_dict() for row in rows]
         if grids is not None:
             outcome = _tune(cache, samples, predictor, grids, tune_jobs)
