@@ -6,6 +6,7 @@ module only wires options to them.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,6 +16,7 @@ from openocr_cli.cli import options as opt
 from openocr_cli.cli.commands import eval_display as display
 from openocr_cli.cli.ui import console, err_console, progress, table, warn
 from openocr_cli.data.labels import load_labels
+from openocr_cli.data.resize import ResizeSpec
 from openocr_cli.errors import UserError
 from openocr_cli.evaluation import details, sizes, tune
 from openocr_cli.evaluation.evaluator import EvalResult, evaluate_model, evaluate_predictions
@@ -118,7 +120,7 @@ def evaluate(
             preds = read_predictions(predictions)
             samples = load_labels(files, data_dir, check_images=False)
             result = evaluate_predictions(preds, samples)
-            resize, _ = resolve_resize(options, cfg)
+            resize = _predictions_resize(predictions) or resolve_resize(options, cfg)[0]
             shown = {"predictions": predictions}
             if result.unmatched:
                 warn(f"{len(result.unmatched)} labelled image(s) have no line in {predictions} and count as "
@@ -168,6 +170,25 @@ def evaluate(
     if json_out is not None:
         opt.write_json(json_out, out)
     opt.report_unreadable(result.failures, "could not be read and were not scored")
+
+
+def _predictions_resize(predictions: Path) -> Optional[ResizeSpec]:
+    """The resize that made the predictions, from the run.json `predict` wrote beside them (text heights
+    are bucketed at the size the model saw); None when there is no readable record."""
+    from openocr_cli.inference.run_folder import RUN_NAME
+
+    record = predictions.parent / RUN_NAME
+    try:
+        settings = json.loads(record.read_text(encoding="utf-8")).get("settings") or {}
+        keys = ("image_shape", "resize_long", "limit_side_len", "limit_type")
+        params = {k: settings[k] for k in keys if settings.get(k) is not None}
+        spec = ResizeSpec.from_params(params) if params else None
+    except (OSError, ValueError, TypeError, AttributeError, UserError):
+        return None
+    if spec is not None:
+        err_console.print(f"note: text heights are measured at the resize that made the predictions ({record}).",
+                          markup=False)
+    return spec
 
 
 def _advance(bar, task):
