@@ -19,7 +19,7 @@ _PUBLIC = {
     "Result": "openocr_cli.inference.results",
     "EvalResult": "openocr_cli.evaluation.evaluator",
     "Setting": "openocr_cli.inference.resolve",
-    "InferenceOptions": "openocr_cli.inference.resolve",
+    "InferenceOptions": "openocr_cli.inference.options",
     "UserError": "openocr_cli.errors",
     "MissingFileError": "openocr_cli.errors",
     "ImageReadError": "openocr_cli.errors",
@@ -36,7 +36,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from openocr_cli.api.training import TrainResult, resume, train
     from openocr_cli.errors import ImageReadError, MissingFileError, UserError
     from openocr_cli.evaluation.evaluator import EvalResult
-    from openocr_cli.inference.resolve import InferenceOptions, Setting
+    from openocr_cli.inference.options import InferenceOptions
+    from openocr_cli.inference.resolve import Setting
     from openocr_cli.inference.results import Result
     from openocr_cli.training.trainer import TrainingInterrupted
 

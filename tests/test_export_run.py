@@ -14,8 +14,9 @@ from openocr_cli.cli import ui
 from openocr_cli.errors import UserError
 from openocr_cli.export.int8 import quantize
 from openocr_cli.export.run import ExportRequest, export_checkpoint
+from openocr_cli.inference.options import InferenceOptions
 from openocr_cli.inference.predictor import Predictor
-from openocr_cli.inference.resolve import InferenceOptions, resolve
+from openocr_cli.inference.resolve import resolve
 from openocr_cli.log import logger
 from tests.conftest import write_image
 

@@ -12,7 +12,8 @@ from openocr_cli.export.onnx_export import ExportOptions, export_onnx
 from openocr_cli.inference.backends import onnx_backend
 from openocr_cli.inference.backends.onnx_backend import OnnxBackend, onnx_providers
 from openocr_cli.inference.backends.onnx_metadata import write_metadata
-from openocr_cli.inference.resolve import InferenceOptions, resolve_normalizer
+from openocr_cli.inference.options import InferenceOptions
+from openocr_cli.inference.resolve import resolve_normalizer
 from openocr_cli.model import build_detector
 from tests.conftest import label_line, write_image
 from tests.test_cli_predict import read_results

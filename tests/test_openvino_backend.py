@@ -17,7 +17,8 @@ from openocr_cli import Detector, MissingFileError, UserError
 from openocr_cli.inference.backends.onnx_backend import OnnxBackend
 from openocr_cli.inference.backends.onnx_metadata import write_metadata
 from openocr_cli.inference.backends.openvino_backend import OpenVinoBackend
-from openocr_cli.inference.resolve import IR_METADATA_SOURCE, InferenceOptions, Setting, resolve
+from openocr_cli.inference.options import InferenceOptions
+from openocr_cli.inference.resolve import IR_METADATA_SOURCE, Setting, resolve
 from tests.test_api import page
 from tests.test_onnx_backend import tiny_model
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from openocr_cli.errors import UserError
-from openocr_cli.inference.resolve import CHECKPOINT_SOURCE, InferenceOptions, Setting, resolve
+from openocr_cli.inference.options import InferenceOptions
+from openocr_cli.inference.resolve import CHECKPOINT_SOURCE, Setting, resolve
 from tests.conftest import make_constant_checkpoint
 
 

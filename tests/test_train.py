@@ -121,6 +121,8 @@ def test_resume_is_exact(tmp_path, synth, workers):
 def test_resume_may_switch_the_decode_cache_and_stays_exact(tmp_path, synth, monkeypatch):
     """The cache gives bit-identical samples, so `resume --cache disk` continues the same run exactly."""
     from openocr_cli.api import training
+    from openocr_cli.training.jobs import plan_resume
+    from openocr_cli.training.options import TrainOptions
 
     monkeypatch.setenv("OPENOCR_DET_HOME", str(tmp_path / "home"))
     straight = Trainer(small_settings(synth, tmp_path / "straight"), load_run_data(
@@ -128,7 +130,7 @@ def test_resume_may_switch_the_decode_cache_and_stays_exact(tmp_path, synth, mon
     straight.train()
     split = small_settings(synth, tmp_path / "split")
     Trainer(split, load_run_data(split, skip_bad=False), torch.device("cpu")).train(stop_after=4)
-    job = training.plan_resume(tmp_path / "split", cache="disk")
+    job = plan_resume(tmp_path / "split", TrainOptions(cache="disk"))
     assert job.settings.cache == "disk" and split.cache == "none"
     result = training.resume(tmp_path / "split", cache="disk")
     assert result.global_step == 6

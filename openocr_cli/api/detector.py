@@ -12,33 +12,29 @@ logger, progress is shown only when asked for (`progress=True` or a callback).
 from __future__ import annotations
 
 import glob
+import inspect
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from openocr_cli.config import override_texts
 from openocr_cli.data.listing import check_sources, expand_pages, iter_files
-from openocr_cli.data.pdf import DEFAULT_PDF_DPI
 from openocr_cli.data.pixels import is_pil_image
 from openocr_cli.errors import ImageReadError, MissingFileError, UserError
 from openocr_cli.evaluation.evaluator import EvalResult, evaluate_model
+from openocr_cli.inference.options import InferenceOptions, option_names
 from openocr_cli.inference.predictor import Predictor
-from openocr_cli.inference.resolve import (
-    DEFAULT_WEIGHTS,
-    InferenceOptions,
-    Resolved,
-    Setting,
-    describe_settings,
-    resolve,
-)
+from openocr_cli.inference.resolve import Resolved, Setting, describe_settings, resolve
 from openocr_cli.inference.results import Result
+from openocr_cli.option_table import check_keywords, flags_of
 
 Source = Union[str, os.PathLike, Any]  # a path, folder or glob; a BGR ndarray; a PIL image
 Progress = Union[bool, Callable[[int, Optional[int]], None], None]
 ON_ERROR = ("raise", "skip")
+API_OPTIONS = option_names()  # every keyword Detector takes besides the model: inference/options.py's table
+MODEL_OPTIONS = {"torch": "weights", "onnx": "onnx_model", "openvino": "openvino_model"}  # the model's keyword
 
 
 class Detector:
@@ -47,9 +43,12 @@ class Detector:
     `model` is a checkpoint (.pth, OpenOCR's or ours), a registry name ("repvit", "repvit-onnx";
     downloaded to the cache on first use), an ONNX file (run with onnxruntime, or with OpenVINO when
     `backend="openvino"`) or an OpenVINO IR .xml with its .bin beside it (run with OpenVINO); torch is
-    never imported for a model file. Keyword arguments override the config, the model's own settings and a
-    `postprocess=` file (a JSON path or a dict with thresh / box_thresh / unclip_ratio); `settings`
-    records each value and where it came from. `config` is an OpenOCR-style YAML path and
+    never imported for a model file. The model may also be named as the command line does (`weights=`,
+    `onnx_model=`, `openvino_model=`). The keywords are the inference options of inference/options.py, each the
+    command line's flag in snake case with the same default (`box_thresh=` is --box-thresh); an unknown one
+    raises TypeError naming the nearest, a value out of its range raises ValueError. They override the config,
+    the model's own settings and a `postprocess=` file (a JSON path or a dict with thresh / box_thresh /
+    unclip_ratio); `settings` records each value and where it came from. `config` is an OpenOCR-style YAML path and
     `overrides` a list of "Key.sub=value" strings (or a {"Key.sub": value} dict), as `-o` on the
     command line. `fuse=False` runs the backbone unfused, as `eval` does by default. A PDF source stands for
     its pages, rendered one at a time at `pdf_dpi` and named `doc.pdf#page=N` (needs the `pdf` extra).
@@ -61,32 +60,17 @@ class Detector:
     MissingFileError (a FileNotFoundError) when the model file does not exist.
     """
 
-    def __init__(self, model: Union[str, os.PathLike] = DEFAULT_WEIGHTS, *, device: Optional[str] = None,
-                 thresh: Optional[float] = None, box_thresh: Optional[float] = None,
-                 unclip_ratio: Optional[float] = None, limit_side_len: Optional[int] = None,
-                 limit_type: Optional[str] = None, score_mode: Optional[str] = None, box_type: Optional[str] = None,
-                 config: Union[str, os.PathLike, None] = None,
-                 overrides: Union[Sequence[str], Mapping[str, Any], None] = None,
-                 postprocess: Union[str, os.PathLike, Mapping[str, float], None] = None,
-                 backend: Optional[str] = None, threads: Optional[int] = None, batch_size: int = 1,
-                 workers: int = 2, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-                 non_strict: bool = False, fuse: bool = True, pdf_dpi: float = DEFAULT_PDF_DPI,
-                 tile: Union[str, int, None] = None, tile_overlap: Optional[int] = None):
-        name = os.fspath(model)
-        kind = backend or _backend_for(name)
-        if isinstance(postprocess, (str, os.PathLike)):
-            postprocess = Path(postprocess)
-        options = InferenceOptions(
-            weights=name if kind == "torch" else DEFAULT_WEIGHTS, onnx_model=name if kind == "onnx" else None,
-            openvino_model=name if kind == "openvino" else None, backend=backend,
-            config=Path(config) if config is not None else None, overrides=override_texts(overrides),
-            postprocess=postprocess, device=device, threads=threads, batch_size=batch_size, workers=workers,
-            thresh=thresh, box_thresh=box_thresh, unclip_ratio=unclip_ratio, score_mode=score_mode,
-            box_type=box_type, limit_side_len=limit_side_len, limit_type=limit_type,
-            mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None,
-            non_strict=non_strict, fuse=fuse, pdf_dpi=pdf_dpi, tile=None if tile is None else str(tile),
-            tile_overlap=tile_overlap, origin="argument")
-        self._setup(options)
+    def __init__(self, model: Union[str, os.PathLike, None] = None, **options: Any):
+        check_keywords(options, API_OPTIONS, "Detector()")
+        if model is not None:
+            named = [name for name in MODEL_OPTIONS.values() if options.get(name) is not None]
+            if named:
+                raise TypeError(f"Detector() got the model twice: as `model` and as {named[0]}=; pass it once.")
+            name = os.fspath(model)
+            kind = options.get("backend") or _backend_for(name)
+            options[MODEL_OPTIONS.get(kind, "weights")] = name
+        options = {key: value for key, value in options.items() if value is not None}  # None: "not given"
+        self._setup(InferenceOptions(**options, origin="argument"))
 
     @classmethod
     def from_options(cls, options: InferenceOptions) -> Detector:
@@ -98,8 +82,7 @@ class Detector:
     def _setup(self, options: InferenceOptions) -> None:
         self.options = options
         self.resolved: Resolved = resolve(options)
-        self.predictor: Predictor = self.resolved.predictor(options.batch_size, options.workers, options.pdf_dpi,
-                                                            options.tile_settings())
+        self.predictor: Predictor = self.resolved.predictor(options)
 
     # -- what it is -------------------------------------------------------------------------------
     @property
@@ -157,8 +140,7 @@ class Detector:
             raise ValueError(f"on_error={on_error!r}: use 'raise' or 'skip'")
         predictor = self.predictor
         if batch_size is not None and batch_size != predictor.batch_size:
-            predictor = Predictor(predictor.backend, predictor.resize, predictor.normalizer, predictor.postprocess,
-                                  batch_size=batch_size, workers=predictor.workers, pdf_dpi=predictor.pdf_dpi)
+            predictor = predictor.replace(batch_size=batch_size)
         report = _progress_reporter(progress, total)
         for done, result in enumerate(predictor.run(items, keep_images=keep_images, keep_maps=return_maps), 1):
             if result.error is not None and on_error == "raise":
@@ -189,6 +171,19 @@ class Detector:
         report(None)
         result.by_height = by_height(result.scored, self.predictor.resize)
         return result
+
+
+def _signature() -> inspect.Signature:
+    """Detector(model=None, *, <every option of the table with its default>), for help() and IDEs."""
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+              inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                                annotation="Union[str, os.PathLike, None]")]
+    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=field.default, annotation=field.type)
+               for name, (field, _) in flags_of(InferenceOptions).items()]
+    return inspect.Signature(params)
+
+
+Detector.__init__.__signature__ = _signature()
 
 
 def _backend_for(name: str) -> str:

@@ -1,10 +1,16 @@
-"""Options and set-up shared by the inference-side subcommands (predict, eval, benchmark)."""
+"""The commands' options built from the option tables, and set-up shared by the inference commands.
+
+`inference_command` gives predict, eval, benchmark and serve one Typer option per InferenceOptions field
+(inference/options.py): the flag, help, default and range are the table's, so a new option is one field there.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import functools
+import inspect
 import json
-from collections.abc import Mapping
+import typing
+from collections.abc import Callable, Iterable
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -13,33 +19,10 @@ import typer
 
 from openocr_cli.cli.ui import err_console
 from openocr_cli.data.labels import labelled_data  # noqa: F401 (the commands' name for it)
-from openocr_cli.data.pdf import DEFAULT_PDF_DPI  # noqa: F401 (the commands' default for --pdf-dpi)
 from openocr_cli.errors import UserError
 from openocr_cli.fileio import atomic_write_text
-from openocr_cli.inference.resolve import DEFAULT_ONNX_MODEL, DEFAULT_WEIGHTS, InferenceOptions  # noqa: F401 (re-exported
-
-
-class ScoreMode(str, Enum):
-    slow = "slow"
-    fast = "fast"
-
-
-class BoxType(str, Enum):
-    quad = "quad"
-    poly = "poly"
-
-
-class LimitType(str, Enum):
-    max = "max"
-    min = "min"
-    resize_long = "resize_long"
-
-
-class BackendName(str, Enum):
-    torch = "torch"
-    onnx = "onnx"
-    openvino = "openvino"
-
+from openocr_cli.inference.options import DEFAULT_WEIGHTS, InferenceOptions  # noqa: F401 (the commands use both)
+from openocr_cli.option_table import flags_of
 
 
 def _three_floats(value: Optional[str]) -> Optional[tuple[float, float, float]]:
@@ -54,81 +37,92 @@ def _three_floats(value: Optional[str]) -> Optional[tuple[float, float, float]]:
         raise typer.BadParameter(f"'{value}' is not three comma-separated numbers (e.g. 0.485,0.456,0.406).")
     return numbers  # type: ignore[return-value]
 
-Weights = Annotated[str, typer.Option(
-    "--weights", "-w",
-    help="Checkpoint .pth (OpenOCR or ours) or a model name from `openocr-det download --list`; a .onnx / .xml "
-         "file runs as --onnx-model / --openvino-model.")]
-ConfigPath = Annotated[Optional[Path], typer.Option(
-    "--config", "-c", help="OpenOCR-style YAML config (default: packaged repvit_db.yml).")]
-Overrides = Annotated[Optional[list[str]], typer.Option(
-    "--override", "-o",
-    help="Config override Key.sub=value (repeatable), e.g. -o PostProcess.box_thresh=0.5.")]
-Device = Annotated[Optional[str], typer.Option(
-    "--device", help="cpu, cuda or cuda:N (default: cuda if available); the openvino backend takes cpu (default) or "
-                     "gpu / gpu:N (Intel GPUs).")]
-BatchSize = Annotated[int, typer.Option(
-    "--batch-size", "-b", min=1, help="Images per forward pass (same-size images are batched).")]
-Workers = Annotated[int, typer.Option("--workers", min=1, help="Threads decoding and resizing images.")]
-Thresh = Annotated[Optional[float], typer.Option(
-    "--thresh", min=0.0, max=1.0, help="Pixel threshold on the probability map (config default: 0.3).")]
-BoxThresh = Annotated[Optional[float], typer.Option(
-    "--box-thresh", min=0.0, max=1.0, help="Minimum box score (config default: 0.6).")]
-UnclipRatio = Annotated[Optional[float], typer.Option(
-    "--unclip-ratio", min=0.0, help="Box expansion ratio (config default: 1.5).")]
-ScoreModeOpt = Annotated[Optional[ScoreMode], typer.Option(
-    "--score-mode", case_sensitive=False,
-    help="Box score: slow (polygon mean) or fast (box mean) (config default: slow).")]
-BoxTypeOpt = Annotated[Optional[BoxType], typer.Option(
-    "--box-type", case_sensitive=False, help="quad (4 points) or poly (polygons) (config default: quad).")]
-LimitSide = Annotated[Optional[int], typer.Option(
-    "--limit-side-len", min=32, help="Resize limit in pixels (config default: 960).")]
-LimitTypeOpt = Annotated[Optional[LimitType], typer.Option(
-    "--limit-type", case_sensitive=False,
-    help="max: longest side <= limit; min: shortest side >= limit; resize_long: longest side = limit "
-         "(config default: max).")]
-NonStrict = Annotated[bool, typer.Option(
-    "--non-strict", help="Load only the tensors that match the model and report the rest.")]
-BackendOpt = Annotated[Optional[BackendName], typer.Option(
-    "--backend", case_sensitive=False,
-    help="torch runs the --weights checkpoint with PyTorch; onnx runs the --onnx-model file with onnxruntime; "
-         "openvino runs the --openvino-model file with OpenVINO (same pre- and post-processing). Default: onnx "
-         "when --onnx-model is given, openvino when --openvino-model is, else torch.")]
-OnnxModel = Annotated[Optional[str], typer.Option(
-    "--onnx-model",
-    help="ONNX detector for --backend onnx: a file (ours, OpenOCR's openocr_det_model.onnx, a PaddleOCR det model) "
-         "or the name repvit-onnx (the default).")]
-OpenVinoModel = Annotated[Optional[str], typer.Option(
-    "--openvino-model",
-    help="Detector for --backend openvino (implies it): an OpenVINO IR .xml (its .bin beside it, as `export "
-         "--format openvino` writes) or an .onnx file, run with OpenVINO (pip install 'openocr-det\\[openvino]').")]
-Threads = Annotated[Optional[int], typer.Option(
-    "--threads", min=1,
-    help="Threads per forward pass: onnxruntime's intra-op threads, OpenVINO's inference threads (CPU), or "
-         "PyTorch's with the torch backend (default: the runtime's choice).")]
-Mean = Annotated[Optional[str], typer.Option(
-    "--mean", callback=_three_floats, metavar="C1,C2,C3",
-    help="Normalisation mean, three comma-separated values in the model's channel order "
-         "(default: the ONNX / OpenVINO model's metadata, else the config's ImageNet values).")]
-PostprocessFile = Annotated[Optional[Path], typer.Option(
-    "--postprocess", metavar="FILE",
-    help="thresh / box_thresh / unclip_ratio from a JSON file: the `tuned` object `eval --tune --json` writes, "
-         "or a flat object with those keys. Order, lowest first: config, the checkpoint's saved config or the "
-         "ONNX metadata, this file, -o PostProcess.*, the --thresh/--box-thresh/--unclip-ratio flags.")]
-Std = Annotated[Optional[str], typer.Option(
-    "--std", callback=_three_floats, metavar="C1,C2,C3",
-    help="Normalisation std, three comma-separated values (default: as --mean).")]
-Tile = Annotated[Optional[str], typer.Option(
-    "--tile", metavar="off|auto|N",
-    help="Run large images as tiles at their own resolution, merging the tiles' probability maps before "
-         "post-processing: auto (only images the resize shrinks so far that their smallest text found is under "
-         "12 px), N (every image, tiles of at most N pixels, a multiple of 32), off (default: the normal resize).")]
-TileOverlap = Annotated[Optional[int], typer.Option(
-    "--tile-overlap", min=0, help="Pixels neighbouring tiles share (default 128: 64 px of context at each seam).")]
-PdfDpi = Annotated[float, typer.Option(
-    "--pdf-dpi", min=1, max=2400, metavar="DPI",
-    help="Resolution PDF pages are rendered at (each page is an input, doc.pdf#page=N; needs "
-         "pip install 'openocr-det\\[pdf]'). 200 dpi makes 10 pt text ~28 px tall.")]
 
+PARSERS = {"three_floats": _three_floats}  # Flag.parse -> the Typer callback that reads the text
+
+
+@functools.cache
+def _choices(cls: type, name: str) -> type[Enum]:
+    """The Enum Typer shows as [a|b|c] for an option with choices (made once per option)."""
+    return Enum(name.title().replace("_", ""), [(c, c) for c in flags_of(cls)[name][1].choices], type=str)
+
+
+def typer_option(cls: type, name: str, **change: Any) -> tuple[Any, Any]:
+    """(the command line's type, typer.Option with the default) for option `name` of an options dataclass
+    (option_table.py); `change` replaces the default or help for one command."""
+    field, flag = flags_of(cls)[name]
+    default = change.get("default", field.default)
+    extra: dict[str, Any] = {"help": change.get("help", flag.help)}
+    if flag.low is not None:
+        extra["min"] = flag.low
+    if flag.high is not None:
+        extra["max"] = flag.high
+    if flag.metavar is not None:
+        extra["metavar"] = flag.metavar
+    if flag.parse is not None:
+        extra["callback"] = PARSERS[flag.parse]
+    if flag.choices:
+        extra["case_sensitive"] = False
+        kind = Optional[_choices(cls, name)]
+    else:
+        kind = flag.cli_type if flag.cli_type is not None else typing.get_type_hints(cls)[name]
+    cli_default = None if default == () else default  # a repeatable option: None when not given
+    return kind, typer.Option(cli_default, *flag.flag_names(name), **extra)
+
+
+def annotated(cls: type, name: str) -> Any:
+    """`Annotated[type, typer.Option(...)]` for option `name`, for a command that takes it on its own."""
+    kind, info = typer_option(cls, name)
+    info.default = ...  # Annotated: the command gives the default
+    return Annotated[kind, info]
+
+
+def options_command(cls: type, names: Iterable[str], **changes: dict[str, Any]) -> Callable:
+    """Decorate a command whose parameter `options: cls` stands for the options `names` of the table `cls`:
+    Typer sees one option per name in its place (type, flag, help, default, range from the table; `changes`
+    give one command its own default or help: `fuse={"default": False, "help": ...}`), and the command gets
+    them as one `cls` object."""
+    names = tuple(names)
+    unknown = set(names) - set(flags_of(cls)) | set(changes) - set(names)
+    assert not unknown, f"not options of {cls.__name__} this command takes: {sorted(unknown)}"
+
+    def wrap(command: Callable) -> Callable:
+        signature = inspect.signature(command, eval_str=True)
+        params = []
+        for param in signature.parameters.values():
+            if param.name != "options":
+                params.append(param)
+                continue
+            for name in names:
+                kind, info = typer_option(cls, name, **changes.get(name, {}))
+                params.append(inspect.Parameter(name, param.kind, default=info, annotation=kind))
+
+        @functools.wraps(command)
+        def run(**kwargs: Any) -> Any:
+            given = {name: kwargs.pop(name) for name in names}
+            return command(**kwargs, options=cls(**{k: v for k, v in given.items() if v is not None}))
+
+        run.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        return run
+
+    return wrap
+
+
+ALL_INFERENCE = tuple(flags_of(InferenceOptions))
+
+
+def inference_command(*, without: Iterable[str] = (), **changes: dict[str, Any]) -> Callable:
+    """`options_command` for InferenceOptions: every inference option but those `without`."""
+    assert set(without) <= set(ALL_INFERENCE), f"not inference options: {sorted(set(without) - set(ALL_INFERENCE))}"
+    return options_command(InferenceOptions, [n for n in ALL_INFERENCE if n not in set(without)], **changes)
+
+
+Weights = annotated(InferenceOptions, "weights")
+ConfigPath = annotated(InferenceOptions, "config")
+Overrides = annotated(InferenceOptions, "overrides")
+NonStrict = annotated(InferenceOptions, "non_strict")
+PostprocessFile = annotated(InferenceOptions, "postprocess")
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -138,26 +132,6 @@ def write_json(path: Path, data: dict) -> None:
         atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror}.") from None
-
-
-# command parameter -> InferenceOptions field, where the names differ
-_RENAMED = {"override": "overrides", "postprocess_file": "postprocess"}
-
-
-def inference_options(params: Mapping[str, Any], **changes: Any) -> InferenceOptions:
-    """The one options object for an inference command, from its parameters (pass `locals()`).
-
-    Every parameter that names an InferenceOptions field is taken (Typer enums become their values), so
-    predict, eval and benchmark share one list of settings instead of repeating it.
-    """
-    names = {f.name for f in dataclasses.fields(InferenceOptions)}
-    values = {}
-    for key, value in {**params, **changes}.items():
-        key = _RENAMED.get(key, key)
-        if key not in names or value is None:
-            continue
-        values[key] = tuple(value) if key == "overrides" else value.value if isinstance(value, Enum) else value
-    return InferenceOptions(**values)
 
 
 def report_unreadable(failures: list[str], what: str = "could not be read") -> None:

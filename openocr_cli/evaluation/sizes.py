@@ -65,9 +65,7 @@ def sweep(predictor: Predictor, samples: Sequence[LabelSample], sizes: Sequence[
         if spec == base:
             rows.append(SizeRow(side, main))
             continue
-        sized = Predictor(predictor.backend, spec, predictor.normalizer, predictor.postprocess,
-                          batch_size=predictor.batch_size, workers=predictor.workers, pdf_dpi=predictor.pdf_dpi)
-        rows.append(SizeRow(side, evaluate_model(sized, samples, on_size(side))))
+        rows.append(SizeRow(side, evaluate_model(predictor.replace(resize=spec), samples, on_size(side))))
     return rows
 
 

@@ -187,11 +187,14 @@ def export_checkpoint(request: ExportRequest,
     fails a check (the file is kept for inspection).
     """
     _check_request(request)
+    import torch
+
     from openocr_cli.export.onnx_export import ExportOptions, choose_exporter, export_and_verify
     from openocr_cli.hub import get_entry, resolve_weights, sha256_file
     from openocr_cli.inference.backends.onnx_metadata import build_metadata
-    from openocr_cli.inference.backends.torch_backend import load_detector
+    from openocr_cli.inference.backends.torch_backend import TorchBackend, load_detector
     from openocr_cli.inference.postprocess_sources import from_saved_config
+    from openocr_cli.inference.predictor import Predictor
 
     _check_int8_request(request)
     opset = request.opset if request.opset is not None else (INT8_OPSET if request.int8 else DEFAULT_OPSET)
@@ -246,7 +249,8 @@ def export_checkpoint(request: ExportRequest,
             from openocr_cli.export.int8.guard import DEFAULT_MIN_AGREEMENT
 
             min_agreement = DEFAULT_MIN_AGREEMENT if request.min_agreement is None else request.min_agreement
-            checker = Checker(check, resize, normalizer, post, request.max_drop, min_agreement)
+            stages = Predictor(TorchBackend(model, torch.device("cpu")), resize, normalizer, post)
+            checker = Checker(check, stages, request.max_drop, min_agreement)
             result.int8 = quantize_export(float_path, path, calibration, checker)
             message = int8_failure(result.int8)
             if message is not None:

@@ -19,7 +19,8 @@ from itertools import islice
 from typing import Any, Optional
 
 from openocr_cli.errors import UserError
-from openocr_cli.inference.resolve import InferenceOptions, describe_settings, resolve
+from openocr_cli.inference.options import InferenceOptions
+from openocr_cli.inference.resolve import describe_settings, resolve
 from openocr_cli.inference.results import Result
 from openocr_cli.inference.run_folder import encode_vis
 
@@ -126,7 +127,7 @@ def _worker(options: InferenceOptions, device: str, vis: bool, tasks, results, p
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     try:
         resolved = resolve(options)
-        predictor = resolved.predictor(options.batch_size, options.workers, options.pdf_dpi, options.tile_settings())
+        predictor = resolved.predictor(options)
         results.put(("ready", device, {"settings": describe_settings(resolved.settings), "resize": predictor.resize,
                                        "tile": predictor.tile.enabled}))
         while (task := tasks.get()) is not None:

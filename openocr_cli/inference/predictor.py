@@ -6,6 +6,7 @@ the boxes single-image inference gives (no padding artefacts). Results come back
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections import deque
@@ -51,20 +52,28 @@ class _Prepared:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True, eq=False)
 class Predictor:
-    def __init__(self, backend: Backend, resize: ResizeSpec, normalizer: Normalizer,
-                 postprocess: DBPostProcess, batch_size: int = 1, workers: int = 2,
-                 pdf_dpi: float = DEFAULT_PDF_DPI, tile: TileSettings = TileSettings()):
-        if batch_size < 1:
+    """One value: the model and every stage around it. A variant (another batch size, resize or post-processing)
+    is `predictor.replace(...)`, so nothing set here (tiling, PDF dpi) is lost on the way."""
+
+    backend: Backend
+    resize: ResizeSpec
+    normalizer: Normalizer
+    postprocess: DBPostProcess
+    batch_size: int = 1
+    workers: int = 2
+    pdf_dpi: float = DEFAULT_PDF_DPI  # the resolution `doc.pdf#page=N` inputs are rendered at
+    tile: TileSettings = TileSettings()  # off: the normal resize; auto / fixed: inference/tiling.py
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
             raise ValueError("batch size must be at least 1")
-        self.pdf_dpi = pdf_dpi  # the resolution `doc.pdf#page=N` inputs are rendered at
-        self.tile = tile  # off: the normal resize; auto / fixed: inference/tiling.py
-        self.backend = backend
-        self.resize = resize
-        self.normalizer = normalizer
-        self.postprocess = postprocess
-        self.batch_size = batch_size
-        self.workers = max(1, workers)
+        object.__setattr__(self, "workers", max(1, self.workers))
+
+    def replace(self, **changes: Any) -> Predictor:
+        """This predictor with some fields changed (the others, tiling included, kept)."""
+        return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_config(cls, backend: Backend, cfg: dict, *, resize: ResizeSpec | None = None,

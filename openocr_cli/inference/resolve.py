@@ -17,130 +17,41 @@ to the logger, the commands show them.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from openocr_cli import config as cfgmod
 from openocr_cli.constants import POSTPROCESS_KEYS
-from openocr_cli.data.pdf import DEFAULT_PDF_DPI
 from openocr_cli.data.resize import Normalizer, ResizeSpec
 from openocr_cli.errors import UserError
 from openocr_cli.inference import postprocess_sources as ppfile
 from openocr_cli.inference.backends.onnx_metadata import CHANNEL_ORDERS, normalization
+from openocr_cli.inference.options import DEFAULT_WEIGHTS, InferenceOptions
 from openocr_cli.inference.predictor import Backend, Predictor
-from openocr_cli.inference.tiling import TileSettings, parse_tile
 from openocr_cli.postprocess import DBPostProcess, make_postprocess
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WEIGHTS = "repvit"
-DEFAULT_ONNX_MODEL = "repvit-onnx"
-BACKENDS = ("torch", "onnx", "openvino")
 FILE_BACKENDS = ("onnx", "openvino")  # a model file run by a runtime, never torch
 CHECKPOINT_SOURCE = "the checkpoint's saved config"
 METADATA_SOURCE = "the ONNX model's metadata"  # an .onnx file's, whichever runtime reads it
 IR_METADATA_SOURCE = "the OpenVINO IR's metadata"  # an .xml file's rt_info
 
 
-@dataclass(frozen=True, kw_only=True)
-class InferenceOptions:
-    """What a caller asked for; None means "not given" (the resolver decides).
+def _explicit_postprocess(options: InferenceOptions) -> dict[str, Any]:
+    return {k: getattr(options, k) for k in ("thresh", "box_thresh", "unclip_ratio", "score_mode", "box_type")}
 
-    `origin` names explicit values in the recorded sources: "flag" for the command line, "argument" for
-    the Python API. `postprocess` is a JSON file path or a mapping of thresh / box_thresh / unclip_ratio.
-    """
 
-    weights: str = DEFAULT_WEIGHTS
-    onnx_model: Optional[str] = None
-    openvino_model: Optional[str] = None
-    backend: Optional[str] = None
-    config: Optional[Path] = None
-    overrides: tuple[str, ...] = ()
-    postprocess: Union[Path, Mapping[str, float], None] = None
-    device: Optional[str] = None
-    threads: Optional[int] = None
-    batch_size: int = 1
-    workers: int = 2
-    thresh: Optional[float] = None
-    box_thresh: Optional[float] = None
-    unclip_ratio: Optional[float] = None
-    score_mode: Optional[str] = None
-    box_type: Optional[str] = None
-    limit_side_len: Optional[int] = None
-    limit_type: Optional[str] = None
-    mean: Optional[Sequence[float]] = None
-    std: Optional[Sequence[float]] = None
-    non_strict: bool = False
-    fuse: bool = True
-    pdf_dpi: float = DEFAULT_PDF_DPI
-    tile: Optional[str] = None  # off / auto / a tile side in pixels (inference/tiling.py); None = off
-    tile_overlap: Optional[int] = None
-
-    def tile_settings(self) -> TileSettings:
-        """--tile / --tile-overlap checked and parsed (a bad value is a usage error naming the flag)."""
-        return parse_tile(self.tile, self.tile_overlap)
-    origin: str = "flag"
-
-    def __post_init__(self) -> None:
-        """`-w model.onnx` / `-w model.xml` mean --onnx-model / --openvino-model, as Detector("model.onnx") does."""
-        name = self.weights.lower()
-        if self.onnx_model or self.openvino_model or not name.endswith((".onnx", ".xml")):
-            return
-        if name.endswith(".xml") or self.backend == "openvino":
-            object.__setattr__(self, "openvino_model", self.weights)
-        elif self.backend in (None, "onnx"):
-            object.__setattr__(self, "onnx_model", self.weights)
-        else:
-            return  # --backend torch -w model.onnx: refused with the way to run it (_torch_backend)
-        object.__setattr__(self, "weights", DEFAULT_WEIGHTS)
-
-    def replace(self, **changes: Any) -> InferenceOptions:
-        return dataclasses.replace(self, **changes)
-
-    def load_config(self) -> dict:
-        """The config file (or the packaged one) with every -o override applied."""
-        return cfgmod.apply_overrides(cfgmod.load_config(self.config), self.overrides)
-
-    def backend_name(self) -> str:
-        """openvino / onnx when that model is given, else torch; an explicit backend must agree with the model."""
-        if self.onnx_model and self.openvino_model:
-            raise UserError("--onnx-model and --openvino-model both name a model; pass one (OpenVINO reads .onnx "
-                            "files too: --openvino-model FILE.onnx).", exit_code=2)
-        if self.backend is None:
-            return "openvino" if self.openvino_model else "onnx" if self.onnx_model else "torch"
-        if self.backend not in BACKENDS:
-            raise UserError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}.", exit_code=2)
-        if self.backend != "onnx" and self.onnx_model:
-            instead = ("pass the file as --openvino-model (OpenVINO reads .onnx files)" if self.backend == "openvino"
-                       else "pass --backend onnx")
-            raise UserError(f"--onnx-model is used by the onnx backend only; drop it or {instead}.", exit_code=2)
-        if self.backend != "openvino" and self.openvino_model:
-            raise UserError("--openvino-model is used by the openvino backend only; drop it or pass --backend "
-                            "openvino.", exit_code=2)
-        return self.backend
-
-    def model_name(self) -> str:
-        """The model as the caller named it (the .pth / .onnx / .xml path or registry name this run uses)."""
-        backend = self.backend_name()
-        if backend == "torch":
-            return self.weights
-        return (self.onnx_model if backend == "onnx" else self.openvino_model) or DEFAULT_ONNX_MODEL
-
-    def _explicit_postprocess(self) -> dict[str, Any]:
-        return {"thresh": self.thresh, "box_thresh": self.box_thresh, "unclip_ratio": self.unclip_ratio,
-                "score_mode": self.score_mode, "box_type": self.box_type}
-
-    def _file_layer(self) -> Optional[tuple[str, dict[str, float]]]:
-        if self.postprocess is None:
-            return None
-        if isinstance(self.postprocess, Mapping):
-            return "postprocess=", ppfile.check_values(dict(self.postprocess), "postprocess=")
-        label = f"--postprocess {self.postprocess}" if self.origin == "flag" else f"postprocess={self.postprocess}"
-        return label, ppfile.read_postprocess_file(Path(self.postprocess))
+def _file_layer(options: InferenceOptions) -> Optional[tuple[str, dict[str, float]]]:
+    if options.postprocess is None:
+        return None
+    if isinstance(options.postprocess, Mapping):
+        return "postprocess=", ppfile.check_values(dict(options.postprocess), "postprocess=")
+    label = f"--postprocess {options.postprocess}" if options.origin == "flag" else f"postprocess={options.postprocess}"
+    return label, ppfile.read_postprocess_file(Path(options.postprocess))
 
 
 @dataclass(frozen=True)
@@ -167,10 +78,10 @@ class Resolved:
         """The model as the caller named it (settings["model"])."""
         return self.settings["model"].value
 
-    def predictor(self, batch_size: int = 1, workers: int = 2, pdf_dpi: float = DEFAULT_PDF_DPI,
-                  tile: TileSettings = TileSettings()) -> Predictor:
-        return Predictor(self.backend, self.resize, self.normalizer, self.postprocess, batch_size=batch_size,
-                         workers=workers, pdf_dpi=pdf_dpi, tile=tile)
+    def predictor(self, options: InferenceOptions) -> Predictor:
+        """The predictor these settings make, run as `options` asks (batch size, workers, PDF dpi, tiling)."""
+        return Predictor(self.backend, self.resize, self.normalizer, self.postprocess, batch_size=options.batch_size,
+                         workers=options.workers, pdf_dpi=options.pdf_dpi, tile=options.tile_settings())
 
 
 def resolve_postprocess(options: InferenceOptions, cfg: dict, model_layer: Optional[tuple[str, Mapping]] = None,
@@ -179,10 +90,10 @@ def resolve_postprocess(options: InferenceOptions, cfg: dict, model_layer: Optio
     if options.config is not None:  # an explicit config outranks the values the model carries
         model_layer = None
     layers = [model_layer] if model_layer and model_layer[1] else []
-    file_layer = options._file_layer()
+    file_layer = _file_layer(options)
     if file_layer is not None:
         layers.append(file_layer)
-    params, sources = ppfile.layered_params(cfg, options.overrides, layers, options._explicit_postprocess(),
+    params, sources = ppfile.layered_params(cfg, options.overrides, layers, _explicit_postprocess(options),
                                             explicit=options.origin)
     postprocess = make_postprocess(params)
     if note_model_values and layers and model_layer:
@@ -271,12 +182,21 @@ def resolve(options: InferenceOptions) -> Resolved:
         log.info(_unstated_note(backend.info.path, {**resize_settings, **norm_settings, **post_settings}))
     explicit = options.origin
     settings = {
-        "model": Setting(options.model_name(), explicit if _named(options) else "default"),
+        "model": Setting(options.model_name(), explicit if options.named_model() else "default"),
         "backend": Setting(backend_name, explicit if options.backend else "default"),
         "device": Setting(device, explicit if options.device else "default"),
         **resize_settings, **norm_settings, **post_settings,
     }
     return Resolved(cfg, backend, resize, normalizer, postprocess, settings)
+
+
+def _norm_source(settings: dict[str, Setting]) -> str:
+    source = settings["mean"].source
+    if source == "config":
+        return "the config (ImageNet)"
+    if source in ("flag", "argument"):
+        return "--mean/--std" if source == "flag" else "mean=/std="
+    return "the model's metadata" if source in (METADATA_SOURCE, IR_METADATA_SOURCE) else source
 
 
 STATED_KEYS = ("mean", "std", "postprocess", "resize")  # what an openocr-det export says about pre/post-processing
@@ -297,22 +217,6 @@ def _shown(value: Any) -> str:
     if isinstance(value, tuple):
         return "[" + ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) + "]"
     return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _named(options: InferenceOptions) -> bool:
-    backend = options.backend_name()
-    if backend == "torch":
-        return options.weights != DEFAULT_WEIGHTS
-    return (options.onnx_model if backend == "onnx" else options.openvino_model) is not None
-
-
-def _norm_source(settings: dict[str, Setting]) -> str:
-    source = settings["mean"].source
-    if source == "config":
-        return "the config (ImageNet)"
-    if source in ("flag", "argument"):
-        return "--mean/--std" if source == "flag" else "mean=/std="
-    return "the model's metadata" if source in (METADATA_SOURCE, IR_METADATA_SOURCE) else source
 
 
 def _torch_backend(options: InferenceOptions, cfg: dict) -> Backend:

@@ -28,7 +28,7 @@ import numpy as np
 
 from openocr_cli.data.pdf import split_page_ref
 from openocr_cli.errors import UserError
-from openocr_cli.inference.resolve import InferenceOptions
+from openocr_cli.inference.options import InferenceOptions
 from openocr_cli.inference.results import Result
 from openocr_cli.log import logger as log
 

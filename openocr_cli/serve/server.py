@@ -21,7 +21,7 @@ from typing import Optional
 import uvicorn
 
 from openocr_cli.api.detector import Detector
-from openocr_cli.inference.resolve import InferenceOptions
+from openocr_cli.inference.options import InferenceOptions
 from openocr_cli.serve.app import ENVIRONMENT_KEY, create_app, write_setup
 from openocr_cli.serve.prometheus import MULTIPROCESS_ENV
 from openocr_cli.serve.service import ServeLimits

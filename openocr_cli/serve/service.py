@@ -138,9 +138,7 @@ class DetectionService:
 
     def _tiled(self, image: np.ndarray, post: DBPostProcess, tiling: TileSettings):
         """A tiled image on the inference thread (tiles are batched among themselves, not with others)."""
-        base = self.predictor
-        predictor = Predictor(base.backend, base.resize, base.normalizer, post, batch_size=self.limits.max_batch,
-                              workers=1, tile=tiling)
+        predictor = self.predictor.replace(postprocess=post, batch_size=self.limits.max_batch, workers=1, tile=tiling)
         return next(iter(predictor.run([image])))
 
     def info(self) -> dict[str, Any]:

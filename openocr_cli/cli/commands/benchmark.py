@@ -20,14 +20,18 @@ from openocr_cli.data.resize import ResizeSpec
 from openocr_cli.errors import UserError
 from openocr_cli.evaluation import speed_rows as bench
 from openocr_cli.evaluation.sizes import parse_sizes, size_spec
-from openocr_cli.inference.predictor import Predictor
-from openocr_cli.inference.resolve import InferenceOptions
+from openocr_cli.inference.options import InferenceOptions
 
 ONNX_NOTE = ("--precisions applies to the torch and openvino backends; an ONNX model run with onnxruntime runs "
              "at the precision it was exported with")
 
 
+@opt.inference_command(
+    without=("weights", "onnx_model", "openvino_model", "backend", "limit_side_len", "mean", "std", "pdf_dpi"),
+    fuse={"help": "Time the re-parameterised (fused) torch model, as predict and export run it (default). The hmean "
+                  "equals `eval --fuse`; --no-fuse times the model eval runs by default."})
 def benchmark(
+    options: opt.InferenceOptions,
     weights: Annotated[Optional[list[str]], typer.Option(
         "--weights", "-w",
         help="Checkpoint .pth or model name to time with PyTorch (repeatable; a .onnx / .xml file is timed as "
@@ -68,26 +72,6 @@ def benchmark(
              "of different rows are interleaved.")] = 3,
     json_out: Annotated[Optional[Path], typer.Option(
         "--json", help="Also write the rows and the machine to this JSON file.")] = None,
-    device: opt.Device = None,
-    threads: opt.Threads = None,
-    batch_size: opt.BatchSize = 1,
-    workers: opt.Workers = 2,
-    fuse: Annotated[bool, typer.Option(
-        "--fuse/--no-fuse",
-        help="Time the re-parameterised (fused) torch model, as predict and export run it (default). The hmean "
-             "equals `eval --fuse`; --no-fuse times the model eval runs by default.")] = True,
-    config: opt.ConfigPath = None,
-    override: opt.Overrides = None,
-    thresh: opt.Thresh = None,
-    box_thresh: opt.BoxThresh = None,
-    unclip_ratio: opt.UnclipRatio = None,
-    score_mode: opt.ScoreModeOpt = None,
-    box_type: opt.BoxTypeOpt = None,
-    limit_type: opt.LimitTypeOpt = None,
-    non_strict: opt.NonStrict = False,
-    postprocess_file: opt.PostprocessFile = None,
-    tile: opt.Tile = None,
-    tile_overlap: opt.TileOverlap = None,
 ) -> None:
     """Time detection per stage and per image (p50, p95) for each backend x model x precision x size.
 
@@ -112,7 +96,7 @@ printed fastest first.
     """
     wanted = bench.parse_precisions(precisions)
     sides = parse_sizes(sizes_text) if sizes_text is not None else None
-    base = opt.inference_options(locals(), weights=opt.DEFAULT_WEIGHTS, onnx_model=None, openvino_model=None)
+    base = options
     cfg = base.load_config()
     paths, samples = _inputs(cfg, images, data_dir, label_file)
     files = [w for w in weights or [] if w.lower().endswith((".onnx", ".xml"))]  # -w model.onnx: as --onnx-model
@@ -143,7 +127,7 @@ printed fastest first.
     if chosen is not None:
         console.print(recommendation_line(chosen), markup=False, soft_wrap=True)
     if json_out is not None:
-        opt.write_json(json_out, {"rows": [row.as_dict() for row in rows], "machine": bench.machine(threads),
+        opt.write_json(json_out, {"rows": [row.as_dict() for row in rows], "machine": bench.machine(options.threads),
                                   "recommended": chosen.row.as_dict() if chosen is not None else None})
     opt.report_unreadable(failures, "could not be read and were not timed")
 
@@ -185,8 +169,8 @@ def _torch_cases(base: InferenceOptions, weights: str, wanted: list[str],
     if not runnable:
         return []
     predictor = Detector.from_options(base.replace(weights=weights, backend="torch")).predictor
-    return [bench.Case("torch", weights, precision, side, _with(predictor, predictor.backend.with_precision(precision),
-                                                                spec))
+    return [bench.Case("torch", weights, precision, side, predictor.replace(
+        backend=predictor.backend.with_precision(precision), resize=spec))
             for precision in runnable for side, spec in _specs(predictor.resize, sides, weights)]
 
 
@@ -194,7 +178,7 @@ def _onnx_cases(base: InferenceOptions, model: str, sides: Optional[list[int]]) 
     predictor = Detector.from_options(base.replace(onnx_model=model, backend="onnx")).predictor
     info = predictor.backend.info
     precision = bench.onnx_precision(info.metadata, lambda: bench.graph_op_types(info.path))
-    return [bench.Case("onnx", model, precision, side, _with(predictor, predictor.backend, spec))
+    return [bench.Case("onnx", model, precision, side, predictor.replace(resize=spec))
             for side, spec in _specs(predictor.resize, sides, model)]
 
 
@@ -218,7 +202,7 @@ def _openvino_cases(base: InferenceOptions, model: str, wanted: list[str],
                 runnable.append((precision, backend.with_precision(precision)))
             else:
                 err_console.print(f"note: skipped openvino {precision} for {model}: {problem}.")
-    return [bench.Case("openvino", model, precision, side, _with(predictor, compiled, spec))
+    return [bench.Case("openvino", model, precision, side, predictor.replace(backend=compiled, resize=spec))
             for precision, compiled in runnable for side, spec in _specs(predictor.resize, sides, model)]
 
 
@@ -232,11 +216,6 @@ def _specs(resize: ResizeSpec, sides: Optional[list[int]], model: str) -> list[t
     if sides is None:
         return [(resize.resize_long or resize.limit_side_len, resize)]
     return [(side, size_spec(resize, side)) for side in sides]
-
-
-def _with(predictor: Predictor, backend, resize: ResizeSpec) -> Predictor:
-    return Predictor(backend, resize, predictor.normalizer, predictor.postprocess, batch_size=predictor.batch_size,
-                     workers=predictor.workers, pdf_dpi=predictor.pdf_dpi, tile=predictor.tile)
 
 
 def recommendation_line(chosen: bench.Recommendation) -> str:

@@ -26,8 +26,11 @@ from openocr_cli.inference.resolve import resolve_resize
 from openocr_cli.inference.results import read_predictions
 
 
+@opt.inference_command(fuse={"default": False, "help": (
+    "Evaluate the re-parameterised (fused) backbone: faster, outputs differ by about 1e-7. Default: unfused, as "
+    "OpenOCR's eval_det, for identical numbers.")})
 def evaluate(
-    weights: opt.Weights = opt.DEFAULT_WEIGHTS,
+    options: opt.InferenceOptions,
     data_dir: Annotated[Optional[Path], typer.Option(
         "--data-dir", help="Folder the label paths are relative to (config default: Eval.dataset.data_dir).")] = None,
     label_file: Annotated[Optional[list[Path]], typer.Option(
@@ -38,33 +41,6 @@ def evaluate(
         "--predictions", help="Score this det_results.txt instead of running a model (images need not exist).")] = None,
     json_out: Annotated[Optional[Path], typer.Option(
         "--json", help="Also write the numbers to this JSON file.")] = None,
-    config: opt.ConfigPath = None,
-    override: opt.Overrides = None,
-    device: opt.Device = None,
-    batch_size: opt.BatchSize = 1,
-    workers: opt.Workers = 2,
-    thresh: opt.Thresh = None,
-    box_thresh: opt.BoxThresh = None,
-    unclip_ratio: opt.UnclipRatio = None,
-    score_mode: opt.ScoreModeOpt = None,
-    box_type: opt.BoxTypeOpt = None,
-    limit_side_len: opt.LimitSide = None,
-    limit_type: opt.LimitTypeOpt = None,
-    non_strict: opt.NonStrict = False,
-    fuse: Annotated[bool, typer.Option(
-        "--fuse/--no-fuse",
-        help="Evaluate the re-parameterised (fused) backbone: faster, outputs differ by about 1e-7. "
-             "Default: unfused, as OpenOCR's eval_det, for identical numbers.")] = False,
-    backend: opt.BackendOpt = None,
-    onnx_model: opt.OnnxModel = None,
-    openvino_model: opt.OpenVinoModel = None,
-    threads: opt.Threads = None,
-    mean: opt.Mean = None,
-    std: opt.Std = None,
-    postprocess_file: opt.PostprocessFile = None,
-    pdf_dpi: opt.PdfDpi = opt.DEFAULT_PDF_DPI,
-    tile: opt.Tile = None,
-    tile_overlap: opt.TileOverlap = None,
     tune_flag: Annotated[bool, typer.Option(
         "--tune",
         help="Also search thresh, box_thresh and unclip_ratio on the probability maps of this one model pass "
@@ -104,7 +80,6 @@ def evaluate(
 
       openocr-det eval -w best.pth --label-file test_label.txt --sizes 640,960,1280
     """
-    options = opt.inference_options(locals())
     grids = tune.parse_ranges(tune_ranges) if tune_flag or tune_ranges is not None else None
     size_list = sizes.parse_sizes(sizes_text) if sizes_text is not None else None
     cfg = options.load_config()
@@ -165,7 +140,7 @@ def evaluate(
             if advice:
                 warn(advice)
     if report is not None:
-        write_report(report, result, shown, workers, pdf_dpi)
+        write_report(report, result, shown, options.workers, options.pdf_dpi)
         console.print(f"Report: {report / 'index.html'} (errors per image in {report / 'errors.json'})")
     if json_out is not None:
         opt.write_json(json_out, out)

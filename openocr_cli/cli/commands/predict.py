@@ -21,37 +21,15 @@ RESULTS_NAME = "det_results.txt"
 TILED_NAME = "tiled.json"  # {image: how many tiles and why}, written when any image ran as tiles
 
 
+@opt.inference_command(without=("fuse",))
 def predict(
     sources: Annotated[list[str], typer.Argument(
         help="Image files, PDFs (one input per page), folders or glob patterns.", show_default=False)],
-    weights: opt.Weights = opt.DEFAULT_WEIGHTS,
+    options: opt.InferenceOptions,
     output: Annotated[Path, typer.Option(
         "--output", help="Folder for det_results.txt and vis/.")] = Path("output/predict"),
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Include images in subfolders.")] = False,
     no_vis: Annotated[bool, typer.Option("--no-vis", help="Do not write drawn images.")] = False,
-    config: opt.ConfigPath = None,
-    override: opt.Overrides = None,
-    device: opt.Device = None,
-    batch_size: opt.BatchSize = 1,
-    workers: opt.Workers = 2,
-    thresh: opt.Thresh = None,
-    box_thresh: opt.BoxThresh = None,
-    unclip_ratio: opt.UnclipRatio = None,
-    score_mode: opt.ScoreModeOpt = None,
-    box_type: opt.BoxTypeOpt = None,
-    limit_side_len: opt.LimitSide = None,
-    limit_type: opt.LimitTypeOpt = None,
-    non_strict: opt.NonStrict = False,
-    backend: opt.BackendOpt = None,
-    onnx_model: opt.OnnxModel = None,
-    openvino_model: opt.OpenVinoModel = None,
-    threads: opt.Threads = None,
-    mean: opt.Mean = None,
-    std: opt.Std = None,
-    postprocess_file: opt.PostprocessFile = None,
-    pdf_dpi: opt.PdfDpi = opt.DEFAULT_PDF_DPI,
-    tile: opt.Tile = None,
-    tile_overlap: opt.TileOverlap = None,
     save_format: pre.SaveFormat = None,
     min_rect: pre.MinRect = False,
     select_uncertain: pre.SelectUncertain = None,
@@ -90,10 +68,11 @@ a warning and listed at the end (exit 1).
                         "convert det_results.txt --from ppocr --to labelme ...`).", exit_code=2)
     run = large.LargeRun(sources=sources, recursive=recursive, output=output, vis=not no_vis,
                          fmt=output_format.value, resume=resume, overwrite=overwrite, shard=shard, devices=devices,
-                         options=opt.inference_options(locals()))
+                         options=options)
     with run:
-        _predict(run, output, tile, pre.PredictExtras(output, save_format, min_rect, select_uncertain, run.detector)
-                 if run.detector is not None else None)
+        extras = (pre.PredictExtras(output, save_format, min_rect, select_uncertain, run.detector)
+                  if run.detector is not None else None)
+        _predict(run, output, options.tile, extras)
 
 
 def _predict(run: large.LargeRun, output: Path, tile, extras) -> None:

@@ -19,7 +19,7 @@ from openocr_cli.cli.ui import warn
 from openocr_cli.data import listing
 from openocr_cli.errors import UserError
 from openocr_cli.inference import run_folder as runs
-from openocr_cli.inference.resolve import InferenceOptions
+from openocr_cli.inference.options import InferenceOptions
 from openocr_cli.inference.results import Result
 
 

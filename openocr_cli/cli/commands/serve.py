@@ -15,11 +15,9 @@ API_KEY_ENV = "OPENOCR_DET_API_KEY"
 EXTRA_HINT = "pip install 'openocr-det[serve]'"
 
 
+@opt.inference_command(without=("batch_size", "workers", "pdf_dpi", "fuse"))
 def serve(
-    weights: opt.Weights = opt.DEFAULT_WEIGHTS,
-    onnx_model: opt.OnnxModel = None,
-    openvino_model: opt.OpenVinoModel = None,
-    backend: opt.BackendOpt = None,
+    options: opt.InferenceOptions,
     host: Annotated[str, typer.Option(
         "--host", help="Address to listen on. The default answers this machine only; 0.0.0.0 listens on every "
                        "interface (put a reverse proxy with TLS in front, and use --api-key).")] = "127.0.0.1",
@@ -53,23 +51,6 @@ def serve(
     = False,
     decode_threads: Annotated[int, typer.Option(
         "--decode-threads", min=1, help="Threads per worker decoding, resizing and post-processing.")] = 2,
-    config: opt.ConfigPath = None,
-    override: opt.Overrides = None,
-    device: opt.Device = None,
-    threads: opt.Threads = None,
-    thresh: opt.Thresh = None,
-    box_thresh: opt.BoxThresh = None,
-    unclip_ratio: opt.UnclipRatio = None,
-    score_mode: opt.ScoreModeOpt = None,
-    box_type: opt.BoxTypeOpt = None,
-    limit_side_len: opt.LimitSide = None,
-    limit_type: opt.LimitTypeOpt = None,
-    non_strict: opt.NonStrict = False,
-    mean: opt.Mean = None,
-    std: opt.Std = None,
-    postprocess_file: opt.PostprocessFile = None,
-    tile: opt.Tile = None,
-    tile_overlap: opt.TileOverlap = None,
 ) -> None:
     """Serve the detector over HTTP: POST /v1/detect, a try-it page at /, /healthz, /metrics, /docs.
 
@@ -98,7 +79,7 @@ def serve(
     limits = ServeLimits(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          max_upload_mb=max_upload_mb, max_pixels=int(max_pixels), timeout_s=timeout_s,
                          decode_threads=decode_threads)
-    options = opt.inference_options(locals(), workers=decode_threads, batch_size=max_batch)
+    options = options.replace(workers=decode_threads, batch_size=max_batch)
 
     def listening(url: str) -> None:
         err_console.print(f"openocr-det serving on {url} (page: {url}/, API docs: {url}/docs); Ctrl+C to stop",

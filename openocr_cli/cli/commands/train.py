@@ -16,14 +16,16 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from openocr_cli.cli import options as opt
 from openocr_cli.cli.ui import console, quiet_unless_main, table
 from openocr_cli.errors import UserError
+from openocr_cli.training.options import TrainOptions, option_names
 from openocr_cli.training.settings import RESUME_FLAGS, TrainSettings
 
 if TYPE_CHECKING:  # torch is imported by the commands that run, not by `--help`
-    from openocr_cli.api.training import TrainResult
     from openocr_cli.training.callbacks import Callback
     from openocr_cli.training.distributed import LaunchPlan
+    from openocr_cli.training.jobs import TrainResult
     from openocr_cli.training.run_data import RunData
 
 GpusOpt = Annotated[Optional[str], typer.Option(
@@ -37,64 +39,11 @@ MasterPortOpt = Annotated[Optional[int], typer.Option(
     "--master-port", min=1, max=65535, help="Port of the rank-0 machine.")]
 RdzvOpt = Annotated[Optional[str], typer.Option(
     "--rdzv-endpoint", help="host:port of a c10d rendezvous (instead of --master-addr/--master-port).")]
-EpochsOpt = Annotated[Optional[int], typer.Option(
-    "--epochs", min=1, help="Train up to this many epochs in total (config default: 500).")]
-WorkersOpt = Annotated[Optional[int], typer.Option(
-    "--workers", min=0, help="Data-loading worker processes (config default: 8).")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: cuda if available).")]
-EvalEveryOpt = Annotated[Optional[int], typer.Option(
-    "--eval-every", min=0, help="Evaluate every N iterations, 0 = only at epoch ends (config default: 1000).")]
-SaveEveryOpt = Annotated[Optional[int], typer.Option(
-    "--save-every", min=0, help="Also save latest.pth every N iterations (default: off).")]
-PatienceOpt = Annotated[Optional[int], typer.Option(
-    "--patience", min=0, help="Stop after N evaluations without an hmean gain of at least --min-delta "
-    "(0 = never; config: Global.patience).")]
-LogOpt = Annotated[Optional[list[str]], typer.Option(
-    "--log", "--tracker", metavar="TRACKER", help="Experiment tracking: tensorboard (events in OUTPUT/tensorboard; "
-    "config Global.use_tensorboard) or mlflow (MLFLOW_TRACKING_URI, default ./mlruns); repeatable. Needs the "
-    "package (pip install tensorboard / mlflow-skinny). Under an external torchrun spell it --tracker.")]
-MinDeltaOpt = Annotated[Optional[float], typer.Option(
-    "--min-delta", min=0.0, help="Smallest hmean gain that counts as an improvement for --patience (default 0).")]
 
 
+@opt.options_command(TrainOptions, option_names())
 def train(
-    config: Annotated[Optional[Path], typer.Option(
-        "--config", "-c", help="OpenOCR-style YAML, read unchanged (default: packaged repvit_db.yml).")] = None,
-    override: Annotated[Optional[list[str]], typer.Option(
-        "--override", "-o", help="Config override Key.sub=value, value parsed as YAML (repeatable).")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(
-        "--data-dir", help="Folder the label paths are relative to (default: ./icdar2015/text_localization/).")] = None,
-    train_label: Annotated[Optional[list[Path]], typer.Option(
-        "--train-label", help="Training label file(s), repeatable.")] = None,
-    eval_label: Annotated[Optional[list[Path]], typer.Option(
-        "--eval-label", help="Evaluation label file(s), repeatable.")] = None,
-    weights: Annotated[Optional[str], typer.Option(
-        "--weights", "-w", help="Pretrained weights: a .pth, a model name (repvit), or 'none' to train from scratch.")
-    ] = None,
-    output: Annotated[Optional[Path], typer.Option(
-        "--output", help="Run folder (default: ./output/det_repvit_db).")] = None,
-    epochs: EpochsOpt = None,
-    batch_size: Annotated[Optional[int], typer.Option(
-        "--batch-size", "-b", min=1, help="Images per batch per device (config default: 8).")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", min=0.0, help="Peak learning rate (config default: 0.001).")
-                  ] = None,
-    workers: WorkersOpt = None,
-    device: DeviceOpt = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (config default: 48).")] = None,
-    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision on CUDA.")] = None,
-    eval_every: EvalEveryOpt = None,
-    save_every: SaveEveryOpt = None,
-    skip_bad: Annotated[bool, typer.Option(
-        "--skip-bad", help="Train on the valid label lines and report how many were skipped.")] = False,
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Start over in an --output folder that already holds a run.")] = False,
-    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="SyncBatchNorm across GPUs in distributed runs.")] = False,
-    patience: PatienceOpt = None,
-    min_delta: MinDeltaOpt = None,
-    log: LogOpt = None,
-    scale_lr: Annotated[bool, typer.Option(
-        "--scale-lr", help="Multiply the learning rate by the number of processes (config: Global.scale_lr).")] = False,
-    cache: CacheOpt = None,
+    options: TrainOptions,
     gpus: GpusOpt = None,
     nproc_per_node: NprocOpt = None,
     nnodes: NnodesOpt = 1,
@@ -121,19 +70,16 @@ resumes from that checkpoint, as in OpenOCR.
 
     keep_freed_memory()  # no page faults for every step's buffers (training/allocator.py)
     from openocr_cli.training import distributed as ddp
+    from openocr_cli.training import jobs
 
     plan, device = ddp.plan_launch(gpus, nproc_per_node, nnodes, node_rank, master_addr, master_port,
-                                   rdzv_endpoint, device)
-    options = dict(config=config, overrides=override or [], data_dir=data_dir, train_label=train_label,
-                   eval_label=eval_label, weights=weights, output=output, epochs=epochs, batch_size=batch_size, lr=lr,
-                   workers=workers, device=device, seed=seed, amp=amp, eval_every=eval_every, save_every=save_every,
-                   sync_bn=sync_bn, patience=patience, min_delta=min_delta, scale_lr=scale_lr, skip_bad=skip_bad,
-                   overwrite=overwrite, cache=cache, log=log)
+                                   rdzv_endpoint, options.device)
+    options = options.replace(device=device)
     screen = _screen()
     if plan is not None:
-        job = training.plan_train(**options)
-        raise typer.Exit(_launch(plan, job.settings, training.load_job_data(job, [screen])))
-    _finish(lambda: training.train(**options, callbacks=[screen]))
+        job = jobs.plan_train(options)
+        raise typer.Exit(_launch(plan, job.settings, jobs.load_job_data(job, [screen])))
+    _finish(lambda: training.train(**options.values(), callbacks=[screen]))
 
 
 def _screen() -> Callback:
@@ -240,11 +186,6 @@ def _summary(result: TrainResult) -> None:
 
 # ---------------------------------------------------------------------------------- resume
 
-CacheOpt = Annotated[Optional[str], typer.Option(
-    "--cache", help="Decode cache for the training images: none, ram (decoded once into memory, size checked) or "
-    "disk (.npy files in the user cache, read memory-mapped) (config: Train.dataset.cache; default none). The samples "
-    "are bit-identical either way, so resume may switch it.")]
-
 UNSAFE_ON_RESUME = {
     "--lr": "the learning rate", "--batch-size": "the batch size", "--seed": "the seed", "--config": "the config",
     "--override": "config values", "--data-dir": "the data", "--train-label": "the data", "--weights": "the weights",
@@ -267,18 +208,11 @@ def _hidden(*names: str):
     return typer.Option(*names, hidden=True, callback=_refuse)
 
 
+@opt.options_command(TrainOptions, RESUME_FLAGS)
 def resume(
     target: Annotated[Optional[Path], typer.Argument(
         help="Run folder or checkpoint (default: the newest run under ./output).")] = None,
-    epochs: EpochsOpt = None,
-    device: DeviceOpt = None,
-    workers: WorkersOpt = None,
-    eval_every: EvalEveryOpt = None,
-    save_every: SaveEveryOpt = None,
-    patience: PatienceOpt = None,
-    min_delta: MinDeltaOpt = None,
-    log: LogOpt = None,
-    cache: CacheOpt = None,
+    options: TrainOptions = None,
     gpus: GpusOpt = None,
     nproc_per_node: NprocOpt = None,
     nnodes: NnodesOpt = 1,
@@ -316,14 +250,14 @@ continues when --patience allows it.
 
     keep_freed_memory()  # no page faults for every step's buffers (training/allocator.py)
     from openocr_cli.training import distributed as ddp
+    from openocr_cli.training import jobs
 
     plan, device = ddp.plan_launch(gpus, nproc_per_node, nnodes, node_rank, master_addr, master_port,
-                                   rdzv_endpoint, device)
+                                   rdzv_endpoint, options.device)
+    options = options.replace(device=device)
     quiet_unless_main(ddp.role_from_env().is_main)
-    changes = {"epochs": epochs, "device": device, "workers": workers, "eval_every": eval_every,
-               "save_every": save_every, "patience": patience, "min_delta": min_delta, "log": log, "cache": cache}
     screen = _screen()
     if plan is not None:
-        job = training.plan_resume(target, **changes)
-        raise typer.Exit(_launch(plan, job.settings, training.load_job_data(job, [screen])))
-    _finish(lambda: training.resume(target, **changes, callbacks=[screen]))
+        job = jobs.plan_resume(target, options)
+        raise typer.Exit(_launch(plan, job.settings, jobs.load_job_data(job, [screen])))
+    _finish(lambda: training.resume(target, **options.values(RESUME_FLAGS), callbacks=[screen]))

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from openocr_cli.data.resize import Normalizer, ResizeSpec
 from openocr_cli.errors import UserError
 from openocr_cli.fileio import atomic_path
 
@@ -25,7 +24,6 @@ if TYPE_CHECKING:
     from openocr_cli.export.int8.guard import Run, Verdict
     from openocr_cli.export.int8.search import Attempt
     from openocr_cli.inference.predictor import Predictor
-    from openocr_cli.postprocess import DBPostProcess
 
 log = logging.getLogger(__name__)
 
@@ -114,18 +112,15 @@ def _image_set(source: Path, data_dir: Optional[Path], cfg: dict, flag: str):
 class Checker:
     """Runs a candidate model file on the check images through the Predictor eval uses, and judges it."""
 
-    def __init__(self, check: CheckSet, resize: ResizeSpec, normalizer: Normalizer, postprocess: DBPostProcess,
-                 max_drop: float, min_agreement: float):
+    def __init__(self, check: CheckSet, stages: Predictor, max_drop: float, min_agreement: float):
         self.check = check
-        self.resize, self.normalizer, self.postprocess = resize, normalizer, postprocess
+        self.stages = stages  # the exported model's predictor: its resize, normalisation and post-processing
         self.max_drop, self.min_agreement = max_drop, min_agreement
         self.reference: Optional[Run] = None
 
     def predictor(self, path: Path) -> Predictor:
         """The Predictor that runs `path` (CPU, float32 arithmetic for float models): .xml on OpenVINO, else
         onnxruntime, with this export's preprocessing and post-processing."""
-        from openocr_cli.inference.predictor import Predictor
-
         if path.suffix.lower() == ".xml":
             from openocr_cli.inference.backends.openvino_backend import OpenVinoBackend
 
@@ -134,7 +129,7 @@ class Checker:
             from openocr_cli.inference.backends.onnx_backend import OnnxBackend
 
             backend = OnnxBackend.load(path, device="cpu")
-        return Predictor(backend, self.resize, self.normalizer, self.postprocess)
+        return self.stages.replace(backend=backend)
 
     def run(self, path: Path) -> Run:
         from openocr_cli.export.int8.guard import run_model
