@@ -142,6 +142,8 @@ def test_missing_inputs_are_named(cli, tmp_path, mixed):
     code, _, err = cli("check-data", "--data-dir", root, "--label-file", tmp_path / "nope.txt")
     assert code == 1 and "nope.txt does not exist" in " ".join(err.split())
     code, _, err = cli("check-data", "--data-dir", tmp_path / "nodir", "--label-file", main)
-    assert code == 1 and "nodir does not exist" in " ".join(err.split())
+    assert code == 1 and "nodir (from --data-dir) does not exist" in " ".join(err.split())
     code, _, _ = cli("check-data", "--data-dir", root, "--label-file", main, "--crops", "-1")
     assert code == 2
+    code, out, _ = cli("check-data", "--data-dir", root, "--label-file", main, "--crops", "0")
+    assert code == 1 and "not measured (--crops 0)" in out and "0.0 %" not in out and "0.0%" not in out

@@ -134,3 +134,33 @@ def test_eval_corrupt_image_reported(cli, tmp_path, labelled, constant_ckpt):
     code, out, err = cli("eval", "-w", constant_ckpt, "--data-dir", data, "--label-file", labels, "--device", "cpu")
     assert code == 1 and "b.png" in err and "not scored" in " ".join(err.split())
     assert "hmean" in out
+
+
+def test_predictions_are_bucketed_at_the_resize_that_made_them(cli, tmp_path, constant_ckpt):
+    """predict --limit-side-len 64 on a 128 px wide image halves it: a 40 px line is 20 px to the model."""
+    import json as _json
+
+    from tests.conftest import write_image
+
+    data = tmp_path / "data"
+    write_image(data / "a.png", 96, 128)
+    labels = tmp_path / "gt.txt"
+    labels.write_text("a.png\t" + _json.dumps([{"transcription": "x", "points": [[4, 4], [120, 4], [120, 44],
+                                                                                 [4, 44]]}]) + "\n")
+    out = tmp_path / "pred"
+    code, _, err = cli("predict", data, "-w", constant_ckpt, "--device", "cpu", "--limit-side-len", "64",
+                       "--output", out, "--no-vis")
+    assert code == 0, err
+    metrics = tmp_path / "m.json"
+    code, _, err = cli("eval", "--predictions", out / "det_results.txt", "--label-file", labels, "--data-dir", data,
+                       "--json", metrics)
+    assert code == 0, err
+    assert "at the resize that made the predictions" in " ".join(err.split())
+    buckets = _json.loads(metrics.read_text())["by_height"]
+    assert buckets["16-32"]["gt"] == 1 and buckets["32+"]["gt"] == 0
+    (out / "run.json").unlink()  # no record: the config's resize (960 keeps it at 40 px)
+    code, _, err = cli("eval", "--predictions", out / "det_results.txt", "--label-file", labels, "--data-dir", data,
+                       "--json", metrics)
+    assert code == 0, err
+    buckets = _json.loads(metrics.read_text())["by_height"]
+    assert buckets["32+"]["gt"] == 1

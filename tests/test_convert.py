@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -345,3 +346,101 @@ def test_bad_entries_are_reported_as_written(cli, tmp_path):
     code, _, err = convert(cli, gt, "--from", "icdar2015", "--to", "ppocr", "--output", tmp_path / "out.txt")
     assert code == 1 and "Traceback" not in err
     assert f"{gt / 'gt_a.txt'}:1: coordinate 'x' is not a number" in " ".join(err.split())
+
+
+MMOCR = {
+    "metainfo": {"dataset_type": "TextDetDataset", "task_name": "textdet", "category": [{"id": 0, "name": "text"}]},
+    "data_list": [
+        {"img_path": "imgs/img_1.jpg", "height": 720, "width": 1280, "instances": [
+            {"polygon": [377, 117, 463, 117, 465, 130, 378, 130], "bbox": [377, 117, 465, 130], "bbox_label": 0,
+             "ignore": False},
+            {"polygon": [493.5, 115.25, 519, 115, 519, 131, 493, 131.75], "bbox": [493, 115, 519, 131.75],
+             "bbox_label": 0, "ignore": True},
+            {"polygon": [5, 50, 20, 45, 40, 44, 60, 46, 60, 60], "bbox_label": 0, "ignore": False}]},
+        {"img_path": "imgs/img_2.jpg", "height": 720, "width": 1280, "instances": []},
+    ]}
+
+
+def test_mmocr_to_ppocr_keeps_polygons_and_ignore_flags_exactly_and_round_trips(cli, tmp_path):
+    source = tmp_path / "textdet_test.json"
+    source.write_text(json.dumps(MMOCR))
+    ppocr_file, back = tmp_path / "label.txt", tmp_path / "back.json"
+    code, _, err = convert(cli, source, "--from", "mmocr", "--to", "ppocr", "--output", ppocr_file)
+    assert code == 0, err
+    lines = dict(line.split("\t") for line in ppocr_file.read_text().splitlines())
+    assert set(lines) == {"imgs/img_1.jpg", "imgs/img_2.jpg"} and json.loads(lines["imgs/img_2.jpg"]) == []
+    regions = json.loads(lines["imgs/img_1.jpg"])
+    for region, instance in zip(regions, MMOCR["data_list"][0]["instances"]):
+        flat = instance["polygon"]
+        assert region["points"] == [[flat[i], flat[i + 1]] for i in range(0, len(flat), 2)]
+        assert (region["transcription"] == "###") == instance["ignore"]
+    code, _, err = convert(cli, ppocr_file, "--from", "ppocr", "--to", "mmocr", "--output", back)
+    assert code == 0, err
+    written = json.loads(back.read_text())
+    assert written["metainfo"] == MMOCR["metainfo"]
+    for got, want in zip(written["data_list"], MMOCR["data_list"]):
+        assert got["img_path"] == want["img_path"]
+        assert [(i["polygon"], i["ignore"]) for i in got["instances"]] == [
+            (i["polygon"], i["ignore"]) for i in want["instances"]]
+        assert all(i["bbox_label"] == 0 for i in got["instances"])
+    assert written["data_list"][0]["instances"][0]["bbox"] == [377, 117, 465, 130]
+
+
+def test_ppocr_round_trips_through_mmocr_with_transcriptions(cli, tmp_path, quads_ppocr, poly_ppocr):
+    for source in (quads_ppocr, poly_ppocr):
+        mid, back = tmp_path / f"mid_{source.stem}.json", tmp_path / f"back_{source.stem}.txt"
+        assert convert(cli, source, "--from", "ppocr", "--to", "mmocr", "--output", mid)[0] == 0
+        assert convert(cli, mid, "--from", "mmocr", "--to", "ppocr", "--output", back)[0] == 0
+        assert regions_of(back) == regions_of(source)
+
+
+def test_coco_reader_on_an_mmocr_file_names_mmocr_not_skip_bad(cli, tmp_path):
+    source = tmp_path / "textdet_test.json"
+    source.write_text(json.dumps(MMOCR))
+    code, _, err = convert(cli, source, "--from", "coco", "--to", "ppocr", "--output", tmp_path / "x.txt")
+    flat = " ".join(err.split())
+    assert code == 1 and "looks like mmocr's format: convert it with --from mmocr" in flat
+    assert "--skip-bad" not in flat and not (tmp_path / "x.txt").exists()
+    doctr_file = tmp_path / "labels.json"
+    doctr_file.write_text(json.dumps({"a.png": {"img_dimensions": [10, 20], "img_hash": "x", "polygons": []}}))
+    code, _, err = convert(cli, doctr_file, "--from", "mmocr", "--to", "ppocr", "--output", tmp_path / "y.txt")
+    assert code == 1 and "--from doctr" in " ".join(err.split())
+
+
+DOCTR = {
+    "sample_img_01.png": {"img_dimensions": [96, 128], "img_hash": "h1",
+                          "polygons": [[[10, 20], [60, 20], [60, 40], [10, 40]],
+                                       [[1.5, 2.25], [30.5, 2.0], [30.0, 12.75], [1.0, 12.5]]]},
+    "sample_img_02.png": {"img_dimensions": [96, 128], "img_hash": "h2",
+                          "polygons": {"words": [[[5, 50], [20, 45], [40, 44], [60, 60]]], "stamps": [[0, 0, 9, 7]]}},
+}
+
+
+def test_doctr_to_ppocr_and_back(cli, tmp_path):
+    folder = tmp_path / "train"
+    write_image(folder / "images" / "sample_img_01.png", 96, 128, 0)
+    write_image(folder / "images" / "sample_img_02.png", 96, 128, 1)
+    source = folder / "labels.json"
+    source.write_text(json.dumps(DOCTR))
+    ppocr_file, back = tmp_path / "label.txt", tmp_path / "back.json"
+    code, _, err = convert(cli, source, "--from", "doctr", "--to", "ppocr", "--output", ppocr_file)
+    assert code == 0, err
+    lines = {k: json.loads(v) for k, v in (line.split("\t") for line in ppocr_file.read_text().splitlines())}
+    assert [r["points"] for r in lines["sample_img_01.png"]] == DOCTR["sample_img_01.png"]["polygons"]
+    assert [r["points"] for r in lines["sample_img_02.png"]] == [[[5, 50], [20, 45], [40, 44], [60, 60]],
+                                                                [[0, 0], [9, 0], [9, 7], [0, 7]]]
+    assert all(r["transcription"] == "" for regions in lines.values() for r in regions)
+    code, _, err = convert(cli, ppocr_file, "--from", "ppocr", "--to", "doctr", "--images-dir", folder / "images",
+                           "--output", back)
+    assert code == 0, err
+    written = json.loads(back.read_text())
+    assert written["sample_img_01.png"]["polygons"] == DOCTR["sample_img_01.png"]["polygons"]
+    assert written["sample_img_01.png"]["img_dimensions"] == [96, 128]
+    digest = hashlib.sha256((folder / "images" / "sample_img_01.png").read_bytes()).hexdigest()
+    assert written["sample_img_01.png"]["img_hash"] == digest
+
+
+def test_doctr_writer_refuses_do_not_care_regions(cli, tmp_path, quads_ppocr):
+    code, _, err = convert(cli, quads_ppocr, "--from", "ppocr", "--to", "doctr", "--output", tmp_path / "l.json")
+    flat = " ".join(err.split())
+    assert code == 1 and "no do-not-care flag" in flat and "a.jpg" in flat and "c.jpg" in flat

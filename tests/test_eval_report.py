@@ -102,7 +102,12 @@ def test_sizes_rows_equal_separate_evals(cli, tmp_path, constant_ckpt):
         m = json.loads(single.read_text())
         assert (row["precision"], row["recall"], row["hmean"]) == (m["precision"], m["recall"], m["hmean"])
         assert row["fps"] > 0
-    assert "limit_side_len" in out
+    assert "limit_side_len" in out and "identical rows" not in err
+    code, _, err = cli(*common, "--sizes", "320,640,64")  # 96x160: neither 320 nor 640 scales it
+    assert code == 0, err
+    assert ("limit_side_len 320, 640 give identical rows: every image reaches the model at the same size "
+            "(limit_type max only scales an image down, and no image is longer than 320 px on its longer side)"
+            ) in " ".join(err.split())
     code, _, err = cli(*common, "--sizes", "64,abc")
     assert code == 2 and "abc" in err
 

@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -165,6 +166,9 @@ def test_cli_tune_round_trip(cli, tmp_path, bar_set):
     assert got["tuned"]["hmean"] > got["default"]["hmean"]
     assert got["trials"] > 10 and got["seconds"] >= 0
     assert "gain (pts)" in out and "current" in out
+    regions = sum(r["transcription"] not in ("###", "*") for line in Path(labels).read_text().splitlines()
+                  for r in json.loads(line.split("\t")[1]))
+    assert (f"--tune ran on {regions} text region(s)" in " ".join(err.split())) == (regions < tune.SMALL_SAMPLE)
     # plain eval with the tuned values gives exactly the tuned numbers: flags, and the file via --postprocess
     t = got["tuned"]
     plain = tmp_path / "plain.json"
@@ -222,3 +226,8 @@ def test_export_writes_postprocess_file_into_metadata(cli, tmp_path, random_ckpt
     post = json.loads(read_metadata(path)["postprocess"])
     assert (post["thresh"], post["box_thresh"], post["unclip_ratio"]) == (0.25, 0.55, 1.7)
     assert post["box_type"] == "quad" and post["max_candidates"] == 1000
+
+
+def test_small_sample_warning():
+    assert tune.small_sample_warning(tune.SMALL_SAMPLE) is None
+    assert "21 text region(s)" in tune.small_sample_warning(21)

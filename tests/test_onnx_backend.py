@@ -206,3 +206,37 @@ def test_registry_model_without_metadata_is_normalised_by_its_registry_entry(cli
     assert code == 0, err
     assert "normalisation from the config (ImageNet)" in " ".join(err.split())
     assert (tmp_path / "out" / "det_results.txt").read_text() == (tmp_path / "out2" / "det_results.txt").read_text()
+
+
+def test_a_model_that_states_nothing_gets_a_note_naming_the_values_used(cli, tmp_path, image_dir, random_onnx):
+    """Another tool's export (PaddleOCR's det.onnx) has no metadata: the note names what it runs with."""
+    foreign = tiny_model(tmp_path / "det.onnx")
+    code, _, err = cli("predict", image_dir, "--onnx-model", foreign, "--output", tmp_path / "a", "--device", "cpu",
+                       "--no-vis", "--limit-type", "min", "--limit-side-len", "736", "--unclip-ratio", "1.5")
+    flat = " ".join(err.split())
+    assert code == 0, err
+    assert "det.onnx states no pre- or post-processing" in flat
+    assert ("limit_side_len 736, limit_type min, mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225], "
+            "channel_order BGR, thresh 0.3, box_thresh 0.6, unclip_ratio 1.5") in flat
+    code, _, err = cli("predict", image_dir, "--onnx-model", random_onnx, "--output", tmp_path / "b", "--device",
+                       "cpu", "--no-vis")
+    assert code == 0 and "states no pre- or post-processing" not in err  # our exports say what they need
+
+
+def test_weights_flag_takes_an_onnx_file_like_onnx_model(cli, tmp_path, image_dir, random_onnx):
+    """`-w model.onnx` works wherever --onnx-model does (predict, eval, benchmark), as Detector("model.onnx")."""
+    code, _, err = cli("predict", image_dir, "-w", random_onnx, "--output", tmp_path / "w", "--device", "cpu",
+                       "--no-vis")
+    assert code == 0, err
+    code, _, err = cli("predict", image_dir, "--onnx-model", random_onnx, "--output", tmp_path / "o", "--device",
+                       "cpu", "--no-vis")
+    assert code == 0, err
+    assert (tmp_path / "w" / "det_results.txt").read_text() == (tmp_path / "o" / "det_results.txt").read_text()
+    out_json = tmp_path / "bench.json"
+    code, _, err = cli("benchmark", "-w", random_onnx, "--images", image_dir, "--sizes", "64", "--runs", "1",
+                       "--json", out_json)
+    assert code == 0, err
+    rows = json.loads(out_json.read_text())["rows"]
+    assert [(r["backend"], r["model"]) for r in rows] == [("onnx", str(random_onnx))]
+    code, _, err = cli("predict", image_dir, "--backend", "torch", "-w", random_onnx, "--output", tmp_path / "t")
+    assert code == 2 and "--onnx-model" in err

@@ -182,6 +182,27 @@ def test_resume_refusals(cli, tmp_path, synth):
     assert code == 1 and "latest.pth" in err
 
 
+def test_finished_run_and_best_pth_are_answered_without_the_data(cli, tmp_path, synth):
+    """Refusals that need no data come first: with the data set gone, resume still answers at once."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth.data_dir, data)
+    args = ["train", "--data-dir", data, "--train-label", data / synth.train_label.relative_to(synth.data_dir),
+            "--eval-label", data / synth.test_label.relative_to(synth.data_dir), "--weights", "none", "--device",
+            "cpu", "--output", tmp_path / "run", "--batch-size", "4", "--workers", "0", "--epochs", "1", *SMALL]
+    code, _, err = cli(*args)
+    assert code == 0, err
+    latest = torch.load(tmp_path / "run" / "latest.pth", weights_only=True)
+    best = {**latest, "optimizer": None, "scheduler": None}  # OpenOCR's best.pth layout
+    torch.save(best, tmp_path / "run" / "best_like.pth")
+    shutil.rmtree(data)
+    code, stdout, err = cli("resume", tmp_path / "run")
+    assert code == 0 and "already finished: 1 of 1 epochs done" in " ".join(stdout.split()), err
+    code, _, err = cli("resume", tmp_path / "run" / "best_like.pth")
+    assert code == 1 and "no optimizer/scheduler state" in " ".join(err.split())
+
+
 @pytest.mark.parametrize("line, reason", [
     ("train/0000.png [{\"points\": [[0,0],[9,0],[9,9]]}]", "no TAB"),
     ("train/0000.png\t[{\"points\": [[0,0],[9,0]", "not valid JSON"),

@@ -7,8 +7,9 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Optional
 
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions, ConsoleOptions, RenderResult
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -26,8 +27,34 @@ from rich.text import Text
 from openocr_cli.log import RUN_LOGGER
 from openocr_cli.log import logger as library_logger
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+PIPE_WIDTH = 100_000  # "no limit" for output that is not a terminal: a line is never wrapped into two
+
+
+class WholeValueConsole(Console):
+    """A console that never cuts a value in two.
+
+    Written to a pipe or a file (`| cat`, `> log`), lines are as long as they need (COLUMNS and the
+    terminal the command runs in do not apply). In a terminal, text wraps between words, and a table
+    wider than the terminal keeps its identifying columns whole (ui.table's `keys`): the terminal wraps
+    the long line instead of rich cutting a value.
+    """
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = Console.size.fget(self)
+        return size if self.is_terminal else ConsoleDimensions(PIPE_WIDTH, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)
+
+    def print(self, *objects, **kwargs) -> None:
+        kwargs.setdefault("crop", False)  # a table drawn wider than the terminal (_KeyedTable) is not cut
+        super().print(*objects, **kwargs)
+
+
+console = WholeValueConsole(highlight=False)
+err_console = WholeValueConsole(stderr=True, highlight=False)
 
 
 def progress(transient: bool = False) -> Progress:
@@ -98,11 +125,23 @@ class DownloadBar:
         self._bar.update(self._task, total=total, completed=completed, visible=True)
 
 
-def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Table:
-    """A two-or-more column table; numbers are right-aligned."""
-    t = Table(title=title, title_justify="left")
+class _KeyedTable(Table):
+    """A table whose no-wrap (identifying) columns are never shortened: when the width cannot hold them
+    with the other columns wrapped, the table is drawn at its natural width, wider than the terminal."""
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        needed = Measurement.get(console, options.update_width(PIPE_WIDTH), self)
+        if needed.minimum > options.max_width:
+            options = options.update_width(needed.maximum)
+        yield from super().__rich_console__(console, options)
+
+
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]], keys: int = 1) -> Table:
+    """A two-or-more column table; numbers are right-aligned. The first `keys` columns name a row: they
+    are never wrapped or cut, however narrow the terminal."""
+    t = _KeyedTable(title=title, title_justify="left")
     for i, name in enumerate(columns):
-        t.add_column(name, justify="left" if i == 0 else "right")
+        t.add_column(name, justify="left" if i == 0 else "right", no_wrap=i < keys)
     for row in rows:
         t.add_row(*(str(c) for c in row))
     return t
@@ -122,7 +161,7 @@ def error(message: str) -> None:
 
     `message` is plain text (a UserError's), shown as written: `[u'c']` is not taken for markup.
     """
-    Console(stderr=True, highlight=False).print(Text.assemble(("error:", "bold red"), " ", message))
+    WholeValueConsole(stderr=True, highlight=False).print(Text.assemble(("error:", "bold red"), " ", message))
 
 
 class ConsoleLogHandler(logging.Handler):

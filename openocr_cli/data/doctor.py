@@ -42,6 +42,7 @@ class DataReport:
     height_buckets: dict[str, int]
     empty_crop_fraction: float
     warnings: list[str]
+    crops: int = 0  # training crops drawn for empty_crop_fraction (0: not measured)
 
     def to_json(self) -> dict:
         problems = sorted(self.problems, key=lambda p: (p.file, p.line))
@@ -72,7 +73,8 @@ def check_data(label_files: list[Path], data_dir: Path, cfg: dict, crops: int = 
     empty = _empty_crop_fraction(samples, cfg, crops, seed, cache)
     report = DataReport(images=len(samples), background_images=sum(not s.polys for s in samples), regions=regions,
                         ignored_regions=ignored, problems=sorted(checked.problems, key=lambda p: (p.file, p.line)),
-                        height_buckets=buckets, empty_crop_fraction=empty, warnings=[])
+                        height_buckets=buckets, empty_crop_fraction=empty, warnings=[],
+                        crops=crops if samples else 0)
     report.warnings = _warnings(report, samples, crops, spec)
     return report
 

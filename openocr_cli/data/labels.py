@@ -136,11 +136,65 @@ def _parse_line(raw: str, data_dir: Path, check_images: bool) -> LabelSample:
     image_field, annotation = split_line(raw)
     key, image = resolve_image_field(image_field, data_dir)
     polys, texts, ignore = parse_regions(annotation)
-    if check_images and not image.is_file():
-        page = split_page_ref(str(image))  # `doc.pdf#page=N`: the PDF must exist (the page is checked when read)
-        if page is None or not os.path.isfile(page[0]):
-            raise ValueError(f"image {image} does not exist")
+    if check_images and not image_exists(image):
+        raise ValueError(f"image {image} does not exist")
     return LabelSample(key=key, image=image, polys=polys, texts=texts, ignore=ignore)
+
+
+def image_exists(image: Path) -> bool:
+    """The image file, or for `doc.pdf#page=N` the PDF (the page is checked when read)."""
+    if image.is_file():
+        return True
+    page = split_page_ref(str(image))
+    return page is not None and os.path.isfile(page[0])
+
+
+def check_data_dir(files: Iterable[Path], data_dir: Path, origin: str, flag: str = "--data-dir") -> None:
+    """Refuse a data dir under which none or most of the labelled images are, with one message.
+
+    A wrong folder (a forgotten `--data-dir`, the config's default taken instead) would otherwise show
+    as one "does not exist" problem per line although every line is right. `origin` says where the
+    folder came from (e.g. "from --data-dir", "the config's Eval.dataset.data_dir"); lines that do
+    not parse and missing label files are left to the per-line reading.
+    """
+    files = [Path(f) for f in files]
+    keys = [key for file in files if file.is_file() for key in _image_keys(file)]
+    missing = [key for key in keys if not image_exists(Path(os.path.join(str(data_dir), key)))]
+    if not keys or len(missing) * 2 <= len(keys):
+        return
+    names = ", ".join(f.name for f in files)
+    where = f"the data dir {data_dir} ({origin})"
+    if not data_dir.is_dir():
+        what = f"{where} does not exist, so no image of {names} is found"
+    elif len(missing) == len(keys):
+        what = f"no image of {names} is under {where}"
+    else:
+        what = f"{len(missing)} of the {len(keys)} images of {names} are not under {where}"
+    first = Path(os.path.join(str(data_dir), missing[0]))
+    hint = _guess_data_dir(files, missing[0])
+    example = f"{flag} (e.g. {flag} {hint})" if hint is not None else f"{flag} DIR"
+    raise UserError(f"{what} ({first} does not exist, for one). Pass the folder the paths in {names} start from "
+                    f"with {example}.")
+
+
+def _image_keys(file: Path) -> Iterable[str]:
+    """The image path of every line that has one (the rest are the per-line reading's problems)."""
+    with open(file, "rb") as f:
+        for raw_bytes in f:
+            raw = raw_bytes.decode("utf-8", errors="replace").rstrip("\r\n")
+            try:
+                yield resolve_image_field(split_line(raw)[0], Path("."))[0]
+            except ValueError:
+                continue
+
+
+def _guess_data_dir(files: list[Path], key: str) -> Optional[str]:
+    """A folder the first missing path exists under: the current one, or one holding a label file (or above)."""
+    candidates = [Path(".")] + [folder for f in files for folder in [f.parent, *f.parent.parents]]
+    for folder in dict.fromkeys(candidates):
+        if image_exists(folder / key):
+            return str(folder)
+    return None
 
 
 def load_labels(files: Iterable[Path], data_dir: Path, check_images: bool = True) -> list[LabelSample]:
@@ -160,12 +214,18 @@ def load_labels(files: Iterable[Path], data_dir: Path, check_images: bool = True
 
 
 def labelled_data(cfg: dict, section: str, data_dir: Optional[Path],
-                  label_files: Optional[list[Path]]) -> tuple[Path, list[Path]]:
-    """--data-dir / --label-file, else the config's `<section>.dataset` values; no label file is a usage error."""
+                  label_files: Optional[list[Path]], images: bool = True) -> tuple[Path, list[Path]]:
+    """--data-dir / --label-file, else the config's `<section>.dataset` values; no label file is a usage error.
+
+    With `images`, a data dir under which most of the images are not is refused (check_data_dir).
+    """
     dataset = (cfg.get(section) or {}).get("dataset") or {}
+    origin = "from --data-dir" if data_dir is not None else f"the config's default, {section}.dataset.data_dir"
     data_dir = data_dir if data_dir is not None else Path(str(dataset.get("data_dir", ".")))
     files = label_files or [Path(str(p)) for p in dataset.get("label_file_list") or []]
     if not files:
         raise UserError(f"no label file: pass --label-file FILE (or set {section}.dataset.label_file_list in the "
                         "config).", exit_code=2)
+    if images:
+        check_data_dir(files, data_dir, origin)
     return data_dir, files

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Optional
 
 from openocr_cli.data.labels import LabelSample
-from openocr_cli.data.resize import ResizeSpec
+from openocr_cli.data.resize import ResizeSpec, target_size
 from openocr_cli.errors import UserError
 from openocr_cli.evaluation.evaluator import EvalResult, evaluate_model
 from openocr_cli.inference.predictor import Predictor
@@ -66,3 +67,33 @@ def sweep(predictor: Predictor, samples: Sequence[LabelSample], sizes: Sequence[
             continue
         rows.append(SizeRow(side, evaluate_model(predictor.replace(resize=spec), samples, on_size(side))))
     return rows
+
+
+def same_input_note(rows: Sequence[SizeRow], samples: Sequence[LabelSample], base: ResizeSpec) -> Optional[str]:
+    """Why rows are identical, when they are because every image reaches the model at the same size."""
+    from openocr_cli.formats.label_model import image_size
+
+    sizes = [s.size or _height_width(image_size(s.image)) for s in samples]
+    if not sizes or any(size is None for size in sizes):
+        return None
+    groups: dict[tuple, list[int]] = {}
+    for row in rows:
+        inputs = tuple(target_size(h, w, size_spec(base, row.limit_side_len)) for h, w in sizes)
+        groups.setdefault(inputs, []).append(row.limit_side_len)
+    same = max(groups.values(), key=len)
+    if len(same) < 2:
+        return None
+    kind = size_spec(base, rows[0].limit_side_len).limit_type
+    if kind == "max":
+        why = (f"limit_type max only scales an image down, and no image is longer than {min(same)} px on its "
+               "longer side")
+    elif kind == "min":
+        why = f"limit_type min only scales an image up, and every image is at least {max(same)} px on its shorter side"
+    else:
+        why = "the resize gives every image the same input at these limits"
+    listed = ", ".join(map(str, same))
+    return f"limit_side_len {listed} give identical rows: every image reaches the model at the same size ({why})."
+
+
+def _height_width(width_height: Optional[tuple[int, int]]) -> Optional[tuple[int, int]]:
+    return None if width_height is None else (width_height[1], width_height[0])

@@ -290,3 +290,15 @@ def _neighbours(values: tuple[float, ...], current: float) -> list[float]:
     below = [v for v in values if v < current]
     above = [v for v in values if v > current]
     return ([below[-1]] if below else []) + [current] + ([above[0]] if above else [])
+
+
+SMALL_SAMPLE = 50  # text regions under which tuned values are mostly noise
+
+
+def small_sample_warning(regions: int) -> Optional[str]:
+    """Advice when --tune ran on too few text regions for its values to hold on other images."""
+    if regions >= SMALL_SAMPLE:
+        return None
+    return (f"--tune ran on {regions} text region(s): with fewer than {SMALL_SAMPLE}, one region more or less "
+            "matched moves hmean by a few points, so the tuned values may not hold on other images. Tune on more "
+            "labelled images (a few hundred regions).")

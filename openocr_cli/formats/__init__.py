@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 from openocr_cli.errors import UserError
-from openocr_cli.formats import coco, icdar2015, labelme, labelstudio, ppocr, ppocrlabel, rrc, totaltext
+from openocr_cli.formats import (
+    coco,
+    doctr,
+    icdar2015,
+    labelme,
+    labelstudio,
+    mmocr,
+    ppocr,
+    ppocrlabel,
+    rrc,
+    totaltext,
+)
 from openocr_cli.formats.label_model import Format
 from openocr_cli.suggest import did_you_mean
 
 FORMATS: dict[str, Format] = {f.name: f for f in (ppocr.FORMAT, icdar2015.FORMAT, labelme.FORMAT, coco.FORMAT,
-                                                  totaltext.FORMAT, labelstudio.FORMAT, ppocrlabel.FORMAT, rrc.FORMAT)}
+                                                  totaltext.FORMAT, labelstudio.FORMAT, ppocrlabel.FORMAT, rrc.FORMAT,
+                                                  mmocr.FORMAT, doctr.FORMAT)}
 
 
 def get_format(name: str, flag: str) -> Format:

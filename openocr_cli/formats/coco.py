@@ -25,6 +25,7 @@ from openocr_cli.formats.label_model import (
     as_points,
     is_ignore_text,
     load_json,
+    not_this_format,
     pair_up,
     positive_int,
 )
@@ -40,7 +41,8 @@ def read(source: Path, images_dir: Optional[Path]) -> Dataset:
         dataset.problems.append(exc.problem)
         return dataset
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        dataset.problems.append(Problem(str(source), "not a COCO instances file (no \"images\" list)"))
+        expected = "a COCO instances file (no \"images\" list)"
+        dataset.problems.append(not_this_format(str(source), data, "coco", expected))
         return dataset
     by_id: dict[object, ImageLabels] = {}
     for n, entry in enumerate(data["images"]):

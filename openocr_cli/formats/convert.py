@@ -75,7 +75,7 @@ def convert_labels(request: Request) -> Summary:
         _locate(images, dataset.root, target.needs_size, summary)
     summary.images = _writable(images, target, request, summary.skipped)
     if summary.skipped and (not request.skip_bad or not summary.images):
-        raise UserError(_problem_report(summary.skipped, request))
+        raise UserError(_problem_report(summary.skipped, request, read_any=bool(dataset.images)))
     if not summary.images:
         raise UserError(f"no images to write: {request.source} holds no {source_format.name} labels "
                         f"({source_format.summary}).")
@@ -158,12 +158,14 @@ def _writable(images: list[ImageLabels], target: Format, request: Request,
     return kept
 
 
-def _problem_report(problems: list[Problem], request: Request) -> str:
-    """Every bad entry (up to MAX_REPORTED_PROBLEMS), in plain text (the CLI shows `[u'c']` as written)."""
+def _problem_report(problems: list[Problem], request: Request, read_any: bool = True) -> str:
+    """Every bad entry (up to MAX_REPORTED_PROBLEMS), in plain text (the CLI shows `[u'c']` as written).
+    --skip-bad is suggested only when there is something else to convert."""
     shown = "\n".join(f"  {p}" for p in problems[:MAX_REPORTED_PROBLEMS])
     more = len(problems) - MAX_REPORTED_PROBLEMS
     extra = f"\n  ... and {more} more" if more > 0 else ""
-    hint = "every image was skipped" if request.skip_bad else "pass --skip-bad to convert the rest"
+    hint = ("every image was skipped" if request.skip_bad else "pass --skip-bad to convert the rest" if read_any
+            else "no entry of the file could be read")
     return (f"{len(problems)} bad entr{'y' if len(problems) == 1 else 'ies'} converting {request.source}:\n"
             f"{shown}{extra}\nNothing was written. Fix these entries ({hint}).")
 

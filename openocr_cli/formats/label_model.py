@@ -236,6 +236,29 @@ def load_json(file: Path) -> object:
         raise BadFile(Problem(f"{file}:{exc.lineno}", f"not valid JSON ({exc.msg}, column {exc.colno})")) from None
 
 
+def json_shape(data: object) -> Optional[str]:
+    """The format a parsed JSON label file looks like, by its top-level keys (None when none fits)."""
+    if isinstance(data, dict):
+        if isinstance(data.get("data_list"), list):
+            return "mmocr"
+        if isinstance(data.get("images"), list):
+            return "coco"
+        if isinstance(data.get("shapes"), list):
+            return "labelme"
+        if data and all(isinstance(v, dict) and "polygons" in v for v in data.values()):
+            return "doctr"
+    if isinstance(data, list) and data and all(isinstance(t, dict) and "data" in t for t in data):
+        return "labelstudio"
+    return None
+
+
+def not_this_format(where: str, data: object, name: str, expected: str) -> Problem:
+    """A whole file that is not `name`'s, naming the --from it looks like when its keys say so."""
+    shape = json_shape(data)
+    hint = f"; it looks like {shape}'s format: convert it with --from {shape}" if shape and shape != name else ""
+    return Problem(where, f"not {expected}{hint}")
+
+
 def image_size(path: Path) -> Optional[tuple[int, int]]:
     """(width, height) from the image header, or None when the file is missing or unreadable."""
     from PIL import Image, UnidentifiedImageError

@@ -22,6 +22,7 @@ from openocr_cli.formats.label_model import (
     as_points,
     is_ignore_text,
     load_json,
+    not_this_format,
     positive_int,
 )
 
@@ -47,7 +48,7 @@ def read(source: Path, images_dir: Optional[Path]) -> Dataset:
 
 def _image(data: object, file: Path, root: Path, problems: list[Problem]) -> Optional[ImageLabels]:
     if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
-        problems.append(Problem(str(file), "not a labelme file (no \"shapes\" list)"))
+        problems.append(not_this_format(str(file), data, "labelme", "a labelme file (no \"shapes\" list)"))
         return None
     path = data.get("imagePath")
     if not isinstance(path, str) or not path.strip():

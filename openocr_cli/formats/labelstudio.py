@@ -36,7 +36,9 @@ from openocr_cli.formats.label_model import (
     Problem,
     Region,
     WriteOptions,
+    json_shape,
     load_json,
+    not_this_format,
     positive_int,
 )
 
@@ -123,10 +125,11 @@ def read(source: Path, images_dir: Optional[Path]) -> Dataset:
     except BadFile as exc:
         dataset.problems.append(exc.problem)
         return dataset
-    if isinstance(data, dict):
-        data = [data]
+    if isinstance(data, dict) and json_shape(data) is None:
+        data = [data]  # one task
     if not isinstance(data, list):
-        dataset.problems.append(Problem(str(source), "not Label Studio tasks (a JSON list of {\"data\": ...})"))
+        dataset.problems.append(not_this_format(str(source), data, "labelstudio",
+                                                "Label Studio tasks (a JSON list of {\"data\": ...})"))
         return dataset
     for n, item in enumerate(data):
         where = f"{source}: [{n}]"

@@ -59,7 +59,8 @@ class InferenceOptions:
     """
 
     weights: str = option(
-        DEFAULT_WEIGHTS, "Checkpoint .pth (OpenOCR or ours) or a model name from `openocr-det download --list`.",
+        DEFAULT_WEIGHTS, "Checkpoint .pth (OpenOCR or ours) or a model name from `openocr-det download --list`; a "
+                         ".onnx / .xml file runs as --onnx-model / --openvino-model.",
         names=("--weights", "-w"))
     onnx_model: Optional[str] = option(
         None, "ONNX detector for --backend onnx: a file (ours, OpenOCR's openocr_det_model.onnx, a PaddleOCR det "
@@ -141,10 +142,23 @@ class InferenceOptions:
                 fixed[name] = tuple(value)
         if self.tile is not None and not isinstance(self.tile, str):
             fixed["tile"] = str(self.tile)
+        fixed.update(self._model_file_as_weights())
         for name, value in fixed.items():
             object.__setattr__(self, name, value)
         check_ranges({name: getattr(self, name) for name in flags_of(InferenceOptions)}, InferenceOptions,
                      self.spell)
+
+    def _model_file_as_weights(self) -> dict[str, str]:
+        """`-w model.onnx` / `-w model.xml` mean --onnx-model / --openvino-model, as Detector("model.onnx") does
+        (with --backend torch the file is refused, naming the way to run it)."""
+        name = str(self.weights).lower()
+        if self.onnx_model or self.openvino_model or not name.endswith((".onnx", ".xml")):
+            return {}
+        if name.endswith(".xml") or self.backend == "openvino":
+            return {"openvino_model": str(self.weights), "weights": DEFAULT_WEIGHTS}
+        if self.backend in (None, "onnx"):
+            return {"onnx_model": str(self.weights), "weights": DEFAULT_WEIGHTS}
+        return {}
 
     def spell(self, name: str) -> str:
         """How the caller wrote an option, for messages: `--box-thresh ` on the command line, `box_thresh=` else."""

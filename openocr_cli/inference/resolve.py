@@ -189,6 +189,7 @@ def resolve(options: InferenceOptions, config: Optional[ConfigLayers] = None) ->
     precision = options.precision_name()
     post = PostprocessLayers(options, cfg)  # every post-processing value checked before the model loads
     resize, resize_settings = resolve_resize(options, config)
+    metadata: Mapping[str, str] = {}
     if backend_name in FILE_BACKENDS:
         backend, resize, resize_settings, metadata, meta_source = _file_backend(options, resize, resize_settings)
         normalizer, norm_settings = resolve_normalizer(options, cfg, metadata, meta_source)
@@ -203,6 +204,8 @@ def resolve(options: InferenceOptions, config: Optional[ConfigLayers] = None) ->
         model_layer = (CHECKPOINT_SOURCE, ppfile.from_saved_config(backend.saved_config))
         device = str(backend.device)
     postprocess, post_settings = post.resolve(model_layer)
+    if backend_name in FILE_BACKENDS and not any(key in metadata for key in STATED_KEYS):
+        log.info(_unstated_note(backend.info.path, {**resize_settings, **norm_settings, **post_settings}))
     explicit = options.origin
     settings = {
         "model": Setting(options.model_name(), explicit if options.named_model() else "default"),
@@ -223,6 +226,26 @@ def _norm_source(settings: dict[str, Setting]) -> str:
     return "the model's metadata" if source in (METADATA_SOURCE, IR_METADATA_SOURCE) else source
 
 
+STATED_KEYS = ("mean", "std", "postprocess", "resize")  # what an openocr-det export says about pre/post-processing
+NOTED = ("limit_side_len", "limit_type", "image_shape", "resize_long", "mean", "std", "channel_order", "thresh",
+         "box_thresh", "unclip_ratio")
+
+
+def _unstated_note(path: Path, settings: Mapping[str, Setting]) -> str:
+    """A model file that states no pre/post-processing (another tool's export) runs with values it may not
+    have been trained with: name them, and how to change them."""
+    values = ", ".join(f"{key} {_shown(settings[key].value)}" for key in NOTED if key in settings)
+    return (f"note: {Path(path).name} states no pre- or post-processing (no openocr-det metadata), so it runs with "
+            f"{values}. If it was trained with other values, pass them: --limit-side-len/--limit-type, --mean/--std, "
+            "--thresh/--box-thresh/--unclip-ratio (PaddleOCR's models: docs/guides/other-tools.md).")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _torch_backend(options: InferenceOptions, cfg: dict) -> Backend:
     from openocr_cli.hub import resolve_weights
 
@@ -235,10 +258,16 @@ def _torch_backend(options: InferenceOptions, cfg: dict) -> Backend:
     from openocr_cli.inference.backends.torch_backend import TorchBackend, resolve_device  # torch: this branch only
 
     device = resolve_device(options.device)
-    if options.threads is not None:
-        import torch
+    import torch
 
+    if options.threads is not None:
         torch.set_num_threads(options.threads)
+    elif device.type == "cpu":  # a busy CPU: fewer threads than cores (inference/cpu_threads.py)
+        from openocr_cli.inference.cpu_threads import fit_torch_threads
+
+        note = fit_torch_threads(torch)
+        if note:
+            log.info(note)
     weights = resolve_weights(options.weights)
     backend = TorchBackend.from_checkpoint(weights, device, cfg.get("Architecture"), strict=not options.non_strict,
                                            fuse=options.fuse)

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -23,8 +23,8 @@ from openocr_cli.training.settings import RESUME_FLAGS, TRAIN_FLAGS, TrainSettin
 
 if TYPE_CHECKING:  # torch loads when training starts, not when this module is imported
     from openocr_cli.training.callbacks import Callback
-    from openocr_cli.training.run import RunOutcome
     from openocr_cli.training.run_data import RunData
+    from openocr_cli.training.state import TrainState
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,8 @@ def plan_train(options: TrainOptions) -> TrainJob:
     flags.update(weights="none" if options.weights is False else options.weights,
                  sync_bn=options.sync_bn or None, scale_lr=options.scale_lr or None)
     settings = TrainSettings.from_config(apply_flags(cfg, **flags))
+    settings = replace(settings, train_data=settings.train_data.given(options.data_dir),
+                       eval_data=settings.eval_data.given(options.data_dir))  # messages name the flag
     _require_trackers(settings)
     checkpoint = read_resumable(settings.checkpoints) if settings.checkpoints else None
     out = settings.output_dir
@@ -124,10 +126,12 @@ def read_resumable(path: Path) -> dict:
         raise UserError(f"Global.checkpoints is {path}, which does not exist. Point it at a latest.pth to resume, "
                         "or leave it empty to start a new run.")
     from openocr_cli.checkpoint import read_checkpoint
+    from openocr_cli.training.state import require_full_state
 
     ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), dict) or "state_dict" not in ckpt:
         raise UserError(f"{path} is not a training checkpoint (no config/state_dict); it cannot be resumed.")
+    require_full_state(ckpt)  # best.pth: refused before any data is read
     return ckpt
 
 
@@ -146,24 +150,38 @@ def run_job(job: TrainJob, callbacks: Sequence[Callback] = (), progress: bool = 
     """Check the job's data (unless given) and train it in this process."""
     from openocr_cli.training.run import run_training
 
+    ended = _ended(job)
+    if ended is not None:  # a finished run answers at once: no data check, no model
+        return _result(ended, job.settings, already_finished=True)
     with _progress_on_stderr(progress):
         if data is None:
             data = load_job_data(job, callbacks)
-        return _result(run_training(job.settings, data, job.checkpoint, callbacks))
+        outcome = run_training(job.settings, data, job.checkpoint, callbacks)
+        return _result(outcome.trainer.state, job.settings, outcome.already_finished)
 
 
-def _result(outcome: RunOutcome) -> TrainResult:
-    trainer = outcome.trainer
-    state, out = trainer.state, trainer.output_dir
+def _ended(job: TrainJob) -> Optional[TrainState]:
+    """The position of a continued run that its checkpoint shows has ended, else None."""
+    if job.checkpoint is None:
+        return None
+    from openocr_cli.training import distributed as ddp
+    from openocr_cli.training.state import ended_state
+
+    s = job.settings
+    return ended_state(job.checkpoint, s.epochs, s.patience, s.batch_size, ddp.role_from_env().world_size)
+
+
+def _result(state: TrainState, settings: TrainSettings, already_finished: bool) -> TrainResult:
+    out = settings.output_dir
     best = dict(state.best)
     best_epoch = best.get("best_epoch")
     best_path = out / "best.pth"
     return TrainResult(
         run_dir=out, best_hmean=float(best.get("hmean", 0.0)), best_epoch=best_epoch,
         epoch=state.epoch if state.epoch_step else state.epoch - 1, global_step=state.global_step,
-        epochs=trainer.settings.epochs, latest_path=out / "latest.pth",
+        epochs=settings.epochs, latest_path=out / "latest.pth",
         best_path=best_path if best_epoch and best_path.is_file() else None, metrics=best, stopped=state.stopped,
-        stale_evals=state.stale_evals, already_finished=outcome.already_finished)
+        stale_evals=state.stale_evals, already_finished=already_finished)
 
 
 @contextlib.contextmanager

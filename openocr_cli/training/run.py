@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Optional
 import torch
 
 from openocr_cli.inference.backends.torch_backend import resolve_device
+from openocr_cli.inference.cpu_threads import fit_torch_threads
+from openocr_cli.log import logger as library_logger
 from openocr_cli.log import run_logger
 from openocr_cli.training import distributed as ddp
 from openocr_cli.training.callbacks import Callback, EarlyStopping, ResultsPlot, RunLog, notify, within
@@ -75,6 +78,10 @@ def run_training(settings: TrainSettings, data: RunData, resume: Optional[dict] 
     if settings.patience:
         callbacks.append(EarlyStopping(settings.patience, settings.min_delta))
     device = ddp.init(role, resolve_device(settings.device))
+    if device.type == "cpu" and not role.distributed and "OMP_NUM_THREADS" not in os.environ:
+        note = fit_torch_threads(torch, "OMP_NUM_THREADS=N")  # a busy CPU: fewer threads than cores
+        if note:
+            library_logger.info(note)
     ended_together = False  # every rank reached the same end (not an error on this one)
     try:
         with train_log(settings.output_dir, enabled=role.is_main):

@@ -21,7 +21,7 @@ import numpy as np
 
 from openocr_cli.data.dataset import select_by_ratio, validate_training_labels
 from openocr_cli.data.doctor import check_data
-from openocr_cli.data.labels import MAX_REPORTED_PROBLEMS, LabelSample, load_labels
+from openocr_cli.data.labels import MAX_REPORTED_PROBLEMS, LabelSample, check_data_dir, load_labels
 from openocr_cli.errors import UserError
 from openocr_cli.fileio import atomic_write_text
 from openocr_cli.training.callbacks import Callback, notify, within
@@ -81,12 +81,18 @@ def load_run_data(settings: TrainSettings, skip_bad: bool, callbacks: Sequence[C
     source = settings.train_data
     files, data_dir = source.label_files, source.data_dir
     missing = [p for p in files if not p.is_file()]
-    if not files or missing or not data_dir.is_dir():
-        what = (f"label file {missing[0]}" if missing else f"data folder {data_dir}" if files
-                else "training label file")
+    if not files or missing:
+        what = f"label file {missing[0]}" if missing else "training label file"
         raise UserError(f"training data not found: {what} does not exist. Pass --data-dir DIR and --train-label FILE "
                         "(PaddleOCR format: image path, TAB, JSON list of {transcription, points}), or run "
                         "`make demo` to try training on generated data.")
+    check_data_dir(files, data_dir, source.origin)
+    evaluation = settings.eval_data
+    missing = [p for p in evaluation.label_files if not p.is_file()]
+    if missing:
+        raise UserError(f"evaluation label file {missing[0]} does not exist. Pass --eval-label FILE, or "
+                        "-o Eval.dataset.label_file_list=[] to train without evaluation.")
+    check_data_dir(evaluation.label_files, evaluation.data_dir, evaluation.origin)  # before the long check
     with within(callbacks, "checking_data"):
         checked = validate_training_labels(files, data_dir)
         report = check_data(files, data_dir, settings.cfg, seed=settings.seed, checked=checked)
@@ -105,11 +111,6 @@ def load_run_data(settings: TrainSettings, skip_bad: bool, callbacks: Sequence[C
     per_file = [[s for s in checked.samples if s.source == str(f)] for f in files]
     train = select_by_ratio(per_file, source.ratios, settings.seed)
 
-    evaluation = settings.eval_data
-    missing = [p for p in evaluation.label_files if not p.is_file()]
-    if missing:
-        raise UserError(f"evaluation label file {missing[0]} does not exist. Pass --eval-label FILE, or "
-                        "-o Eval.dataset.label_file_list=[] to train without evaluation.")
     eval_samples = []
     if evaluation.label_files:
         eval_samples = load_labels(evaluation.label_files, evaluation.data_dir, check_images=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -166,11 +166,14 @@ class DataSource:
     data_dir: Path
     label_files: list[Path]
     ratios: list[float]
+    origin: str = "the config"  # where data_dir came from, for messages: "from --data-dir", a config key
 
     @classmethod
-    def read(cls, cfg: dict, section: str, fallback_dir: Optional[Path] = None) -> DataSource:
+    def read(cls, cfg: dict, section: str, fallback: Optional[DataSource] = None) -> DataSource:
         data_dir = _get(cfg, f"{section}.dataset.data_dir")
-        data_dir = Path(str(data_dir)) if data_dir is not None else (fallback_dir or Path("."))
+        origin = f"the config's {section}.dataset.data_dir"
+        if data_dir is None:
+            data_dir, origin = (fallback.data_dir, fallback.origin) if fallback else (".", "the current folder")
         files = _get(cfg, f"{section}.dataset.label_file_list", [])
         if not isinstance(files, list):
             files = [files]
@@ -179,7 +182,11 @@ class DataSource:
         if len(ratios) != len(files) or not all(isinstance(r, (int, float)) and 0 <= r <= 1 for r in ratios):
             raise UserError(f"{section}.dataset.ratio_list is {ratios!r}: it needs one number between 0 and 1 for "
                             f"each of the {len(files)} label file(s).")
-        return cls(data_dir, [Path(str(f)) for f in files], [float(r) for r in ratios])
+        return cls(Path(str(data_dir)), [Path(str(f)) for f in files], [float(r) for r in ratios], origin)
+
+    def given(self, flag: Optional[object]) -> DataSource:
+        """This source with its origin "from --data-dir" when that flag was given."""
+        return self if flag is None else replace(self, origin="from --data-dir")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -262,7 +269,7 @@ class TrainSettings:
             scale_lr=_bool(cfg, "Global.scale_lr", False), patience=_int(cfg, "Global.patience", 0),
             min_delta=_float(cfg, "Global.min_delta", 0.0),
             max_nonfinite_steps=_int(cfg, "Global.max_nonfinite_steps", 20, 1),
-            train_data=train_data, eval_data=DataSource.read(cfg, "Eval", train_data.data_dir),
+            train_data=train_data, eval_data=DataSource.read(cfg, "Eval", train_data),
             ignored=report.ignored, cache=_cache(cfg),
             trackers=tuple(name for name, key in TRACKERS.items() if _bool(cfg, key, False)),
         )

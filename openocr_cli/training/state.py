@@ -14,6 +14,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from openocr_cli.errors import UserError
+
 
 @dataclass
 class TrainState:
@@ -62,6 +64,36 @@ class TrainState:
 
     def next_epoch(self) -> None:
         self.epoch, self.epoch_step = self.epoch + 1, 0
+
+    def allow_patience(self, patience: int) -> None:
+        """A run that stopped early continues when resumed with a larger (or no) patience."""
+        if self.stopped and self.stopped.startswith("early stop") and (not patience or self.stale_evals < patience):
+            self.stopped = None
+
+    def finished(self, epochs: int) -> bool:
+        return self.epoch > epochs or self.stopped is not None
+
+
+def require_full_state(ckpt: dict) -> None:
+    """Refuse a checkpoint that cannot continue a run exactly (best.pth): no optimizer/scheduler state."""
+    if ckpt.get("optimizer") is None or ckpt.get("scheduler") is None:
+        raise UserError("this checkpoint has no optimizer/scheduler state (OpenOCR writes best.pth that way), "
+                        "so training cannot continue exactly from it. Resume from latest.pth, or start a new "
+                        "run with --weights pointing at it.")
+
+
+def ended_state(ckpt: dict, epochs: int, patience: int, batch_size: int, world_size: int) -> Optional[TrainState]:
+    """The run's position when the checkpoint alone shows it has ended, else None (the trainer decides).
+
+    Nothing about the data is needed: an epoch counts as complete when the checkpoint recorded all of
+    its steps (its own `steps_per_epoch`, same process count) or it is OpenOCR's file (next epoch).
+    """
+    recorded = ckpt.get("steps_per_epoch")
+    if ckpt.get("epoch_step") is not None and (recorded is None or ckpt.get("world_size", 1) != world_size):
+        return None
+    state = TrainState.from_checkpoint(ckpt, int(recorded or 0), batch_size, world_size)
+    state.allow_patience(patience)
+    return state if state.finished(epochs) else None
 
 
 def seed_everything(seed: int) -> None:

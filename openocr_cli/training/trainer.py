@@ -33,7 +33,7 @@ from openocr_cli.training.callbacks import Callback, EvalReport, StepReport
 from openocr_cli.training.loss import LOSS_KEYS
 from openocr_cli.training.run_data import RunData
 from openocr_cli.training.settings import TrainSettings
-from openocr_cli.training.state import TrainState, seed_everything, set_rng_state
+from openocr_cli.training.state import TrainState, require_full_state, seed_everything, set_rng_state
 
 EVAL_PREVIEWS = 3  # evaluation images (with their detections) each EvalReport carries, for the trackers to draw
 
@@ -91,10 +91,7 @@ class Trainer:
         self.net = builders.wrap_distributed(self.model, device, role)
 
     def _restore(self, ckpt: dict) -> None:
-        if ckpt.get("optimizer") is None or ckpt.get("scheduler") is None:
-            raise UserError("this checkpoint has no optimizer/scheduler state (OpenOCR writes best.pth that way), "
-                            "so training cannot continue exactly from it. Resume from latest.pth, or start a new "
-                            "run with --weights pointing at it.")
+        require_full_state(ckpt)
         self.model.load_state_dict({k.removeprefix("module."): v for k, v in ckpt["state_dict"].items()})
         builders.load_optimizer_state(self.optimizer, ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -104,14 +101,11 @@ class Trainer:
                                                 self.role.world_size)
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
-        patience = self.settings.patience
-        if self.state.stopped and self.state.stopped.startswith("early stop") and (
-                not patience or self.state.stale_evals < patience):
-            self.state.stopped = None  # resumed with a larger (or no) --patience: continue
+        self.state.allow_patience(self.settings.patience)
 
     @property
     def finished(self) -> bool:
-        return self.state.epoch > self.settings.epochs or self.state.stopped is not None
+        return self.state.finished(self.settings.epochs)
 
     def request_stop(self, reason: str) -> None:
         """Finish the current step, save latest.pth and end training; the run then counts as finished."""

@@ -36,7 +36,8 @@ def benchmark(
     options: opt.InferenceOptions,
     weights: Annotated[Optional[list[str]], typer.Option(
         "--weights", "-w",
-        help="Checkpoint .pth or model name to time with PyTorch (repeatable). Default, when no --onnx-model or "
+        help="Checkpoint .pth or model name to time with PyTorch (repeatable; a .onnx / .xml file is timed as "
+             "--onnx-model / --openvino-model). Default, when no --onnx-model or "
              f"--openvino-model is given either: {opt.DEFAULT_WEIGHTS}.")] = None,
     onnx_model: Annotated[Optional[list[str]], typer.Option(
         "--onnx-model",
@@ -100,6 +101,10 @@ printed fastest first.
     base = options
     config = ConfigLayers.load(base)  # read once for the inputs and every model
     paths, samples = _inputs(config.cfg, images, data_dir, label_file)
+    files = [w for w in weights or [] if w.lower().endswith((".onnx", ".xml"))]  # -w model.onnx: as --onnx-model
+    weights = [w for w in weights or [] if w not in files]
+    onnx_model = (onnx_model or []) + [f for f in files if f.lower().endswith(".onnx")]
+    openvino_model = (openvino_model or []) + [f for f in files if f.lower().endswith(".xml")]
     if not weights and not onnx_model and not openvino_model:
         weights = [opt.DEFAULT_WEIGHTS]
 
@@ -240,4 +245,4 @@ def _print(rows: list[bench.BenchRow], runs: int) -> None:
     images = rows[0].images if rows else 0
     console.print(table(f"benchmark: {images} images x {runs} timed run(s), ms per image p50 / p95, fastest first",
                         ["backend", "model", "precision", "limit_side_len", "images/s", "hmean", "total",
-                         "preprocess", "inference", "postprocess"], shown))
+                         "preprocess", "inference", "postprocess"], shown, keys=4))

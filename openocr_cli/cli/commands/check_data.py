@@ -55,9 +55,6 @@ def check_data_command(
     missing = next((f for f in files if not f.is_file()), None)
     if missing is not None:
         raise UserError(f"label file {missing} does not exist. Pass an existing file to --label-file.")
-    if not data_dir.is_dir():
-        raise UserError(f"data folder {data_dir} does not exist. Pass the folder the label paths are relative to "
-                        "with --data-dir.")
 
     with console.status("checking labels, images and training crops ..."):
         report = check_data(files, data_dir, cfg, crops=crops, seed=seed, cache=_cache_mode(cfg, cache))
@@ -86,7 +83,8 @@ def print_report(report: DataReport, problems: bool = True, warnings: bool = Tru
     rows = [("usable images", report.images), ("background images", report.background_images),
             ("regions", report.regions), ("do-not-care regions", report.ignored_regions), ("text regions", text)]
     rows += [(f"  text height {name} px", count) for name, count in report.height_buckets.items()]
-    rows += [("empty training crops", f"{report.empty_crop_fraction:.1%}"), ("problem lines", len(report.problems))]
+    empty = f"{report.empty_crop_fraction:.1%}" if report.crops else "not measured (--crops 0)"
+    rows += [("empty training crops", empty), ("problem lines", len(report.problems))]
     console.print(table("check-data", ["", "value"], rows))
     for message in report.warnings if warnings else ():
         warn(escape(message))

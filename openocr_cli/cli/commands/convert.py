@@ -25,8 +25,8 @@ def convert(
     to: Annotated[str, typer.Option("--to", help=f"Format to write: {NAMES} (totaltext is read only).",
                                     show_default=False)],
     output: Annotated[Path, typer.Option(
-        "--output", help="File (ppocr, coco, labelstudio; rrc: a .zip) or folder (icdar2015, labelme, ppocrlabel, "
-                         "--split) to write.",
+        "--output", help="File (ppocr, coco, labelstudio, mmocr, doctr; rrc: a .zip) or folder (icdar2015, labelme, "
+                         "ppocrlabel, --split) to write.",
         show_default=False)],
     images_dir: Annotated[Optional[Path], typer.Option(
         "--images-dir", help="Folder of the images: image paths are relative to it; gives icdar2015/totaltext "
@@ -46,7 +46,7 @@ def convert(
         "--check", help="Run check-data on the converted labels afterwards (exit 1 if it finds problems).")] = False,
 ) -> None:
     """Convert text-detection labels between formats: ppocr, icdar2015, labelme, coco, labelstudio, ppocrlabel, rrc \
-(ICDAR submission zip), totaltext (read only).
+(ICDAR submission zip), mmocr (MMOCR 1.x textdet JSON), doctr (docTR detection labels.json), totaltext (read only).
 
     Every region keeps its points (count, order, integer coordinates) and its do-not-care flag; images \
 without regions are kept. Bad entries are listed as file:line (or file: JSON path) and nothing is written, \
@@ -67,6 +67,10 @@ unless --skip-bad. The output is written to a temporary path and renamed into pl
       openocr-det convert train_label.txt --from ppocr --to icdar2015 --min-rect --output gt/
 
       openocr-det convert output/predict/det_results.txt --from ppocr --to rrc --min-rect --output submit.zip
+
+      openocr-det convert textdet_test.json --from mmocr --to ppocr --output test_label.txt
+
+      openocr-det convert train/labels.json --from doctr --to ppocr --output train_label.txt
     """
     request = Request(source=source, source_format=from_, target_format=to, output=output, images_dir=images_dir,
                       image_prefix=image_prefix, split=split, seed=seed, min_rect=min_rect, skip_bad=skip_bad,

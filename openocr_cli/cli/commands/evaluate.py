@@ -6,6 +6,7 @@ module only wires options to them.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,6 +16,7 @@ from openocr_cli.cli import options as opt
 from openocr_cli.cli.commands import eval_display as display
 from openocr_cli.cli.ui import console, err_console, progress, table, warn
 from openocr_cli.data.labels import load_labels
+from openocr_cli.data.resize import ResizeSpec
 from openocr_cli.errors import UserError
 from openocr_cli.evaluation import details, sizes, tune
 from openocr_cli.evaluation.evaluator import EvalResult, evaluate_model, evaluate_predictions
@@ -82,7 +84,7 @@ def evaluate(
     size_list = sizes.parse_sizes(sizes_text) if sizes_text is not None else None
     config = ConfigLayers.load(options)  # read once: the labels' defaults, the resize, the detector
     cfg = config.cfg
-    data_dir, files = opt.labelled_data(cfg, "Eval", data_dir, label_file)
+    data_dir, files = opt.labelled_data(cfg, "Eval", data_dir, label_file, images=predictions is None)
 
     out: dict = {}
     check_precision = False
@@ -95,7 +97,7 @@ def evaluate(
             preds = read_predictions(predictions)
             samples = load_labels(files, data_dir, check_images=False)
             result = evaluate_predictions(preds, samples)
-            resize, _ = resolve_resize(options, config)
+            resize = _predictions_resize(predictions) or resolve_resize(options, config)[0]
             shown = {"predictions": predictions}
             if result.unmatched:
                 warn(f"{len(result.unmatched)} labelled image(s) have no line in {predictions} and count as "
@@ -131,11 +133,17 @@ def evaluate(
                 rows = sizes.sweep(predictor, samples, size_list, result,
                                    lambda side: _advance(bar, bar.add_task(f"eval @{side}", total=len(samples))))
             display.print_sizes(rows)
+            note = sizes.same_input_note(rows, samples, resize)
+            if note:
+                err_console.print(f"note: {note}", markup=False)
             out["sizes"] = [row.as_dict() for row in rows]
         if grids is not None:
             outcome = _tune(cache, samples, predictor, grids, tune_jobs)
             display.print_tune(outcome, len(cache.maps), grids)
             out.update(outcome.as_dict(grids))
+            advice = tune.small_sample_warning(sum(not ignored for s in samples for ignored in s.ignore))
+            if advice:
+                warn(advice)
     if report is not None:
         write_report(report, result, shown, options.workers, options.pdf_dpi)
         console.print(f"Report: {report / 'index.html'} (errors per image in {report / 'errors.json'})")
@@ -156,6 +164,25 @@ def _check_precision(predictor, samples, result: EvalResult) -> dict:
     return {"precision": precision, "fp32_hmean": reference.hmean, "hmean": verdict.hmean, "drop": verdict.drop,
             "interval": list(verdict.interval or ()), "agreement": verdict.agreement["hmean"],
             "decision": verdict.decision, "basis": verdict.basis, "reason": verdict.reason}
+
+
+def _predictions_resize(predictions: Path) -> Optional[ResizeSpec]:
+    """The resize that made the predictions, from the run.json `predict` wrote beside them (text heights
+    are bucketed at the size the model saw); None when there is no readable record."""
+    from openocr_cli.inference.run_folder import RUN_NAME
+
+    record = predictions.parent / RUN_NAME
+    try:
+        settings = json.loads(record.read_text(encoding="utf-8")).get("settings") or {}
+        keys = ("image_shape", "resize_long", "limit_side_len", "limit_type")
+        params = {k: settings[k] for k in keys if settings.get(k) is not None}
+        spec = ResizeSpec.from_params(params) if params else None
+    except (OSError, ValueError, TypeError, AttributeError, UserError):
+        return None
+    if spec is not None:
+        err_console.print(f"note: text heights are measured at the resize that made the predictions ({record}).",
+                          markup=False)
+    return spec
 
 
 def _advance(bar, task):
