@@ -186,6 +186,26 @@ class DBPostProcess:
         return Candidate(pts, _masked_mean(pred, pts, top))  # poly mode always scores the "fast" way
 
 
+def reading_order(detections: list[Detection]) -> list[Detection]:
+    """The boxes as a reader meets them: lines top to bottom, boxes left to right within a line.
+
+    Contours come out of the map bottom line first; recognisers and labelling tools expect reading order. Boxes
+    are taken by the height of their centre; a box whose centre lies within the vertical span of the line being
+    built joins it (tilted or uneven boxes of one line still share that span), else it starts the next line.
+    """
+    spans = sorted(((float(d.points[:, 1].min()), float(d.points[:, 1].max()), d) for d in detections),
+                   key=lambda span: span[0] + span[1])
+    lines: list[list] = []  # [top, bottom, members]
+    for top, bottom, det in spans:
+        centre = (top + bottom) / 2
+        if lines and lines[-1][0] <= centre <= lines[-1][1]:
+            lines[-1][1] = max(lines[-1][1], bottom)
+            lines[-1][2].append(det)
+        else:
+            lines.append([top, bottom, [det]])
+    return [det for _, _, members in lines for det in sorted(members, key=lambda d: float(d.points[:, 0].min()))]
+
+
 def _checked_map(pred: np.ndarray, src_h: float, src_w: float) -> np.ndarray:
     pred = np.asarray(pred, dtype=np.float32)
     if pred.ndim != 2 or pred.size == 0:

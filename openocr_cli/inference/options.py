@@ -113,6 +113,9 @@ class InferenceOptions:
     tile: Optional[str] = option(None, TILE_HELP, metavar="off|auto|N", cli_type=Optional[str])
     tile_overlap: Optional[int] = option(
         None, "Pixels neighbouring tiles share (default 128: 64 px of context at each seam).", low=0)
+    reading_order: bool = option(
+        False, "Give each image's boxes in reading order (lines top to bottom, left to right within a line) instead "
+               "of the contours' order (bottom line first, as OpenOCR); results, crops and pre-annotations follow it.")
     max_image_mb: float = option(
         MAX_IMAGE_MB, "Largest input file read, in MB; a larger one is skipped by name without being read.", low=0.001)
     max_pixels: int = option(

@@ -25,7 +25,7 @@ from openocr_cli.data.resize import Normalizer, ResizeSpec, resize_for_test
 from openocr_cli.inference import tiling
 from openocr_cli.inference.results import Result, StageTimes
 from openocr_cli.inference.tiling import Probes, TileSettings, probe_inputs, probe_reason, tile_boxes, tiled_detections
-from openocr_cli.postprocess import DBPostProcess, make_postprocess
+from openocr_cli.postprocess import DBPostProcess, Detection, make_postprocess, reading_order
 
 # a file path, or pixels (a BGR uint8 ndarray, a PIL image)
 Input = Union[str, "os.PathLike[str]", Any]
@@ -68,6 +68,7 @@ class Predictor:
     pdf_dpi: float = DEFAULT_PDF_DPI  # the resolution `doc.pdf#page=N` inputs are rendered at
     tile: TileSettings = TileSettings()  # off: the normal resize; auto / fixed: inference/tiling.py
     limits: ImageLimits = ImageLimits()  # the largest file and image a path may be (checked before reading)
+    reading_order: bool = False  # boxes top to bottom, left to right within a line (else the contours' order)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -207,20 +208,23 @@ class Predictor:
             prob = self.backend(prepared.tensor[None])[0, 0]
             inference += time.perf_counter() - start
             start = time.perf_counter()
-            dets = self.postprocess(prob, h, w)
+            dets = self._ordered(self.postprocess(prob, h, w))
             post = time.perf_counter() - start
             return Result(prepared.index, prepared.path, dets, image if keep_images else None,
-                               times=StageTimes(1, prepared.seconds, inference, post),
-                               prob_map=prob if keep_maps else None, src_hw=(h, w))
+                          times=StageTimes(1, prepared.seconds, inference, post),
+                          prob_map=prob if keep_maps else None, src_hw=(h, w))
         start = time.perf_counter()  # post-processing runs stripe by stripe between the tiles: timed as inference
         tiled = tiled_detections(image, self.tile, self.normalizer, self.backend, self.postprocess, self.batch_size,
                                  keep_map=keep_maps)
         inference += time.perf_counter() - start
         (th, tw) = tiled.tile_hw
-        return Result(prepared.index, prepared.path, tiled.detections, image if keep_images else None,
-                           times=StageTimes(1, prepared.seconds, inference, post), prob_map=tiled.prob,
-                           src_hw=(h, w), tiling=f"{tiled.count} tiles of {th}x{tw} px: {reason}",
-                           tiles=tile_boxes(h, w, self.tile))
+        return Result(prepared.index, prepared.path, self._ordered(tiled.detections), image if keep_images else None,
+                      times=StageTimes(1, prepared.seconds, inference, post), prob_map=tiled.prob,
+                      src_hw=(h, w), tiling=f"{tiled.count} tiles of {th}x{tw} px: {reason}",
+                      tiles=tile_boxes(h, w, self.tile))
+
+    def _ordered(self, detections: list[Detection]) -> list[Detection]:
+        return reading_order(detections) if self.reading_order else detections
 
     def _flush(self, items: list[_Prepared], done: dict[int, Result], keep_maps: bool = False) -> None:
         start = time.perf_counter()
@@ -228,9 +232,9 @@ class Predictor:
         inference = (time.perf_counter() - start) / len(items)
         for prepared, prob in zip(items, maps):
             start = time.perf_counter()
-            dets = self.postprocess(prob[0], *prepared.src_hw)
+            dets = self._ordered(self.postprocess(prob[0], *prepared.src_hw))
             times = StageTimes(1, prepared.seconds, inference, time.perf_counter() - start)
             small = None if prepared.probes is None else probe_reason(prepared.probes, self.backend, self.postprocess)
             done[prepared.index] = Result(prepared.index, prepared.path, dets, prepared.image, times=times,
                                           prob_map=prob[0] if keep_maps else None, src_hw=prepared.src_hw,
-                                               small_text=small)
+                                          small_text=small)

@@ -85,7 +85,7 @@ class Resolved:
         """The predictor these settings make, run as `options` asks (batch size, workers, PDF dpi, tiling, limits)."""
         return Predictor(self.backend, self.resize, self.normalizer, self.postprocess, batch_size=options.batch_size,
                          workers=options.workers, pdf_dpi=options.pdf_dpi, tile=options.tile_settings(),
-                         limits=options.image_limits())
+                         limits=options.image_limits(), reading_order=options.reading_order)
 
 
 class PostprocessLayers:

@@ -26,7 +26,7 @@ from openocr_cli.api.detector import Detector
 from openocr_cli.inference.predictor import Predictor
 from openocr_cli.inference.results import detections_json
 from openocr_cli.inference.tiling import TileSettings, grid
-from openocr_cli.postprocess import DBPostProcess
+from openocr_cli.postprocess import DBPostProcess, reading_order
 from openocr_cli.serve import uploads
 from openocr_cli.serve.batcher import Forward, MicroBatcher
 from openocr_cli.serve.memory import default_pixels_in_flight, return_free_memory
@@ -230,6 +230,8 @@ class DetectionService:
         queue = max(0.0, time.perf_counter() - submitted - forward.seconds * forward.batch)
         began = time.perf_counter()
         detections = await loop.run_in_executor(self.pool, post, forward.prob_map, h, w)
+        if self.predictor.reading_order:
+            detections = reading_order(detections)
         times = {"decode": prepared.decode_s, "preprocess": prepared.preprocess_s, "queue": queue,
                  "inference": forward.seconds, "postprocess": time.perf_counter() - began}
         return self._answer(detections, h, w, times, start, {"batch": forward.batch})
