@@ -8,7 +8,7 @@ import pytest
 
 from openocr_cli import Detector
 from openocr_cli.postprocess import Detection, reading_order
-from tests.test_onnx_backend import tiny_model  # noqa: F401 (fixture)
+from tests.test_onnx_backend import tiny_model
 from tests.test_tiling import bars_image
 
 
