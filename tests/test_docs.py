@@ -82,7 +82,7 @@ def code_text(path: Path) -> list[tuple[int, str, bool]]:
 
 INVOCATION = re.compile(r"(?:openocr-det|-m openocr_cli)\b(?![-./\w\[])(.*)")
 # flags of other programs that the docs name on their own: torchrun's, and the benchmark scripts'
-OTHER_FLAGS = {"--log-dir", "--compare-eager", "--jpeg", "--serve-args", "--nproc_per_node"}
+OTHER_FLAGS = {"--log-dir", "--compare-eager", "--jpeg", "--serve-args", "--nproc_per_node", "--busy"}
 
 
 def invocations(text: str) -> list[list[str]]:

@@ -150,7 +150,7 @@ def test_bad_onnx_models_give_a_clear_error(cli, tmp_path, image_dir, random_ckp
 def test_flag_conflicts_and_bad_values_are_usage_errors(cli, image_dir, random_onnx):
     for args in (["--backend", "torch", "--onnx-model", random_onnx], ["--onnx-model", random_onnx, "--device", "tpu"],
                  ["--onnx-model", random_onnx, "--mean", "1,2"], ["--onnx-model", random_onnx, "--threads", "0"],
-                 ["--backend", "tflite"], ["-w", random_onnx]):
+                 ["--backend", "tflite"], ["--backend", "torch", "-w", random_onnx]):
         code, out, err = cli("predict", image_dir, *args)
         assert code == 2, (args, err)
         assert "Traceback" not in err + out

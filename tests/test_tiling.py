@@ -306,14 +306,14 @@ def test_a_region_taller_than_the_carry_limit_is_cut_and_memory_stays_bounded():
 
 
 def test_huge_files_are_refused_from_their_header_naming_the_limit_and_the_flag(tmp_path):
-    from openocr_cli.data.images import read_image
+    from openocr_cli.data.images import ImageLimits, read_image
     from openocr_cli.errors import ImageReadError
 
     path = tmp_path / "wide.png"
     cv2.imwrite(str(path), np.zeros((600, 20000), np.uint8))  # 12 MP, a few KB on disk
     with pytest.raises(ImageReadError, match=r"12,000,000 pixels, over the limit of 10,000,000 \(--max-pixels"):
-        read_image(path, max_pixels=10_000_000)
-    assert read_image(path, max_pixels=12_000_000).shape == (600, 20000, 3)
+        read_image(path, limits=ImageLimits(None, 10_000_000))
+    assert read_image(path, limits=ImageLimits(None, 12_000_000)).shape == (600, 20000, 3)
 
 
 HUGE = """

@@ -115,7 +115,7 @@ class Predictor:
             return _Prepared(index, path, error=str(exc))
         keep_image = keep_image or path is None  # in-memory pixels are the caller's: kept, not copied
         probes = probe_inputs(image, tensor.shape[1:], self.normalizer, count=tiling.WARN_PROBE_COUNT) \
-            if self.tile.probe else None
+            if self.tile.probe and self.resize.image_shape is None else None  # a fixed-size input takes no probe
         return _Prepared(index, path, tensor, src_hw, image if keep_image else None,
                          seconds=time.perf_counter() - start, probes=probes)
 
