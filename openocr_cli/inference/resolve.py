@@ -235,9 +235,9 @@ def _unstated_note(path: Path, settings: Mapping[str, Setting]) -> str:
     """A model file that states no pre/post-processing (another tool's export) runs with values it may not
     have been trained with: name them, and how to change them."""
     values = ", ".join(f"{key} {_shown(settings[key].value)}" for key in NOTED if key in settings)
-    return (f"note: {Path(path).name} states no pre- or post-processing (none of the metadata our exports write), so it runs with "
-            f"{values}. If it was trained with other values, pass them: --limit-side-len/--limit-type, --mean/--std, "
-            "--thresh/--box-thresh/--unclip-ratio (PaddleOCR's models: docs/guides/other-tools.md).")
+    return (f"note: {Path(path).name} states no pre- or post-processing (none of the metadata our exports write), "
+            f"so it runs with {values}. If it was trained with other values, pass them: --limit-side-len/--limit-type, "
+            "--mean/--std, --thresh/--box-thresh/--unclip-ratio (PaddleOCR's models: docs/guides/other-tools.md).")
 
 
 def _shown(value: Any) -> str:
