@@ -4,22 +4,16 @@ driven by Playwright, as tests/test_serve_page.py (no browser download; `make te
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 
 import pytest
 
+from tests.browser import require_chromium
 from tests.test_docs import site  # noqa: F401 (the session fixture that builds the site with --strict)
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-if CHROMIUM is None:
-    if os.environ.get("CI"):
-        pytest.fail("chromium is not installed: `make test` installs it (apt-get install -y chromium)",
-                    pytrace=False)
-    pytest.skip("chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
+CHROMIUM = require_chromium()
 
 WAIT_MS = 30_000
 TILING = re.compile(r"\btil(e|es|ing)\b", re.I)

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
 from pathlib import Path
 
 import cv2
 import pytest
 
+from tests.browser import require_chromium
 from tests.serving import Server
 from tests.test_api import page as draw_page
 from tests.test_onnx_backend import tiny_model
@@ -21,12 +20,7 @@ from tests.test_onnx_backend import tiny_model
 pytest.importorskip("fastapi")
 sync_api = pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-if CHROMIUM is None:
-    if os.environ.get("CI"):
-        pytest.fail("chromium is not installed: `make test` installs it (apt-get install -y chromium)",
-                    pytrace=False)
-    pytest.skip("chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
+CHROMIUM = require_chromium()
 
 WAIT_MS = 30_000
 
