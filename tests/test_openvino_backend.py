@@ -134,7 +134,7 @@ def test_cuda_and_flag_conflicts_are_usage_errors(cli, tmp_path, models, pages):
                           (["--backend", "onnx", "--openvino-model", xml_path], "--backend openvino"),
                           (["--backend", "openvino", "--onnx-model", onnx_path], "as --openvino-model"),
                           (["--onnx-model", onnx_path, "--openvino-model", xml_path], "pass one"),
-                          (["-w", xml_path], "--openvino-model"),
+                          (["--backend", "torch", "-w", xml_path], "--openvino-model"),
                           (["--openvino-model", xml_path, "--threads", "0"], "--threads")):
         code, out, err = cli("predict", pages, *args, "--output", tmp_path / "o")
         assert code == 2 and message in " ".join(err.split()), (args, err)
