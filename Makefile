@@ -30,7 +30,7 @@ lint: install
 	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 # The documentation site (mkdocs.yml) into site/: --strict fails on a broken link or a missing page; nothing is
-# fetched from the network. The CLI reference is rendered from --help during the build (docs_tools/cli_help.py).
+# fetched from the network. The CLI reference is rendered from --help during the build (openocr_cli/cli/help_reference.py).
 # NO_MKDOCS_2_WARNING: Material's end-of-life note (mkdocs.yml says how the config stays Zensical-ready).
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from docs_tools.cli_help import PROG, clean, help_env
+from openocr_cli.cli.help_reference import PROG, clean, help_env
 from tests.conftest import REPO
 
 pytest.importorskip("mkdocs")

@@ -1,4 +1,5 @@
-"""A Markdown extension that writes the CLI reference from `openocr-det --help`, so it cannot drift from it.
+"""A Markdown extension that writes the CLI reference from `openocr-det --help`, so it cannot drift from it
+(mkdocs.yml loads it; it needs the `docs` extra and nothing else imports it).
 
 A line `<!-- openocr-det --help -->` in a page becomes one section per command: the root command, then every
 subcommand in the order `openocr-det --help` lists them, each with its `--help` text as the console entry point
@@ -18,7 +19,7 @@ from markdown import Extension
 from markdown.preprocessors import Preprocessor
 
 MARKER = "<!-- openocr-det --help -->"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout (or site-packages) holding this openocr_cli
 WIDTH = 100
 PROG = "openocr-det"
 # One process renders every --help through the console script's main(), with the program name it shows in
