@@ -82,6 +82,7 @@ def test_ndarray_and_pil_inputs_give_the_files_boxes(pages, det):
     mixed = det.predict([files[0], bgr[1], pil[2], Path(files[3])], batch_size=4)
     assert [r.to_json() for r in mixed] == expected
     assert mixed[0].path == files[0] and mixed[1].path is None and mixed[1].name == "image1"
+    assert mixed[0].name == Path(files[0]).name and mixed[0].source == files[0]  # name: no folders
     assert mixed[1].to_line().startswith("image1\t")
     grey = cv2.cvtColor(bgr[0], cv2.COLOR_BGR2GRAY)
     assert [r.to_json() for r in det.predict(grey)] == [r.to_json() for r in det.predict(cv2.cvtColor(grey, 8))]

@@ -240,3 +240,31 @@ def test_weights_flag_takes_an_onnx_file_like_onnx_model(cli, tmp_path, image_di
     assert [(r["backend"], r["model"]) for r in rows] == [("onnx", str(random_onnx))]
     code, _, err = cli("predict", image_dir, "--backend", "torch", "-w", random_onnx, "--output", tmp_path / "t")
     assert code == 2 and "--onnx-model" in err
+
+
+def test_preset_runs_a_paddleocr_model_with_paddleocrs_settings(cli, tmp_path, image_dir):
+    """--preset ppocr-v5 is PaddleOCR's pipeline settings (shorter side >= 736, score_mode fast): the same boxes
+    as those flags given one by one, no "states nothing" note, and a flag still outranks the preset."""
+    foreign = tiny_model(tmp_path / "det.onnx")
+    common = ["--onnx-model", foreign, "--device", "cpu", "--no-vis", "--box-thresh", "0"]
+    code, _, err = cli("predict", image_dir, *common, "--preset", "ppocr-v5", "--output", tmp_path / "preset")
+    assert code == 0, err
+    assert "states no pre- or post-processing" not in err
+    code, _, err = cli("predict", image_dir, *common, "--limit-type", "min", "--limit-side-len", "736", "--score-mode",
+                       "fast", "--output", tmp_path / "flags")
+    assert code == 0, err
+    preset = (tmp_path / "preset" / "det_results.txt").read_text()
+    assert preset == (tmp_path / "flags" / "det_results.txt").read_text()
+    code, _, err = cli("predict", image_dir, *common, "--output", tmp_path / "plain")
+    assert code == 0, err
+    assert preset != (tmp_path / "plain" / "det_results.txt").read_text()  # 736 min is not the default resize
+
+    from openocr_cli import Detector
+
+    det = Detector(str(foreign), preset="ppocr-v6", limit_side_len=800, box_thresh=0)
+    settings = det.describe()
+    assert settings["limit_type"] == {"value": "min", "source": "preset=ppocr-v6"}
+    assert settings["limit_side_len"] == {"value": 800, "source": "argument"}
+    assert settings["score_mode"] == {"value": "fast", "source": "preset=ppocr-v6"}
+    code, _, err = cli("predict", image_dir, *common, "--preset", "ppocr-v9", "--output", tmp_path / "bad")
+    assert code == 2 and "ppocr-v5" in err

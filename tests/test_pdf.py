@@ -145,7 +145,8 @@ def test_api_pdf_dpi_page_redraw_and_eval_label(tmp_path, constant_ckpt):
     doc = make_pdf(tmp_path / "doc.pdf", [(100, 50), (100, 50)])
     det = Detector(str(constant_ckpt), device="cpu", pdf_dpi=144)
     results = det.predict(doc)
-    assert [r.name for r in results] == [f"{doc}#page=1", f"{doc}#page=2"]
+    assert [r.source for r in results] == [f"{doc}#page=1", f"{doc}#page=2"]
+    assert [r.name for r in results] == ["doc.pdf#page=1", "doc.pdf#page=2"]
     assert results[1].to_line().startswith(f"{doc}#page=2\t")
     assert results[0].plot().shape == (100, 200, 3)  # read again at the run's dpi, not the default
     labels = tmp_path / "labels.txt"

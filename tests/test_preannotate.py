@@ -144,7 +144,7 @@ class _Result:
     def __init__(self, name, polygons, hw):
         import numpy as np
 
-        self.path = self.name = name
+        self.path = self.source = name
         self.polygons = [np.array(p, dtype=np.int32) for p in polygons]
         self.scores = [0.9] * len(polygons)
         self.src_hw = hw

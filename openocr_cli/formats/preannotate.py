@@ -1,6 +1,6 @@
 """Predictions as files a person corrects: `predict --save-format labelme|ppocrlabel|labelstudio|rrc`.
 
-`Preannotator.add` takes one prediction result at a time (anything with `.name`, `.path`, `.polygons`,
+`Preannotator.add` takes one prediction result at a time (anything with `.source`, `.path`, `.polygons`,
 `.scores`, `.src_hw`) and writes it at once, so memory stays flat however many images run; `close` finalises
 what needs the whole run (PPOCRLabel's Label.txt, the Label Studio task list, the RRC zip), each built under a
 temporary name and renamed into place, so an interrupted run leaves no half file under a final name. Layout
@@ -118,7 +118,7 @@ class Preannotator:
 
     # -- per image ------------------------------------------------------------------------------------
     def add(self, result) -> None:
-        with _writing(f"the pre-annotations of {result.name}"):
+        with _writing(f"the pre-annotations of {result.source}"):
             self._add(result)
 
     def _add(self, result) -> None:
@@ -134,7 +134,7 @@ class Preannotator:
         elif {"labelme", "ppocrlabel"} & set(self.formats):
             self._skipped_pages += 1
         if self._tasks is not None and width and height:
-            task = labelstudio.task(result.name, regions, width, height, self.model_version)
+            task = labelstudio.task(result.source, regions, width, height, self.model_version)
             self._tasks.write(("\n" if self._task_count == 0 else ",\n") + json.dumps(task, ensure_ascii=False))
             self._task_count += 1
         if self._zip is not None:
@@ -173,14 +173,14 @@ class Preannotator:
         ppocrlabel.link_image(file, out / file.name)
 
     def _rrc(self, result, page, regions: list[Region]) -> None:
-        stem = Path(result.name).stem if page is None else f"{Path(page[0]).stem}_p{page[1]}"
+        stem = Path(result.source).stem if page is None else f"{Path(page[0]).stem}_p{page[1]}"
         name = f"{rrc.PREFIX}{stem}.txt"
         if name in self._zip_names:
-            self.notes.append(f"{result.name}: {rrc.ZIP_NAME} already has {name} (for {self._zip_names[name]}); "
+            self.notes.append(f"{result.source}: {rrc.ZIP_NAME} already has {name} (for {self._zip_names[name]}); "
                               "the RRC format names files by image stem, so this image's boxes are not in the zip "
                               "(they are in det_results.txt)")
             return
-        self._zip_names[name] = result.name
+        self._zip_names[name] = result.source
         rrc.add_entry(self._zip, name, rrc.file_text((r.points for r in regions), self.min_rect))
 
     # -- the end --------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from openocr_cli import config as cfgmod
 from openocr_cli.data.images import MAX_IMAGE_MB, MAX_PIXELS, ImageLimits
 from openocr_cli.data.pdf import DEFAULT_PDF_DPI
 from openocr_cli.errors import UserError
+from openocr_cli.inference.presets import PRESETS
 from openocr_cli.inference.tiling import TileSettings, parse_tile
 from openocr_cli.option_table import check_ranges, flags_of, option
 
@@ -123,6 +124,11 @@ class InferenceOptions:
                     "image needs about 3 bytes per pixel, twice that while decoding); a larger one is skipped by name.",
         low=1, metavar="N")
     precision: Optional[str] = option(None, PRECISION_HELP, choices=PRECISIONS)
+    preset: Optional[str] = option(
+        None, "Another tool's settings for its own models: ppocr-v5 / ppocr-v6 run PaddleOCR's detectors as its OCR "
+              "pipeline does (shorter side to at least 736 px, thresh 0.3, box_thresh 0.6, unclip_ratio 1.5, "
+              "score_mode fast). Flags, -o and --postprocess still override it (docs/guides/other-tools.md).",
+        choices=tuple(PRESETS))
     origin: str = "flag"
 
     def __post_init__(self) -> None:
@@ -168,6 +174,12 @@ class InferenceOptions:
         if self.origin == "flag":
             return flags_of(InferenceOptions)[name][1].flag_names(name)[0].split("/")[0] + " "
         return f"{name}="
+
+    def preset_layer(self, keys: Sequence[str]) -> Optional[tuple[str, dict[str, Any]]]:
+        """(source, values) of the preset for these keys, None without one."""
+        if self.preset is None:
+            return None
+        return f"{self.spell('preset')}{self.preset}", {key: PRESETS[self.preset][key] for key in keys}
 
     def image_limits(self) -> ImageLimits:
         """--max-image-mb / --max-pixels as the limits read_image checks before reading a file."""

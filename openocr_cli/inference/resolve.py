@@ -34,6 +34,8 @@ from openocr_cli.inference.backends.onnx_metadata import CHANNEL_ORDERS, normali
 from openocr_cli.inference.layers import Setting, given, layered
 from openocr_cli.inference.options import DEFAULT_WEIGHTS, InferenceOptions
 from openocr_cli.inference.predictor import Backend, Predictor
+from openocr_cli.inference.presets import POSTPROCESS_KEYS as PRESET_POSTPROCESS_KEYS
+from openocr_cli.inference.presets import RESIZE_KEYS
 from openocr_cli.postprocess import DBPostProcess, make_postprocess
 
 log = logging.getLogger(__name__)
@@ -115,6 +117,9 @@ class PostprocessLayers:
         if options.config is not None:  # an explicit config outranks the values the model carries
             model_layer = None
         layers = [model_layer] if model_layer and model_layer[1] else []
+        preset = options.preset_layer(PRESET_POSTPROCESS_KEYS)
+        if preset is not None:
+            layers.append(preset)
         if self.file is not None:
             layers.append(self.file)
         explicit = {key: getattr(options, key) for key in ("thresh", "box_thresh", "unclip_ratio", "score_mode",
@@ -137,12 +142,13 @@ def resolve_resize(options: InferenceOptions, config: ConfigLayers) -> tuple[Res
     base = cfgmod.resize_params(config.read)
     sources = {key: "-o" if params.get(key) != base.get(key) else "config"
                for key in ("limit_side_len", "limit_type", "image_shape", "resize_long")}
-    if options.limit_side_len is not None or options.limit_type is not None:
-        params = {"limit_side_len": options.limit_side_len or int(params.get("limit_side_len", 960)),
-                  "limit_type": options.limit_type or params.get("limit_type", "max")}
-        for key in ("limit_side_len", "limit_type"):
-            if getattr(options, key) is not None:
-                sources[key] = options.origin
+    preset = options.preset_layer(RESIZE_KEYS)
+    chain = layered((options.origin, given({key: getattr(options, key) for key in RESIZE_KEYS})),
+                    *([preset] if preset is not None else []))
+    if chain:  # explicit limits, or a preset's, replace the config's resize
+        params = {"limit_side_len": int(params.get("limit_side_len", 960)),
+                  "limit_type": params.get("limit_type", "max"), **{key: s.value for key, s in chain.items()}}
+        sources.update({key: setting.source for key, setting in chain.items()})
     spec = ResizeSpec.from_params(params)
     return spec, _resize_settings(spec, sources)
 
@@ -204,7 +210,7 @@ def resolve(options: InferenceOptions, config: Optional[ConfigLayers] = None) ->
         model_layer = (CHECKPOINT_SOURCE, ppfile.from_saved_config(backend.saved_config))
         device = str(backend.device)
     postprocess, post_settings = post.resolve(model_layer)
-    if backend_name in FILE_BACKENDS and not any(key in metadata for key in STATED_KEYS):
+    if backend_name in FILE_BACKENDS and options.preset is None and not any(k in metadata for k in STATED_KEYS):
         log.info(_unstated_note(backend.info.path, {**resize_settings, **norm_settings, **post_settings}))
     explicit = options.origin
     settings = {
@@ -237,7 +243,8 @@ def _unstated_note(path: Path, settings: Mapping[str, Setting]) -> str:
     values = ", ".join(f"{key} {_shown(settings[key].value)}" for key in NOTED if key in settings)
     return (f"note: {Path(path).name} states no pre- or post-processing (none of the metadata our exports write), "
             f"so it runs with {values}. If it was trained with other values, pass them: --limit-side-len/--limit-type, "
-            "--mean/--std, --thresh/--box-thresh/--unclip-ratio (PaddleOCR's models: docs/guides/other-tools.md).")
+            "--mean/--std, --thresh/--box-thresh/--unclip-ratio, or --preset ppocr-v5 for PaddleOCR's detectors "
+            "(docs/guides/other-tools.md).")
 
 
 def _shown(value: Any) -> str:

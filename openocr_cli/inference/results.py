@@ -7,6 +7,7 @@ tooling still reads it; `read_predictions` lets `eval` score any detector's outp
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional
@@ -71,9 +72,15 @@ class Result:
     small_text: Optional[str] = None  # --tile off with probes: why the resize probably lost text of it (tiling.py)
 
     @property
-    def name(self) -> str:
-        """The path, or `image<index>` for an in-memory image (what det_results.txt lines start with)."""
+    def source(self) -> str:
+        """The path as given, or `image<index>` for an in-memory image: what det_results.txt lines start with
+        (OpenOCR writes the path it was given), the key of the JSONL and pre-annotation records."""
         return self.path if self.path is not None else f"image{self.index}"
+
+    @property
+    def name(self) -> str:
+        """The file's name without its folders (`scan.pdf#page=2` for a PDF page), `image<index>` in memory."""
+        return os.path.basename(self.source)
 
     @property
     def polygons(self) -> list[np.ndarray]:
@@ -90,7 +97,7 @@ class Result:
 
     def to_line(self) -> str:
         """This image's det_results.txt line, newline included."""
-        return f"{self.name}\t{json.dumps(self.to_json())}\n"
+        return f"{self.source}\t{json.dumps(self.to_json())}\n"
 
     def load_image(self) -> np.ndarray:
         """The BGR image: the one kept, else the file decoded again."""

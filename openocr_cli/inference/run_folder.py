@@ -287,7 +287,7 @@ def jsonl_record(result: Result) -> dict:
     """One image's JSONL object: image, width, height, detections (as det_results.txt), tiling and error when
     there is one (an unreadable image: width and height null, no detections)."""
     h, w = result.src_hw if result.src_hw is not None and result.error is None else (None, None)
-    record: dict[str, Any] = {"image": result.name, "width": w, "height": h, "detections": result.to_json()}
+    record: dict[str, Any] = {"image": result.source, "width": w, "height": h, "detections": result.to_json()}
     if result.tiling is not None:
         record["tiling"] = result.tiling
     if result.error is not None:
@@ -352,8 +352,8 @@ class ResultWriter:
         """One result; `vis` is its drawing already encoded (a device worker's), else it is drawn here. A full
         disk or an unwritable folder is a UserError (the lines before stay complete: --resume goes on). A name
         det_results.txt cannot hold (a TAB or line break would forge a record) becomes the result's error."""
-        if self.fmt == "txt" and result.error is None and any(c in result.name for c in UNSAFE_NAME_CHARACTERS):
-            result.error = (f"{result.name!r}: the file name contains a TAB or line break, which det_results.txt "
+        if self.fmt == "txt" and result.error is None and any(c in result.source for c in UNSAFE_NAME_CHARACTERS):
+            result.error = (f"{result.source!r}: the file name contains a TAB or line break, which det_results.txt "
                             "cannot hold; rename the file or use --format jsonl")
         try:
             self._write(result, vis)
@@ -362,10 +362,10 @@ class ResultWriter:
 
     def _write(self, result: Result, vis: Optional[bytes]) -> None:
         if result.error is None and self.vis_dir is not None:
-            name = self.names.reserve(result.name)
+            name = self.names.reserve(result.source)
             data = vis if vis is not None else encode_vis(result)
             if data is None:
-                log.warning(f"could not encode the drawn image for {result.name}")
+                log.warning(f"could not encode the drawn image for {result.source}")
             else:
                 with open(self.vis_dir / name, "wb") as f:
                     f.write(data)

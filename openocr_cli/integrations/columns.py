@@ -42,7 +42,7 @@ def result_row(result: Result, path: Optional[str] = None) -> dict[str, Any]:
     """`result` as one row; `path` replaces its name (an in-memory image's path from its dataset)."""
     ok = result.error is None and result.src_hw is not None
     boxes = result.to_json()
-    return {"path": path if path is not None else result.name, "width": result.src_hw[1] if ok else None,
+    return {"path": path if path is not None else result.source, "width": result.src_hw[1] if ok else None,
             "height": result.src_hw[0] if ok else None, "polygons": [box["points"] for box in boxes],
             "scores": [box["score"] for box in boxes], "error": result.error, "tiling": result.tiling}
 

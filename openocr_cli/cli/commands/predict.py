@@ -102,10 +102,10 @@ def _predict(run: large.LargeRun, output: Path, tile, extras) -> None:
                 extras.add(result)
             boxes += len(result.detections)
             if result.small_text is not None:
-                shrunk, first_shrunk = shrunk + 1, first_shrunk or f"{result.name}: {result.small_text}"
+                shrunk, first_shrunk = shrunk + 1, first_shrunk or f"{result.source}: {result.small_text}"
             if result.tiling is not None:
-                tiled[result.name] = result.tiling
-                err_console.print(f"tiled {result.name}: {result.tiling}", markup=False)
+                tiled[result.source] = result.tiling
+                err_console.print(f"tiled {result.source}: {result.tiling}", markup=False)
     run.finish(times.images, len(failures))
     if extras is not None:
         extras.finish()

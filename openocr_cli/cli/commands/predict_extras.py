@@ -81,7 +81,7 @@ class PredictExtras:
         if self.selection is not None and result.prob_map is not None:
             from openocr_cli.evaluation.uncertainty import image_uncertainty
 
-            self.selection.add(result.name, image_uncertainty(result.prob_map, self.postprocess).score)
+            self.selection.add(result.source, image_uncertainty(result.prob_map, self.postprocess).score)
         result.prob_map = None  # one map at a time: memory stays flat
 
     def finish(self) -> None:
