@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -56,13 +57,17 @@ def train(work: Path, epochs: int) -> Path:
 
 
 def pages(folder: Path, sizes: list[tuple[int, int]], seed: int, scale=(0.8, 1.4), cover=(0.15, 0.6),
-          part=(480, 640), prefix: str = "page") -> Path:
-    """Pages of blank paper with scaled renders placed at random without overlap; their label file."""
+          part=(480, 640), prefix: str = "page", parts: Optional[Path] = None) -> Path:
+    """Pages of blank paper with scaled renders placed at random without overlap; their label file.
+    `parts`: also write every placed render alone (as scaled, with its labels) there: the same content at a
+    size that needs no tiling."""
     from openocr_cli.data.synth import make_image
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    lines = []
+    lines, part_lines = [], []
+    if parts is not None:
+        parts.mkdir(parents=True, exist_ok=True)
     for index, (h, w) in enumerate(sizes):
         canvas = np.full((h, w, 3), int(rng.integers(200, 250)), np.uint8)
         margin = int(min(h, w) * rng.uniform(0.05, 0.15))
@@ -82,14 +87,22 @@ def pages(folder: Path, sizes: list[tuple[int, int]], seed: int, scale=(0.8, 1.4
             canvas[y:y + ph, x:x + pw] = cv2.resize(render, (pw, ph), interpolation=cv2.INTER_AREA)
             taken[y:y + ph, x:x + pw] = True
             covered += ph * pw
+            alone = []
             for word in words:
+                alone.append({**word, "points": [[round(px * f), round(py * f)] for px, py in word["points"]]})
                 word["points"] = [[round(px * f) + x, round(py * f) + y] for px, py in word["points"]]
                 regions.append(word)
+            if parts is not None:
+                part_name = f"{prefix}{index}-{len(part_lines)}.png"
+                cv2.imwrite(str(parts / part_name), canvas[y:y + ph, x:x + pw])
+                part_lines.append(f"{part_name}\t{json.dumps(alone)}\n")
         name = f"{prefix}{index}.png"
         cv2.imwrite(str(folder / name), canvas)
         lines.append(f"{name}\t{json.dumps(regions)}\n")
     label = folder / "label.txt"
     label.write_text("".join(lines), encoding="utf-8")
+    if parts is not None:
+        (parts / "label.txt").write_text("".join(part_lines), encoding="utf-8")
     return label
 
 
@@ -119,6 +132,23 @@ def duplicates(boxes: list) -> int:
     return count
 
 
+def refused(work: Path) -> str:
+    """A 20000x20000 image (400 MP) through `predict --tile auto`: the exit status and what it said of the file."""
+    folder = work / "giant"
+    folder.mkdir(exist_ok=True)
+    if not (folder / "giant.png").is_file():
+        canvas = np.full((20000, 20000), 235, np.uint8)
+        cv2.putText(canvas, "GIANT", (2000, 10000), cv2.FONT_HERSHEY_SIMPLEX, 40, 20, 60)
+        cv2.imwrite(str(folder / "giant.png"), canvas)
+        del canvas
+    proc = subprocess.run([PY, "-m", "openocr_cli", "predict", str(folder), "--tile", "auto", "--no-vis",
+                           "--output", str(work / "p-giant"), "--onnx-model", str(work / "det.onnx")],
+                          capture_output=True, text=True,
+                          env=dict(os.environ, OPENOCR_DET_OFFLINE="1", NO_PROGRESS="1"))
+    said = " ".join(line.strip() for line in proc.stderr.strip().splitlines() if "giant" in line)
+    return f"exit {proc.returncode}: {said[-300:]}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, help="a trained checkpoint (default: train one briefly)")
@@ -134,22 +164,31 @@ def main() -> None:
 
     tuning, th, tw = mosaics(work / "tuning", 2, 6, 6, seed=4)
     second = pages(work / "second", [(2880, 3840), (3840, 2880), (4500, 6000)], seed=11)
-    huge = pages(work / "huge", [(9000, 12000)], seed=12, cover=(0.3, 0.3))
+    huge = pages(work / "huge", [(9000, 12000)], seed=12, cover=(0.3, 0.3), parts=work / "huge-parts")
+    # big text: one render scaled 4-4.2x per 3840x2880 page (text about 50-230 px): the resize to 960 leaves it
+    # 12-58 px, so --tile auto should decide "no tiling" at a small cost
+    big = pages(work / "big-text", [(2880, 3840)] * 3, seed=13, scale=(4.0, 4.2), cover=(0.3, 0.3))
     results: dict = {"weights": str(weights)}
     table = []
+
+    def run(name: str, label: Path, config: str, flags: list[str]) -> None:
+        row = {"set": name, "config": config, **evaluate(model, label, flags, work)}
+        table.append(row)
+        print(row, flush=True)
+
     for name, label, full in (("tuning: 2 mosaics 2304x3072", tuning, max(th, tw)),
                               ("second: 3 pages 3840x2880-6000x4500", second, 6000)):
         for config, flags in (("--tile off", []), (f"full resolution (--limit-side-len {full})",
                                                   ["--limit-side-len", str(full)]),
                               ("--tile 960", ["--tile", "960"]), ("--tile auto", ["--tile", "auto"])):
-            row = {"set": name, "config": config, **evaluate(model, label, flags, work)}
-            table.append(row)
-            print(row, flush=True)
+            run(name, label, config, flags)
+    for config, flags in (("--tile off", []), ("--tile auto", ["--tile", "auto"])):
+        run("big text: 3 pages 3840x2880, text 50-230 px", big, config, flags)
     for config, flags in (("--tile 960", ["--tile", "960"]), ("--tile auto", ["--tile", "auto"])):
-        row = {"set": "memory: 1 page 12000x9000", "config": config, **evaluate(model, huge, flags, work)}
-        table.append(row)
-        print(row, flush=True)
+        run("memory: 1 page 12000x9000", huge, config, flags)
+    run("memory: the same renders one by one", work / "huge-parts" / "label.txt", "--tile off", [])
     results["rows"] = table
+    results["refused_20000x20000"] = refused(work)
 
     from openocr_cli.data.synth import generate
 
@@ -174,6 +213,7 @@ def main() -> None:
           f"{results['ordinary_identical']}")
     print(f"box pairs overlapping > 30 % of the smaller one (second set): --tile auto {results['duplicates']['auto']}, "
           f"full resolution {results['duplicates']['full']}")
+    print(f"20000x20000 PNG, predict --tile auto: {results['refused_20000x20000']}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
