@@ -6,8 +6,9 @@ ratios to OpenOCR's torch run are printed. Peak RSS is each process's own (os.wa
 
 Our side: predict with the torch backend (fp32), with the ONNX backend on a float32 and an int8
 export of the same checkpoint (`export --int8`, calibrated on the benchmark images), and with the
-OpenVINO backend on float32 and NNCF int8 IRs (`export --format openvino [--int8]`), all with
---no-vis: det_results.txt only, the work infer_det.py does by default.
+OpenVINO backend on float32 and NNCF int8 IRs (`export --format openvino [--int8]`), and, on a CPU with native
+bf16 (AVX-512 BF16 or AMX), torch and both IRs again with --precision bf16; all with --no-vis: det_results.txt
+only, the work infer_det.py does by default.
 OpenOCR's side needs a copy of its source tree (--openocr); without one only ours run.
 
     .venv/bin/python benchmarks/bench_vs_openocr.py --openocr /path/to/OpenOCR [--weights best.pth]
@@ -66,6 +67,15 @@ def make_weights(path: Path) -> Path:
     return path
 
 
+def native_bf16() -> bool:
+    """Whether this CPU runs bf16 natively (AVX-512 BF16 or AMX), as `--precision bf16` requires."""
+    import torch
+
+    from openocr_cli.inference.backends.torch_backend import precision_problem
+
+    return precision_problem("bf16", torch.device("cpu")) is None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--openocr", type=Path, help="OpenOCR source tree (tools/infer_det.py)")
@@ -100,6 +110,14 @@ def main() -> None:
                 *ours, "predict", str(images), "--openvino-model", str(tmp / f"{name}.xml"), "--device", "cpu",
                 "--output", str(tmp / f"out_ov_{name}"), "--no-vis"] for name in ("fp32", "int8")},
         }
+        if native_bf16():  # bf16 where the CPU runs it natively: torch autocast, OpenVINO's precision hint
+            commands["openocr-det predict, torch bf16"] = [
+                *commands["openocr-det predict, torch fp32"][:-3], "--output", str(tmp / "out_torch_bf16"),
+                "--no-vis", "--precision", "bf16"]
+            for name in ("fp32", "int8"):
+                commands[f"openocr-det predict, openvino {name} IR at bf16"] = [
+                    *ours, "predict", str(images), "--openvino-model", str(tmp / f"{name}.xml"), "--device", "cpu",
+                    "--output", str(tmp / f"out_ov_{name}_bf16"), "--no-vis", "--precision", "bf16"]
         if args.openocr is not None:
             infer = str(args.openocr.resolve() / "tools" / "infer_det.py")
             common = ["-o", f"Global.infer_img={images}", f"Global.pretrained_model={weights}", "Global.device=cpu"]

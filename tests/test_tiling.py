@@ -352,3 +352,35 @@ def test_predict_refuses_an_image_over_max_pixels_and_names_the_flag(cli, tmp_pa
     message = " ".join(err.split())
     assert code == 1 and "1,200,000 pixels, over the limit of 1,000,000 (--max-pixels" in message
     assert len((tmp_path / "out" / "det_results.txt").read_text().splitlines()) == 1  # the other image ran
+
+
+def probe_evidence(model, image, resolved):
+    """probe_reason on `image` (shrunk 4x by the resize) with the stand-in model, given the normal pass's boxes."""
+    import onnxruntime as ort
+
+    from openocr_cli.data.resize import Normalizer
+    from openocr_cli.inference.tiling import probe_inputs, probe_reason
+    from openocr_cli.postprocess import DBPostProcess, Detection
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    forward = lambda batch: session.run(None, {session.get_inputs()[0].name: batch})[0][:, None]  # noqa: E731
+    probes = probe_inputs(image, (image.shape[0] // 4, image.shape[1] // 4),
+                          Normalizer((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+    return probe_reason(probes, forward, DBPostProcess(box_thresh=0.5),
+                        [Detection(np.array(p, np.int32), 0.9) for p in resolved])
+
+
+def test_small_boxes_inside_a_line_the_normal_pass_resolved_are_pieces_of_big_text(bright):
+    """Text far larger than the model's training text: up close a probe sees its pieces as small boxes, while the
+    normal pass reads the line whole. Pieces inside a resolved line are no evidence; lines stacked inside one
+    downscaled box are merged small lines and still are."""
+    image = bars_image(2048, 2048, bar_rows(700, 700, 1400, 1400, (6,), 20, length=120, seed=11))
+    assert probe_evidence(bright, image, []) is not None  # alone, the probes say: small text the resize loses
+    line = [[650, 690], [1450, 690], [1450, 1000], [650, 1000]]  # 800 x 310 px: 77 px tall after the resize
+    assert probe_evidence(bright, image, [line]) is not None  # it holds several probe lines one above the other: merged
+    pieces = bars_image(2048, 2048, [(700 + 16 * i, 800, 710 + 16 * i, 810) for i in range(40)])
+    assert probe_evidence(bright, pieces, []) is not None
+    resolved = [[650, 700], [1450, 700], [1450, 910], [650, 910]]
+    thin = [[650, 790], [1450, 790], [1450, 830], [650, 830]]
+    assert probe_evidence(bright, pieces, [resolved]) is None  # one line the normal pass resolved (52 px after it)
+    assert probe_evidence(bright, pieces, [thin]) is not None  # 10 px after the resize: not resolved

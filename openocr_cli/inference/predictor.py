@@ -198,21 +198,21 @@ class Predictor:
         image = prepared.image
         h, w = image.shape[:2]
         reason, inference, post = f"--tile {self.tile.side}", 0.0, 0.0
-        if self.tile.mode == "auto":
-            start = time.perf_counter()
-            probes = probe_inputs(image, prepared.tensor.shape[1:], self.normalizer)
-            reason = None if probes is None else probe_reason(probes, self.backend, self.postprocess)
-            inference = time.perf_counter() - start
-        if reason is None:
+        if self.tile.mode == "auto":  # the normal pass first: its resolved lines are part of the evidence
             start = time.perf_counter()
             prob = self.backend(prepared.tensor[None])[0, 0]
-            inference += time.perf_counter() - start
+            inference = time.perf_counter() - start
             start = time.perf_counter()
-            dets = self._ordered(self.postprocess(prob, h, w))
+            dets = self.postprocess(prob, h, w)
             post = time.perf_counter() - start
-            return Result(prepared.index, prepared.path, dets, image if keep_images else None,
-                          times=StageTimes(1, prepared.seconds, inference, post),
-                          prob_map=prob if keep_maps else None, src_hw=(h, w))
+            start = time.perf_counter()
+            probes = probe_inputs(image, prepared.tensor.shape[1:], self.normalizer)
+            reason = None if probes is None else probe_reason(probes, self.backend, self.postprocess, dets)
+            inference += time.perf_counter() - start
+            if reason is None:
+                return Result(prepared.index, prepared.path, self._ordered(dets), image if keep_images else None,
+                              times=StageTimes(1, prepared.seconds, inference, post),
+                              prob_map=prob if keep_maps else None, src_hw=(h, w))
         start = time.perf_counter()  # post-processing runs stripe by stripe between the tiles: timed as inference
         tiled = tiled_detections(image, self.tile, self.normalizer, self.backend, self.postprocess, self.batch_size,
                                  keep_map=keep_maps)
@@ -232,9 +232,11 @@ class Predictor:
         inference = (time.perf_counter() - start) / len(items)
         for prepared, prob in zip(items, maps):
             start = time.perf_counter()
-            dets = self._ordered(self.postprocess(prob[0], *prepared.src_hw))
+            found = self.postprocess(prob[0], *prepared.src_hw)
+            dets = self._ordered(found)
             times = StageTimes(1, prepared.seconds, inference, time.perf_counter() - start)
-            small = None if prepared.probes is None else probe_reason(prepared.probes, self.backend, self.postprocess)
+            small = None if prepared.probes is None else probe_reason(prepared.probes, self.backend, self.postprocess,
+                                                                      found)
             done[prepared.index] = Result(prepared.index, prepared.path, dets, prepared.image, times=times,
                                           prob_map=prob[0] if keep_maps else None, src_hw=prepared.src_hw,
                                           small_text=small)

@@ -260,6 +260,14 @@ PROBE_MIN_DETAIL = 1.0
 AUTO_MIN_TEXT_PX = 12.0
 AUTO_MIN_SMALL = 2
 AUTO_MIN_SHARE = 0.2
+# Text larger than the model was trained on is the opposite case: at full resolution a probe sees pieces of one
+# big glyph (strokes, bars) as small "text", while the downscaled pass reads the word whole. So a small probe box
+# is not evidence when it lies inside a line the downscaled pass resolved: a box at least RESOLVED_LINE_PX tall
+# after the resize (twice the smallest text kept) and shaped like a line (long side >= LINE_ASPECT x short). A
+# downscaled box holding two line-shaped probe boxes one above the other is merged lines, not one resolved line,
+# and explains nothing (small text seen at 0.25x as blobs of merged lines, which fooled the rule before probes).
+RESOLVED_LINE_PX = 2 * AUTO_MIN_TEXT_PX
+LINE_ASPECT = 2.0
 
 
 @dataclass(frozen=True)
@@ -320,11 +328,13 @@ def _probe_boxes(image: np.ndarray, scale: float, side: int, count: int) -> list
     return out
 
 
-def probe_reason(probes: Probes, forward: Callable[[np.ndarray], np.ndarray], post: DBPostProcess) -> Optional[str]:
-    """Why the resize loses text of this image (None: the probes show none it loses), from the probes' boxes."""
+def probe_reason(probes: Probes, forward: Callable[[np.ndarray], np.ndarray], post: DBPostProcess,
+                 resolved: Sequence[Detection] = ()) -> Optional[str]:
+    """Why the resize loses text of this image (None: the probes show none it loses), from the probes' boxes;
+    `resolved`: the downscaled pass's boxes (source pixels), whose resolved lines explain small probe boxes."""
     maps = forward(probes.batch)
     h, w = probes.src_hw
-    heights = []
+    found: list[np.ndarray] = []  # whole probe boxes, in source pixels
     for (x0, y0, x1, y1), prob in zip(probes.boxes, maps):
         ph, pw = y1 - y0, x1 - x0
         for det in post(prob[0, :ph, :pw], ph, pw):
@@ -337,14 +347,38 @@ def probe_reason(probes: Probes, forward: Callable[[np.ndarray], np.ndarray], po
             end_cut = (y0 > 0 and ys.min() <= 1) or (y1 < h and ys.max() >= ph - 2)
             if (side_cut and (end_cut or not wide)) or (end_cut and wide):
                 continue
-            heights.append(_height(det.points))
+            found.append(det.points.astype(np.float32) + np.float32([x0, y0]))
     scale = probes.scale
-    small = sum(height * scale < AUTO_MIN_TEXT_PX for height in heights)
-    if small < AUTO_MIN_SMALL or small < AUTO_MIN_SHARE * len(heights):
+    explained = _explained(found, resolved, scale)
+    small = sum(_height(box) * scale < AUTO_MIN_TEXT_PX and not seen for box, seen in zip(found, explained))
+    if small < AUTO_MIN_SMALL or small < AUTO_MIN_SHARE * len(found):
         return None
     net_h, net_w = probes.net_hw
-    return (f"{small} of {len(heights)} boxes found at full resolution in {len(probes.boxes)} probes would be "
+    return (f"{small} of {len(found)} boxes found at full resolution in {len(probes.boxes)} probes would be "
             f"under {AUTO_MIN_TEXT_PX:g} px after the resize to {net_w}x{net_h} ({scale:.2f}x)")
+
+
+def _explained(found: Sequence[np.ndarray], resolved: Sequence[Detection], scale: float) -> list[bool]:
+    """Which probe boxes lie (by their centre) inside a line the downscaled pass resolved (see RESOLVED_LINE_PX)."""
+    explained = [False] * len(found)
+    centres = [tuple(float(v) for v in box.mean(axis=0)) for box in found]
+    for det in resolved:
+        if _height(det.points) * scale < RESOLVED_LINE_PX or not _line_like(det.points):
+            continue
+        contour = np.asarray(det.points, np.float32).reshape(-1, 1, 2)
+        inside = [i for i, c in enumerate(centres) if cv2.pointPolygonTest(contour, c, False) >= 0]
+        lines = [found[i][:, 1] for i in inside if _line_like(found[i])]
+        if lines and max(ys.min() for ys in lines) >= min(ys.max() for ys in lines):
+            continue  # two probe lines one above the other: merged lines
+        for i in inside:
+            explained[i] = True
+    return explained
+
+
+def _line_like(points: np.ndarray) -> bool:
+    """A box shaped like a word or a line: its long side at least LINE_ASPECT times its short side."""
+    sides = cv2.minAreaRect(np.asarray(points, np.float32))[1]
+    return max(sides) >= LINE_ASPECT * min(sides)
 
 
 def _height(points: np.ndarray) -> float:
