@@ -243,6 +243,11 @@ def tile_boxes(h: int, w: int, settings: TileSettings) -> list[tuple[int, int, i
 # text is as the model was trained to see it, and their boxes' heights are scaled by the resize.
 PROBE_SIDE = 256  # px: 55-px text (about 80-px boxes) fits whole; 3 probes cost about 0.3 of a 960 x 720 pass
 PROBE_COUNT = 3
+# A sparse page (wide margins, a few short lines) can leave three probes with too few whole boxes to judge by:
+# while they hold fewer than ENOUGH_BOXES, up to PROBE_ROUNDS - 1 more rounds of PROBE_COUNT probes look further
+# (a page that is decided after the first round pays for one round only).
+ENOUGH_BOXES = 6
+PROBE_ROUNDS = 3
 # predict --tile off probes only the one crop that loses the most detail, for its warning: three would add about
 # 29 % to every 1280x720 photo the default run shrinks (measured), one about a third of that.
 WARN_PROBE_COUNT = 1
@@ -255,10 +260,12 @@ PROBE_WORK_PIXELS = 2_000_000
 PROBE_MIN_DETAIL = 1.0
 # A probe box under AUTO_MIN_TEXT_PX after the resize is text the normal pass loses: boxes are unclipped, about
 # 1.5x the text's height, and eval's recall-by-height shows the model loses most text under about 8 px. `auto`
-# tiles when at least AUTO_MIN_SMALL probe boxes, and AUTO_MIN_SHARE of them, are that small: one small box
-# (a footnote, a speck the model took for text) does not buy a tiled pass; a fifth of the text does.
+# tiles when at least AUTO_MIN_SMALL probe boxes, and AUTO_MIN_SHARE of them, are that small: one or two small
+# boxes (a footnote, a speck the model took for text, pieces of a big glyph) do not buy a tiled pass; a fifth of
+# the text does. (Measured with benchmarks/bench_huge.py: pages of small text gave 4 to 10 such boxes, a page of
+# 50-230 px text 2.)
 AUTO_MIN_TEXT_PX = 12.0
-AUTO_MIN_SMALL = 2
+AUTO_MIN_SMALL = 3
 AUTO_MIN_SHARE = 0.2
 # Text larger than the model was trained on is the opposite case: at full resolution a probe sees pieces of one
 # big glyph (strokes, bars) as small "text", while the downscaled pass reads the word whole. So a small probe box
@@ -285,7 +292,7 @@ class Probes:
 
 
 def probe_inputs(image: np.ndarray, net_hw: tuple[int, int], normalize: Callable[[np.ndarray], np.ndarray],
-                 side: int = PROBE_SIDE, count: int = PROBE_COUNT) -> Optional[Probes]:
+                 side: int = PROBE_SIDE, count: int = PROBE_COUNT * PROBE_ROUNDS) -> Optional[Probes]:
     """The probes of a BGR image the resize to `net_hw` shrinks (None when it does not, or it has no detail)."""
     h, w = image.shape[:2]
     scale = min(net_hw[0] / h, net_hw[1] / w)
@@ -332,10 +339,29 @@ def probe_reason(probes: Probes, forward: Callable[[np.ndarray], np.ndarray], po
                  resolved: Sequence[Detection] = ()) -> Optional[str]:
     """Why the resize loses text of this image (None: the probes show none it loses), from the probes' boxes;
     `resolved`: the downscaled pass's boxes (source pixels), whose resolved lines explain small probe boxes."""
-    maps = forward(probes.batch)
     h, w = probes.src_hw
     found: list[np.ndarray] = []  # whole probe boxes, in source pixels
-    for (x0, y0, x1, y1), prob in zip(probes.boxes, maps):
+    used = 0
+    while used < len(probes.boxes) and (used == 0 or len(found) < ENOUGH_BOXES):
+        batch = slice(used, used + PROBE_COUNT)
+        found += _whole_boxes(probes.boxes[batch], forward(probes.batch[batch]), post, (h, w))
+        used = min(used + PROBE_COUNT, len(probes.boxes))
+    scale = probes.scale
+    explained = _explained(found, resolved, scale)
+    small = sum(_height(box) * scale < AUTO_MIN_TEXT_PX and not seen for box, seen in zip(found, explained))
+    if small < AUTO_MIN_SMALL or small < AUTO_MIN_SHARE * len(found):
+        return None
+    net_h, net_w = probes.net_hw
+    return (f"{small} of {len(found)} boxes found at full resolution in {used} probes would be "
+            f"under {AUTO_MIN_TEXT_PX:g} px after the resize to {net_w}x{net_h} ({scale:.2f}x)")
+
+
+def _whole_boxes(boxes: Sequence[tuple[int, int, int, int]], maps: np.ndarray, post: DBPostProcess,
+                 src_hw: tuple[int, int]) -> list[np.ndarray]:
+    """The probes' boxes in source pixels, leaving out those a probe's edge cut (see below)."""
+    h, w = src_hw
+    found = []
+    for (x0, y0, x1, y1), prob in zip(boxes, maps):
         ph, pw = y1 - y0, x1 - x0
         for det in post(prob[0, :ph, :pw], ph, pw):
             xs, ys = det.points[:, 0], det.points[:, 1]
@@ -348,14 +374,7 @@ def probe_reason(probes: Probes, forward: Callable[[np.ndarray], np.ndarray], po
             if (side_cut and (end_cut or not wide)) or (end_cut and wide):
                 continue
             found.append(det.points.astype(np.float32) + np.float32([x0, y0]))
-    scale = probes.scale
-    explained = _explained(found, resolved, scale)
-    small = sum(_height(box) * scale < AUTO_MIN_TEXT_PX and not seen for box, seen in zip(found, explained))
-    if small < AUTO_MIN_SMALL or small < AUTO_MIN_SHARE * len(found):
-        return None
-    net_h, net_w = probes.net_hw
-    return (f"{small} of {len(found)} boxes found at full resolution in {len(probes.boxes)} probes would be "
-            f"under {AUTO_MIN_TEXT_PX:g} px after the resize to {net_w}x{net_h} ({scale:.2f}x)")
+    return found
 
 
 def _explained(found: Sequence[np.ndarray], resolved: Sequence[Detection], scale: float) -> list[bool]:
