@@ -4,7 +4,10 @@
   `auto` rule was designed on;
 * second set: pages of blank paper holding blocks of 640x480 renders scaled 0.8-1.4x (text about 12-55 px) at
   random places, 15-60 % of the page covered, wide blank margins; 3840x2880 and 6000x4500 (4K-6K sides);
-* memory: one 12000x9000 page of the second kind with --tile auto and --tile 960 (full resolution needs tens of GB);
+* memory: one 12000x9000 page, four pages of the second kind side by side, with --tile auto and --tile 960 (full
+  resolution needs tens of GB), against the same four pages as they were (6000x4500, --tile 960);
+* big text: 3840x2880 pages holding one render scaled 4-4.2x (text about 50-230 px), --tile off against auto;
+* a 20000x20000 image (400 MP): refused with a message naming the limit, or run, never killed;
 * ordinary inputs: 1280x720 renders and A4 pages at 200 dpi (1654x2339) whose text survives the resize:
   `predict --tile auto` must write exactly `--tile off`'s boxes;
 * seams: pairs of --tile auto boxes overlapping by more than 30 % of the smaller one, next to the same count for
@@ -24,7 +27,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 import cv2
 import numpy as np
@@ -57,17 +59,13 @@ def train(work: Path, epochs: int) -> Path:
 
 
 def pages(folder: Path, sizes: list[tuple[int, int]], seed: int, scale=(0.8, 1.4), cover=(0.15, 0.6),
-          part=(480, 640), prefix: str = "page", parts: Optional[Path] = None) -> Path:
-    """Pages of blank paper with scaled renders placed at random without overlap; their label file.
-    `parts`: also write every placed render alone (as scaled, with its labels) there: the same content at a
-    size that needs no tiling."""
+          part=(480, 640), prefix: str = "page") -> Path:
+    """Pages of blank paper with scaled renders placed at random without overlap; their label file."""
     from openocr_cli.data.synth import make_image
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    lines, part_lines = [], []
-    if parts is not None:
-        parts.mkdir(parents=True, exist_ok=True)
+    lines = []
     for index, (h, w) in enumerate(sizes):
         canvas = np.full((h, w, 3), int(rng.integers(200, 250)), np.uint8)
         margin = int(min(h, w) * rng.uniform(0.05, 0.15))
@@ -87,22 +85,30 @@ def pages(folder: Path, sizes: list[tuple[int, int]], seed: int, scale=(0.8, 1.4
             canvas[y:y + ph, x:x + pw] = cv2.resize(render, (pw, ph), interpolation=cv2.INTER_AREA)
             taken[y:y + ph, x:x + pw] = True
             covered += ph * pw
-            alone = []
             for word in words:
-                alone.append({**word, "points": [[round(px * f), round(py * f)] for px, py in word["points"]]})
                 word["points"] = [[round(px * f) + x, round(py * f) + y] for px, py in word["points"]]
                 regions.append(word)
-            if parts is not None:
-                part_name = f"{prefix}{index}-{len(part_lines)}.png"
-                cv2.imwrite(str(parts / part_name), canvas[y:y + ph, x:x + pw])
-                part_lines.append(f"{part_name}\t{json.dumps(alone)}\n")
         name = f"{prefix}{index}.png"
         cv2.imwrite(str(folder / name), canvas)
         lines.append(f"{name}\t{json.dumps(regions)}\n")
     label = folder / "label.txt"
     label.write_text("".join(lines), encoding="utf-8")
-    if parts is not None:
-        (parts / "label.txt").write_text("".join(part_lines), encoding="utf-8")
+    return label
+
+
+def assemble(quarters: Path, folder: Path) -> Path:
+    """The four pages of `quarters` side by side as one page twice their size (2 x 2), and its label file."""
+    rows = [line.split("\t", 1) for line in quarters.read_text(encoding="utf-8").splitlines()]
+    tiles = [cv2.imread(str(quarters.parent / name)) for name, _ in rows]
+    h, w = tiles[0].shape[:2]
+    regions = []
+    for k, (_, labels) in enumerate(rows):
+        dy, dx = (k // 2) * h, (k % 2) * w
+        regions += [{**r, "points": [[x + dx, y + dy] for x, y in r["points"]]} for r in json.loads(labels)]
+    folder.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(folder / "page0.png"), np.vstack([np.hstack(tiles[:2]), np.hstack(tiles[2:])]))
+    label = folder / "label.txt"
+    label.write_text(f"page0.png\t{json.dumps(regions)}\n", encoding="utf-8")
     return label
 
 
@@ -164,7 +170,8 @@ def main() -> None:
 
     tuning, th, tw = mosaics(work / "tuning", 2, 6, 6, seed=4)
     second = pages(work / "second", [(2880, 3840), (3840, 2880), (4500, 6000)], seed=11)
-    huge = pages(work / "huge", [(9000, 12000)], seed=12, cover=(0.3, 0.3), parts=work / "huge-parts")
+    quarters = pages(work / "huge-quarters", [(4500, 6000)] * 4, seed=12, cover=(0.3, 0.3))
+    huge = assemble(quarters, work / "huge")
     # big text: one render scaled 4-4.2x per 3840x2880 page (text about 50-230 px): the resize to 960 leaves it
     # 12-58 px, so --tile auto should decide "no tiling" at a small cost
     big = pages(work / "big-text", [(2880, 3840)] * 3, seed=13, scale=(4.0, 4.2), cover=(0.3, 0.3))
@@ -186,7 +193,7 @@ def main() -> None:
         run("big text: 3 pages 3840x2880, text 50-230 px", big, config, flags)
     for config, flags in (("--tile 960", ["--tile", "960"]), ("--tile auto", ["--tile", "auto"])):
         run("memory: 1 page 12000x9000", huge, config, flags)
-    run("memory: the same renders one by one", work / "huge-parts" / "label.txt", "--tile off", [])
+    run("memory: its four 6000x4500 quarters", quarters, "--tile 960", ["--tile", "960"])
     results["rows"] = table
     results["refused_20000x20000"] = refused(work)
 
