@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -155,6 +157,18 @@ def refused(work: Path) -> str:
     return f"exit {proc.returncode}: {said[-300:]}"
 
 
+def make_sets(work: Path) -> tuple:
+    """The generated sets' label files (and the tuning mosaics' size)."""
+    tuning, th, tw = mosaics(work / "tuning", 2, 6, 6, seed=4)
+    second = pages(work / "second", [(2880, 3840), (3840, 2880), (4500, 6000)], seed=11)
+    quarters = pages(work / "huge-quarters", [(4500, 6000)] * 4, seed=12, cover=(0.3, 0.3))
+    huge = assemble(quarters, work / "huge")
+    # big text: one render scaled 4-4.2x per 3840x2880 page (text about 50-230 px): the resize to 960 leaves it
+    # 12-58 px, so --tile auto should decide "no tiling" at a small cost
+    big = pages(work / "big-text", [(2880, 3840)] * 3, seed=13, scale=(4.0, 4.2), cover=(0.3, 0.3))
+    return tuning, th, tw, second, quarters, huge, big
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, help="a trained checkpoint (default: train one briefly)")
@@ -168,13 +182,10 @@ def main() -> None:
     model = work / "det.onnx"
     cli("export", "-w", str(weights), "--output", str(model))
 
-    tuning, th, tw = mosaics(work / "tuning", 2, 6, 6, seed=4)
-    second = pages(work / "second", [(2880, 3840), (3840, 2880), (4500, 6000)], seed=11)
-    quarters = pages(work / "huge-quarters", [(4500, 6000)] * 4, seed=12, cover=(0.3, 0.3))
-    huge = assemble(quarters, work / "huge")
-    # big text: one render scaled 4-4.2x per 3840x2880 page (text about 50-230 px): the resize to 960 leaves it
-    # 12-58 px, so --tile auto should decide "no tiling" at a small cost
-    big = pages(work / "big-text", [(2880, 3840)] * 3, seed=13, scale=(4.0, 4.2), cover=(0.3, 0.3))
+    # made in a child process: a parent that has held the 12000x9000 page stays large, and every process it
+    # forks starts with (and reports as its peak RSS) the parent's resident memory
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        tuning, th, tw, second, quarters, huge, big = pool.submit(make_sets, work).result()
     results: dict = {"weights": str(weights)}
     table = []
 
