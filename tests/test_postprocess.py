@@ -157,6 +157,20 @@ def test_max_candidates_keeps_the_first_contours_in_opencv_order():
     assert [d.points.tolist() for d in two] == [d.points.tolist() for d in all_dets[:2]]
 
 
+def test_the_candidate_cap_grows_with_the_map_beyond_one_network_input():
+    """OpenOCR's 1000 contours for a map up to 960 x 960 (parity); a larger map keeps 1000 per 960 x 960 of area,
+    so a full-resolution 1920 x 1920 map with 3600 words boxes them all instead of its first 1000 contours."""
+    assert DBPostProcess().candidate_cap(960 * 960) == DBPostProcess().candidate_cap(640 * 480) == 1000
+    m = np.zeros((1920, 1920), np.float32)
+    for y in range(0, 1920, 32):
+        for x in range(0, 1920, 32):
+            m[y + 8:y + 20, x + 4:x + 28] = 0.9
+    assert len(DBPostProcess()(m, 1920, 1920)) == 3600
+    assert len(DBPostProcess()(m[:960, :960], 960, 960)) == 900  # under the cap either way
+    two = DBPostProcess(max_candidates=200)
+    assert len(two(m[:960, :960], 960, 960)) == 200 and len(two(m, 1920, 1920)) == 800
+
+
 def test_dilation_joins_a_one_pixel_gap():
     m = np.zeros((40, 60), np.float32)
     m[10:20, 5:25] = 0.9

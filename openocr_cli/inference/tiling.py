@@ -168,11 +168,6 @@ def tiled_detections(image: np.ndarray, settings: TileSettings, normalize: Calla
     return Tiled(stripes.detections, len(tiles), (tile_h, tile_w), whole)
 
 
-# OpenOCR keeps the first max_candidates (1000) contours of one network input, at most 960 x 960 pixels. A merged
-# map of a 100-megapixel scan has over 100 times that area and mostly small noise contours, so one cap over it
-# drops whole regions (recall 0.22 on a 12160x9120 mosaic of 1,165 words); each stripe gets the cap times its
-# area in 960 x 960 inputs instead, the density of candidates OpenOCR allows.
-CAP_AREA = 960 * 960
 # A region still open at a stripe's lower edge waits for the next stripe, with every row back to its top. One
 # taller than this many tiles (a ruled line down a drawing, a dark photo) is cut there: memory stays bounded
 # by the tile side, and such a region is not text DBNet boxes anyway.
@@ -219,10 +214,7 @@ class Stripes:
         return cut
 
     def _box(self, rows: np.ndarray) -> None:
-        post = self.post
-        cap = max(post.max_candidates, math.ceil(post.max_candidates * rows.size / CAP_AREA))
-        if cap != post.max_candidates:
-            post = dataclasses.replace(post, max_candidates=cap)
+        post = self.post  # its candidate cap grows with the stripe's area (postprocess.CAP_AREA)
         for candidate in post.candidates(rows, top=self.top):
             if candidate.score < post.box_thresh:
                 continue
