@@ -158,8 +158,8 @@ def test_max_candidates_keeps_the_first_contours_in_opencv_order():
 
 
 def test_the_candidate_cap_grows_with_the_map_beyond_one_network_input():
-    """OpenOCR's 1000 contours for a map up to 960 x 960 (parity); a larger map keeps 1000 per 960 x 960 of area,
-    so a full-resolution 1920 x 1920 map with 3600 words boxes them all instead of its first 1000 contours."""
+    """openocr-compat: candidate-cap. OpenOCR's 1000 contours up to 960 x 960 (parity); a larger map keeps 1000
+    per 960 x 960, so a full-resolution 1920 x 1920 map with 3600 words boxes them all, not its first 1000."""
     assert DBPostProcess().candidate_cap(960 * 960) == DBPostProcess().candidate_cap(640 * 480) == 1000
     m = np.zeros((1920, 1920), np.float32)
     for y in range(0, 1920, 32):
