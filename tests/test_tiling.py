@@ -278,13 +278,15 @@ def test_the_candidate_cap_scales_with_the_area_so_a_huge_map_keeps_its_text():
     from openocr_cli.inference.tiling import Stripes
     from openocr_cli.postprocess import DBPostProcess
 
-    # 3,000 separate regions on a 1536 x 2048 map: one cap of 1,000 contours over the map sees a third of them
+    # 3,000 separate regions on a 1536 x 2048 map: OpenOCR's one cap of 1,000 contours would see a third of them;
+    # the whole map and its stripes each get 1,000 per 960 x 960 of their area
     prob = np.zeros((1536, 2048), np.float32)
     ys, xs = np.mgrid[0:1536:32, 0:2048:32]
     for y, x in zip(ys.ravel()[:3000], xs.ravel()[:3000]):
         prob[y + 8:y + 20, x + 4:x + 28] = 0.9
     post = DBPostProcess()
-    assert len(post(prob, 1536, 2048)) == 1000
+    assert len(post(prob, 1536, 2048)) == 3000
+    assert len(DBPostProcess(max_candidates=250)(prob, 1536, 2048)) == 250 * 1536 * 2048 // (960 * 960) + 1
     stripes = Stripes(post, 1536, 2048, max_rows=4000)
     for y in range(0, 1536, 512):
         stripes.add(prob[y:y + 512], final=y + 512 >= 1536)
