@@ -266,5 +266,10 @@ def test_preset_runs_a_paddleocr_model_with_paddleocrs_settings(cli, tmp_path, i
     assert settings["limit_type"] == {"value": "min", "source": "preset=ppocr-v6"}
     assert settings["limit_side_len"] == {"value": 800, "source": "argument"}
     assert settings["score_mode"] == {"value": "fast", "source": "preset=ppocr-v6"}
+    edited = Detector(str(foreign), preset="ppocr-v5", overrides=[
+        "Eval.dataset.transforms.2.DetResizeForTest.limit_side_len=1024", "PostProcess.box_thresh=0.4"]).describe()
+    assert edited["limit_side_len"] == {"value": 1024, "source": "-o"}  # -o outranks the preset
+    assert edited["box_thresh"] == {"value": 0.4, "source": "-o"}
+    assert edited["limit_type"] == {"value": "min", "source": "preset=ppocr-v5"}
     code, _, err = cli("predict", image_dir, *common, "--preset", "ppocr-v9", "--output", tmp_path / "bad")
     assert code == 2 and "ppocr-v5" in err

@@ -7,9 +7,10 @@ precedence holds everywhere. Per value, lowest first:
 2. the model: a checkpoint's saved config (`PostProcess`) or an ONNX / OpenVINO model's metadata (post-processing,
    mean/std, channel order), the model registry for released files that state nothing; an explicit
    --config replaces the model's post-processing values;
-3. a post-processing file (`postprocess=` / --postprocess: the `tuned` object `eval --tune --json` writes);
-4. `-o PostProcess.KEY=...` overrides;
-5. explicit arguments (the command's flags, the Detector's keyword arguments).
+3. a preset (`preset=` / --preset: another tool's settings for its models, inference/presets.py);
+4. a post-processing file (`postprocess=` / --postprocess: the `tuned` object `eval --tune --json` writes);
+5. `-o` overrides (`-o PostProcess.KEY=...`, and the resize's keys over a preset);
+6. explicit arguments (the command's flags, the Detector's keyword arguments).
 
 Each layer is built once: the config file is read once (`ConfigLayers`: as read and with -o), the post-processing
 file once (`PostprocessLayers`), and each value with its source comes out of one lookup over the named layers
@@ -142,7 +143,7 @@ def resolve_resize(options: InferenceOptions, config: ConfigLayers) -> tuple[Res
     base = cfgmod.resize_params(config.read)
     sources = {key: "-o" if params.get(key) != base.get(key) else "config"
                for key in ("limit_side_len", "limit_type", "image_shape", "resize_long")}
-    preset = options.preset_layer(RESIZE_KEYS)
+    preset = options.preset_layer([key for key in RESIZE_KEYS if sources[key] == "config"])  # -o outranks it
     chain = layered((options.origin, given({key: getattr(options, key) for key in RESIZE_KEYS})),
                     *([preset] if preset is not None else []))
     if chain:  # explicit limits, or a preset's, replace the config's resize
