@@ -236,8 +236,9 @@ def tile_boxes(h: int, w: int, settings: TileSettings) -> list[tuple[int, int, i
 PROBE_SIDE = 256  # px: 55-px text (about 80-px boxes) fits whole; 3 probes cost about 0.3 of a 960 x 720 pass
 PROBE_COUNT = 3
 # A sparse page (wide margins, a few short lines) can leave three probes with too few whole boxes to judge by:
-# while they hold fewer than ENOUGH_BOXES, up to PROBE_ROUNDS - 1 more rounds of PROBE_COUNT probes look further
-# (a page that is decided after the first round pays for one round only).
+# while they hold fewer than ENOUGH_BOXES and some, but too few, small ones, up to PROBE_ROUNDS - 1 more rounds
+# of PROBE_COUNT probes look further. An image whose probes show no small text at all (a photo, a page whose
+# text survives the resize) is decided after the first round and pays for that one only.
 ENOUGH_BOXES = 6
 PROBE_ROUNDS = 3
 # predict --tile off probes only the one crop that loses the most detail, for its warning: three would add about
@@ -331,16 +332,15 @@ def probe_reason(probes: Probes, forward: Callable[[np.ndarray], np.ndarray], po
                  resolved: Sequence[Detection] = ()) -> Optional[str]:
     """Why the resize loses text of this image (None: the probes show none it loses), from the probes' boxes;
     `resolved`: the downscaled pass's boxes (source pixels), whose resolved lines explain small probe boxes."""
-    h, w = probes.src_hw
     found: list[np.ndarray] = []  # whole probe boxes, in source pixels
-    used = 0
-    while used < len(probes.boxes) and (used == 0 or len(found) < ENOUGH_BOXES):
-        batch = slice(used, used + PROBE_COUNT)
-        found += _whole_boxes(probes.boxes[batch], forward(probes.batch[batch]), post, (h, w))
-        used = min(used + PROBE_COUNT, len(probes.boxes))
+    used = small = 0
     scale = probes.scale
-    explained = _explained(found, resolved, scale)
-    small = sum(_height(box) * scale < AUTO_MIN_TEXT_PX and not seen for box, seen in zip(found, explained))
+    while used < len(probes.boxes) and (used == 0 or (len(found) < ENOUGH_BOXES and 0 < small < AUTO_MIN_SMALL)):
+        batch = slice(used, used + PROBE_COUNT)
+        found += _whole_boxes(probes.boxes[batch], forward(probes.batch[batch]), post, probes.src_hw)
+        used = min(used + PROBE_COUNT, len(probes.boxes))
+        explained = _explained(found, resolved, scale)
+        small = sum(_height(box) * scale < AUTO_MIN_TEXT_PX and not seen for box, seen in zip(found, explained))
     if small < AUTO_MIN_SMALL or small < AUTO_MIN_SHARE * len(found):
         return None
     net_h, net_w = probes.net_hw
