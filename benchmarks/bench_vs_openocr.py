@@ -112,8 +112,8 @@ def main() -> None:
         }
         if native_bf16():  # bf16 where the CPU runs it natively: torch autocast, OpenVINO's precision hint
             commands["openocr-det predict, torch bf16"] = [
-                *commands["openocr-det predict, torch fp32"][:-3], "--output", str(tmp / "out_torch_bf16"),
-                "--no-vis", "--precision", "bf16"]
+                *ours, "predict", str(images), "-w", str(weights), "--device", "cpu",
+                "--output", str(tmp / "out_torch_bf16"), "--no-vis", "--precision", "bf16"]
             for name in ("fp32", "int8"):
                 commands[f"openocr-det predict, openvino {name} IR at bf16"] = [
                     *ours, "predict", str(images), "--openvino-model", str(tmp / f"{name}.xml"), "--device", "cpu",

@@ -214,11 +214,11 @@ class Stripes:
         return cut
 
     def _box(self, rows: np.ndarray) -> None:
-        post = self.post  # its candidate cap grows with the stripe's area (postprocess.CAP_AREA)
-        for candidate in post.candidates(rows, top=self.top):
-            if candidate.score < post.box_thresh:
+        # the candidate cap grows with the stripe's area (postprocess.CAP_AREA)
+        for candidate in self.post.candidates(rows, top=self.top):
+            if candidate.score < self.post.box_thresh:
                 continue
-            det = post.expand(candidate, (self.h, self.w), self.h, self.w)
+            det = self.post.expand(candidate, (self.h, self.w), self.h, self.w)
             if det is not None:
                 self.detections.append(det)
 
