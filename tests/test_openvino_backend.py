@@ -189,3 +189,51 @@ def test_the_first_shape_is_compiled_static_others_dynamic_until_they_recur(mode
     backend(second)  # its third batch: compiled for its own shape
     assert set(backend.variants) == {(1, 3, 32, 48), (1, 3, 64, 32), None}
     assert np.abs(backend(second) - want(second)).max() < 1e-4
+
+
+def test_a_prestart_hands_over_the_read_file_with_its_last_first_shape_compiled(models, tmp_path, monkeypatch):
+    import openocr_cli.inference.backends.openvino_backend as ovb
+    from openocr_cli.inference import prestart
+
+    monkeypatch.setenv("OPENOCR_DET_HOME", str(tmp_path / "home"))  # the kernel cache remembers the first shape
+    onnx_path, xml_path = models
+    want = OnnxBackend.load(onnx_path, "cpu", threads=1)
+    rng = np.random.default_rng(1)
+    first, other = (rng.normal(size=(1, 3, 32, 48)).astype(np.float32),
+                    rng.normal(size=(1, 3, 64, 32)).astype(np.float32))
+    OpenVinoBackend.load(xml_path, "cpu", threads=1)(first)
+    assert ovb.remembered_shape(ovb.prestart_key(xml_path, "cpu", 1, "fp32")) == (1, 3, 32, 48)
+
+    ovb.begin_prestart(xml_path, "cpu", 1, "fp32")
+    ready = OpenVinoBackend.load(xml_path, "cpu", threads=1)
+    assert prestart.pending() == [] and set(ready._warmed) == {(1, 3, 32, 48)} and ready.variants == {}
+    assert np.abs(ready(first) - want(first)).max() < 1e-4
+    assert set(ready.variants) == {(1, 3, 32, 48)} and ready._warmed == {}
+
+    # a run that begins with another size compiles that size static, as without a prestart, and drops the warm-up
+    ovb.begin_prestart(xml_path, "cpu", 1, "fp32")
+    ready = OpenVinoBackend.load(xml_path, "cpu", threads=1)
+    assert np.abs(ready(other) - want(other)).max() < 1e-4
+    assert set(ready.variants) == {(1, 3, 64, 32)} and ready._warmed == {}
+    assert ovb.remembered_shape(ovb.prestart_key(xml_path, "cpu", 1, "fp32")) == (1, 3, 64, 32)
+
+    # other settings than the prestart's: loaded afresh, the prestart is left alone
+    ovb.begin_prestart(xml_path, "cpu", 1, "fp32")
+    fresh = OpenVinoBackend.load(xml_path, "cpu", threads=2)
+    assert fresh._warmed == {} and len(prestart.pending()) == 1
+    assert prestart.take(prestart.pending()[0]) is not None
+
+
+def test_the_cli_gives_the_same_boxes_with_and_without_its_prestart(tmp_path, models, pages):
+    from tests.conftest import run_cli
+
+    _, xml_path = models
+    env = {"OPENOCR_DET_HOME": str(tmp_path / "home")}
+    outputs = []
+    for run, extra in enumerate(({}, {}, {"OPENOCR_DET_NO_PRESTART": "1"})):  # the second run has a warm shape
+        out = tmp_path / f"out{run}"
+        proc = run_cli("predict", str(pages), "--openvino-model", str(xml_path), "--device", "cpu", "--threads", "1",
+                       "--output", str(out), "--no-vis", env={**env, **extra})
+        assert proc.returncode == 0, proc.stderr
+        outputs.append((out / "det_results.txt").read_text())
+    assert outputs[0] == outputs[1] == outputs[2] and outputs[0].count("\n") == 3

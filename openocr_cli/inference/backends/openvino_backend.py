@@ -11,6 +11,7 @@ that have it, and the boxes would quietly differ from the float32 model's. torch
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Optional
 import numpy as np
 
 from openocr_cli.errors import MissingFileError, UserError, first_line
+from openocr_cli.inference import prestart
 from openocr_cli.inference.backends.graph_checks import (
     ModelInfo,
     as_probability_map,
@@ -94,6 +96,61 @@ def kernel_cache() -> Optional[Path]:
     return folder if os.access(folder, os.W_OK) else None
 
 
+WARM_SHAPES = "first_shapes.json"  # in the kernel cache: {prestart key: the input shape its last run began with}
+WARM_SHAPES_KEPT = 64
+
+
+def prestart_key(path: Path, device: Optional[str], threads: Optional[int], precision: str) -> str:
+    return prestart.load_key("openvino", path, device, threads, precision)
+
+
+def remembered_shape(key: str) -> Optional[tuple[int, ...]]:
+    """The input shape the last run of this file and settings began with, if the kernel cache remembers one."""
+    folder = kernel_cache()
+    try:
+        shape = json.loads((folder / WARM_SHAPES).read_text(encoding="utf-8")).get(key) if folder else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(shape, list) and len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape):
+        return tuple(shape)
+    return None
+
+
+def remember_shape(key: str, shape: tuple[int, ...]) -> None:
+    """Keep `shape` as this file's first shape for the next run's warm-up (the newest WARM_SHAPES_KEPT files).
+    Written whole and renamed into place: runs in parallel cannot leave half a file; a failure only costs the
+    next run its warm-up."""
+    folder = kernel_cache()
+    if folder is None:
+        return
+    path = folder / WARM_SHAPES
+    try:
+        shapes = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        shapes = shapes if isinstance(shapes, dict) else {}
+    except (OSError, ValueError):
+        shapes = {}
+    if shapes.get(key) == list(shape):
+        return
+    shapes.pop(key, None)
+    shapes[key] = list(shape)
+    kept = dict(list(shapes.items())[-WARM_SHAPES_KEPT:])
+    temporary = path.with_name(f".{WARM_SHAPES}.{os.getpid()}")
+    try:
+        temporary.write_text(json.dumps(kept), encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+
+
+def begin_prestart(path: Path, device: Optional[str] = None, threads: Optional[int] = None,
+                   precision: str = "fp32") -> None:
+    """Read the file now and compile the shape its last run began with in a background thread, for a later
+    `OpenVinoBackend.load` with the same arguments (cli/entry.py). The reading imports OpenVINO and holds the
+    GIL, so it runs here; the compile and its warm-up run in C++ without the GIL, beside the CLI's imports."""
+    backend = OpenVinoBackend._read(path, device, threads, precision)
+    prestart.begin(prestart_key(path, device, threads, precision), backend.warmed)
+
+
 def read_rt_metadata(model) -> dict[str, str]:
     """Our metadata from an IR (the openocr_det rt_info section), or an ONNX file's metadata_props."""
     metadata: dict[str, str] = {}
@@ -150,6 +207,8 @@ class OpenVinoBackend:
         self.core, self.model, self.info = core, model, info
         self.device, self.precision, self.config = device, precision, config
         self._compiled: dict[Optional[tuple[int, ...]], tuple[object, object]] = {}  # shape (None: as read)
+        self._warmed: dict[tuple[int, ...], tuple[object, object]] = {}  # compiled ahead by warm_up, not used yet
+        self.warm_key: Optional[str] = None  # where this file's first shape is remembered (None: no cache)
         self._seen: dict[tuple[int, ...], int] = {}
         self._fixed_shape = not model.inputs[0].get_partial_shape().is_dynamic  # a file that fixes its input
         if self._fixed_shape:
@@ -159,7 +218,15 @@ class OpenVinoBackend:
     def load(cls, path: Path, device: Optional[str] = None, threads: Optional[int] = None,
              precision: str = "fp32") -> OpenVinoBackend:
         """Read `path` (.xml beside its .bin, or .onnx) for `device` at the `precision` hint; it is compiled at the
-        first batch (at once when its input size is fixed)."""
+        first batch (at once when its input size is fixed). What a prestart (cli/entry.py) began for the same arguments is
+        taken instead, when it succeeded."""
+        ready = prestart.take(prestart_key(path, device, threads, precision))
+        if isinstance(ready, OpenVinoBackend):
+            return ready
+        return cls._read(path, device, threads, precision)
+
+    @classmethod
+    def _read(cls, path: Path, device: Optional[str], threads: Optional[int], precision: str) -> OpenVinoBackend:
         path = Path(path)
         if not path.is_file():
             raise MissingFileError(f"OpenVINO model {path} does not exist.")
@@ -187,21 +254,45 @@ class OpenVinoBackend:
         config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
         if threads is not None and target == "CPU":
             config["INFERENCE_NUM_THREADS"] = threads
-        return cls(core, model, info, target, precision, config)
+        backend = cls(core, model, info, target, precision, config)
+        backend.warm_key = prestart_key(path, device, threads, precision) if kernels is not None else None
+        return backend
+
+    def warmed(self) -> OpenVinoBackend:
+        """This backend with the shape this file's last run began with (remembered in the kernel cache) compiled
+        and run once on zeros, so that a first batch of that size finds it ready."""
+        shape = remembered_shape(self.warm_key) if self.warm_key is not None and not self._fixed_shape else None
+        if shape is not None:
+            compiled, request = self._compile_static(shape)
+            request.infer({0: np.zeros(shape, dtype=self.info.input_dtype)})
+            self._warmed[shape] = (compiled, request)
+        return self
+
+    def _compile_static(self, shape: tuple[int, ...]) -> tuple[object, object]:
+        model = self.model.clone()
+        model.reshape({model.inputs[0]: list(shape)})
+        return self._compile_model(model)
+
+    def _compile_model(self, model) -> tuple[object, object]:
+        try:
+            compiled = self.core.compile_model(model, self.device, self.config)
+        except Exception as exc:
+            raise UserError(f"OpenVINO could not compile {self.info.path} for {self.device}: "
+                            f"{first_line(exc)}") from exc
+        return compiled, compiled.create_infer_request()
 
     def _compile(self, shape: Optional[tuple[int, ...]]) -> tuple[object, object]:
         """The compiled model and infer request for `shape` (None: the graph as read), made on first use."""
         if shape not in self._compiled:
-            model = self.model
-            if shape is not None:
-                model = model.clone()
-                model.reshape({model.inputs[0]: list(shape)})
-            try:
-                compiled = self.core.compile_model(model, self.device, self.config)
-            except Exception as exc:
-                raise UserError(f"OpenVINO could not compile {self.info.path} for {self.device}: "
-                                f"{first_line(exc)}") from exc
-            self._compiled[shape] = (compiled, compiled.create_infer_request())
+            first = not self._compiled
+            if shape is None:
+                self._compiled[shape] = self._compile_model(self.model)
+            else:
+                warmed = self._warmed.pop(shape, None)
+                self._compiled[shape] = warmed or self._compile_static(shape)
+                if first and self.warm_key is not None:
+                    remember_shape(self.warm_key, shape)
+            self._warmed.clear()  # a warm-up for another size is not needed any more
         return self._compiled[shape]
 
     @property
