@@ -190,9 +190,9 @@ def load_weights(model: torch.nn.Module, path: Path, strict: bool = True) -> Loa
                 "load only the matching tensors."
             )
         report.log_mismatch(f"{path}: loaded {report.loaded} tensors; these were skipped")
-    bad = {key for key, _, _ in report.wrong_shape}
-    model.load_state_dict({k: v for k, v in weights.items() if k in model.state_dict() and k not in bad},
-                          strict=False)
+    skipped = {key for key, _, _ in report.wrong_shape}
+    known = model.state_dict().keys()  # once: building it per key made loading take 0.3 s
+    model.load_state_dict({k: v for k, v in weights.items() if k in known and k not in skipped}, strict=False)
     return report
 
 
