@@ -57,7 +57,7 @@ def prestart(argv: list[str]) -> None:
         from openocr_cli.inference.backends.openvino_backend import begin_prestart
 
         begin_prestart(*args)
-    except Exception:  # noqa: BLE001 - e.g. openvino not installed, an unreadable file: reported by the command
+    except Exception:  # e.g. openvino not installed, an unreadable file: the command reports it
         return
 
 

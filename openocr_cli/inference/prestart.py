@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import os
 import threading
-from typing import Callable, Hashable, Optional
+from collections.abc import Callable, Hashable
+from typing import Optional
 
 
 class _Job:
@@ -26,7 +27,7 @@ class _Job:
     def _run(self, load: Callable[[], object]) -> None:
         try:
             self.result = load()
-        except BaseException:  # noqa: BLE001 - the regular load repeats the work and reports the error
+        except BaseException:  # the regular load repeats the work and reports the error
             self.result = None
 
 

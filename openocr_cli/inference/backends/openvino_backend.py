@@ -218,8 +218,8 @@ class OpenVinoBackend:
     def load(cls, path: Path, device: Optional[str] = None, threads: Optional[int] = None,
              precision: str = "fp32") -> OpenVinoBackend:
         """Read `path` (.xml beside its .bin, or .onnx) for `device` at the `precision` hint; it is compiled at the
-        first batch (at once when its input size is fixed). What a prestart (cli/entry.py) began for the same arguments is
-        taken instead, when it succeeded."""
+        first batch (at once when its input size is fixed). What a prestart (cli/entry.py) began with the same
+        arguments is taken instead, when it succeeded."""
         ready = prestart.take(prestart_key(path, device, threads, precision))
         if isinstance(ready, OpenVinoBackend):
             return ready
