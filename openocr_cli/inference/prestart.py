@@ -1,11 +1,11 @@
 """Load a model file in a background thread while the command line is still importing and parsing.
 
 A short `predict` on OpenVINO spends about half a second before its first image: Python imports (one core,
-holding the GIL) and then OpenVINO reading and compiling the graph (C++, without the GIL). The CLI's entry
-point knows the model file from argv before anything heavy is imported, so it starts the load here and the
-compile runs on the second core while the imports run on the first. The backend's own loader then takes the
-prepared model (`take`) when its arguments match exactly, else loads as usual. A prestart that fails is
-forgotten: the regular load runs again and reports the problem itself.
+holding the GIL) and OpenVINO compiling the graph (C++, without the GIL). The CLI's entry point knows the
+model file from argv before anything heavy is imported: it reads the file at once and hands the compile to
+`begin`, so the compile runs on the second core while the imports run on the first. The backend's own loader
+then takes the prepared model (`take`) when its arguments match exactly, else loads as usual. A prestart that
+fails is forgotten: the regular load runs again and reports the problem itself.
 
 Standard library only: the entry point imports this before anything else.
 """
