@@ -28,5 +28,6 @@ def test_nothing_is_prestarted_unless_argv_clearly_names_an_openvino_file(tmp_pa
                  ["predict", "x", "--openvino-model", str(tmp_path / "missing.xml")],
                  ["predict", "x", "--openvino-model", m, "--threads", "two"],
                  ["predict", "x", "--weights", "best.pth"], ["predict", "x", "-w", m, "--onnx-model", "a.onnx"],
+                 ["predict", "x", "--openvino-model", m, "--onnx-model", "a.onnx"],
                  ["predict", "x", "--openvino-model", "repvit-onnx"], []):
         assert openvino_load_args(argv) is None, argv

@@ -223,6 +223,14 @@ def test_a_prestart_hands_over_the_read_file_with_its_last_first_shape_compiled(
     assert fresh._warmed == {} and len(prestart.pending()) == 1
     assert prestart.take(prestart.pending()[0]) is not None
 
+    # a file the prestart cannot read is not read again: the command's load raises the prestart's error
+    lone = tmp_path / "lone.xml"
+    shutil.copy(xml_path, lone)  # without its .bin
+    ovb.begin_prestart(lone, "cpu", 1, "fp32")
+    with pytest.raises(MissingFileError, match="needs its weights file"):
+        OpenVinoBackend.load(lone, "cpu", threads=1)
+    assert prestart.pending() == []
+
 
 def test_the_cli_gives_the_same_boxes_with_and_without_its_prestart(tmp_path, models, pages):
     from tests.conftest import run_cli

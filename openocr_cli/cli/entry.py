@@ -33,10 +33,11 @@ def openvino_load_args(argv: list[str]) -> Optional[tuple[str, Optional[str], Op
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     if command not in PRESTART_COMMANDS or "--help" in argv or "-h" in argv:
         return None
+    if flag_value(argv, "--onnx-model") is not None:  # the command refuses both, or runs onnxruntime
+        return None
     model = flag_value(argv, "--openvino-model")
     weights = flag_value(argv, "--weights") or flag_value(argv, "-w")
-    if model is None and weights is not None and weights.lower().endswith(".xml") \
-            and flag_value(argv, "--onnx-model") is None:
+    if model is None and weights is not None and weights.lower().endswith(".xml"):
         model = weights
     if model is None or not model.lower().endswith((".xml", ".onnx")) or not os.path.isfile(model):
         return None

@@ -22,6 +22,7 @@ from typing import Optional
 class _Job:
     def __init__(self, load: Callable[[], object]):
         self.result: Optional[object] = None
+        self.error: Optional[BaseException] = None  # set by `refuse`: what the loader raises instead of loading
         self.thread = threading.Thread(target=self._run, args=(load,), name="prestart", daemon=True)
 
     def _run(self, load: Callable[[], object]) -> None:
@@ -49,13 +50,24 @@ def begin(key: Hashable, load: Callable[[], object]) -> None:
     job.thread.start()
 
 
+def refuse(key: Hashable, error: BaseException) -> None:
+    """Record that loading under `key` already failed with `error` (a clear message for the user): `take` raises
+    it, so the file is not read a second time (OpenVINO's readers print to stderr on every attempt)."""
+    job = _Job(lambda: None)
+    job.error = error
+    with _lock:
+        _jobs[key] = job
+
+
 def take(key: Hashable) -> Optional[object]:
-    """What the prestart under `key` loaded (waiting for it to finish), or None when there was none or it failed.
-    Each prestart is taken once."""
+    """What the prestart under `key` loaded (waiting for it to finish), or None when there was none or it failed;
+    a refused load raises its error. Each prestart is taken once."""
     with _lock:
         job = _jobs.pop(key, None)
     if job is None:
         return None
+    if job.error is not None:
+        raise job.error
     job.thread.join()
     return job.result
 

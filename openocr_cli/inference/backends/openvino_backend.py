@@ -147,8 +147,13 @@ def begin_prestart(path: Path, device: Optional[str] = None, threads: Optional[i
     """Read the file now and compile the shape its last run began with in a background thread, for a later
     `OpenVinoBackend.load` with the same arguments (cli/entry.py). The reading imports OpenVINO and holds the
     GIL, so it runs here; the compile and its warm-up run in C++ without the GIL, beside the CLI's imports."""
-    backend = OpenVinoBackend._read(path, device, threads, precision)
-    prestart.begin(prestart_key(path, device, threads, precision), backend.warmed)
+    key = prestart_key(path, device, threads, precision)
+    try:
+        backend = OpenVinoBackend._read(path, device, threads, precision)
+    except UserError as exc:  # the command's load raises it when it gets there (after checking its flags)
+        prestart.refuse(key, exc)
+        return
+    prestart.begin(key, backend.warmed)
 
 
 def read_rt_metadata(model) -> dict[str, str]:
