@@ -136,11 +136,17 @@ class DBPostProcess:
     def __call__(self, pred: np.ndarray, src_h: float, src_w: float) -> list[Detection]:
         """Detections for one (h, w) probability map whose source image is src_h x src_w."""
         pred = _checked_map(pred, src_h, src_w)
+        return self.boxes(pred, pred.shape, src_h, src_w)
+
+    def boxes(self, pred: np.ndarray, map_hw: tuple[int, int], src_h: float, src_w: float,
+              top: int = 0) -> list[Detection]:
+        """The candidates of `pred` (rows of an (h, w) map `map_hw` from row `top`, see `candidates`) that pass
+        `box_thresh`, unclipped and in source pixels."""
         out = []
-        for candidate in self.candidates(pred):
+        for candidate in self.candidates(pred, top=top):
             if candidate.score < self.box_thresh:
                 continue
-            det = self.expand(candidate, pred.shape, src_h, src_w)
+            det = self.expand(candidate, map_hw, src_h, src_w)
             if det is not None:
                 out.append(det)
         return out

@@ -215,12 +215,7 @@ class Stripes:
 
     def _box(self, rows: np.ndarray) -> None:
         # the candidate cap grows with the stripe's area (postprocess.CAP_AREA)
-        for candidate in self.post.candidates(rows, top=self.top):
-            if candidate.score < self.post.box_thresh:
-                continue
-            det = self.post.expand(candidate, (self.h, self.w), self.h, self.w)
-            if det is not None:
-                self.detections.append(det)
+        self.detections += self.post.boxes(rows, (self.h, self.w), self.h, self.w, top=self.top)
 
 
 def tile_boxes(h: int, w: int, settings: TileSettings) -> list[tuple[int, int, int, int]]:
