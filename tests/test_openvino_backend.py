@@ -201,8 +201,13 @@ def test_a_prestart_hands_over_the_read_file_with_its_last_first_shape_compiled(
     rng = np.random.default_rng(1)
     first, other = (rng.normal(size=(1, 3, 32, 48)).astype(np.float32),
                     rng.normal(size=(1, 3, 64, 32)).astype(np.float32))
+    shapes_file, key = tmp_path / "home" / "openvino" / ovb.WARM_SHAPES, ovb.prestart_key(xml_path, "cpu", 1, "fp32")
+
+    def remembered():
+        return ovb.remembered_shape(shapes_file, key)
+
     OpenVinoBackend.load(xml_path, "cpu", threads=1)(first)
-    assert ovb.remembered_shape(ovb.prestart_key(xml_path, "cpu", 1, "fp32")) == (1, 3, 32, 48)
+    assert remembered() == (1, 3, 32, 48)
 
     ovb.begin_prestart(xml_path, "cpu", 1, "fp32")
     ready = OpenVinoBackend.load(xml_path, "cpu", threads=1)
@@ -215,7 +220,7 @@ def test_a_prestart_hands_over_the_read_file_with_its_last_first_shape_compiled(
     ready = OpenVinoBackend.load(xml_path, "cpu", threads=1)
     assert np.abs(ready(other) - want(other)).max() < 1e-4
     assert set(ready.variants) == {(1, 3, 64, 32)} and ready._warmed == {}
-    assert ovb.remembered_shape(ovb.prestart_key(xml_path, "cpu", 1, "fp32")) == (1, 3, 64, 32)
+    assert remembered() == (1, 3, 64, 32)
 
     # other settings than the prestart's: loaded afresh, the prestart is left alone
     ovb.begin_prestart(xml_path, "cpu", 1, "fp32")

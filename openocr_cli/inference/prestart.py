@@ -4,8 +4,9 @@ A short `predict` on OpenVINO spends about half a second before its first image:
 holding the GIL) and OpenVINO compiling the graph (C++, without the GIL). The CLI's entry point knows the
 model file from argv before anything heavy is imported: it reads the file at once and hands the compile to
 `begin`, so the compile runs on the second core while the imports run on the first. The backend's own loader
-then takes the prepared model (`take`) when its arguments match exactly, else loads as usual. A prestart that
-fails is forgotten: the regular load runs again and reports the problem itself.
+then takes the prepared model (`take`) when its arguments match exactly, else loads as usual. A file the
+prestart could not read is refused (`refuse`): the loader raises that error rather than reading it again. A
+compile that fails is forgotten: the regular load runs again and reports the problem itself.
 
 Standard library only: the entry point imports this before anything else.
 """
@@ -20,10 +21,13 @@ from typing import Optional
 
 
 class _Job:
-    def __init__(self, load: Callable[[], object]):
+    """A load running in a daemon thread (`load`), or one that already failed with a clear `error`."""
+
+    def __init__(self, load: Optional[Callable[[], object]] = None, error: Optional[BaseException] = None):
         self.result: Optional[object] = None
-        self.error: Optional[BaseException] = None  # set by `refuse`: what the loader raises instead of loading
-        self.thread = threading.Thread(target=self._run, args=(load,), name="prestart", daemon=True)
+        self.error = error
+        self.thread = None if load is None else threading.Thread(target=self._run, args=(load,), name="prestart",
+                                                                  daemon=True)
 
     def _run(self, load: Callable[[], object]) -> None:
         try:
@@ -44,7 +48,7 @@ _lock = threading.Lock()
 
 def begin(key: Hashable, load: Callable[[], object]) -> None:
     """Run `load()` in a daemon thread; `take(key)` collects what it returned."""
-    job = _Job(load)
+    job = _Job(load=load)
     with _lock:
         _jobs[key] = job
     job.thread.start()
@@ -53,10 +57,8 @@ def begin(key: Hashable, load: Callable[[], object]) -> None:
 def refuse(key: Hashable, error: BaseException) -> None:
     """Record that loading under `key` already failed with `error` (a clear message for the user): `take` raises
     it, so the file is not read a second time (OpenVINO's readers print to stderr on every attempt)."""
-    job = _Job(lambda: None)
-    job.error = error
     with _lock:
-        _jobs[key] = job
+        _jobs[key] = _Job(error=error)
 
 
 def take(key: Hashable) -> Optional[object]:

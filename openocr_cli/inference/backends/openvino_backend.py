@@ -104,11 +104,10 @@ def prestart_key(path: Path, device: Optional[str], threads: Optional[int], prec
     return prestart.load_key("openvino", path, device, threads, precision)
 
 
-def remembered_shape(key: str) -> Optional[tuple[int, ...]]:
-    """The input shape the last run of this file and settings began with, if the kernel cache remembers one."""
-    folder = kernel_cache()
+def remembered_shape(shapes_file: Path, key: str) -> Optional[tuple[int, ...]]:
+    """The input shape the last run of this file and settings began with, if `shapes_file` remembers one."""
     try:
-        shape = json.loads((folder / WARM_SHAPES).read_text(encoding="utf-8")).get(key) if folder else None
+        shape = json.loads(shapes_file.read_text(encoding="utf-8")).get(key)
     except (OSError, ValueError, AttributeError):
         return None
     if isinstance(shape, list) and len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape):
@@ -116,16 +115,12 @@ def remembered_shape(key: str) -> Optional[tuple[int, ...]]:
     return None
 
 
-def remember_shape(key: str, shape: tuple[int, ...]) -> None:
+def remember_shape(shapes_file: Path, key: str, shape: tuple[int, ...]) -> None:
     """Keep `shape` as this file's first shape for the next run's warm-up (the newest WARM_SHAPES_KEPT files).
     Written whole and renamed into place: runs in parallel cannot leave half a file; a failure only costs the
     next run its warm-up."""
-    folder = kernel_cache()
-    if folder is None:
-        return
-    path = folder / WARM_SHAPES
     try:
-        shapes = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        shapes = json.loads(shapes_file.read_text(encoding="utf-8")) if shapes_file.is_file() else {}
         shapes = shapes if isinstance(shapes, dict) else {}
     except (OSError, ValueError):
         shapes = {}
@@ -134,10 +129,10 @@ def remember_shape(key: str, shape: tuple[int, ...]) -> None:
     shapes.pop(key, None)
     shapes[key] = list(shape)
     kept = dict(list(shapes.items())[-WARM_SHAPES_KEPT:])
-    temporary = path.with_name(f".{WARM_SHAPES}.{os.getpid()}")
+    temporary = shapes_file.with_name(f".{WARM_SHAPES}.{os.getpid()}")
     try:
         temporary.write_text(json.dumps(kept), encoding="utf-8")
-        os.replace(temporary, path)
+        os.replace(temporary, shapes_file)
     except OSError:
         temporary.unlink(missing_ok=True)
 
@@ -212,8 +207,9 @@ class OpenVinoBackend:
         self.core, self.model, self.info = core, model, info
         self.device, self.precision, self.config = device, precision, config
         self._compiled: dict[Optional[tuple[int, ...]], tuple[object, object]] = {}  # shape (None: as read)
-        self._warmed: dict[tuple[int, ...], tuple[object, object]] = {}  # compiled ahead by warm_up, not used yet
-        self.warm_key: Optional[str] = None  # where this file's first shape is remembered (None: no cache)
+        self._warmed: dict[tuple[int, ...], tuple[object, object]] = {}  # compiled ahead by `warmed`, not used yet
+        # where this file's first shape is remembered, and under which key (None: no kernel cache)
+        self.first_shape: Optional[tuple[Path, str]] = None
         self._seen: dict[tuple[int, ...], int] = {}
         self._fixed_shape = not model.inputs[0].get_partial_shape().is_dynamic  # a file that fixes its input
         if self._fixed_shape:
@@ -260,13 +256,14 @@ class OpenVinoBackend:
         if threads is not None and target == "CPU":
             config["INFERENCE_NUM_THREADS"] = threads
         backend = cls(core, model, info, target, precision, config)
-        backend.warm_key = prestart_key(path, device, threads, precision) if kernels is not None else None
+        if kernels is not None:
+            backend.first_shape = (kernels / WARM_SHAPES, prestart_key(path, device, threads, precision))
         return backend
 
     def warmed(self) -> OpenVinoBackend:
         """This backend with the shape this file's last run began with (remembered in the kernel cache) compiled
         and run once on zeros, so that a first batch of that size finds it ready."""
-        shape = remembered_shape(self.warm_key) if self.warm_key is not None and not self._fixed_shape else None
+        shape = remembered_shape(*self.first_shape) if self.first_shape and not self._fixed_shape else None
         if shape is not None:
             compiled, request = self._compile_static(shape)
             request.infer({0: np.zeros(shape, dtype=self.info.input_dtype)})
@@ -295,8 +292,8 @@ class OpenVinoBackend:
             else:
                 warmed = self._warmed.pop(shape, None)
                 self._compiled[shape] = warmed or self._compile_static(shape)
-                if first and self.warm_key is not None:
-                    remember_shape(self.warm_key, shape)
+                if first and self.first_shape is not None:
+                    remember_shape(*self.first_shape, shape)
             self._warmed.clear()  # a warm-up for another size is not needed any more
         return self._compiled[shape]
 
