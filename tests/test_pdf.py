@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from openocr_cli.data.images import collect_images, read_image
-from openocr_cli.data.pdf import expand_pdf
+from openocr_cli.data.pdf import expand_pdf, page_size, read_pdf
 from openocr_cli.errors import ImageReadError
 from tests.conftest import label_line, write_image
 
@@ -92,6 +92,21 @@ def test_pages_are_named_in_order_and_rendered_upright(tmp_path):
     assert turned.shape == (200, 100, 3)
     assert turned[5, -5].tolist() == [0, 0, 0] and turned[5, 5].tolist() == [255, 255, 255]
     assert read_image(pages[2], pdf_dpi=144).shape == (160, 240, 3)  # dpi scales the pixels
+
+
+def test_page_size_is_the_rendered_size_without_rendering_and_refuses_what_read_pdf_refuses(tmp_path):
+    # odd point sizes and dpis whose products are not whole pixels; page 2 turned by /Rotate 90
+    doc = str(make_pdf(tmp_path / "doc.pdf", [(200.3, 100.7), (123.4, 321.9)], rotate={1: 90}))
+    for page in (1, 2):
+        for dpi in (72, 100, 150.5, 200, 333):
+            assert page_size(doc, page, dpi) == read_pdf(doc, page, dpi=dpi).shape[:2], (page, dpi)
+    assert page_size(doc, 2, 72) == (124, 322)  # /Rotate 90: 322 wide, 124 tall
+    with pytest.raises(ImageReadError, match="over the limit of 10,000"):
+        page_size(doc, 1, 200, max_pixels=10_000)
+    with pytest.raises(ImageReadError, match="exceeds 20000 px"):
+        page_size(doc, 1, 10_000)
+    with pytest.raises(ImageReadError, match="page=3: the PDF has 2 page"):
+        page_size(doc, 3)
 
 
 def test_folder_keeps_order_and_hash_names_stay_files(tmp_path):

@@ -61,6 +61,19 @@ def test_D1_tiles_over_the_budget_or_under_the_floor_are_refused_before_decoding
         assert srv.stop() == 0
 
 
+def test_D1_a_pdf_page_over_the_tile_limit_is_refused_before_it_is_rendered(model, tmp_path):
+    from tests.test_serve import words_pdf
+
+    doc = words_pdf(tmp_path / "doc.pdf", 2).read_bytes()  # 400 x 300 pt: 1112 x 834 px at 200 dpi
+    with Server("--onnx-model", str(model), "--max-tiles", "20") as srv:
+        status, _, body = srv.detect(doc, query="tile=128")
+        assert status == 422 and "1112x834 page (page 1 of the PDF)" in body["error"], body
+        assert "--max-tiles" in body["error"]
+        status, _, body = srv.detect(doc, query="tile=512")  # 6 tiles a page
+        assert status == 200 and [len(page["detections"]) for page in body["pages"]] == [3, 3], body
+        assert srv.stop() == 0
+
+
 def test_D1_the_timeout_cancels_the_remaining_tiles_others_are_answered_and_sigterm_drains_in_time(
         model, pages):
     small = (pages / "p0.png").read_bytes()

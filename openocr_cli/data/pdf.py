@@ -8,6 +8,7 @@ and a read opens the file, renders that one page and closes it again: memory hol
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import threading
@@ -67,6 +68,36 @@ def page_count(path: str) -> int:
     return count
 
 
+def page_size(path: str, page: int, dpi: float = DEFAULT_PDF_DPI,
+              max_pixels: Optional[int] = None) -> tuple[int, int]:
+    """(h, w) in pixels that `read_pdf(path, page, dpi)` will give, found without rendering the page (a server
+    reserves memory for exactly that); the same ImageReadErrors as read_pdf for a page too large or missing."""
+    with _LOCK, _open(path) as doc:
+        if page > len(doc):
+            raise ImageReadError(f"{page_ref(path, page)}: the PDF has {len(doc)} page(s)")
+        pdf_page = doc[page - 1]
+        try:
+            return _checked_scale(pdf_page, path, page, dpi, None, max_pixels)[1]
+        finally:
+            pdf_page.close()
+
+
+def _checked_scale(pdf_page, path: str, number: int, dpi: float, size: Optional[tuple[int, int]],
+                   max_pixels: Optional[int]) -> tuple[float, tuple[int, int]]:
+    """The render scale for `dpi` (or for the width of `size`) and the (h, w) it gives; ImageReadError for a
+    page beyond MAX_SIDE or `max_pixels` at that scale."""
+    width, height = pdf_page.get_size()  # points, /Rotate applied
+    scale = size[1] / width if size is not None else dpi / 72.0
+    if max(width, height) * scale > MAX_SIDE:
+        raise ImageReadError(f"{page_ref(path, number)} is {width / 72:.0f} x {height / 72:.0f} in; at "
+                             f"{dpi:g} dpi it exceeds {MAX_SIDE} px: lower --pdf-dpi")
+    h, w = math.ceil(height * scale), math.ceil(width * scale)  # as pypdfium2 sizes its bitmap
+    if max_pixels is not None and h * w > max_pixels:
+        raise ImageReadError(f"{page_ref(path, number)} at {dpi:g} dpi is {h * w:,} pixels, over the limit "
+                             f"of {max_pixels:,}: lower --pdf-dpi (or raise --max-pixels)")
+    return scale, (h, w)
+
+
 def expand_pdf(path: str) -> Iterator[str]:
     """The page references of a PDF, in page order; a PDF that cannot be opened stays as its plain path, for
     reading it to report why (per file, as for an unreadable image)."""
@@ -100,15 +131,7 @@ def read_pdf(path: str, page: Optional[int] = None, dpi: float = DEFAULT_PDF_DPI
             raise ImageReadError(f"{page_ref(path, number)}: the PDF has {count} page(s)")
         pdf_page = doc[number - 1]
         try:
-            width, height = pdf_page.get_size()  # points, /Rotate applied
-            scale = size[1] / width if size is not None else dpi / 72.0
-            if max(width, height) * scale > MAX_SIDE:
-                raise ImageReadError(f"{page_ref(path, number)} is {width / 72:.0f} x {height / 72:.0f} in; at "
-                                     f"{dpi:g} dpi it exceeds {MAX_SIDE} px: lower --pdf-dpi")
-            pixels = round(width * scale) * round(height * scale)
-            if max_pixels is not None and pixels > max_pixels:
-                raise ImageReadError(f"{page_ref(path, number)} at {dpi:g} dpi is {pixels:,} pixels, over the limit "
-                                     f"of {max_pixels:,}: lower --pdf-dpi (or raise --max-pixels)")
+            scale, _ = _checked_scale(pdf_page, path, number, dpi, size, max_pixels)
             image = _render(pdf_page, scale, page_ref(path, number))
         finally:
             pdf_page.close()

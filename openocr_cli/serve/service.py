@@ -185,14 +185,20 @@ class DetectionService:
     async def _detect_pdf(self, data: bytes, post: DBPostProcess, tiling: TileSettings,
                           start: float) -> dict[str, Any]:
         """Each page in order, one at a time (memory is one page's whatever the count), within --max-pages and,
-        each, --max-pixels; a page counts as --max-pixels in the budget, its size being known only once rendered."""
+        each, --max-pixels and --max-tiles; a page reserves its own pixels in the budget, read from the PDF before
+        it is rendered."""
         loop = asyncio.get_running_loop()
+        dpi, max_pixels = self.predictor.pdf_dpi, self.limits.max_pixels
         with uploads.PdfUpload(data, self.limits.max_pages) as upload:
             count = await loop.run_in_executor(self.pool, upload.count)
             pages = []
             for number in range(1, count + 1):
-                load = functools.partial(upload.page, number, self.predictor.pdf_dpi, self.limits.max_pixels)
-                page = await self._detect_one(load, self.limits.max_pixels, post, tiling, time.perf_counter())
+                began = time.perf_counter()
+                height, width = await loop.run_in_executor(self.pool, upload.size, number, dpi, max_pixels)
+                if tiling.enabled:
+                    self._check_tiles(height, width, tiling, f"page (page {number} of the PDF)")
+                load = functools.partial(upload.page, number, dpi, max_pixels)
+                page = await self._detect_one(load, height * width, post, tiling, began)
                 pages.append({"page": number, **page})
         return {"pages": pages, "page_count": count,
                 "timing_ms": {"total": round((time.perf_counter() - start) * 1000, 2)}}
@@ -204,10 +210,10 @@ class DetectionService:
             return await self._detect_tiled(load, post, tiling, reservation, start)
         return await self._detect_whole(load, post, reservation, start)
 
-    def _check_tiles(self, h: int, w: int, tiling: TileSettings) -> None:
+    def _check_tiles(self, h: int, w: int, tiling: TileSettings, what: str = "image") -> None:
         count = len(grid(h, w, tiling.side, tiling.overlap)[1])  # auto tiles at most as many
         if count > self.limits.max_tiles:
-            raise RequestError(422, f"tile={tiling.side} on this {w}x{h} image is {count:,} tiles, over the server's "
+            raise RequestError(422, f"tile={tiling.side} on this {w}x{h} {what} is {count:,} tiles, over the server's "
                                     f"limit of {self.limits.max_tiles:,} per request (--max-tiles); use a larger tile "
                                     "or a smaller image.")
 

@@ -8,6 +8,7 @@ would decode a truncated JPEG silently, grey below the cut.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -120,9 +121,20 @@ class PdfUpload:
                                     "(--max-pages); send fewer pages per request.")
         return pages
 
+    def size(self, number: int, dpi: float, max_pixels: int) -> tuple[int, int]:
+        """(h, w) of page `number` once rendered, found without rendering it; RequestError as for page()."""
+        with self._as_request_errors():
+            return pdf.page_size(self.path, number, dpi=dpi, max_pixels=max_pixels)
+
     def page(self, number: int, dpi: float, max_pixels: int) -> np.ndarray:
-        try:
+        with self._as_request_errors():
             return pdf.read_pdf(self.path, number, dpi=dpi, max_pixels=max_pixels)
+
+    @contextlib.contextmanager
+    def _as_request_errors(self):
+        """A page too large is 413, one that cannot be read 422; the messages name 'the PDF', not the temporary file."""
+        try:
+            yield
         except ImageReadError as exc:
             status = 413 if "over the limit" in str(exc) or "exceeds" in str(exc) else 422
             raise RequestError(status, _named(str(exc), self.path)) from None
