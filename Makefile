@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 # torch: this machine serves it from local disk; override elsewhere if needed.
 TORCH_SPEC ?= torch==2.14.1
 PYTEST_ARGS ?=
+# pytest worker processes (pytest-xdist): 2 suits a 2-core CI machine, where much of a test's time is one core
+# importing in a CLI subprocess; PYTEST_JOBS=0 runs the suite in this process alone
+PYTEST_JOBS ?= 2
 
 .PHONY: install browser lint docs test test-fast bench demo demo-run clean
 
@@ -39,11 +42,11 @@ docs: install
 # Tests that run OpenVINO in the test process get a pytest process of their own: on a CPU with AMX, a later
 # DataLoader with forked workers in the same process crashed it (SIGSEGV, only after OpenVINO had run).
 test: lint browser
-	$(PY) -m pytest -q -m "not openvino" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_JOBS) -m "not openvino" $(PYTEST_ARGS)
 	$(PY) -m pytest -q -m openvino $(PYTEST_ARGS)
 
 test-fast: install browser
-	$(PY) -m pytest -q -m "not slow and not openvino" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_JOBS) -m "not slow and not openvino" $(PYTEST_ARGS)
 	$(PY) -m pytest -q -m "openvino and not slow" $(PYTEST_ARGS)
 
 # OPENOCR=/path/to/OpenOCR adds OpenOCR's own scripts to the data, training and whole-process runs.
