@@ -94,6 +94,15 @@ def test_bf16_checkpoint_is_float32_and_loads_strict(tmp_path, synth):
 
 
 @needs_bf16
+def test_a_diverged_bf16_run_names_its_amp_mode_and_the_flag_that_turns_it_off(tmp_path, synth):
+    settings = amp_settings(synth, tmp_path / "run", "bf16", epochs=1)
+    trainer = Trainer(settings, load_run_data(settings, skip_bad=False), CPU)
+    trainer.nonfinite_streak = 3
+    message = trainer._diverged(7)
+    assert "from 5 to 7" in message and "this run trains with --amp bf16; try --amp off" in message
+
+
+@needs_bf16
 def test_bf16_resume_repeats_the_uninterrupted_losses(tmp_path, synth):
     """6 bf16 steps straight == 4 steps, stop, resume, 2 more: same loss at every step, same weights."""
     straight_losses, split_losses = Losses(), Losses()

@@ -149,6 +149,22 @@ def test_every_command_and_flag_written_in_the_docs_exists():
     assert not problems, "\n".join(problems)
 
 
+# other programs' flags that the package's messages name: qpdf's, `ray start`'s, torchrun's, TensorBoard's, and
+# those of `python -m openocr_cli.data.synth` (its own small argparse)
+OTHER_PROGRAMS_FLAGS = {"--decrypt", "--password", "--head", "--log-dir", "--logs-specs", "--rdzv-backend",
+                        "--standalone", "--logdir", "--train", "--test"}
+
+
+def test_every_flag_the_package_names_in_its_messages_exists():
+    """An error or help text telling the user to pass a flag that no command has is a dead end (a diverged
+    run once suggested --no-amp)."""
+    flags = set().union(*options_by_command().values()) | OTHER_PROGRAMS_FLAGS
+    unknown = sorted({f"{path.relative_to(REPO)}: {flag}" for path in (REPO / "openocr_cli").rglob("*.py")
+                      for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]+", path.read_text(encoding="utf-8"))
+                      if flag not in flags})
+    assert not unknown, "\n".join(unknown)
+
+
 def test_the_flag_check_catches_a_wrong_flag_and_command():
     options = options_by_command()
     assert check_invocation(shlex.split("predict ./imgs --tile auto -w best.pth --no-vis"), options) == []

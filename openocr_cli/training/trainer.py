@@ -189,11 +189,14 @@ class Trainer:
         return None
 
     def _diverged(self, last_step: int) -> str:
+        other = "broken labels (run `openocr-det check-data`)"
+        if self.amp_dtype is not None:
+            other += f" or mixed precision (this run trains with --amp {self.settings.amp}; try --amp off)"
         return (f"training stopped: {self.nonfinite_streak} consecutive steps had a non-finite loss or gradients "
                 f"(every step from {last_step - self.nonfinite_streak + 1} to {last_step}, whatever their images): "
                 f"the weights diverged, most likely because the learning rate is too high for this data (now "
-                f"{self.lr:g}; try --lr {self.lr / 10:g}). Other causes: broken labels (run `openocr-det "
-                "check-data`) or mixed precision (--no-amp). latest.pth holds the last good state.")
+                f"{self.lr:g}; try --lr {self.lr / 10:g}). Other causes: {other}. latest.pth holds the last good "
+                "state.")
 
     def evaluate(self) -> Optional[EvalResult]:
         """Every rank scores its share of the eval images; the per-image records are gathered, so
