@@ -673,16 +673,16 @@ def test_fused_adam_matches_the_per_tensor_loop_to_float_rounding():
 
 
 def test_gradient_check_is_one_reduction_that_finds_nan_and_inf():
-    from openocr_cli.training.trainer import _gradients_finite
+    from openocr_cli.training.finite import gradients_finite
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
-    assert _gradients_finite(model)  # no gradients yet
+    assert gradients_finite(model)  # no gradients yet
     for p in model.parameters():
         p.grad = torch.full_like(p, 3e38)  # huge but finite: a max-abs norm cannot overflow (a 2-norm would)
-    assert _gradients_finite(model)
+    assert gradients_finite(model)
     for bad in (float("nan"), float("inf"), float("-inf")):
         model[1].bias.grad[1] = bad
-        assert not _gradients_finite(model)
+        assert not gradients_finite(model)
 
 
 def test_loader_keeps_its_workers_across_epochs_and_releases_them_at_the_end(tmp_path, synth):

@@ -10,7 +10,6 @@ optimizer clearly. Kept: the first step at lr 0, coupled weight decay, evaluatio
 from __future__ import annotations
 
 import contextlib
-import signal
 import time
 import warnings
 from collections import deque
@@ -30,6 +29,9 @@ from openocr_cli.log import run_logger
 from openocr_cli.training import builders
 from openocr_cli.training import distributed as ddp
 from openocr_cli.training.callbacks import Callback, EvalReport, StepReport
+from openocr_cli.training.data_wait import DataWait
+from openocr_cli.training.finite import gradients_finite, nonfinite_tensors
+from openocr_cli.training.interrupts import deferred_interrupts
 from openocr_cli.training.loss import LOSS_KEYS
 from openocr_cli.training.run_data import RunData
 from openocr_cli.training.settings import TrainSettings
@@ -130,7 +132,7 @@ class Trainer:
         if not self.role.is_main:
             return path
         ckpt = self.checkpoint(full)
-        bad = _nonfinite_tensors(ckpt)
+        bad = nonfinite_tensors(ckpt)
         if bad:
             run_logger.error("not saving %s: %d tensor(s) are not finite (first: %s); the previous file is kept",
                              path, len(bad), bad[0])
@@ -158,7 +160,7 @@ class Trainer:
         if finite:
             self.scaler.scale(losses["loss"] / self.settings.accumulation).backward()
             # fp16: the GradScaler skips such steps itself (and lowers its scale)
-            finite = self.scaler.is_enabled() or _gradients_finite(self.model)
+            finite = self.scaler.is_enabled() or gradients_finite(self.model)
         if not finite:
             return self._skip_step(batch_norm_state)
         self.nonfinite_streak = 0
@@ -260,7 +262,7 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         window: deque[dict[str, float]] = deque(maxlen=self.settings.log_window)
-        with _deferred_interrupts() as stop:
+        with deferred_interrupts() as stop:
             try:
                 while not self.finished:
                     self._run_epoch(window, stop, stop_after)
@@ -289,7 +291,7 @@ class Trainer:
     def _run_epoch(self, window: deque, stop, stop_after: Optional[int]) -> None:
         s, state = self.settings, self.state
         self.sampler.set_epoch(state.epoch, state.epoch_step * s.batch_size)
-        waits = _DataWait()
+        waits = DataWait()
         tick = time.perf_counter()
         for batch in self.loader:
             arrived = time.perf_counter()
@@ -341,71 +343,6 @@ class Trainer:
         self.state.next_epoch()
 
 
-class _DataWait:
-    """Seconds spent waiting for the data loader, against wall time: per logging window and per epoch."""
-
-    def __init__(self) -> None:
-        self.window = [0.0, 0.0]
-        self.epoch = [0.0, 0.0]
-
-    def add(self, waited: float, elapsed: float) -> None:
-        for totals in (self.window, self.epoch):
-            totals[0] += waited
-            totals[1] += elapsed
-
-    def window_share(self) -> float:
-        share = self.window[0] / max(self.window[1], 1e-9)
-        self.window = [0.0, 0.0]
-        return share
-
-    def epoch_share(self) -> float:
-        return self.epoch[0] / max(self.epoch[1], 1e-9)
-
-
 def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
     """Autocast to `dtype` (weights, loss and optimizer state stay float32); no context at all for float32."""
     return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
-
-
-def _gradients_finite(model: torch.nn.Module) -> bool:
-    """One reduction per gradient and one sync: a tensor's max-abs norm is NaN or inf exactly when the tensor
-    holds a NaN or an inf (a maximum cannot overflow, unlike a sum of squares)."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    return not grads or bool(torch.stack(torch._foreach_norm(grads, float("inf"))).isfinite().all())
-
-
-def _nonfinite_tensors(ckpt: dict) -> list[str]:
-    """Names of the floating-point tensors of a checkpoint (weights, optimizer state) that are not finite."""
-    found = [k for k, t in ckpt["state_dict"].items() if t.is_floating_point() and not torch.isfinite(t).all()]
-    for pid, slots in ((ckpt.get("optimizer") or {}).get("state") or {}).items():
-        found += [f"optimizer.state.{pid}.{k}" for k, t in slots.items()
-                  if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()]
-    return found
-
-
-class _StopFlag:
-    requested = False
-
-
-@contextlib.contextmanager
-def _deferred_interrupts():
-    """SIGINT/SIGTERM set a flag the loop checks after each step; a second SIGINT interrupts at once."""
-    flag = _StopFlag()
-
-    def handler(signum, frame):
-        if flag.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        flag.requested = True
-        run_logger.warning("stop requested (signal %d): finishing the current step and saving latest.pth", signum)
-
-    previous = {}
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, handler)
-    except ValueError:  # not the main thread: signals stay as they are
-        pass
-    try:
-        yield flag
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
