@@ -180,7 +180,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     weights = args.weights or train(work, args.epochs)
     model = work / "det.onnx"
-    cli("export", "-w", str(weights), "--output", str(model))
+    cli("export", "-w", str(weights), "--output", str(model), "--overwrite")
 
     # made in a child process: a parent that has held the 12000x9000 page stays large, and every process it
     # forks starts with (and reports as its peak RSS) the parent's resident memory

@@ -47,8 +47,8 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
 
 def export(weights: Path, output: Path, extra: list[str]) -> None:
     """`openocr-det export`; an int8 model that fails its accuracy check (exit 1, file kept) still gets timed."""
-    proc = subprocess.run([PY, "-m", "openocr_cli", "export", "-w", str(weights), "--output", str(output), *extra],
-                          capture_output=True, text=True)
+    proc = subprocess.run([PY, "-m", "openocr_cli", "export", "-w", str(weights), "--output", str(output),
+                           "--overwrite", *extra], capture_output=True, text=True)
     if proc.returncode != 0 and not (proc.returncode == 1 and output.is_file()):
         sys.exit(f"export failed ({proc.returncode}): {proc.stderr[-3000:]}")
     if proc.returncode == 1:

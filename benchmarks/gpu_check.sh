@@ -87,7 +87,7 @@ for precision in fp32 bf16 fp16; do
   row "eval" "$precision" "$STATUS" "$SECONDS_TAKEN" "$figure"
 done
 
-run export fp16 "$WORK/export-fp16.log" $PY -m openocr_cli export --weights "$WEIGHTS" --fp16 --output "$WORK/model-fp16.onnx"
+run export fp16 "$WORK/export-fp16.log" $PY -m openocr_cli export --weights "$WEIGHTS" --fp16 --overwrite --output "$WORK/model-fp16.onnx"
 row "export --fp16 (ONNX)" fp16 "$STATUS" "$SECONDS_TAKEN" "$(grep -m1 -io 'max.*diff[^|]*' "$WORK/export-fp16.log" | cut -c1-60)"
 if [ "$STATUS" = ok ]; then
   run eval-onnx fp16 "$WORK/eval-onnx.log" $PY -m openocr_cli eval --onnx-model "$WORK/model-fp16.onnx" \

@@ -20,6 +20,7 @@ import yaml
 from openocr_cli.config_schema import check_config
 from openocr_cli.constants import IMAGENET_MEAN, IMAGENET_STD, POSTPROCESS_KEYS
 from openocr_cli.errors import MissingFileError, UserError
+from openocr_cli.fileio import why_not_a_file
 
 DEFAULT_CONFIG_NAME = "repvit_db.yml"
 
@@ -32,8 +33,8 @@ def load_config(path: Optional[Path] = None) -> dict:
     """Read a YAML config (default: the packaged repvit_db.yml); YAML errors name file and line."""
     path = Path(path) if path is not None else default_config_path()
     if not path.is_file():
-        raise MissingFileError(f"config file {path} does not exist. Pass an OpenOCR-style YAML file to --config, "
-                        "or leave --config out to use the packaged repvit_db.yml.")
+        raise MissingFileError(f"config file {path} {why_not_a_file(path)}. Pass an OpenOCR-style YAML file to "
+                               "--config, or leave --config out to use the packaged repvit_db.yml.")
     try:
         with open(path, encoding="utf-8") as f:
             cfg = yaml.safe_load(f)

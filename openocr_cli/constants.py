@@ -12,3 +12,12 @@ INT8_OPSET = 20
 
 # DBPostProcess's settings, as the config's PostProcess section names them.
 POSTPROCESS_KEYS = ("thresh", "box_thresh", "unclip_ratio", "max_candidates", "use_dilation", "score_mode", "box_type")
+
+# Upper bounds of counts a user types: far above any real use, low enough that a typo (1e20) is refused with
+# the flag's name instead of ending as a traceback in NumPy, the sampler or the thread pool, or as thousands of
+# processes or threads on a small machine.
+MAX_SEED = 2**32 - 1  # NumPy's seed range
+MAX_BATCH = 4096
+MAX_WORKERS = 256  # loader worker processes, decode threads
+MAX_THREADS = 1024  # compute threads of a forward pass
+MAX_EPOCHS = 1_000_000

@@ -80,3 +80,8 @@ def process_alive(pid: int) -> bool:
     except (PermissionError, OverflowError, ValueError):
         return True
     return True
+
+
+def why_not_a_file(path: str | os.PathLike) -> str:
+    """How a path that should name a file is not one, for a message: "is a folder, not a file" or "does not exist"."""
+    return "is a folder, not a file" if Path(path).is_dir() else "does not exist"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import math
 import typing
 from collections.abc import Callable, Iterable
 from enum import Enum
@@ -33,8 +34,8 @@ def _three_floats(value: Optional[str]) -> Optional[tuple[float, float, float]]:
         numbers = tuple(float(v) for v in value.replace(" ", "").split(","))
     except ValueError:
         numbers = ()
-    if len(numbers) != 3:
-        raise typer.BadParameter(f"'{value}' is not three comma-separated numbers (e.g. 0.485,0.456,0.406).")
+    if len(numbers) != 3 or not all(math.isfinite(v) for v in numbers):
+        raise typer.BadParameter(f"'{value}' is not three comma-separated finite numbers (e.g. 0.485,0.456,0.406).")
     return numbers  # type: ignore[return-value]
 
 

@@ -202,8 +202,9 @@ class TrainDataset(Dataset):
                 reason = "a transform dropped it"
             except Exception as exc:  # a broken sample must not kill a long run; it is logged
                 reason = f"{type(exc).__name__}: {exc}"
-            run_logger.warning("sample %s (%s:%s) skipped, %s; using another sample",
-                               self.samples[index].image, self.samples[index].source, self.samples[index].line, reason)
+            sample = self.samples[index]
+            where = f"{sample.image} ({sample.source}:{sample.line})"
+            run_logger.warning("sample %s skipped, %s; using another sample", where, reason)
             index = int(np.random.randint(len(self.samples)))
-        raise RuntimeError(f"{MAX_SAMPLE_RETRIES} consecutive samples failed in the transform chain; "
-                           "see train.log for the reasons.")
+        raise RuntimeError(f"{MAX_SAMPLE_RETRIES} consecutive samples failed in the transform chain; the last, "
+                           f"{where}: {reason} (a training run's train.log lists each).")

@@ -18,8 +18,10 @@ import numpy as np
 
 from openocr_cli.data.pdf import split_page_ref
 from openocr_cli.errors import MissingFileError, UserError
+from openocr_cli.fileio import why_not_a_file
 
 IGNORE_TRANSCRIPTIONS = frozenset({"###", "*"})
+MAX_COORDINATE = 1_000_000  # px: a label point beyond it is no image's (a typo, or a unit other than pixels)
 MAX_REPORTED_PROBLEMS = 20
 
 
@@ -84,6 +86,9 @@ def _parse_points(points: object, n: int) -> np.ndarray:
         raise ValueError(f"region {n}: coordinates must be numbers") from None
     if any(isinstance(v, (bool, str)) for p in points for v in p) or not np.isfinite(arr).all():
         raise ValueError(f"region {n}: coordinates must be finite numbers")
+    if np.abs(arr).max() > MAX_COORDINATE:
+        raise ValueError(f"region {n}: coordinate {np.abs(arr).max():.6g} is beyond {MAX_COORDINATE:,} pixels; "
+                         "points are pixel positions in the image")
     return arr.astype(np.float32)
 
 
@@ -116,19 +121,17 @@ def read_label_files(files: Iterable[Path], data_dir: Path, check_images: bool =
     for file in files:
         file = Path(file)
         if not file.is_file():
-            raise MissingFileError(f"label file {file} does not exist. Pass an existing file to --label-file.")
-        with open(file, "rb") as f:
-            for number, raw_bytes in enumerate(f, 1):
-                raw = raw_bytes.decode("utf-8", errors="replace").rstrip("\n").rstrip("\r")
-                if not raw.strip():
-                    continue
-                try:
-                    sample = _parse_line(raw, data_dir, check_images)
-                except ValueError as exc:
-                    out.problems.append(LabelProblem(str(file), number, str(exc)))
-                    continue
-                sample.source, sample.line = str(file), number
-                out.samples.append(sample)
+            raise MissingFileError(f"label file {file} {why_not_a_file(file)}. Pass an existing file to --label-file.")
+        for number, raw in label_lines(file):
+            if not raw.strip():
+                continue
+            try:
+                sample = _parse_line(raw, data_dir, check_images)
+            except ValueError as exc:
+                out.problems.append(LabelProblem(str(file), number, str(exc)))
+                continue
+            sample.source, sample.line = str(file), number
+            out.samples.append(sample)
     return out
 
 
@@ -179,13 +182,24 @@ def check_data_dir(files: Iterable[Path], data_dir: Path, origin: str, flag: str
 
 def _image_keys(file: Path) -> Iterable[str]:
     """The image path of every line that has one (the rest are the per-line reading's problems)."""
+    for _, raw in label_lines(file):
+        try:
+            yield resolve_image_field(split_line(raw)[0], Path("."))[0]
+        except ValueError:
+            continue
+
+
+def label_lines(file: Path) -> Iterable[tuple[int, str]]:
+    """(1-based number, text) of each line of a UTF-8 label file, line ends and a leading byte-order mark (an
+    editor's, invisible) removed; bytes that are not UTF-8 become U+FFFD. A UTF-16 file is refused by name."""
     with open(file, "rb") as f:
-        for raw_bytes in f:
-            raw = raw_bytes.decode("utf-8", errors="replace").rstrip("\r\n")
-            try:
-                yield resolve_image_field(split_line(raw)[0], Path("."))[0]
-            except ValueError:
-                continue
+        for number, raw_bytes in enumerate(f, 1):
+            if number == 1:
+                if raw_bytes.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw_bytes:
+                    raise UserError(f"label file {file} is UTF-16 text (or holds NUL bytes); label files are "
+                                    "UTF-8. Save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8 in.txt > out.txt).")
+                raw_bytes = raw_bytes.removeprefix(b"\xef\xbb\xbf")
+            yield number, raw_bytes.decode("utf-8", errors="replace").rstrip("\n").rstrip("\r")
 
 
 def _guess_data_dir(files: list[Path], key: str) -> Optional[str]:

@@ -11,20 +11,20 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from openocr_cli.data.labels import LabelSample
-from openocr_cli.data.resize import ResizeSpec, target_size
+from openocr_cli.data.resize import MAX_SIDE, ResizeSpec, target_size
 from openocr_cli.errors import UserError
 from openocr_cli.evaluation.evaluator import EvalResult, evaluate_model
 from openocr_cli.inference.predictor import Predictor
 
 
 def parse_sizes(text: str) -> list[int]:
-    """'640,960,1280' -> [640, 960, 1280] (order kept, duplicates dropped); each at least 32."""
+    """'640,960,1280' -> [640, 960, 1280] (order kept, duplicates dropped); each from 32 to MAX_SIDE."""
     sizes = []
     for part in text.replace(" ", "").split(","):
         if not part:
             continue
-        if not part.isdigit() or int(part) < 32:
-            raise UserError(f"--sizes {text}: '{part}' is not a side length of at least 32 pixels "
+        if not part.isdigit() or not 32 <= int(part) <= MAX_SIDE:
+            raise UserError(f"--sizes {text}: '{part}' is not a side length from 32 to {MAX_SIDE} pixels "
                             "(give a comma-separated list, for example --sizes 640,960,1280).", exit_code=2)
         if int(part) not in sizes:
             sizes.append(int(part))

@@ -29,7 +29,7 @@ from typing import Optional
 from openocr_cli.errors import UserError
 from openocr_cli.evaluation.iou_metric import ImageRecord, evaluate_image, summarize
 from openocr_cli.evaluation.mapcache import CachedMap
-from openocr_cli.postprocess import DBPostProcess
+from openocr_cli.postprocess import MAX_UNCLIP_RATIO, DBPostProcess
 
 AXES = ("thresh", "box_thresh", "unclip_ratio")
 DEFAULT_RANGES = {"thresh": (0.1, 0.6, 0.05), "box_thresh": (0.3, 0.85, 0.05), "unclip_ratio": (1.0, 2.5, 0.1)}
@@ -40,10 +40,14 @@ Params = tuple[float, float, float]  # (thresh, box_thresh, unclip_ratio)
 EXAMPLE = "--tune thresh=0.2:0.4:0.05,box_thresh=0.4:0.75:0.05,unclip_ratio=1.2:2.2:0.1"
 
 
+def _count(start: float, stop: float, step: float) -> int:
+    """How many values _grid gives, known before any is made (a tiny STEP must not fill the memory first)."""
+    return int(math.floor((stop - start) / step + 1e-9)) + 1
+
+
 def _grid(start: float, stop: float, step: float) -> tuple[float, ...]:
     """start, start + step, ... up to stop inclusive, rounded to 6 decimals (so they print and re-parse exactly)."""
-    count = int(math.floor((stop - start) / step + 1e-9)) + 1
-    return tuple(round(start + i * step, 6) for i in range(count))
+    return tuple(round(start + i * step, 6) for i in range(_count(start, stop, step)))
 
 
 def parse_ranges(text: Optional[str]) -> dict[str, tuple[float, ...]]:
@@ -67,15 +71,16 @@ def parse_ranges(text: Optional[str]) -> dict[str, tuple[float, ...]]:
         if len(numbers) == 3 and (numbers[2] <= 0 or numbers[1] < numbers[0]):
             raise UserError(f"--tune {key}={spec}: STOP must not be below START and STEP must be positive.",
                             exit_code=2)
+        count = _count(*numbers) if len(numbers) == 3 else 1
+        if count > MAX_VALUES:
+            raise UserError(f"--tune {key}={spec} gives {count:,} values; use a larger STEP (at most "
+                            f"{MAX_VALUES} values per setting).", exit_code=2)
         values = _grid(*numbers) if len(numbers) == 3 else (round(numbers[0], 6),)
         low_ok = values[0] > 0 if key == "unclip_ratio" else values[0] >= 0
-        high_ok = key == "unclip_ratio" or values[-1] <= 1
+        high_ok = values[-1] <= (MAX_UNCLIP_RATIO if key == "unclip_ratio" else 1)
         if not (low_ok and high_ok):
-            allowed = "above 0" if key == "unclip_ratio" else "between 0 and 1"
+            allowed = f"above 0 and at most {MAX_UNCLIP_RATIO:g}" if key == "unclip_ratio" else "between 0 and 1"
             raise UserError(f"--tune {key}={spec}: {key} values must be {allowed}.", exit_code=2)
-        if len(values) > MAX_VALUES:
-            raise UserError(f"--tune {key}={spec} gives {len(values)} values; use a larger STEP (at most "
-                            f"{MAX_VALUES} values per setting).", exit_code=2)
         grids[key] = values
     return grids
 

@@ -86,6 +86,7 @@ class ExportRequest:
     overrides: tuple[str, ...] = ()
     postprocess: Union[Path, Mapping[str, float], None] = None
     non_strict: bool = False
+    overwrite: bool = False  # replace a file already at the output path (else refused before any work)
     origin: str = "flag"  # how explicit values are named in recorded sources (InferenceOptions.origin)
 
 
@@ -144,6 +145,14 @@ def output_path(request: ExportRequest) -> Path:
     if path.suffix.lower() != ext:
         path = path / name if path.is_dir() else path
     return path
+
+
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    """An export never replaces a file silently: the one at --output may be another model, or not a model."""
+    taken = [p for p in (path, path.with_suffix(".bin") if path.suffix == ".xml" else None) if p and p.exists()]
+    if taken and not overwrite:
+        raise UserError(f"--output {taken[0]} already exists; pass --overwrite to replace it, or choose another "
+                        "--output.", exit_code=2)
 
 
 def float_kept_path(path: Path) -> Path:
@@ -206,6 +215,7 @@ def export_checkpoint(request: ExportRequest,
     options = ExportOptions(opset=opset, dynamic=request.dynamic, size=request.size or DEFAULT_SIZE,
                             fp16=request.fp16, exporter=request.exporter)
     path = output_path(request)
+    _refuse_existing(path, request.overwrite)
     calibration = check = None
     if request.int8:
         calibration = load_calibration(Path(request.calib_data), _path(request.data_dir), request.calib_images, cfg)

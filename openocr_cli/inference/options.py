@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from openocr_cli import config as cfgmod
+from openocr_cli.constants import MAX_BATCH, MAX_THREADS, MAX_WORKERS
 from openocr_cli.data.images import MAX_IMAGE_MB, MAX_PIXELS, ImageLimits
 from openocr_cli.data.pdf import DEFAULT_PDF_DPI
 from openocr_cli.errors import UserError
 from openocr_cli.inference.presets import PRESETS
 from openocr_cli.inference.tiling import TileSettings, parse_tile
 from openocr_cli.option_table import check_ranges, flags_of, option
+from openocr_cli.postprocess import MAX_UNCLIP_RATIO
 
 DEFAULT_WEIGHTS = "repvit"
 DEFAULT_ONNX_MODEL = "repvit-onnx"
@@ -82,14 +84,15 @@ class InferenceOptions:
               "gpu:N (Intel GPUs).")
     threads: Optional[int] = option(
         None, "Threads per forward pass: onnxruntime's intra-op threads, OpenVINO's inference threads (CPU), or "
-              "PyTorch's with the torch backend (default: the runtime's choice).", low=1)
+              "PyTorch's with the torch backend (default: the runtime's choice).", low=1, high=MAX_THREADS)
     batch_size: int = option(1, "Images per forward pass (same-size images are batched).",
-                             names=("--batch-size", "-b"), low=1)
-    workers: int = option(2, "Threads decoding and resizing images.", low=1)
+                             names=("--batch-size", "-b"), low=1, high=MAX_BATCH)
+    workers: int = option(2, "Threads decoding and resizing images.", low=1, high=MAX_WORKERS)
     thresh: Optional[float] = option(
         None, "Pixel threshold on the probability map (config default: 0.3).", low=0.0, high=1.0)
     box_thresh: Optional[float] = option(None, "Minimum box score (config default: 0.6).", low=0.0, high=1.0)
-    unclip_ratio: Optional[float] = option(None, "Box expansion ratio (config default: 1.5).", low=0.0)
+    unclip_ratio: Optional[float] = option(None, "Box expansion ratio, above 0 (config default: 1.5).", low=0.0,
+                                           high=MAX_UNCLIP_RATIO)
     score_mode: Optional[str] = option(
         None, "Box score: slow (polygon mean) or fast (box mean) (config default: slow).", choices=("slow", "fast"))
     box_type: Optional[str] = option(

@@ -19,6 +19,7 @@ from openocr_cli.crops import crop_region
 from openocr_cli.data.images import read_image
 from openocr_cli.data.pdf import read_pdf, split_page_ref
 from openocr_cli.errors import ImageReadError, UserError
+from openocr_cli.fileio import why_not_a_file
 from openocr_cli.postprocess import Detection
 
 BOX_COLOR_BGR = (255, 255, 0)
@@ -145,7 +146,7 @@ def read_predictions(file: Path) -> dict[str, list[np.ndarray]]:
     """image path -> list of (P, 2) polygons; malformed lines are reported as file:line."""
     file = Path(file)
     if not file.is_file():
-        raise UserError(f"predictions file {file} does not exist. Create one with `openocr-det predict`.")
+        raise UserError(f"predictions file {file} {why_not_a_file(file)}. Create one with `openocr-det predict`.")
     out: dict[str, list[np.ndarray]] = {}
     problems = []
     with open(file, encoding="utf-8", errors="replace") as f:

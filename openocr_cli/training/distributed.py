@@ -223,6 +223,10 @@ def plan_launch(gpus: Optional[str], nproc_per_node: Optional[int], nnodes: int,
     nproc = nproc_per_node or max(len(ids), 1)
     if ids and nproc_per_node and nproc_per_node != len(ids):
         raise UserError(f"--gpus names {len(ids)} device(s) but --nproc-per-node is {nproc_per_node}.", exit_code=2)
+    cpus = os.cpu_count() or 1
+    if nproc > cpus:  # each process computes on at least one core, and holds the model and its loader
+        raise UserError(f"--nproc-per-node {nproc} is more processes than this machine has CPUs ({cpus}); use at "
+                        f"most {cpus} (one per GPU, or one per core with --device cpu).", exit_code=2)
     if nproc == 1 and nnodes == 1:
         return None, (f"cuda:{ids[0]}" if ids else device)
     if node_rank >= nnodes:

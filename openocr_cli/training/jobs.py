@@ -73,6 +73,7 @@ def plan_train(options: TrainOptions) -> TrainJob:
     checkpoint = read_resumable(settings.checkpoints) if settings.checkpoints else None
     out = settings.output_dir
     if not ddp.under_launcher():  # the launching process checks the run folder, once
+        _require_folder(out)
         if (out / "latest.pth").exists() and not options.overwrite and checkpoint is None:
             raise UserError(f"{out} already holds a training run (latest.pth). Continue it with "
                             f"`openocr-det resume {out}`, choose another --output, or pass --overwrite to start over.")
@@ -82,6 +83,13 @@ def plan_train(options: TrainOptions) -> TrainJob:
             for events in (out / "tensorboard").glob("events.out.tfevents.*"):  # --log tensorboard's records
                 events.unlink()
     return TrainJob(settings, checkpoint, skip_bad=options.skip_bad)
+
+
+def _require_folder(out: Path) -> None:
+    """The run folder is, or can become, a folder: checked before any data is read, not when train.log opens."""
+    blocker = next((p for p in (out, *out.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise UserError(f"--output {out}: {blocker} is a file, not a folder. Choose another --output.", exit_code=2)
 
 
 def plan_resume(target: Optional[Path], options: TrainOptions) -> TrainJob:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from openocr_cli import config as cfgmod
+from openocr_cli.constants import MAX_BATCH, MAX_EPOCHS, MAX_SEED, MAX_WORKERS
 from openocr_cli.option_table import check_ranges, flags_of, option
 
 LOG_HELP = (
@@ -51,13 +52,16 @@ class TrainOptions:
         None, "Pretrained weights: a .pth, a model name (repvit), or 'none' to train from scratch.",
         names=("--weights", "-w"), cli_type=Optional[str])
     output: Optional[Path] = option(None, "Run folder (default: ./output/det_repvit_db).")
-    epochs: Optional[int] = option(None, "Train up to this many epochs in total (config default: 500).", low=1)
+    epochs: Optional[int] = option(None, "Train up to this many epochs in total (config default: 500).", low=1,
+                                   high=MAX_EPOCHS)
     batch_size: Optional[int] = option(
-        None, "Images per batch per device (config default: 8).", names=("--batch-size", "-b"), low=1)
+        None, "Images per batch per device (config default: 8).", names=("--batch-size", "-b"), low=1,
+        high=MAX_BATCH)
     lr: Optional[float] = option(None, "Peak learning rate (config default: 0.001).", low=0.0)
-    workers: Optional[int] = option(None, "Data-loading worker processes (config default: 8).", low=0)
+    workers: Optional[int] = option(None, "Data-loading worker processes (config default: 8).", low=0,
+                                    high=MAX_WORKERS)
     device: Optional[str] = option(None, "cpu, cuda or cuda:N (default: cuda if available).")
-    seed: Optional[int] = option(None, "Random seed (config default: 48).")
+    seed: Optional[int] = option(None, "Random seed (config default: 48).", low=0, high=MAX_SEED)
     amp: Union[str, bool, None] = option(
         None, AMP_HELP, metavar="off|bf16|fp16|auto", cli_type=Optional[str])
     eval_every: Optional[int] = option(

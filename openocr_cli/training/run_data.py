@@ -23,7 +23,7 @@ from openocr_cli.data.dataset import select_by_ratio, validate_training_labels
 from openocr_cli.data.doctor import check_data
 from openocr_cli.data.labels import MAX_REPORTED_PROBLEMS, LabelSample, check_data_dir, load_labels
 from openocr_cli.errors import UserError
-from openocr_cli.fileio import atomic_write_text
+from openocr_cli.fileio import atomic_write_text, why_not_a_file
 from openocr_cli.training.callbacks import Callback, notify, within
 from openocr_cli.training.settings import TrainSettings
 
@@ -82,15 +82,15 @@ def load_run_data(settings: TrainSettings, skip_bad: bool, callbacks: Sequence[C
     files, data_dir = source.label_files, source.data_dir
     missing = [p for p in files if not p.is_file()]
     if not files or missing:
-        what = f"label file {missing[0]}" if missing else "training label file"
-        raise UserError(f"training data not found: {what} does not exist. Pass --data-dir DIR and --train-label FILE "
+        what = f"label file {missing[0]} {why_not_a_file(missing[0])}" if missing else "no training label file"
+        raise UserError(f"training data not found: {what}. Pass --data-dir DIR and --train-label FILE "
                         "(PaddleOCR format: image path, TAB, JSON list of {transcription, points}), or run "
                         "`make demo` to try training on generated data.")
     check_data_dir(files, data_dir, source.origin)
     evaluation = settings.eval_data
     missing = [p for p in evaluation.label_files if not p.is_file()]
     if missing:
-        raise UserError(f"evaluation label file {missing[0]} does not exist. Pass --eval-label FILE, or "
+        raise UserError(f"evaluation label file {missing[0]} {why_not_a_file(missing[0])}. Pass --eval-label FILE, or "
                         "-o Eval.dataset.label_file_list=[] to train without evaluation.")
     check_data_dir(evaluation.label_files, evaluation.data_dir, evaluation.origin)  # before the long check
     with within(callbacks, "checking_data"):

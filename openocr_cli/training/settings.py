@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from openocr_cli import config as cfgmod
 from openocr_cli.config_schema import check_config
+from openocr_cli.constants import MAX_BATCH, MAX_EPOCHS, MAX_SEED, MAX_WORKERS
 from openocr_cli.errors import UserError
 
 DEFAULT_OUTPUT = "output/det_repvit_db"
@@ -111,10 +112,15 @@ def _bad(key: str, value: Any, wanted: str) -> UserError:
     return UserError(f"config key {key} is {value!r}; it must be {wanted}.")
 
 
-def _int(cfg: dict, key: str, default: int, minimum: int = 0) -> int:
+def _int(cfg: dict, key: str, default: int, minimum: int = 0, maximum: Optional[int] = None) -> int:
+    """A whole number in [minimum, maximum]: the upper bounds keep a typo (a seed or batch size of 1e20) from
+    ending as a traceback deep in NumPy or the sampler."""
     value = _get(cfg, key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < minimum:
-        raise _bad(key, value, f"a whole number >= {minimum}")
+    whole = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+             and value == int(value))
+    if not whole or value < minimum or (maximum is not None and value > maximum):
+        raise _bad(key, value, f"a whole number >= {minimum}" if maximum is None else
+                   f"a whole number from {minimum} to {maximum:,}")
     return int(value)
 
 
@@ -245,14 +251,14 @@ class TrainSettings:
         _check_inference(cfg)
         return cls(
             cfg=cfg, output_dir=Path(_get(cfg, "Global.output_dir")), device=None if device == "gpu" else device,
-            epochs=_int(cfg, "Global.epoch_num", 500, 1), seed=_int(cfg, "Global.seed", 48),
+            epochs=_int(cfg, "Global.epoch_num", 500, 1, MAX_EPOCHS), seed=_int(cfg, "Global.seed", 48, 0, MAX_SEED),
             pretrained_model=_none_or(_get(cfg, "Global.pretrained_model")),
             checkpoints=Path(checkpoints) if checkpoints else None,
-            batch_size=_int(cfg, "Train.loader.batch_size_per_card", 8, 1),
-            workers=_int(cfg, "Train.loader.num_workers", 0),
+            batch_size=_int(cfg, "Train.loader.batch_size_per_card", 8, 1, MAX_BATCH),
+            workers=_int(cfg, "Train.loader.num_workers", 0, 0, MAX_WORKERS),
             shuffle=_bool(cfg, "Train.loader.shuffle", True), drop_last=_bool(cfg, "Train.loader.drop_last", False),
-            eval_batch_size=_int(cfg, "Eval.loader.batch_size_per_card", 1, 1),
-            eval_workers=max(1, _int(cfg, "Eval.loader.num_workers", 2)),
+            eval_batch_size=_int(cfg, "Eval.loader.batch_size_per_card", 1, 1, MAX_BATCH),
+            eval_workers=max(1, _int(cfg, "Eval.loader.num_workers", 2, 0, MAX_WORKERS)),
             optimizer=_optimizer(cfg), scheduler=_scheduler(cfg),
             loss={k: v for k, v in _get(cfg, "Loss", {}).items() if k != "name"},
             model=detector_options(_get(cfg, "Architecture")),

@@ -14,6 +14,7 @@ from openocr_cli.cli.ui import console, err_console, table, warn
 from openocr_cli.data.doctor import DataReport, check_data
 from openocr_cli.data.labels import MAX_REPORTED_PROBLEMS
 from openocr_cli.errors import UserError
+from openocr_cli.fileio import why_not_a_file
 
 
 def check_data_command(
@@ -54,7 +55,7 @@ def check_data_command(
     data_dir, files = opt.labelled_data(cfg, "Train", data_dir, label_file)
     missing = next((f for f in files if not f.is_file()), None)
     if missing is not None:
-        raise UserError(f"label file {missing} does not exist. Pass an existing file to --label-file.")
+        raise UserError(f"label file {missing} {why_not_a_file(missing)}. Pass an existing file to --label-file.")
 
     with console.status("checking labels, images and training crops ..."):
         report = check_data(files, data_dir, cfg, crops=crops, seed=seed, cache=_cache_mode(cfg, cache))

@@ -16,6 +16,7 @@ import typer
 from openocr_cli.cli.options import DEFAULT_WEIGHTS, ConfigPath, NonStrict, Overrides, PostprocessFile, Weights
 from openocr_cli.cli.ui import console, table
 from openocr_cli.constants import DEFAULT_OPSET, INT8_OPSET
+from openocr_cli.data.resize import MAX_SIDE
 from openocr_cli.export.run import INT8_NAME, ExportFailed, ExportRequest, export_checkpoint
 
 if TYPE_CHECKING:
@@ -34,15 +35,16 @@ class Exporter(str, Enum):
 
 
 def _size(value: Optional[str]) -> Optional[tuple[int, int]]:
-    """Typer callback: '640x960' -> (640, 960); both sides positive multiples of 32."""
+    """Typer callback: '640x960' -> (640, 960); both sides multiples of 32 from 32 to MAX_SIDE."""
     if value is None:
         return None
     match = re.fullmatch(r"\s*(\d+)\s*[xX*,]\s*(\d+)\s*", value)
     if match is None:
         raise typer.BadParameter(f"'{value}' is not HEIGHTxWIDTH (for example 960x960).")
     h, w = int(match.group(1)), int(match.group(2))
-    if h < 32 or w < 32 or h % 32 or w % 32:
-        raise typer.BadParameter(f"{h}x{w}: both sides must be multiples of 32 (the network's stride).")
+    if not (32 <= h <= MAX_SIDE and 32 <= w <= MAX_SIDE) or h % 32 or w % 32:
+        raise typer.BadParameter(f"{h}x{w}: both sides must be multiples of 32 (the network's stride) from 32 to "
+                                 f"{MAX_SIDE}.")
     return h, w
 
 
@@ -110,6 +112,8 @@ def export(
     config: ConfigPath = None,
     overrides: Overrides = None,
     non_strict: NonStrict = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace a file already at --output (an export never replaces one otherwise).")] = False,
     postprocess: PostprocessFile = None,
 ) -> None:
     """Export a checkpoint to ONNX (or an OpenVINO IR) and verify it against PyTorch.
@@ -143,7 +147,8 @@ file size, agreement, hmean drop, ms per image and the decision of every attempt
         weights=weights, output=output, format=format.value, opset=opset, fuse=fuse, dynamic=dynamic, size=size,
         fp16=fp16, exporter=exporter.value, tolerance=tolerance, int8=int8, calib_data=calib_data, data_dir=data_dir,
         calib_images=calib_images, check_data=check_data, max_drop=max_drop, min_agreement=min_agreement,
-        config=config, overrides=tuple(overrides or ()), postprocess=postprocess, non_strict=non_strict)
+        config=config, overrides=tuple(overrides or ()), postprocess=postprocess, non_strict=non_strict,
+        overwrite=overwrite)
     try:
         result = export_checkpoint(request, on_float=lambda partial: _print(partial, kept=not int8))
     except ExportFailed as exc:
