@@ -85,3 +85,19 @@ def process_alive(pid: int) -> bool:
 def why_not_a_file(path: str | os.PathLike) -> str:
     """How a path that should name a file is not one, for a message: "is a folder, not a file" or "does not exist"."""
     return "is a folder, not a file" if Path(path).is_dir() else "does not exist"
+
+
+def unwritable_reason(path: str | os.PathLike, folder: bool = False) -> str | None:
+    """Why an output (a file, or a folder with `folder`) could not be created at `path`, found before the work
+    that makes it (None: nothing in the way that can be seen now). Only existing paths are looked at."""
+    path = Path(path)
+    if path.exists():
+        if path.is_dir() != folder:
+            return "is a folder" if path.is_dir() else "is a file, not a folder"
+        return None if os.access(path, os.W_OK) else "is not writable"
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        return f"cannot be created: {parent} is a file, not a folder"
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot be created: {parent} is not writable"
+    return None

@@ -109,3 +109,18 @@ def test_label_files_with_a_bom_utf16_huge_coordinates_or_a_folder(tmp_path):
         == [(2, True)]
     with pytest.raises(UserError, match=f"label file {tmp_path} is a folder, not a file"):
         read_label_files([tmp_path], tmp_path)
+
+
+def test_output_paths_that_cannot_be_written_are_refused_before_the_evaluation(cli, constant_ckpt, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("")  # never read: the outputs are checked first
+    for extra, message in ((["--json", afile / "m.json"], f"--json {afile / 'm.json'} cannot be created: {afile} is "
+                                                          "a file, not a folder"),
+                           (["--json", tmp_path], f"--json {tmp_path} is a folder"),
+                           (["--report", afile], f"--report {afile} is a file, not a folder")):
+        code, _, err = cli("eval", "-w", constant_ckpt, "--label-file", labels, *extra)
+        assert code == 2 and message in flat(err), err
+    code, _, err = cli("benchmark", "-w", constant_ckpt, "--images", tmp_path, "--json", afile / "b.json")
+    assert code == 2 and "--json" in flat(err) and "is a file, not a folder" in flat(err)

@@ -21,7 +21,7 @@ import typer
 from openocr_cli.cli.ui import err_console
 from openocr_cli.data.labels import labelled_data  # noqa: F401 (the commands' name for it)
 from openocr_cli.errors import UserError
-from openocr_cli.fileio import atomic_write_text
+from openocr_cli.fileio import atomic_write_text, unwritable_reason
 from openocr_cli.inference.options import DEFAULT_WEIGHTS, InferenceOptions  # noqa: F401 (the commands use both)
 from openocr_cli.option_table import flags_of
 
@@ -124,6 +124,15 @@ ConfigPath = annotated(InferenceOptions, "config")
 Overrides = annotated(InferenceOptions, "overrides")
 NonStrict = annotated(InferenceOptions, "non_strict")
 PostprocessFile = annotated(InferenceOptions, "postprocess")
+
+
+def check_outputs(**flags: tuple[Optional[Path], bool]) -> None:
+    """Refuse, before any work, an output flag whose path cannot be written: `json=(path, False)` for a file,
+    `report=(path, True)` for a folder (a long evaluation is not lost to a typo in --json)."""
+    for name, (path, folder) in flags.items():
+        reason = unwritable_reason(path, folder) if path is not None else None
+        if reason is not None:
+            raise UserError(f"--{name.replace('_', '-')} {path} {reason}; choose another path.", exit_code=2)
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -98,6 +98,7 @@ printed fastest first.
     """
     wanted = bench.parse_precisions(precisions)
     sides = parse_sizes(sizes_text) if sizes_text is not None else None
+    opt.check_outputs(json=(json_out, False))
     base = options
     config = ConfigLayers.load(base)  # read once for the inputs and every model
     paths, samples = _inputs(config.cfg, images, data_dir, label_file)

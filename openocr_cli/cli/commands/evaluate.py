@@ -81,6 +81,7 @@ def evaluate(
       openocr-det eval -w best.pth --label-file test_label.txt --sizes 640,960,1280
     """
     grids = tune.parse_ranges(tune_ranges) if tune_flag or tune_ranges is not None else None
+    opt.check_outputs(json=(json_out, False), report=(report, True))
     size_list = sizes.parse_sizes(sizes_text) if sizes_text is not None else None
     config = ConfigLayers.load(options)  # read once: the labels' defaults, the resize, the detector
     cfg = config.cfg
