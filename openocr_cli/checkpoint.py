@@ -177,9 +177,12 @@ def load_weights(model: torch.nn.Module, path: Path, strict: bool = True) -> Loa
     if isinstance(obj, Mapping) and isinstance(obj.get("config"), Mapping):
         report.saved_config = obj["config"]
     if report.loaded == 0:
-        report.log_mismatch(f"{path}: no key matches the RepViT-DB model")
+        report.log_mismatch(f"{path}: no tensor matches the RepViT-DB model")
+        what = (f"all its {len(report.wrong_shape)} tensors have the model's names but other shapes (another size "
+                "of the architecture?)" if report.wrong_shape and not report.missing else "none of its keys match. "
+                "Was it exported from a different architecture?")
         raise UserError(f"{path} is not a checkpoint of this model (RepViT-DB, {len(model.state_dict())} "
-                        "tensors): none of its keys match. Was it exported from a different architecture?")
+                        f"tensors): {what}")
     if not report.ok:
         if strict:
             report.log_mismatch(f"{path}: keys that do not match the model")
@@ -192,7 +195,13 @@ def load_weights(model: torch.nn.Module, path: Path, strict: bool = True) -> Loa
         report.log_mismatch(f"{path}: loaded {report.loaded} tensors; these were skipped")
     skipped = {key for key, _, _ in report.wrong_shape}
     known = model.state_dict().keys()  # once: building it per key made loading take 0.3 s
-    model.load_state_dict({k: v for k, v in weights.items() if k in known and k not in skipped}, strict=False)
+    kept = {k: v for k, v in weights.items() if k in known and k not in skipped}
+    broken = [k for k, v in kept.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise UserError(f"{path} holds weights that are not finite (NaN or inf) in {len(broken)} tensor(s), the "
+                        f"first {broken[0]}: such a model detects nothing. Use an earlier checkpoint of the run (its "
+                        "best.pth or an epoch_N.pth).")
+    model.load_state_dict(kept, strict=False)
     return report
 
 

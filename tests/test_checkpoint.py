@@ -83,6 +83,19 @@ def test_wrong_architecture_is_named(tmp_path):
         load_weights(tiny(), path, strict=False)
 
 
+def test_same_names_other_shapes_and_non_finite_weights_are_named(tmp_path):
+    shapes = tmp_path / "wide.pth"
+    torch.save({k: torch.zeros(*(d + 1 for d in v.shape)) if v.ndim else torch.zeros(1)
+                for k, v in tiny().state_dict().items()}, shapes)
+    with pytest.raises(UserError, match="tensors have the model's names but other shapes"):
+        load_weights(tiny(), shapes, strict=False)
+    state = tiny().state_dict()
+    state["conv.weight"] = torch.full_like(state["conv.weight"], float("nan"))
+    torch.save(state, tmp_path / "diverged.pth")
+    with pytest.raises(UserError, match=r"not finite \(NaN or inf\) in 1 tensor\(s\), the first conv.weight"):
+        load_weights(tiny(), tmp_path / "diverged.pth")
+
+
 class _Payload:
     def __init__(self, marker):
         self.marker = marker
