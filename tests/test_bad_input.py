@@ -65,6 +65,8 @@ def test_inference_sizes_threads_and_normalisation_have_bounds(cli, random_ckpt,
     assert code == 2 and "'99999999' is not a side length from 32 to 8192" in flat(err)
     code, _, err = cli("export", "-w", random_ckpt, "--static", "--size", "64000x64000")
     assert code == 2 and "from 32 to 8192" in flat(err)
+    code, _, err = cli("export", "-w", random_ckpt, "--opset", "99", "--output", tmp_path / "m.onnx")
+    assert code == 2 and "--opset 99: the installed onnx" in flat(err) and not (tmp_path / "m.onnx").exists()
 
 
 def test_a_tune_grid_too_fine_is_refused_at_once_without_building_it(cli, random_ckpt, tmp_path):
@@ -124,3 +126,11 @@ def test_output_paths_that_cannot_be_written_are_refused_before_the_evaluation(c
         assert code == 2 and message in flat(err), err
     code, _, err = cli("benchmark", "-w", constant_ckpt, "--images", tmp_path, "--json", afile / "b.json")
     assert code == 2 and "--json" in flat(err) and "is a file, not a folder" in flat(err)
+
+
+def test_check_data_on_a_label_file_without_lines_exits_1_and_says_why(cli, synth, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    code, stdout, err = cli("check-data", "--data-dir", synth.data_dir, "--label-file", empty, "--crops", "0")
+    assert code == 1 and "The label files list no image (empty, or blank lines only)" in flat(stdout + err)
+    assert "listed below" not in flat(stdout + err)

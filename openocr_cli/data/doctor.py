@@ -107,8 +107,9 @@ def _empty_crop_fraction(samples: list[LabelSample], cfg: dict, crops: int, seed
 def _warnings(report: DataReport, samples: list[LabelSample], crops: int, spec: ResizeSpec) -> list[str]:
     out = []
     if not samples:
-        out.append("no usable label line: train would refuse this data. Fix the problems listed below, or pass "
-                   "label files that list images.")
+        fix = ("Fix the problems listed below, or pass label files that list images." if report.problems else
+               "The label files list no image (empty, or blank lines only): pass files with a line per image.")
+        out.append(f"no usable label line: train would refuse this data. {fix}")
     ignored, regions = report.ignored_regions, report.regions
     if regions and ignored > MAX_IGNORED_SHARE * regions:
         out.append(f"{ignored} of {regions} regions ({ignored / regions:.0%}) are do-not-care ('###' or '*'): "

@@ -100,6 +100,10 @@ def choose_exporter(requested: str, opset: int) -> str:
     """'torchscript' or 'dynamo' for the request; UserError when it cannot write that opset."""
     if requested not in EXPORTERS:
         raise UserError(f"--exporter {requested!r}: use one of {', '.join(EXPORTERS)}.", exit_code=2)
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise UserError(f"--opset {opset}: the installed onnx {onnx.__version__} knows opsets up to {newest}; use "
+                        f"--opset {newest} or lower (default {DEFAULT_OPSET}).", exit_code=2)
     ts_max = torchscript_max_opset()
     if requested == "auto":
         requested = "torchscript" if ts_max is not None and opset <= ts_max else "dynamo"

@@ -40,7 +40,7 @@ def check_data_command(
 
     Text heights are measured after the evaluation resize (Eval DetResizeForTest); empty crops come from
     the real training transforms (Train.dataset.transforms). Exit code 0 when every line is usable
-    (warnings allowed), 1 when some line is not.
+    (warnings allowed), 1 when some line is not or none is there.
 
     Examples:
 
@@ -62,7 +62,7 @@ def check_data_command(
     print_report(report)
     if json_out is not None:
         opt.write_json(json_out, report.to_json())
-    if report.problems:
+    if report.problems or not report.images:  # no usable line at all: train would refuse it
         raise typer.Exit(1)
 
 
