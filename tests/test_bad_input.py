@@ -134,3 +134,18 @@ def test_check_data_on_a_label_file_without_lines_exits_1_and_says_why(cli, synt
     code, stdout, err = cli("check-data", "--data-dir", synth.data_dir, "--label-file", empty, "--crops", "0")
     assert code == 1 and "The label files list no image (empty, or blank lines only)" in flat(stdout + err)
     assert "listed below" not in flat(stdout + err)
+
+
+def test_predict_does_not_replace_results_it_did_not_write(cli, constant_ckpt, tmp_path):
+    from tests.conftest import write_image
+
+    write_image(tmp_path / "in" / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "det_results.txt").write_text("precious results\n")
+    args = ("predict", tmp_path / "in", "-w", constant_ckpt, "--no-vis", "--output", out)
+    code, _, err = cli(*args)
+    assert code == 2 and "was not written by a recorded run" in flat(err) and "--overwrite" in flat(err)
+    assert (out / "det_results.txt").read_text() == "precious results\n"
+    assert cli(*args, "--overwrite")[0] == 0 and cli(*args)[0] == 0  # then a recorded, finished run: replaced
+    assert "a.png" in (out / "det_results.txt").read_text()

@@ -57,7 +57,8 @@ Resume = Annotated[bool, typer.Option(
                      "last line, append the rest. Refused (exit 2) if the model or a setting differs. With nothing "
                      "recorded yet it starts the run, so one command serves the first try and every retry.")]
 Overwrite = Annotated[bool, typer.Option(
-    "--overwrite", help="Start again in an OUTPUT whose recorded run did not finish (refused without it).")]
+    "--overwrite", help="Start again in an OUTPUT whose recorded run did not finish, or replace results no recorded "
+                        "run wrote (both refused without it).")]
 ShardOpt = Annotated[Optional[str], typer.Option(
     "--shard", metavar="I/N", callback=_shard,
     help="Run only shard I of N (1-based): the I-th of N contiguous runs of the sorted input files, so a job "
@@ -114,6 +115,10 @@ class LargeRun:
         if resume and prior is None and holds:
             raise UserError(f"cannot resume: {self.results_path} was not written by a run this version records (no "
                             f"{runs.RUN_NAME}). Choose another --output, or drop --resume to replace it.", exit_code=2)
+        if not resume and prior is None and holds and not overwrite:
+            raise UserError(f"{self.results_path} already exists and was not written by a recorded run (no "
+                            f"{runs.RUN_NAME} beside it). Pass --overwrite to replace it, or choose another --output.",
+                            exit_code=2)
         if resume and prior is None:
             warn(f"nothing recorded in {output} yet: starting the run (--resume continues it after an interruption).")
         if not resume and prior is not None and prior.get("status") != "finished" and holds and not overwrite:
