@@ -212,8 +212,8 @@ def test_percentiles_and_parsers():
 
 @pytest.mark.parametrize("args, code, message", [
     (["--precisions", "fp8"], 2, "'fp8' is not a precision"),
-    (["--sizes", "16"], 2, "at least 32"),
-    (["--sizes", "0,x"], 2, "at least 32"),
+    (["--sizes", "16"], 2, "from 32 to 8192"),
+    (["--sizes", "0,x"], 2, "from 32 to 8192"),
     (["--runs", "0"], 2, "--runs"),
     ([], 2, "no images"),
     (["--images", "IMAGES", "--label-file", "x.txt"], 2, "either --images"),

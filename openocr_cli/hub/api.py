@@ -189,16 +189,17 @@ def download(name: str, url: Optional[str] = None, sha256: Optional[str] = None,
                  backoff=backoff, progress=progress).path
 
 
-def resolve_weights(spec: str, offline: Optional[bool] = None) -> Path:
-    """A --weights value -> a local file: an existing path as is, a registry name via the cache."""
+def resolve_weights(spec: str, offline: Optional[bool] = None, kind: str = "weights file",
+                    files: str = ".pth/.onnx") -> Path:
+    """A --weights value -> a local file: an existing path as is, a registry name via the cache. `kind` and
+    `files` word the messages (an --onnx-model value is a "model file", an .onnx one)."""
     path = Path(spec).expanduser()
     if path.is_file():
         return path
     if path.is_dir():
-        raise UserError(f"{spec} is a folder; give a weights file (.pth or .onnx) or a model name: "
-                        f"{model_names()}.")
+        raise UserError(f"{spec} is a folder; give a {kind} ({files}) or a model name: {model_names()}.")
     entry = get_entry(spec)
     if entry is not None:
         return download(entry.name, offline=offline)
-    raise MissingFileError(f"weights file {spec} does not exist. Give the path of a .pth/.onnx file or a model "
-                    f"name: {model_names()} (see `openocr-det download --list`).")
+    raise MissingFileError(f"{kind} {spec} does not exist. Give the path of a {files} file or a model name: "
+                           f"{model_names()} (see `openocr-det download --list`).")

@@ -293,11 +293,13 @@ def _load_file_backend(options: InferenceOptions, name: str):
     if options.backend_name() == "onnx":
         from openocr_cli.inference.backends.onnx_backend import OnnxBackend
 
-        return OnnxBackend.load(resolve_weights(name), options.device, options.threads)
+        return OnnxBackend.load(resolve_weights(name, kind="ONNX model file", files=".onnx"), options.device,
+                                options.threads)
     from openocr_cli.inference.backends.openvino_backend import OpenVinoBackend
 
     # no .xml is in the registry: the loader's own message names a missing IR and its .bin
-    path = Path(name).expanduser() if name.lower().endswith(".xml") else resolve_weights(name)
+    path = (Path(name).expanduser() if name.lower().endswith(".xml") else
+            resolve_weights(name, kind="OpenVINO model file", files=".xml/.onnx"))
     return OpenVinoBackend.load(path, options.device, options.threads, options.precision_name())
 
 
