@@ -23,19 +23,29 @@ QUESTIONS = {"nginx": "guides/serving.html", "int8": "guides/export.html", "mult
 
 
 def search(tab, query: str):
-    """Type the query into the site's search; the result links, once it has answered."""
-    search = tab.locator("input[data-md-component='search-query']")
-    first = tab.locator(".md-search-result__list li a").first
-    for _ in range(WAIT_MS // 1000):  # the search index loads in the background: type again until it answers
-        search.fill("")
-        search.click()
-        tab.keyboard.type(query)
+    """Put the whole query into the site's search at once (typed key by key, a busy machine's first answer may be
+    to its first letters) and return the result links once they have stopped changing."""
+    box = tab.locator("input[data-md-component='search-query']")
+    links = tab.locator(".md-search-result__list > li > a")
+    for _ in range(WAIT_MS // 1000):  # the search index loads in the background: ask again until it answers
+        box.fill("")
+        box.click()
+        box.fill(query)
+        tab.keyboard.press("End")  # a key event too: the search listens for keys as well as for input
         try:
-            first.wait_for(timeout=1000)
-            break
+            links.first.wait_for(timeout=1000)
         except sync_api.TimeoutError:
             continue
-    return tab.locator(".md-search-result__list > li > a")
+        seen, still = None, 0
+        for _ in range(50):  # up to 5 s for the answer to settle: the same first three for 0.5 s
+            top = [links.nth(i).get_attribute("href") for i in range(min(3, links.count()))]
+            still = still + 1 if top == seen else 0
+            if still >= 5:
+                break
+            seen = top
+            tab.wait_for_timeout(100)
+        return links
+    return links
 
 
 def test_search_from_disk_lands_on_the_guide_that_answers(site):  # noqa: F811

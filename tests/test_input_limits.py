@@ -122,7 +122,7 @@ def test_D10_an_rrc_zip_bomb_member_is_refused_without_being_read_whole(tmp_path
 
 
 # -- D6: numeric ranges checked in one place --------------------------------------------------------------------
-@pytest.mark.parametrize("flag, value, words", [("--unclip-ratio", "1e9", "unclip_ratio must be a number above 0"),
+@pytest.mark.parametrize("flag, value, words", [("--unclip-ratio", "1e9", "--unclip-ratio"),
                                                 ("--limit-side-len", "100000", "1 to 8192 pixels")])
 def test_D6_a_setting_out_of_range_is_exit_2_in_the_cli(cli, model, tmp_path, flag, value, words):
     write_image(tmp_path / "a.png")
