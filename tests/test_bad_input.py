@@ -149,3 +149,21 @@ def test_predict_does_not_replace_results_it_did_not_write(cli, constant_ckpt, t
     assert (out / "det_results.txt").read_text() == "precious results\n"
     assert cli(*args, "--overwrite")[0] == 0 and cli(*args)[0] == 0  # then a recorded, finished run: replaced
     assert "a.png" in (out / "det_results.txt").read_text()
+
+
+def test_a_refused_post_processing_value_names_where_it_came_from(cli, constant_ckpt, tmp_path):
+    import yaml
+
+    from openocr_cli import config as cfgmod
+    from tests.conftest import write_image
+
+    write_image(tmp_path / "a.png")
+    cfg = cfgmod.load_config()
+    cfg["PostProcess"]["thresh"] = "abc"
+    config = tmp_path / "my.yml"
+    config.write_text(yaml.safe_dump(cfg))
+    base = ("predict", tmp_path, "-w", constant_ckpt, "--no-vis")
+    code, _, err = cli(*base, "-c", config)
+    assert code == 2 and f"got 'abc' (PostProcess.thresh, from the config {config})" in flat(err), err
+    code, _, err = cli(*base, "-o", "PostProcess.unclip_ratio=50")
+    assert code == 2 and "at most 10, got 50 (PostProcess.unclip_ratio, from -o)" in flat(err), err

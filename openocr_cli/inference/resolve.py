@@ -29,7 +29,7 @@ from typing import Any, Optional
 from openocr_cli import config as cfgmod
 from openocr_cli.constants import POSTPROCESS_KEYS
 from openocr_cli.data.resize import Normalizer, ResizeSpec
-from openocr_cli.errors import UserError
+from openocr_cli.errors import SettingError, UserError
 from openocr_cli.inference import postprocess_sources as ppfile
 from openocr_cli.inference.backends.onnx_metadata import CHANNEL_ORDERS, normalization
 from openocr_cli.inference.layers import Setting, given, layered
@@ -126,7 +126,7 @@ class PostprocessLayers:
         explicit = {key: getattr(options, key) for key in ("thresh", "box_thresh", "unclip_ratio", "score_mode",
                                                             "box_type")}
         params, sources = ppfile.layered_params(self.cfg, options.overrides, layers, explicit, explicit=options.origin)
-        postprocess = make_postprocess(params)
+        postprocess = _named_postprocess(params, sources, options.config)
         if note_model_values and layers and model_layer:
             base = make_postprocess(cfgmod.postprocess_params(self.cfg))
             changed = [f"{k} {getattr(postprocess, k):g}" for k, src in sources.items()
@@ -135,6 +135,22 @@ class PostprocessLayers:
                 log.info(f"note: post-processing {', '.join(changed)} from {model_layer[0]} (the config says "
                          "otherwise; flags, -o or --postprocess override it).")
         return postprocess, {k: Setting(getattr(postprocess, k), sources[k]) for k in POSTPROCESS_KEYS}
+
+
+def _named_postprocess(params: dict, sources: Mapping[str, str], config: Optional[Path]) -> DBPostProcess:
+    """make_postprocess, whose refusal also says where the refused value came from (the config file, -o, a
+    --postprocess file, a flag or the model), so a bad value in a YAML file is found there."""
+    try:
+        return make_postprocess(params)
+    except SettingError as exc:
+        key = next((k for k in sorted(sources, key=len, reverse=True) if str(exc).split(": ", 1)[-1].startswith(k)),
+                   None)
+        if key is None:
+            raise
+        source = sources[key]
+        if source == "config":
+            source = f"the config {config}" if config is not None else "the packaged config"
+        raise SettingError(f"{exc} (PostProcess.{key}, from {source}).") from None
 
 
 def resolve_resize(options: InferenceOptions, config: ConfigLayers) -> tuple[ResizeSpec, dict[str, Setting]]:
