@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Optional
 
 from openocr_cli import config as cfgmod
 from openocr_cli.errors import UserError
+from openocr_cli.fileio import unwritable_reason
 from openocr_cli.log import logger as library_logger
 from openocr_cli.training.options import TrainOptions
 from openocr_cli.training.settings import RESUME_FLAGS, TRAIN_FLAGS, TrainSettings, apply_flags
@@ -86,10 +87,11 @@ def plan_train(options: TrainOptions) -> TrainJob:
 
 
 def _require_folder(out: Path) -> None:
-    """The run folder is, or can become, a folder: checked before any data is read, not when train.log opens."""
-    blocker = next((p for p in (out, *out.parents) if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        raise UserError(f"--output {out}: {blocker} is a file, not a folder. Choose another --output.", exit_code=2)
+    """The run folder is, or can become, a writable folder: checked before any data is read, not when train.log
+    opens."""
+    reason = unwritable_reason(out, folder=True)
+    if reason is not None:
+        raise UserError(f"--output {out} {reason}; choose another --output.", exit_code=2)
 
 
 def plan_resume(target: Optional[Path], options: TrainOptions) -> TrainJob:
