@@ -167,3 +167,32 @@ def test_a_refused_post_processing_value_names_where_it_came_from(cli, constant_
     assert code == 2 and f"got 'abc' (PostProcess.thresh, from the config {config})" in flat(err), err
     code, _, err = cli(*base, "-o", "PostProcess.unclip_ratio=50")
     assert code == 2 and "at most 10, got 50 (PostProcess.unclip_ratio, from -o)" in flat(err), err
+
+
+def test_a_misspelt_device_in_a_config_key_is_named_before_the_data_is_read(cli, synth, tmp_path):
+    args = train_args(synth, tmp_path / "run", "--epochs", "1")
+    at = args.index("--device")
+    args[at:at + 2] = ["-o", "Global.device=bogus"]  # the flag would win over -o
+    code, stdout, err = cli(*args)
+    assert code == 2 and "config key Global.device (or --device) is 'bogus'" in flat(err)
+    assert "usable images" not in stdout  # refused before check-data's table
+    for spelling in ("cpu", "CUDA:1", "gpu", " cuda "):
+        TrainSettings.from_config(cfgmod.apply_overrides(cfgmod.load_config(), [f"Global.device={spelling}"]))
+
+
+def test_a_label_file_in_another_encoding_is_named_where_it_matters(cli, synth, tmp_path):
+    """GBK labels (common from Chinese tools): a path that is not UTF-8 is a line problem that says so; a
+    transcription that is not, a warning (detection does not read it, convert and recognisers do)."""
+    images = synth.data_dir / "train"
+    first, second = sorted(images.iterdir())[:2]
+    renamed = second.with_name("中文.png")
+    renamed.write_bytes(second.read_bytes())
+    labels = tmp_path / "gbk.txt"
+    region = '[{"transcription": "%s", "points": [[1, 1], [40, 1], [40, 20], [1, 20]]}]'
+    labels.write_bytes((f"train/{first.name}\t{region % '价格'}\n"
+                        f"train/{renamed.name}\t{region % 'ok'}\n").encode("gbk"))
+    code, stdout, err = cli("check-data", "--data-dir", synth.data_dir, "--label-file", labels, "--crops", "0")
+    text = flat(stdout + err)
+    assert code == 1 and f"{labels}:2: the image path 'train/" in text and "is not UTF-8 text" in text
+    assert f"1 line(s) have transcriptions that are not UTF-8 text: {labels}:1." in text
+    renamed.unlink()

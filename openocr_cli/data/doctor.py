@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 
 from openocr_cli.config import find_transform, resize_params
-from openocr_cli.data.labels import LabelProblem, LabelSample, LabelSet
+from openocr_cli.data.labels import NOT_UTF8, LabelProblem, LabelSample, LabelSet
 from openocr_cli.data.resize import ResizeSpec
 from openocr_cli.data.text_heights import HEIGHT_BUCKETS, MAX_TINY_SHARE, TINY_HEIGHT, bucket_of, image_hw, text_heights
 from openocr_cli.errors import UserError
@@ -152,6 +152,11 @@ def _listing_warnings(samples: list[LabelSample]) -> list[str]:
     if outside:
         out.append(f"{len(outside)} region(s) reach outside their image: {_examples(outside)}. Check that the points "
                    "are [x, y] pixels of this image file (not of a resized or rotated copy).")
+    garbled = [f"{s.source}:{s.line}" for s in samples if any(NOT_UTF8 in text for text in s.texts)]
+    if garbled:
+        out.append(f"{len(garbled)} line(s) have transcriptions that are not UTF-8 text: {_examples(garbled)}. "
+                   "Detection does not read them, but `convert` and a recogniser trained on these labels do: save "
+                   "the file as UTF-8 (e.g. iconv -f GBK -t UTF-8 in.txt > out.txt).")
     by_file = defaultdict(list)
     for s in samples:
         by_file[s.source].extend(s.ignore)

@@ -23,6 +23,7 @@ from openocr_cli.fileio import why_not_a_file
 IGNORE_TRANSCRIPTIONS = frozenset({"###", "*"})
 MAX_COORDINATE = 1_000_000  # px: a label point beyond it is no image's (a typo, or a unit other than pixels)
 MAX_REPORTED_PROBLEMS = 20
+NOT_UTF8 = "\ufffd"  # what label_lines puts in place of bytes that are not UTF-8
 
 
 @dataclass
@@ -140,6 +141,9 @@ def _parse_line(raw: str, data_dir: Path, check_images: bool) -> LabelSample:
     key, image = resolve_image_field(image_field, data_dir)
     polys, texts, ignore = parse_regions(annotation)
     if check_images and not image_exists(image):
+        if NOT_UTF8 in key:
+            raise ValueError(f"the image path {key!r} is not UTF-8 text ({NOT_UTF8} marks the bytes); save the label "
+                             "file as UTF-8 (e.g. iconv -f GBK -t UTF-8 in.txt > out.txt)")
         raise ValueError(f"image {image} does not exist")
     return LabelSample(key=key, image=image, polys=polys, texts=texts, ignore=ignore)
 
@@ -189,14 +193,15 @@ def _image_keys(file: Path) -> Iterable[str]:
             continue
 
 
-def label_lines(file: Path) -> Iterable[tuple[int, str]]:
-    """(1-based number, text) of each line of a UTF-8 label file, line ends and a leading byte-order mark (an
-    editor's, invisible) removed; bytes that are not UTF-8 become U+FFFD. A UTF-16 file is refused by name."""
+def label_lines(file: Path, kind: str = "label file") -> Iterable[tuple[int, str]]:
+    """(1-based number, text) of each line of a UTF-8 text file (`kind` names it in errors), line ends and a
+    leading byte-order mark (an editor's, invisible) removed; bytes that are not UTF-8 become U+FFFD. A UTF-16
+    file is refused by name."""
     with open(file, "rb") as f:
         for number, raw_bytes in enumerate(f, 1):
             if number == 1:
                 if raw_bytes.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw_bytes:
-                    raise UserError(f"label file {file} is UTF-16 text (or holds NUL bytes); label files are "
+                    raise UserError(f"{kind} {file} is UTF-16 text (or holds NUL bytes); {kind}s are "
                                     "UTF-8. Save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8 in.txt > out.txt).")
                 raw_bytes = raw_bytes.removeprefix(b"\xef\xbb\xbf")
             yield number, raw_bytes.decode("utf-8", errors="replace").rstrip("\n").rstrip("\r")

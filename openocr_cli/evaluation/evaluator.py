@@ -11,6 +11,7 @@ import numpy as np
 
 from openocr_cli.data.labels import LabelSample
 from openocr_cli.evaluation.iou_metric import ImageMatch, ImageRecord, match_image, summarize
+from openocr_cli.evaluation.predictions import Predictions
 from openocr_cli.inference.predictor import Predictor
 from openocr_cli.inference.results import Result, StageTimes
 
@@ -36,6 +37,7 @@ class EvalResult:
     fps: Optional[float] = None
     failures: list[str] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)
+    unlabelled: list[str] = field(default_factory=list)  # predictions-file images the labels do not list
     records: list[ImageRecord] = field(default_factory=list, repr=False)
     seconds: float = 0.0
     scored: list[ScoredImage] = field(default_factory=list, repr=False)
@@ -60,6 +62,8 @@ class EvalResult:
             out["unreadable_images"] = self.failures
         if self.unmatched:
             out["images_without_prediction"] = self.unmatched
+        if self.unlabelled:
+            out["predictions_without_label"] = self.unlabelled
         if self.by_height is not None:
             out["by_height"] = self.by_height
         tiled = {str(s.sample.key): s.tiling for s in self.scored if s.tiling is not None}
@@ -107,23 +111,29 @@ def _result(scored: list[ScoredImage], images: int, fps: Optional[float], failur
                       unmatched or [], records=records, seconds=seconds, scored=scored)
 
 
-def evaluate_predictions(predictions: dict[str, list[np.ndarray]], samples: Sequence[LabelSample]) -> EvalResult:
+def evaluate_predictions(predictions: Predictions, samples: Sequence[LabelSample]) -> EvalResult:
     """Score a predictions file; each label is matched to a prediction line by image path.
 
     Tried in order: the path as written in the label, the path joined to the data folder, then the
     label path as a trailing part of a prediction path, then a unique base name. Labelled images
-    with no prediction line count as images without detections and are reported.
+    with no prediction line count as images without detections and are reported; images the run
+    recorded as unreadable are not scored (as `eval` with a model); prediction lines no label
+    matched are reported too (`unlabelled`: predictions of another set?).
     """
-    lookup = _PathIndex(predictions)
-    scored = []
-    unmatched = []
+    lookup, unreadable = _PathIndex(predictions.boxes), _PathIndex(dict.fromkeys(predictions.unreadable, []))
+    scored, unmatched, failures = [], [], []
     for sample in samples:
         dets = lookup.find(sample.key, str(sample.image))
+        if dets is None and unreadable.find(sample.key, str(sample.image)) is not None:
+            failures.append(f"{sample.key}: the run that wrote the predictions could not read it")
+            continue
         if dets is None:
             unmatched.append(sample.key)
             dets = []
         scored.append(_score(sample, dets))
-    return _result(scored, len(samples), None, [], unmatched)
+    result = _result(scored, len(scored), None, failures, unmatched)
+    result.unlabelled = [key for key in predictions.boxes if _norm(key) not in lookup.used]
+    return result
 
 
 def _norm(path: str) -> str:
@@ -131,25 +141,34 @@ def _norm(path: str) -> str:
 
 
 class _PathIndex:
+    """Prediction lines by normalised path, found from a label's path (see evaluate_predictions)."""
+
     def __init__(self, predictions: dict[str, list[np.ndarray]]):
         self.exact = {_norm(k): v for k, v in predictions.items()}
-        self.absolute = {_norm(os.path.abspath(k)): v for k, v in predictions.items()}
+        self.absolute = {_norm(os.path.abspath(k)): _norm(k) for k in predictions}
         self.by_name: dict[str, list[str]] = {}
         for key in self.exact:
             self.by_name.setdefault(os.path.basename(key), []).append(key)
+        self.used: set[str] = set()
 
     def find(self, key: str, joined: str) -> Optional[list[np.ndarray]]:
+        """The predictions for one label's image (None: no line matches it); what matched is kept in `used`."""
+        found = self._find(key, joined)
+        if found is None:
+            return None
+        self.used.add(found)
+        return self.exact[found]
+
+    def _find(self, key: str, joined: str) -> Optional[str]:
         for candidate in (_norm(key), _norm(joined)):
             if candidate in self.exact:
-                return self.exact[candidate]
+                return candidate
         absolute = _norm(os.path.abspath(joined))
         if absolute in self.absolute:
             return self.absolute[absolute]
-        tail = "/" + _norm(key).lstrip("./")
-        suffixed = [k for k in self.by_name.get(os.path.basename(key), []) if k.endswith(tail)]
-        if len(suffixed) == 1:
-            return self.exact[suffixed[0]]
         same_name = self.by_name.get(os.path.basename(key), [])
-        if len(same_name) == 1:
-            return self.exact[same_name[0]]
-        return None
+        tail = "/" + _norm(key).lstrip("./")
+        suffixed = [k for k in same_name if k.endswith(tail)]
+        if len(suffixed) == 1:
+            return suffixed[0]
+        return same_name[0] if len(same_name) == 1 else None

@@ -1,7 +1,7 @@
 """Per-image results and det_results.txt: `image_path<TAB>[{"points": [[x, y], ...], "score": s}, ...]`.
 
 One line per image, written by `Result.to_line`. OpenOCR's format plus a score, so OpenOCR
-tooling still reads it; `read_predictions` lets `eval` score any detector's output written this way.
+tooling still reads it; `evaluation.predictions` reads it back for `eval --predictions`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Optional
 
 import cv2
@@ -18,8 +17,7 @@ import numpy as np
 from openocr_cli.crops import crop_region
 from openocr_cli.data.images import read_image
 from openocr_cli.data.pdf import read_pdf, split_page_ref
-from openocr_cli.errors import ImageReadError, UserError
-from openocr_cli.fileio import why_not_a_file
+from openocr_cli.errors import ImageReadError
 from openocr_cli.postprocess import Detection
 
 BOX_COLOR_BGR = (255, 255, 0)
@@ -140,41 +138,3 @@ def detections_json(detections: list[Detection]) -> list[dict]:
     """Detections as det_results.txt (and `serve`) write them: integer points, score rounded to 6 decimals."""
     return [{"points": np.asarray(d.points).astype(int).tolist(), "score": round(float(d.score), 6)}
             for d in detections]
-
-
-def read_predictions(file: Path) -> dict[str, list[np.ndarray]]:
-    """image path -> list of (P, 2) polygons; malformed lines are reported as file:line."""
-    file = Path(file)
-    if not file.is_file():
-        raise UserError(f"predictions file {file} {why_not_a_file(file)}. Create one with `openocr-det predict`.")
-    out: dict[str, list[np.ndarray]] = {}
-    problems = []
-    with open(file, encoding="utf-8", errors="replace") as f:
-        for number, raw in enumerate(f, 1):
-            raw = raw.rstrip("\r\n")
-            if not raw.strip():
-                continue
-            path, sep, text = raw.partition("\t")
-            try:
-                if not sep:
-                    raise ValueError("no TAB between the image path and the JSON list")
-                boxes = json.loads(text)
-                if not isinstance(boxes, list):
-                    raise ValueError("expected a JSON list of {\"points\": ...} objects")
-                polys = []
-                for n, box in enumerate(boxes, 1):
-                    points = box.get("points") if isinstance(box, dict) else None
-                    arr = np.asarray(points, dtype=np.float64) if points is not None else None
-                    if arr is None or arr.ndim != 2 or arr.shape[1] != 2 or len(arr) < 3:
-                        raise ValueError(f"box {n}: \"points\" must be a list of at least 3 [x, y] pairs")
-                    polys.append(arr)
-            except (ValueError, TypeError) as exc:
-                reason = f"not valid JSON ({exc.msg})" if isinstance(exc, json.JSONDecodeError) else str(exc)
-                problems.append(f"{file}:{number}: {reason}")
-                continue
-            out[path] = polys
-    if problems:
-        listed = "\n".join(f"  {p}" for p in problems[:20])
-        raise UserError(f"{len(problems)} malformed prediction line(s):\n{listed}\n"
-                        "Each line must be `image_path<TAB>[{\"points\": [[x, y], ...]}]`.")
-    return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -122,6 +123,16 @@ def _int(cfg: dict, key: str, default: int, minimum: int = 0, maximum: Optional[
         raise _bad(key, value, f"a whole number >= {minimum}" if maximum is None else
                    f"a whole number from {minimum} to {maximum:,}")
     return int(value)
+
+
+def _device(cfg: dict) -> str:
+    """Global.device as written (OpenOCR's gpu, or cpu / cuda / cuda:N), its spelling checked before any data is
+    read: a typo set by -o or a config file would otherwise surface after the data check, blamed on --device."""
+    value = _get(cfg, "Global.device", "gpu")
+    if not isinstance(value, str) or not re.fullmatch(r"(cpu|cuda|gpu)(:\d+)?", value.strip().lower()):
+        raise UserError(f"config key Global.device (or --device) is {value!r}; it must be cpu, cuda, cuda:N or "
+                        "gpu (OpenOCR's word for the default CUDA device).", exit_code=2)
+    return value.strip()
 
 
 def _float(cfg: dict, key: str, default: float, minimum: float = 0.0) -> float:
@@ -245,7 +256,7 @@ class TrainSettings:
         report = check_config(cfg, "config")
         cfg = copy.deepcopy(cfg)
         _set(cfg, "Global.output_dir", str(_get(cfg, "Global.output_dir", DEFAULT_OUTPUT)))
-        device = str(_get(cfg, "Global.device", "gpu"))
+        device = _device(cfg)
         checkpoints = _none_or(_get(cfg, "Global.checkpoints"))
         train_data = DataSource.read(cfg, "Train")
         _check_inference(cfg)

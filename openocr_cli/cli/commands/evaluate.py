@@ -21,9 +21,9 @@ from openocr_cli.errors import UserError
 from openocr_cli.evaluation import details, sizes, tune
 from openocr_cli.evaluation.evaluator import EvalResult, evaluate_model, evaluate_predictions
 from openocr_cli.evaluation.mapcache import MEMORY_ENV, MapCache
+from openocr_cli.evaluation.predictions import read_predictions
 from openocr_cli.evaluation.report import write_report
 from openocr_cli.inference.resolve import ConfigLayers, resolve_resize
-from openocr_cli.inference.results import read_predictions
 
 
 @opt.inference_command(fuse={"default": False, "help": (
@@ -38,7 +38,8 @@ def evaluate(
         help="Label file(s): path<TAB>JSON list of {transcription, points} (repeatable) "
              "(config default: Eval.dataset.label_file_list).")] = None,
     predictions: Annotated[Optional[Path], typer.Option(
-        "--predictions", help="Score this det_results.txt instead of running a model (images need not exist).")] = None,
+        "--predictions", help="Score this det_results.txt or det_results.jsonl (predict --format jsonl) instead "
+        "of running a model (images need not exist).")] = None,
     json_out: Annotated[Optional[Path], typer.Option(
         "--json", help="Also write the numbers to this JSON file.")] = None,
     tune_flag: Annotated[bool, typer.Option(
@@ -103,6 +104,10 @@ def evaluate(
             if result.unmatched:
                 warn(f"{len(result.unmatched)} labelled image(s) have no line in {predictions} and count as "
                      f"images with no detections (first: {', '.join(result.unmatched[:3])}).")
+            if result.unlabelled:
+                warn(f"{len(result.unlabelled)} line(s) of {predictions} are for images no label file lists, and "
+                     f"are not scored (first: {', '.join(result.unlabelled[:3])}); check that --label-file is the "
+                     "set these predictions were made on.")
         else:
             from openocr_cli.api.detector import Detector
 
