@@ -224,3 +224,48 @@ def test_ctrl_c_stops_all_ranks_cleanly(tmp_path, data):
     assert "Traceback" not in stderr
     ckpt = torch.load(out / "latest.pth", weights_only=True)
     assert ckpt["global_step"] >= 3 and ckpt["world_size"] == 2
+
+
+def test_a_launcher_killed_hard_takes_torchrun_and_its_workers_with_it(tmp_path, data):
+    """kill -9 of `openocr-det train --nproc-per-node 2` leaves nothing training on: torchrun ends with it (it runs
+    in a session of its own) and its workers with torchrun, saving latest.pth on the way (SIGTERM = stop)."""
+    synth, _ = data
+    marker = uuid.uuid4().hex
+    env = dict(os.environ, OPENOCR_DET_OFFLINE="1", OPENOCR_DET_NO_PROGRESS="1", OPENOCR_TEST_MARK=marker)
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "openocr_cli",
+                             *train_args(synth, out, "--epochs", "500", "--nproc-per-node", "2")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not ((out / "metrics.jsonl").exists()
+                                              and '"global_step": 2' in (out / "metrics.jsonl").read_text()):
+            time.sleep(0.3)
+        workers = _worker_pids(marker, "0") + _worker_pids(marker, "1")
+        assert len(workers) == 2, "workers not found"
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.time() + 120
+        while time.time() < deadline and _marked_pids(marker):
+            time.sleep(0.3)
+        assert not _marked_pids(marker), "processes outlived the killed launcher"
+        assert torch.load(out / "latest.pth", weights_only=True)["global_step"] >= 2
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in _marked_pids(marker):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _marked_pids(marker: str) -> list[int]:
+    """Live processes (not zombies) whose environment holds the marker."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            if f"OPENOCR_TEST_MARK={marker}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids

@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 
 from openocr_cli.errors import UserError
+from openocr_cli.training.parent_death import end_with_parent, expected_parent
+from openocr_cli.training.torchrun_child import AGENT_PID_ENV, LAUNCHER_PID_ENV
 
 PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
 LAUNCHER_FLAGS = {"--gpus": 1, "--nproc-per-node": 1, "--nnodes": 1, "--node-rank": 1, "--master-addr": 1,
@@ -55,7 +57,10 @@ def under_launcher() -> bool:
 
 
 def init(role: Role, device: torch.device) -> torch.device:
-    """Join the process group; each CUDA worker takes cuda:LOCAL_RANK of its visible devices."""
+    """Join the process group; each CUDA worker takes cuda:LOCAL_RANK of its visible devices. A worker of a
+    launcher stops (as on SIGTERM) when the launcher dies, rather than train on alone."""
+    if under_launcher() and launched_by_us():
+        end_with_parent(expected_parent(AGENT_PID_ENV))
     if device.type == "cuda":
         device = torch.device("cuda", role.local_rank)
         torch.cuda.set_device(device)
@@ -177,12 +182,13 @@ def launch(plan: LaunchPlan, command_argv: Sequence[str], env: Optional[dict] = 
 
     The launcher runs in its own session, so a Ctrl-C reaches only this process, which passes it to
     the workers: they finish their step together, rank 0 saves latest.pth, they exit cleanly and
-    the launcher shuts down without a traceback. The command then exits 130.
+    the launcher shuts down without a traceback. The command then exits 130. Killed hard, this process takes
+    the launcher and its workers with it (parent_death.py).
     """
-    env = dict(os.environ, **(env or {}), **{LAUNCHED_ENV: "1"})
+    env = dict(os.environ, **(env or {}), **{LAUNCHED_ENV: "1", LAUNCHER_PID_ENV: str(os.getpid())})
     if plan.visible_devices is not None:
         env["CUDA_VISIBLE_DEVICES"] = plan.visible_devices
-    cmd = [sys.executable, "-m", "torch.distributed.run", *plan.launcher_args(), "-m", "openocr_cli",
+    cmd = [sys.executable, "-m", "openocr_cli.training.torchrun_child", *plan.launcher_args(), "-m", "openocr_cli",
            *strip_launcher_flags(command_argv)]
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     interrupted = False
