@@ -4,6 +4,8 @@ detection, and clear errors for bad files, flags and devices."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -250,3 +252,23 @@ def test_the_cli_gives_the_same_boxes_with_and_without_its_prestart(tmp_path, mo
         assert proc.returncode == 0, proc.stderr
         outputs.append((out / "det_results.txt").read_text())
     assert outputs[0] == outputs[1] == outputs[2] and outputs[0].count("\n") == 3
+
+
+def test_openvino_is_imported_without_its_model_converter_until_convert_model_is_called(tmp_path):
+    """The converter is half of `import openvino` on every predict's start-up path; export still converts."""
+    onnx_path = tiny_model(tmp_path / "m.onnx")
+    script = f"""
+import sys
+from openocr_cli.inference.backends.openvino_backend import OpenVinoBackend, import_openvino
+ov = import_openvino()
+assert "openvino.tools.ovc" not in sys.modules and "openvino_telemetry" not in sys.modules
+backend = OpenVinoBackend.load({str(onnx_path)!r}, "cpu")
+import numpy as np
+assert backend(np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 1, 32, 32)
+assert "openvino.tools.ovc" not in sys.modules
+model = ov.convert_model({str(onnx_path)!r})
+assert "openvino.tools.ovc" in sys.modules and len(model.inputs) == 1 and import_openvino() is ov
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
