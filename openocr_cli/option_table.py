@@ -79,12 +79,21 @@ def check_ranges(values: Mapping[str, Any], cls: type, spell=lambda name: f"{nam
         label = spell(name)
         if flag.choices and str(getattr(value, "value", value)) not in flag.choices:
             raise OptionError(f"{label}{value!r} is not one of {', '.join(flag.choices)}.")
-        if flag.low is None and flag.high is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-            raise OptionError(f"{label}{value!r} is not a number.")
-        if (flag.low is not None and value < flag.low) or (flag.high is not None and value > flag.high):
-            raise OptionError(f"{label}{value!r} is out of range: {_range_text(flag)}.")
+        problem = range_problem(flag, value)
+        if problem is not None:
+            raise OptionError(f"{label}{value!r} {problem}.")
+
+
+def range_problem(flag: Flag, value: Any) -> Optional[str]:
+    """Why `value` is not in the flag's declared range ("is not a finite number", "is out of range: ..."), or None
+    (also when the flag declares no range)."""
+    if flag.low is None and flag.high is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        return "is not a finite number"
+    if (flag.low is not None and value < flag.low) or (flag.high is not None and value > flag.high):
+        return f"is out of range: {_range_text(flag)}"
+    return None
 
 
 def _range_text(flag: Flag) -> str:

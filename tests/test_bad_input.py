@@ -196,3 +196,25 @@ def test_a_label_file_in_another_encoding_is_named_where_it_matters(cli, synth, 
     assert code == 1 and f"{labels}:2: the image path 'train/" in text and "is not UTF-8 text" in text
     assert f"1 line(s) have transcriptions that are not UTF-8 text: {labels}:1." in text
     renamed.unlink()
+
+
+@pytest.mark.parametrize("args", [
+    ("predict", ".", "--box-thresh", "nan"), ("eval", "--thresh", "inf"), ("serve", "--timeout-s", "inf"),
+    ("serve", "--max-wait-ms", "nan"), ("export", "--max-drop", "nan"), ("convert", "x.txt", "--split", "nan"),
+    ("train", "--lr", "-inf"), ("benchmark", "--max-drop", "nan"),
+])
+def test_nan_and_inf_given_to_a_float_flag_are_called_what_they_are(cli, args):
+    """Typer called NaN "less than or equal to 1", let it through where a flag has no range, and serve
+    --timeout-s inf ended in an OverflowError traceback."""
+    code, _, err = cli(*args)
+    assert code == 2 and f"Invalid value for '{args[-2]}': {args[-1]} is not a finite number." in flat(err), err
+    assert "Traceback" not in err
+
+
+def test_a_float_flag_out_of_range_or_not_a_number_is_named_in_the_api_s_words(cli):
+    code, _, err = cli("predict", ".", "--box-thresh", "2")
+    assert code == 2 and "'--box-thresh': 2 is out of range: it must be between 0 and 1." in flat(err)
+    code, _, err = cli("serve", "--timeout-s", "soon")
+    assert code == 2 and "'--timeout-s': 'soon' is not a number." in flat(err)
+    code, _, err = cli("serve", "--timeout-s", "0")
+    assert code == 2 and "'--timeout-s': 0 is out of range: it must be at least 0.001." in flat(err)

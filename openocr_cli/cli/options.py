@@ -23,7 +23,7 @@ from openocr_cli.data.labels import labelled_data  # noqa: F401 (the commands' n
 from openocr_cli.errors import UserError
 from openocr_cli.fileio import atomic_write_text, unwritable_reason
 from openocr_cli.inference.options import DEFAULT_WEIGHTS, InferenceOptions  # noqa: F401 (the commands use both)
-from openocr_cli.option_table import flags_of
+from openocr_cli.option_table import Flag, flags_of, range_problem
 
 
 def _three_floats(value: Optional[str]) -> Optional[tuple[float, float, float]]:
@@ -40,6 +40,29 @@ def _three_floats(value: Optional[str]) -> Optional[tuple[float, float, float]]:
 
 
 PARSERS = {"three_floats": _three_floats}  # Flag.parse -> the Typer callback that reads the text
+
+
+def _finite_float(flag: Flag) -> Callable[[str], float]:
+    """Typer's parser for a float flag: NaN and inf are refused by name (Typer's own range check calls NaN out of
+    range, and without a range lets it through to fail later), then the flag's range is checked, in the words
+    the Python API uses (option_table.range_problem)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise typer.BadParameter(f"{text!r} is not a number.") from None
+        problem = "is not a finite number" if not math.isfinite(value) else range_problem(flag, value)
+        if problem is not None:
+            raise typer.BadParameter(f"{text} {problem}.")
+        return value
+
+    return parse
+
+
+def float_option(*names: str, min: Optional[float] = None, max: Optional[float] = None, **kwargs: Any) -> Any:
+    """typer.Option for a float flag declared in a command: finite, within [min, max] (shown by --help)."""
+    return typer.Option(*names, min=min, max=max, parser=_finite_float(Flag("", low=min, high=max)), **kwargs)
 
 
 @functools.cache
@@ -67,6 +90,8 @@ def typer_option(cls: type, name: str, **change: Any) -> tuple[Any, Any]:
         kind = Optional[_choices(cls, name)]
     else:
         kind = flag.cli_type if flag.cli_type is not None else typing.get_type_hints(cls)[name]
+        if kind in (float, Optional[float]) and flag.parse is None:
+            extra["parser"] = _finite_float(flag)  # the range stays in extra too, for --help's [0<=x<=1]
     cli_default = None if default == () else default  # a repeatable option: None when not given
     return kind, typer.Option(cli_default, *flag.flag_names(name), **extra)
 

@@ -53,7 +53,7 @@ def benchmark(
         help="Precisions for the torch backend: fp32, bf16 (autocast; CPUs with AVX-512 BF16 or AMX, or a GPU), "
              "fp16 (CUDA autocast); and OpenVINO's precision hint for --openvino-model (fp32, bf16, fp16 where "
              "the device has them natively). One that cannot run here is skipped with a note.")] = "fp32",
-    max_drop: Annotated[float, typer.Option(
+    max_drop: Annotated[float, opt.float_option(
         "--max-drop", min=0.0,
         help="The recommendation line names the fastest row whose hmean is at most this many points "
              "(100 x hmean) below the best float32 row's (needs --label-file).")] = 0.5,

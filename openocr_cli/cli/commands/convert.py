@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
+from openocr_cli.cli.options import float_option
 from openocr_cli.cli.ui import console, table, warn
 from openocr_cli.data.labels import MAX_REPORTED_PROBLEMS
 from openocr_cli.formats import FORMATS, ppocr
@@ -33,7 +34,7 @@ def convert(
                              "names their extension and labelme/coco their image sizes.")] = None,
     image_prefix: Annotated[str, typer.Option(
         "--image-prefix", help="Folder put before every written image path, e.g. train_images/.")] = "",
-    split: Annotated[Optional[float], typer.Option(
+    split: Annotated[Optional[float], float_option(
         "--split", help="Train fraction: write OUT/train_label.txt and OUT/test_label.txt (needs --to ppocr).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the --split shuffle (same seed, same split).")] = 0,
     min_rect: Annotated[bool, typer.Option(

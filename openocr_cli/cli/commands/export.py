@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from openocr_cli.cli.options import DEFAULT_WEIGHTS, ConfigPath, NonStrict, Overrides, PostprocessFile, Weights
+from openocr_cli.cli.options import (
+    DEFAULT_WEIGHTS,
+    ConfigPath,
+    NonStrict,
+    Overrides,
+    PostprocessFile,
+    Weights,
+    float_option,
+)
 from openocr_cli.cli.ui import console, table
 from openocr_cli.constants import DEFAULT_OPSET, INT8_OPSET
 from openocr_cli.data.resize import MAX_SIDE
@@ -76,7 +84,7 @@ def export(
         "--exporter", case_sensitive=False,
         help="auto: the TorchScript exporter for opset 20 or lower, else the dynamo (torch.export) one, "
              "which needs opset 18 or newer.")] = Exporter.auto,
-    tolerance: Annotated[Optional[float], typer.Option(
+    tolerance: Annotated[Optional[float], float_option(
         "--tolerance", min=0.0,
         help="Largest accepted difference between onnxruntime and PyTorch probabilities "
              "(default 1e-4, 2e-2 with --fp16).", show_default=False)] = None,
@@ -100,12 +108,12 @@ def export(
              "file (agreement and the hmean drop with a bootstrap interval) or a folder (agreement only). Default "
              "with --int8: --calib-data; --fp16 is checked only when this is given.",
         show_default=False)] = None,
-    max_drop: Annotated[float, typer.Option(
+    max_drop: Annotated[float, float_option(
         "--max-drop", min=0.0,
         help="Largest accepted hmean loss of the int8 model on labelled check images, in points (0.5 = 0.005 "
              "hmean). A failed check keeps stages of the network in float32, measured one by one, until it "
              "passes; else exit 1 keeping the closest attempt.")] = 0.5,
-    min_agreement: Annotated[Optional[float], typer.Option(
+    min_agreement: Annotated[Optional[float], float_option(
         "--min-agreement", min=0.0, max=1.0,
         help="Agreement (hmean of int8 boxes against float32 boxes) an int8 model needs when labels cannot decide: "
              "no labels, or too few to resolve --max-drop (default 0.95).", show_default=False)] = None,

@@ -28,21 +28,21 @@ def serve(
     max_batch: Annotated[int, typer.Option(
         "--max-batch", min=1, help="At most this many same-size images from concurrent requests per forward "
                                    "pass.")] = 8,
-    max_wait_ms: Annotated[float, typer.Option(
+    max_wait_ms: Annotated[float, opt.float_option(
         "--max-wait-ms", min=0, help="How long a forward pass waits for more requests to batch with, while some "
                                      "are still being decoded.")] = 5.0,
     max_queue: Annotated[int, typer.Option(
         "--max-queue", min=1, help="Detect requests admitted at once per worker; more get 503 with Retry-After "
                                    "at once.")] = 64,
-    max_upload_mb: Annotated[float, typer.Option(
+    max_upload_mb: Annotated[float, opt.float_option(
         "--max-upload-mb", min=0.001, help="Largest request body; larger ones get 413 before being read.")] = 20.0,
-    max_pixels: Annotated[float, typer.Option(
+    max_pixels: Annotated[float, opt.float_option(
         "--max-pixels", min=1, help="Largest image, in pixels, read from the file's header; larger ones get 413 "
                                     "without being decoded (decompression bombs).")] = 50e6,
     max_pages: Annotated[int, typer.Option(
         "--max-pages", min=1, help="Most pages of an uploaded PDF; longer ones get 413 before any page is "
                                    "rendered. Pages run one at a time, each within --max-pixels.")] = 20,
-    timeout_s: Annotated[float, typer.Option(
+    timeout_s: Annotated[float, opt.float_option(
         "--timeout-s", min=0.001, help="Per request; a slower one gets 504 and its work is cancelled.")] = 30.0,
     api_key: Annotated[Optional[str], typer.Option(
         "--api-key", envvar=API_KEY_ENV, show_envvar=True,
@@ -56,15 +56,15 @@ def serve(
                                 "the --host address, localhost and 127.0.0.1; others get 421 (DNS rebinding).")] = None,
     max_tiles: Annotated[int, typer.Option(
         "--max-tiles", min=1, help="Most tiles one tiled request may run; more get 422 before decoding.")] = 256,
-    max_pixels_in_flight: Annotated[Optional[float], typer.Option(
+    max_pixels_in_flight: Annotated[Optional[float], opt.float_option(
         "--max-pixels-in-flight", min=1, help="Decoded pixels of all requests in flight per worker; a request over "
                                               "it gets 503 with Retry-After. Default: a quarter of the machine's "
                                               "memory at 16 bytes a pixel.")] = None,
-    read_timeout_s: Annotated[float, typer.Option(
+    read_timeout_s: Annotated[float, opt.float_option(
         "--read-timeout-s", min=0.1, help="A request's headers must arrive within this (else the connection is "
                                           "closed), and its body gets this long before --min-upload-kbps "
                                           "applies.")] = 10.0,
-    min_upload_kbps: Annotated[float, typer.Option(
+    min_upload_kbps: Annotated[float, opt.float_option(
         "--min-upload-kbps", min=0.001, help="Slowest average upload accepted after --read-timeout-s; slower "
                                              "bodies get 408.")] = 64.0,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request (uvicorn's access log).")]
