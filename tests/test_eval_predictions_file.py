@@ -88,3 +88,10 @@ def test_a_prediction_file_in_another_encoding_is_named(tmp_path):
     bom = tmp_path / "r.txt"
     bom.write_bytes(b"\xef\xbb\xbf" + "图/一.png\t[]\n".encode())
     assert list(read_predictions(bom).boxes) == ["图/一.png"]
+
+
+def test_an_empty_predictions_file_is_refused_not_scored_as_finding_nothing(tmp_path):
+    for name, text in (("p.txt", ""), ("p.jsonl", "\n\n")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(UserError, match=f"predictions file {tmp_path / name} has no lines"):
+            read_predictions(tmp_path / name)

@@ -39,10 +39,12 @@ def read_predictions(file: Path) -> Predictions:
         raise UserError(f"predictions file {file} {why_not_a_file(file)}. Create one with `openocr-det predict`.")
     out = Predictions()
     problems: list[str] = []
-    jsonl = None if file.suffix.lower() != ".jsonl" else True
+    jsonl = None if file.suffix.lower() != ".jsonl" else True  # None until a line says which layout
+    lines = 0
     for number, raw in label_lines(file, kind="predictions file"):
         if not raw.strip():
             continue
+        lines += 1
         if jsonl is None:
             jsonl = raw.lstrip().startswith("{")
         try:
@@ -61,6 +63,10 @@ def read_predictions(file: Path) -> Predictions:
         listed += f"\n  ... and {more} more" if more > 0 else ""
         raise UserError(f"{len(problems)} malformed prediction line(s):\n{listed}\n"
                         f"Each line must be `{JSONL_SHAPE if jsonl else TXT_SHAPE}`.")
+    if not lines:  # predict writes a line for every image, one without boxes included
+        raise UserError(f"predictions file {file} has no lines (it is empty, or blank lines only), while predict "
+                        "writes one for every image, boxes or none. Pass the det_results.txt (or .jsonl) of a "
+                        "finished predict run.")
     return out
 
 
