@@ -6,7 +6,7 @@ import json
 import pytest
 
 from openocr_cli.errors import UserError
-from openocr_cli.evaluation.predictions import read_predictions
+from openocr_cli.formats.det_results import read_predictions
 from tests.test_eval_report import box, predicted  # noqa: F401  (fixture)
 
 
@@ -95,3 +95,37 @@ def test_an_empty_predictions_file_is_refused_not_scored_as_finding_nothing(tmp_
         (tmp_path / name).write_text(text)
         with pytest.raises(UserError, match=f"predictions file {tmp_path / name} has no lines"):
             read_predictions(tmp_path / name)
+
+
+def test_convert_reads_predict_s_jsonl_with_its_scores_and_the_sizes_it_records(cli, tmp_path):
+    boxes = [{"points": [[1, 1], [20, 1], [20, 9], [1, 9]], "score": 0.9},
+             {"points": [[2, 12], [30, 12], [30, 20], [2, 20]], "score": 0.5}]
+    jsonl = tmp_path / "det_results.jsonl"
+    jsonl.write_text(json.dumps({"image": "a.png", "width": 40, "height": 30, "detections": boxes}) + "\n"
+                     + json.dumps({"image": "b.png", "width": 40, "height": 30, "detections": []}) + "\n")
+    out = tmp_path / "tasks.json"
+    code, _, err = cli("convert", jsonl, "--from", "ppocr", "--to", "labelstudio", "--output", out)
+    assert code == 0, err
+    tasks = json.loads(out.read_text())
+    results = [r for task in tasks for p in task.get("predictions", []) for r in p["result"]]
+    assert len(tasks) == 2 and [r["score"] for r in results] == [0.9, 0.5]
+    assert {(r["original_width"], r["original_height"]) for r in results} == {(40, 30)}  # no image needed
+    txt = tmp_path / "det_results.txt"  # the same boxes without sizes: Label Studio needs the images
+    txt.write_text("a.png\t" + json.dumps(boxes) + "\nb.png\t[]\n")
+    code, _, err = cli("convert", txt, "--from", "ppocr", "--to", "labelstudio", "--output", tmp_path / "t2.json")
+    assert code == 1 and "its size is unknown" in flat(err)
+    code, _, err = cli("convert", jsonl, "--from", "ppocr", "--to", "ppocr", "--output", tmp_path / "labels.txt")
+    assert code == 0 and (tmp_path / "labels.txt").read_text().splitlines()[1] == "b.png\t[]"
+
+
+def test_convert_names_an_image_predict_could_not_read_and_skips_it_on_request(cli, tmp_path):
+    jsonl = tmp_path / "det_results.jsonl"
+    jsonl.write_text(json.dumps({"image": "a.png", "width": 40, "height": 30, "detections": [
+        {"points": [[1, 1], [20, 1], [20, 9], [1, 9]], "score": 0.9}]}) + "\n"
+        + json.dumps({"image": "b.png", "width": None, "height": None, "detections": [], "error": "b.png: not an image"})
+        + "\n")
+    code, _, err = cli("convert", jsonl, "--from", "ppocr", "--to", "ppocr", "--output", tmp_path / "out.txt")
+    assert code == 1 and f"{jsonl}:2: predict could not read this image (b.png: not an image)" in flat(err)
+    code, _, err = cli("convert", jsonl, "--from", "ppocr", "--to", "ppocr", "--output", tmp_path / "out.txt",
+                       "--skip-bad")
+    assert code == 0 and (tmp_path / "out.txt").read_text().startswith("a.png\t")

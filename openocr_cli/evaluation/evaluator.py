@@ -11,7 +11,7 @@ import numpy as np
 
 from openocr_cli.data.labels import LabelSample
 from openocr_cli.evaluation.iou_metric import ImageMatch, ImageRecord, match_image, summarize
-from openocr_cli.evaluation.predictions import Predictions
+from openocr_cli.formats.det_results import Predictions
 from openocr_cli.inference.predictor import Predictor
 from openocr_cli.inference.results import Result, StageTimes
 

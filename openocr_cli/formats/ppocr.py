@@ -11,20 +11,24 @@ from pathlib import Path
 from typing import Optional
 
 from openocr_cli.data.labels import parse_regions, resolve_image_field, split_line
+from openocr_cli.formats import det_results
 from openocr_cli.formats.label_model import Dataset, Format, ImageLabels, Problem, Region, WriteOptions, is_ignore_text
 
 ROOT_PROBE = 20
 
 
 def read(source: Path, images_dir: Optional[Path]) -> Dataset:
+    """A label file, det_results.txt, or predict's det_results.jsonl (told apart by its first line)."""
     dataset = Dataset([], Path("."))
+    jsonl = None
     with open(source, "rb") as f:
         for number, raw_bytes in enumerate(f, 1):
             where = f"{source}:{number}"
             try:
                 raw = raw_bytes.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\n").rstrip("\r")
                 if raw.strip():
-                    dataset.images.append(parse_line(raw, where))
+                    jsonl = det_results.is_jsonl(raw) if jsonl is None else jsonl
+                    dataset.images.append(parse_jsonl_line(raw, where) if jsonl else parse_line(raw, where))
             except UnicodeDecodeError as exc:
                 dataset.problems.append(Problem(where, f"not UTF-8 text (byte {exc.start})"))
             except ValueError as exc:
@@ -48,6 +52,21 @@ def parse_line(raw: str, where: str) -> ImageLabels:
         score = float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None
         regions.append(Region([list(p) for p in region["points"]], text, is_ignore_text(text), score))
     return ImageLabels(key, regions, source=where)
+
+
+def parse_jsonl_line(raw: str, where: str) -> ImageLabels:
+    """One det_results.jsonl record: its boxes with their scores (no transcription), and the size it states."""
+    record = det_results.jsonl_record(raw)
+    if record.get("error") is not None:
+        raise ValueError(f"predict could not read this image ({record['error']}), so it has no boxes to convert")
+    regions = []
+    for n, box in enumerate(record["detections"], 1):
+        det_results.box_polygon(box, n)  # validation only
+        score = box.get("score")
+        regions.append(Region([list(p) for p in box["points"]], "", False, None if score is None else float(score)))
+    sizes = [record.get(k) if isinstance(record.get(k), int) and record.get(k) > 0 else None
+             for k in ("width", "height")]
+    return ImageLabels(record["image"], regions, *sizes, source=where)
 
 
 def _image_root(source: Path, images: list[ImageLabels]) -> Path:
@@ -74,5 +93,6 @@ def check(image: ImageLabels, options: WriteOptions) -> list[str]:
     return ["the image path contains a TAB or line break"] if any(c in image.image for c in "\t\r\n") else []
 
 
-FORMAT = Format("ppocr", "PaddleOCR label file: image<TAB>JSON list (also PPOCRLabel's Label.txt)", read,
+FORMAT = Format("ppocr", "PaddleOCR label file: image<TAB>JSON list (also PPOCRLabel's Label.txt, and predict's "
+                "det_results.txt and .jsonl)", read,
                 source_is_dir=False, write=write, check=check)

@@ -1,7 +1,7 @@
 """Per-image results and det_results.txt: `image_path<TAB>[{"points": [[x, y], ...], "score": s}, ...]`.
 
 One line per image, written by `Result.to_line`. OpenOCR's format plus a score, so OpenOCR
-tooling still reads it; `evaluation.predictions` reads it back for `eval --predictions`.
+tooling still reads it; `formats.det_results` reads it back for `eval --predictions`.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ from openocr_cli.errors import UserError
 from openocr_cli.evaluation import details, sizes, tune
 from openocr_cli.evaluation.evaluator import EvalResult, evaluate_model, evaluate_predictions
 from openocr_cli.evaluation.mapcache import MEMORY_ENV, MapCache
-from openocr_cli.evaluation.predictions import read_predictions
 from openocr_cli.evaluation.report import write_report
+from openocr_cli.formats.det_results import read_predictions
 from openocr_cli.inference.resolve import ConfigLayers, resolve_resize
 
 

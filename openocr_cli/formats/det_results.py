@@ -1,4 +1,5 @@
-"""Predictions files that `eval --predictions` scores, as `predict` writes them or any detector written that way.
+"""Prediction files as `predict` writes them (or any detector written that way): `eval --predictions` scores them
+and `convert --from ppocr` converts them.
 
 Two layouts, told apart by the first line that is not blank (a `.jsonl` name settles it too):
   det_results.txt    image_path<TAB>[{"points": [[x, y], ...], "score": s}, ...]   (OpenOCR's format)
@@ -46,7 +47,7 @@ def read_predictions(file: Path) -> Predictions:
             continue
         lines += 1
         if jsonl is None:
-            jsonl = raw.lstrip().startswith("{")
+            jsonl = is_jsonl(raw)
         try:
             path, boxes, error = _jsonl_line(raw) if jsonl else _txt_line(raw)
             if NOT_UTF8 in path:
@@ -54,7 +55,7 @@ def read_predictions(file: Path) -> Predictions:
             if error is not None:
                 out.unreadable.append(path)
                 continue
-            out.boxes[path] = [_polygon(box, n) for n, box in enumerate(boxes, 1)]
+            out.boxes[path] = [box_polygon(box, n) for n, box in enumerate(boxes, 1)]
         except ValueError as exc:
             problems.append(f"{file}:{number}: {exc}")
     if problems:
@@ -87,18 +88,30 @@ def _txt_line(raw: str) -> tuple[str, list, None]:
     return path, boxes, None
 
 
-def _jsonl_line(raw: str) -> tuple[str, list, object]:
+def is_jsonl(first_line: str) -> bool:
+    """Whether a file whose first line that is not blank is this holds det_results.jsonl records."""
+    return first_line.lstrip().startswith("{")
+
+
+def jsonl_record(raw: str) -> dict:
+    """One det_results.jsonl line as its object: an "image" path, "detections" (a list, [] when absent), and
+    "error", "width", "height" as written; ValueError (the reason) for anything else."""
     record = _loads(raw)
     if not isinstance(record, dict) or not isinstance(record.get("image"), str) or not record["image"]:
         raise ValueError('expected a JSON object with an "image" path (det_results.jsonl, one object per line)')
-    error, boxes = record.get("error"), record.get("detections", [])
-    if not isinstance(boxes, list):
+    record.setdefault("detections", [])
+    if not isinstance(record["detections"], list):
         raise ValueError('"detections" must be a JSON list of {"points": ...} objects')
-    return record["image"], boxes, error
+    return record
 
 
-def _polygon(box: object, n: int) -> np.ndarray:
-    """One box's points as a (P, 2) float64 array; a score, when there is one, must be a finite number."""
+def _jsonl_line(raw: str) -> tuple[str, list, object]:
+    record = jsonl_record(raw)
+    return record["image"], record["detections"], record.get("error")
+
+
+def box_polygon(box: object, n: int) -> np.ndarray:
+    """Box `n`'s points as a (P, 2) float64 array; a score, when there is one, must be a finite number."""
     points = box.get("points") if isinstance(box, dict) else None
     try:
         arr = np.asarray(points, dtype=np.float64) if isinstance(points, list) else None
