@@ -122,8 +122,8 @@ def test_convert_names_an_image_predict_could_not_read_and_skips_it_on_request(c
     jsonl = tmp_path / "det_results.jsonl"
     jsonl.write_text(json.dumps({"image": "a.png", "width": 40, "height": 30, "detections": [
         {"points": [[1, 1], [20, 1], [20, 9], [1, 9]], "score": 0.9}]}) + "\n"
-        + json.dumps({"image": "b.png", "width": None, "height": None, "detections": [], "error": "b.png: not an image"})
-        + "\n")
+        + json.dumps({"image": "b.png", "width": None, "height": None, "detections": [],
+                      "error": "b.png: not an image"}) + "\n")
     code, _, err = cli("convert", jsonl, "--from", "ppocr", "--to", "ppocr", "--output", tmp_path / "out.txt")
     assert code == 1 and f"{jsonl}:2: predict could not read this image (b.png: not an image)" in flat(err)
     code, _, err = cli("convert", jsonl, "--from", "ppocr", "--to", "ppocr", "--output", tmp_path / "out.txt",
