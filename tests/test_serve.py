@@ -117,7 +117,9 @@ def test_hostile_inputs_get_a_4xx_naming_the_problem_and_the_server_goes_on(serv
         (server.detect(good[: len(good) // 2], filename="cut.jpg"), 422, "truncated"),
         (server.detect(png[: len(png) // 2]), 422, "truncated"),
         (server.request("/v1/detect", text_form, {"Content-Type": text_kind}), 422, "text, not a file"),
-        (server.detect(good, field="picture"), 422, "unknown form field 'picture'"),
+        (server.detect(good, field="file"), 422, "form field 'file' is a file; only `image` takes a file: send it "
+                                                 "as `image`"),
+        (server.detect(good, fields={"picture": "x"}), 422, "unknown form field 'picture'"),
         (server.detect(good, query="tresh=0.3"), 422, "unknown query parameter 'tresh'"),
         (server.detect(good, fields={"thresh": "high"}), 422, "thresh='high' is not a number"),
         (server.detect(good, fields={"box_thresh": "1.5"}), 422, "box_thresh must be a number between 0 and 1"),

@@ -61,8 +61,9 @@ async def _read_multipart(request, params: dict[str, Any]) -> bytes:
         for key, value in form.multi_items():
             if key == IMAGE_FIELD:
                 upload = value
-            elif key in PARAMS and not isinstance(value, str):
-                raise RequestError(422, f"form field {key!r} is a file; only `image` takes a file.")
+            elif not isinstance(value, str):  # a file under another name: `file` is the usual guess
+                raise RequestError(422, f"form field {key!r} is a file; only `image` takes a file: send it as "
+                                        "`image` (curl -F image=@page.jpg).")
             else:
                 _put(params, key, value, "form field")
         if upload is None:
