@@ -2,7 +2,7 @@
 
 `train --nproc-per-node` starts torchrun in a session of its own (so that a Ctrl-C reaches it only through us);
 killed hard, our process would leave torchrun and every worker training on, unseen, with all the CPUs. So the
-torchrun child (launch.py) ends with its parent, and each worker with torchrun: SIGTERM, which a worker treats
+torchrun child (torchrun_child.py) ends with its parent, and each worker with torchrun: SIGTERM, which a worker treats
 as a stop request (the step finishes, latest.pth is saved). Elsewhere than Linux this does nothing.
 """
 
